@@ -1,0 +1,36 @@
+module Ssl.Experiments.Program
+
+open System
+open Argu
+open Ssl.Host.Data
+open Ssl.Host.Runtime
+open Ssl.Experiments.Cli
+
+/// Exit codes: 0 success, 1 a run failed (bad data, device unavailable), 2 a usage error.
+let run (argv: string[]) =
+    try
+        let args = parser.ParseCommandLine(argv, raiseOnUsage = true)
+        match args.GetSubCommand() with
+        | Methods -> Commands.methods ()
+        | Data a -> Commands.data a
+        | Info a -> Commands.info a
+        | Version -> Commands.version ()
+    with
+    | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText ->
+        printfn "%s" e.Message
+        0
+    | :? ArguParseException as e ->
+        eprintfn "%s" e.Message
+        2
+    | :? DataException as e ->
+        eprintfn "error: %s" e.Message
+        1
+    | :? DeviceUnavailableException as e ->
+        eprintfn "error: %s" e.Message
+        1
+    | :? ArgumentException as e ->
+        eprintfn "usage error: %s\n\n%s" e.Message (parser.PrintUsage())
+        2
+
+[<EntryPoint>]
+let main argv = run argv

@@ -1,0 +1,114 @@
+// The build script: `dotnet fsi build.fsx <target>`. Targets: build, test, demo, clean.
+// It needs nothing but the .NET SDK; it installs the data set the demo and tests read (Debian's
+// dataset-fashion-mnist) where it is missing and apt can, and says how to provide it otherwise.
+open System
+open System.Diagnostics
+open System.IO
+open System.Text.RegularExpressions
+
+let root = __SOURCE_DIRECTORY__
+let configuration = "Release"
+
+let run (file: string) (args: string) =
+    printfn "> %s %s" file args
+    use p = Process.Start(ProcessStartInfo(file, args, WorkingDirectory = root, UseShellExecute = false))
+    p.WaitForExit()
+    p.ExitCode
+
+/// Runs a command, echoing its output as it comes, and returns the exit code with all the output.
+let runCapture (file: string) (args: string) =
+    printfn "> %s %s" file args
+    let psi = ProcessStartInfo(file, args, WorkingDirectory = root, UseShellExecute = false,
+                               RedirectStandardOutput = true, RedirectStandardError = true)
+    use p = new Process(StartInfo = psi)
+    let lines = Collections.Concurrent.ConcurrentQueue<string>()
+    let echo (e: DataReceivedEventArgs) = if not (isNull e.Data) then (printfn "%s" e.Data; lines.Enqueue e.Data)
+    p.OutputDataReceived.Add echo
+    p.ErrorDataReceived.Add echo
+    p.Start() |> ignore
+    p.BeginOutputReadLine()
+    p.BeginErrorReadLine()
+    p.WaitForExit()
+    p.ExitCode, String.Join("\n", lines)
+
+let fail (message: string) =
+    eprintfn "build.fsx: %s" message
+    exit 1
+
+let must code what = if code <> 0 then fail $"{what} failed with exit code {code}"
+
+// ---- data --------------------------------------------------------------------------------------
+let fashionMnistFile = "train-images-idx3-ubyte.gz"
+let debianFashionMnist = "/usr/share/datasets/fashion-mnist"
+
+let fashionMnistPresent () =
+    let fromEnv =
+        match Environment.GetEnvironmentVariable "SSL_DATA" with
+        | null | "" -> []
+        | dir -> [ Path.Combine(dir, "fashion-mnist"); dir ]
+    (fromEnv @ [ debianFashionMnist ])
+    |> List.exists (fun d -> File.Exists(Path.Combine(d, fashionMnistFile)) || File.Exists(Path.Combine(d, "train-images-idx3-ubyte")))
+
+let onPath (tool: string) =
+    (Environment.GetEnvironmentVariable "PATH").Split(':') |> Array.exists (fun d -> File.Exists(Path.Combine(d, tool)))
+
+let isRoot () = Environment.UserName = "root"
+
+/// Makes sure Fashion-MNIST is readable: installs Debian's package where apt can, else explains.
+let ensureFashionMnist () =
+    if not (fashionMnistPresent ()) then
+        let howTo =
+            "Provide Fashion-MNIST yourself: `sudo apt-get install dataset-fashion-mnist` on Debian/Ubuntu, or put the four " +
+            "IDX files (train/t10k images/labels, .gz or raw) in a folder $SSL_DATA/fashion-mnist and set SSL_DATA."
+        if not (onPath "apt-get") then fail $"Fashion-MNIST is missing and apt-get is not available. {howTo}"
+        let apt args =
+            if isRoot () then run "apt-get" args
+            elif onPath "sudo" then run "sudo" ("-n apt-get " + args)
+            else 1
+        let env = "-y -q -o Dpkg::Use-Pty=0"
+        printfn "Fashion-MNIST not found: installing the Debian package dataset-fashion-mnist."
+        if apt $"install {env} dataset-fashion-mnist" <> 0 then
+            apt "update -q" |> ignore
+            if apt $"install {env} dataset-fashion-mnist" <> 0 then fail $"could not install dataset-fashion-mnist with apt. {howTo}"
+        if not (fashionMnistPresent ()) then fail $"dataset-fashion-mnist installed, but {debianFashionMnist}/{fashionMnistFile} is missing. {howTo}"
+
+// ---- targets -----------------------------------------------------------------------------------
+let build () = must (run "dotnet" $"build Ssl.sln -c {configuration} -nologo -v minimal") "dotnet build"
+
+let ssl (args: string) = run "dotnet" $"Experiments/bin/{configuration}/net10.0/ssl.dll {args}"
+
+/// Runs the Expecto suite and ends with one line `N passed, N failed` (errored tests count as failed).
+let test () =
+    ensureFashionMnist ()
+    build ()
+    let code, output = runCapture "dotnet" $"tests/bin/{configuration}/net10.0/Ssl.Tests.dll --no-spinner --colours 0"
+    let summary = Regex.Match(output, @"(\d+) passed, (\d+) ignored, (\d+) failed, (\d+) errored")
+    if not summary.Success then
+        printfn "0 passed, 1 failed"
+        fail $"the test runner ended (exit code {code}) without its summary line"
+    let count (i: int) = int summary.Groups[i].Value
+    printfn "%d passed, %d failed" (count 1) (count 3 + count 4)
+    if code <> 0 || count 3 + count 4 > 0 then exit 1
+
+let demo () =
+    ensureFashionMnist ()
+    build ()
+    let out = Path.Combine("runs", "demo")
+    must (ssl $"data --dataset fashion-mnist --grid {out}/samples.png --json {out}/data.json") "ssl data"
+    printfn "Demo written to %s (samples.png, data.json)." (Path.GetFullPath(Path.Combine(root, out)))
+
+let clean () =
+    for dir in [ "Core.FSharp"; "Host.CSharp"; "Experiments"; "tests" ] do
+        for sub in [ "bin"; "obj" ] do
+            let path = Path.Combine(root, dir, sub)
+            if Directory.Exists path then Directory.Delete(path, true)
+
+let targets =
+    [ "build", build; "test", test; "demo", demo; "clean", clean ]
+
+match fsi.CommandLineArgs |> Array.skip 1 |> Array.toList with
+| [ name ] when targets |> List.exists (fst >> (=) name) -> (targets |> List.find (fst >> (=) name) |> snd) ()
+| args ->
+    let names = targets |> List.map fst |> String.concat ", "
+    eprintfn "usage: dotnet fsi build.fsx <target>   (targets: %s); got %A" names args
+    exit 2

@@ -1,0 +1,284 @@
+module Ssl.Tests.DataTests
+
+open System
+open System.Diagnostics
+open System.IO
+open Expecto
+open TorchSharp
+open Ssl.Host.Data
+open Ssl.Host.Native
+open Ssl.Tests.Fixtures
+
+let private classes n = Array.init n string
+
+/// Expects a DataException whose message names `file` and contains `fragments`; prints the message.
+let private expectDataError (file: string) (fragments: string list) (read: unit -> IDisposable) =
+    let e = Prop.throws<DataException> (fun () -> (read ()).Dispose())
+    printfn "    message: %s" e.Message
+    Expect.stringContains e.Message file "the message names the file"
+    for f in fragments do Expect.stringContains e.Message f "the message says what was expected and found"
+
+let private pixelAt (data: ImageDataset) (i: int64) (c: int64) (y: int64) (x: int64) =
+    data.Images[i, c, y, x].item<byte>()
+
+let idxTests =
+    testList "idx" [
+        for gzip in [ false; true ] do
+            test $"reads images and labels (gzip={gzip})" {
+                TorchRuntime.EnsureLoaded()
+                let dir = tempDir "idx"
+                let images, labels = writeIdx dir "train" 20 4 5 3 gzip
+                use data = Idx.Read("fixture", Split.Train, images, labels, classes 3)
+                Expect.sequenceEqual data.Images.shape [| 20L; 1L; 4L; 5L |] "shape"
+                Expect.equal (pixelAt data 7L 0L 3L 2L) (pixel 7 0 3 2) "pixel (7, 0, 3, 2)"
+                Expect.sequenceEqual (data.Labels.data<int64>().ToArray()) (Array.init 20 (fun i -> int64 (i % 3))) "labels"
+                Expect.sequenceEqual (data.ClassCounts()) [| 7L; 7L; 6L |] "class counts"
+            }
+
+        test "a truncated images file names the file and the byte counts" {
+            let dir = tempDir "idx"
+            let images, labels = writeIdx dir "train" 20 4 5 3 false
+            truncate images 100
+            expectDataError images [ "expected 416 bytes"; "found 100 bytes (truncated)" ] (fun () ->
+                Idx.Read("fixture", Split.Train, images, labels, classes 3))
+        }
+
+        test "a labels file given as images has the wrong magic" {
+            let dir = tempDir "idx"
+            let _, labels = writeIdx dir "train" 20 4 5 3 true
+            expectDataError labels [ "expected magic 0x00000803"; "found 0x00000801" ] (fun () ->
+                Idx.Read("fixture", Split.Train, labels, labels, classes 3))
+        }
+
+        test "a label count that does not match the image count" {
+            let dir = tempDir "idx"
+            let images, _ = writeIdx dir "train" 20 4 5 3 false
+            let _, labels = writeIdx dir "other" 19 4 5 3 false
+            expectDataError labels [ "expected 20 labels"; "found 19" ] (fun () ->
+                Idx.Read("fixture", Split.Train, images, labels, classes 3))
+        }
+
+        test "a label beyond the class list" {
+            let dir = tempDir "idx"
+            let images, labels = writeIdx dir "train" 20 4 5 3 false
+            expectDataError labels [ "expected labels in [0, 1]"; "found label 2" ] (fun () ->
+                Idx.Read("fixture", Split.Train, images, labels, classes 2))
+        }
+
+        test "a corrupt gzip stream" {
+            let dir = tempDir "idx"
+            let images, labels = writeIdx dir "train" 20 4 5 3 true
+            truncate images 30
+            expectDataError images [ "expected a complete gzip stream" ] (fun () ->
+                Idx.Read("fixture", Split.Train, images, labels, classes 3))
+        }
+
+        test "a missing file" {
+            let dir = tempDir "idx"
+            let missing = Path.Combine(dir, "nothing-here")
+            expectDataError missing [ "expected an existing file"; "found no such file" ] (fun () ->
+                Idx.Read("fixture", Split.Train, missing, missing, classes 3))
+        }
+    ]
+
+let cifarTests =
+    testList "cifar" [
+        test "CIFAR-10 batches: records split into labels and RGB planes, batches concatenated" {
+            TorchRuntime.EnsureLoaded()
+            let dir = tempDir "cifar10"
+            let b1, b2 = Path.Combine(dir, "data_batch_1.bin"), Path.Combine(dir, "data_batch_2.bin")
+            File.WriteAllBytes(b1, cifarRecords (fun i -> [| byte (i % 10) |]) 3)
+            File.WriteAllBytes(b2, cifarRecords (fun i -> [| byte ((i + 5) % 10) |]) 2)
+            use data = Cifar.Read10(Split.Train, [| b1; b2 |], classes 10)
+            Expect.sequenceEqual data.Images.shape [| 5L; 3L; 32L; 32L |] "shape"
+            Expect.equal (pixelAt data 2L 1L 4L 9L) (pixel 2 1 4 9) "green pixel of record 2"
+            Expect.equal (pixelAt data 4L 2L 31L 31L) (pixel 1 2 31 31) "record 1 of the second batch"
+            Expect.sequenceEqual (data.Labels.data<int64>().ToArray()) [| 0L; 1L; 2L; 5L; 6L |] "labels"
+        }
+
+        test "CIFAR-100: the fine label (second byte) is the label" {
+            let dir = tempDir "cifar100"
+            let file = Path.Combine(dir, "train.bin")
+            File.WriteAllBytes(file, cifarRecords (fun i -> [| byte 3; byte (50 + i) |]) 4)
+            use data = Cifar.Read100(Split.Train, [| file |], classes 100)
+            Expect.sequenceEqual (data.Labels.data<int64>().ToArray()) [| 50L; 51L; 52L; 53L |] "fine labels"
+            Expect.equal (pixelAt data 3L 0L 0L 1L) (pixel 3 0 0 1) "pixel"
+        }
+
+        test "a CIFAR-10 batch with a partial record" {
+            let dir = tempDir "cifar10"
+            let file = Path.Combine(dir, "data_batch_1.bin")
+            File.WriteAllBytes(file, cifarRecords (fun _ -> [| 1uy |]) 2)
+            truncate file 5000
+            expectDataError file [ "3073-byte records"; "found 5000 bytes (1 records and 1927 bytes over)" ] (fun () ->
+                Cifar.Read10(Split.Train, [| file |], classes 10))
+        }
+
+        test "a CIFAR-100 file read as CIFAR-10 has out-of-range labels" {
+            let dir = tempDir "cifar"
+            let file = Path.Combine(dir, "data_batch_1.bin")
+            // 3073 * 3074 bytes splits evenly into both record sizes; label bytes of 60 do not fit CIFAR-10.
+            File.WriteAllBytes(file, Array.create (3073 * 3074) 60uy)
+            expectDataError file [ "expected labels in [0, 9]"; "found label 60" ] (fun () ->
+                Cifar.Read10(Split.Train, [| file |], classes 10))
+        }
+    ]
+
+let stlTests =
+    testList "stl10" [
+        test "STL-10: column-major channels become (N, 3, 96, 96), labels 1..10 become 0..9" {
+            TorchRuntime.EnsureLoaded()
+            let dir = tempDir "stl"
+            let x, y = Path.Combine(dir, "train_X.bin"), Path.Combine(dir, "train_y.bin")
+            File.WriteAllBytes(x, stlImages 2)
+            File.WriteAllBytes(y, [| 1uy; 10uy |])
+            use data = Stl10.Read(Split.Train, x, y, classes 10)
+            Expect.sequenceEqual data.Images.shape [| 2L; 3L; 96L; 96L |] "shape"
+            Expect.equal (pixelAt data 1L 2L 10L 70L) (pixel 1 2 10 70) "row 10, column 70 of image 1, blue"
+            Expect.sequenceEqual (data.Labels.data<int64>().ToArray()) [| 0L; 9L |] "labels"
+        }
+
+        test "STL-10 unlabelled split: label -1, and a limit" {
+            let dir = tempDir "stl"
+            let x = Path.Combine(dir, "unlabeled_X.bin")
+            File.WriteAllBytes(x, stlImages 3)
+            use data = Stl10.Read(Split.Unlabelled, x, null, classes 10, limit = 2)
+            Expect.equal data.Count 2L "limit"
+            Expect.isFalse data.IsLabelled "unlabelled"
+            Expect.sequenceEqual (data.Labels.data<int64>().ToArray()) [| -1L; -1L |] "labels"
+        }
+
+        test "STL-10 labels that do not match the images" {
+            let dir = tempDir "stl"
+            let x, y = Path.Combine(dir, "train_X.bin"), Path.Combine(dir, "train_y.bin")
+            File.WriteAllBytes(x, stlImages 2)
+            File.WriteAllBytes(y, [| 1uy; 2uy; 3uy |])
+            expectDataError y [ "expected 2 labels"; "found 3" ] (fun () -> Stl10.Read(Split.Train, x, y, classes 10))
+        }
+
+        test "STL-10 images with a partial image" {
+            let dir = tempDir "stl"
+            let x = Path.Combine(dir, "train_X.bin")
+            File.WriteAllBytes(x, stlImages 1)
+            truncate x 27000
+            expectDataError x [ "27648-byte images"; "found 27000 bytes" ] (fun () -> Stl10.Read(Split.Train, x, null, classes 10))
+        }
+    ]
+
+let folderTests =
+    testList "image folder" [
+        test "PNG and JPEG in class folders, classes sorted by name" {
+            TorchRuntime.EnsureLoaded()
+            let root = tempDir "folder"
+            for cls in [ "cat"; "ant" ] do Directory.CreateDirectory(Path.Combine(root, cls)) |> ignore
+            writeImage (Path.Combine(root, "ant", "a.png")) 0 6 8
+            writeImage (Path.Combine(root, "ant", "b.jpg")) 1 6 8
+            writeImage (Path.Combine(root, "cat", "c.png")) 2 6 8
+            use data = ImageFolder.Read root
+            Expect.sequenceEqual data.ClassNames [ "ant"; "cat" ] "classes"
+            Expect.sequenceEqual data.Images.shape [| 3L; 3L; 6L; 8L |] "shape"
+            Expect.sequenceEqual (data.Labels.data<int64>().ToArray()) [| 0L; 0L; 1L |] "labels"
+            Expect.equal (pixelAt data 2L 1L 5L 7L) (pixel 2 1 5 7) "PNG pixels are exact"
+            let jpegError = abs (int (pixelAt data 1L 0L 3L 3L) - int (pixel 1 0 3 3))
+            Expect.isLessThan jpegError 40 "JPEG pixels are close"
+        }
+
+        test "images of another size are an error unless resized" {
+            let root = tempDir "folder"
+            Directory.CreateDirectory(Path.Combine(root, "a")) |> ignore
+            writeImage (Path.Combine(root, "a", "1.png")) 0 6 8
+            writeImage (Path.Combine(root, "a", "2.png")) 1 5 8
+            expectDataError (Path.Combine(root, "a", "2.png")) [ "expected 6x8 pixels"; "found 5x8" ] (fun () -> ImageFolder.Read root)
+            use resized = ImageFolder.Read(root, size = Nullable<struct (int * int)>(struct (4, 4)))
+            Expect.sequenceEqual resized.Images.shape [| 2L; 3L; 4L; 4L |] "resized"
+        }
+
+        test "a corrupt image names the file" {
+            let root = tempDir "folder"
+            Directory.CreateDirectory(Path.Combine(root, "a")) |> ignore
+            let bad = Path.Combine(root, "a", "bad.png")
+            writeImage bad 0 16 16
+            truncate bad 40
+            expectDataError bad [ "expected a" ] (fun () -> ImageFolder.Read root)
+        }
+
+        test "an empty class folder" {
+            let root = tempDir "folder"
+            Directory.CreateDirectory(Path.Combine(root, "empty")) |> ignore
+            expectDataError (Path.Combine(root, "empty")) [ "expected at least one .png, .jpg or .jpeg image"; "found none" ] (fun () ->
+                ImageFolder.Read root)
+        }
+    ]
+
+let catalogTests =
+    testList "catalog" [
+        test "an explicit root holding IDX files is found, gzip preferred" {
+            let dir = tempDir "catalog"
+            writeIdx dir "t10k" 30 28 28 10 true |> ignore
+            use data = DataCatalog.Load("mnist", Split.Test, dir)
+            Expect.equal data.Count 30L "count"
+            Expect.stringContains data.Sources[0] ".gz" "gzip file read"
+        }
+
+        test "SSL_DATA/<name> is searched" {
+            let root = tempDir "ssl-data"
+            let dir = Path.Combine(root, "cifar10", "cifar-10-batches-bin")
+            Directory.CreateDirectory dir |> ignore
+            for i in 1 .. 5 do File.WriteAllBytes(Path.Combine(dir, $"data_batch_{i}.bin"), cifarRecords (fun _ -> [| byte i |]) 2)
+            let previous = Environment.GetEnvironmentVariable DataCatalog.EnvironmentVariable
+            Environment.SetEnvironmentVariable(DataCatalog.EnvironmentVariable, root)
+            try
+                use data = DataCatalog.Load("cifar10", Split.Train)
+                Expect.equal data.Count 10L "five batches of two"
+                Expect.equal data.ClassNames[0] "airplane" "default CIFAR-10 names"
+            finally
+                Environment.SetEnvironmentVariable(DataCatalog.EnvironmentVariable, previous)
+        }
+
+        test "a missing data set says where it looked and how to provide it" {
+            let dir = tempDir "empty"
+            let e = Prop.throws<DataException> (fun () -> (DataCatalog.Load("cifar100", Split.Train, dir)).Dispose())
+            printfn "    message: %s" e.Message
+            Expect.stringContains e.Message dir "names the folder searched"
+            Expect.stringContains e.Message "Set SSL_DATA" "says how to provide it"
+        }
+
+        test "an unknown data set names the known ones" {
+            let e = Prop.throws<ArgumentException> (fun () -> (DataCatalog.Load("imagenet", Split.Train)).Dispose())
+            Expect.stringContains e.Message "fashion-mnist, mnist, cifar10, cifar100, stl10" "alternatives"
+        }
+    ]
+
+/// The real data set (installed by the build script's test and demo targets).
+let fashionMnistTests =
+    testList "fashion-mnist" [
+        test "the real training and test sets read whole, 6,000 and 1,000 images per class" {
+            TorchRuntime.EnsureLoaded()
+            let clock = Stopwatch.StartNew()
+            use train = DataCatalog.Load("fashion-mnist", Split.Train)
+            printfn "    read 60,000 training images in %.3f s (speed is measured by `ssl data`, not asserted here)" clock.Elapsed.TotalSeconds
+            Expect.sequenceEqual train.Images.shape [| 60000L; 1L; 28L; 28L |] "train shape"
+            Expect.sequenceEqual (train.ClassCounts()) (Array.create 10 6000L) "balanced"
+            use test = DataCatalog.Load("fashion-mnist", Split.Test)
+            Expect.sequenceEqual (test.ClassCounts()) (Array.create 10 1000L) "test balanced"
+            let struct (mean, std) = train.ChannelStatistics()
+            // Widely quoted statistics of Fashion-MNIST's training set.
+            Expect.floatClose Accuracy.low mean[0] 0.2860 "mean"
+            Expect.floatClose Accuracy.low std[0] 0.3530 "std"
+        }
+    ]
+
+let gridTests =
+    testList "image grid" [
+        test "a grid PNG has one cell per image" {
+            TorchRuntime.EnsureLoaded()
+            use images = torch.randint(0L, 255L, [| 12L; 1L; 5L; 4L |], dtype = torch.uint8)
+            let path = Path.Combine(tempDir "grid", "grid.png")
+            ImageGrid.SavePng(images, path, columns = 5, scale = 2, padding = 1)
+            use bitmap = SkiaSharp.SKBitmap.Decode path
+            Expect.equal (bitmap.Width, bitmap.Height) (5 * (4 * 2 + 1) + 1, 3 * (5 * 2 + 1) + 1) "size"
+        }
+    ]
+
+[<Tests>]
+let tests = testList "data" [ idxTests; cifarTests; stlTests; folderTests; catalogTests; fashionMnistTests; gridTests ]
