@@ -1,0 +1,93 @@
+using System.Text.Json;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Ssl.Host.Engine;
+
+/// <summary>Where training stands, stored with the weights.</summary>
+public sealed record TrainingPosition(int NextEpoch, long GlobalStep, long Seed, string ConfigDigest);
+
+/// <summary>
+/// One file holding a run's whole state: position (epoch, step, seed), every module, every
+/// optimizer (momentum buffers, Adam moments, learning rates), long-lived tensors (queues, memory
+/// banks) and torch's global generator. The data order needs no storing: it is a function of (seed,
+/// epoch). Written to a temp file, flushed to disk, then renamed over the old one, so a crash (even
+/// kill -9) during the write leaves the previous checkpoint whole.
+/// </summary>
+public static class Checkpoint
+{
+    const string Magic = "SSL-CKPT-1";
+
+    public static void Save(string path, TrainingPosition position, ITrainingStep step, IReadOnlyDictionary<string, TrainingOptimizer> optimizers)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        var temp = path + ".tmp";
+        using (var file = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
+        using (var writer = new BinaryWriter(file))
+        {
+            writer.Write(Magic);
+            writer.Write(JsonSerializer.Serialize(position));
+            foreach (var (name, module) in step.Modules.OrderBy(m => m.Key, StringComparer.Ordinal))
+            {
+                writer.Write(name);
+                module.save(writer);
+            }
+            foreach (var (name, optimizer) in optimizers.OrderBy(o => o.Key, StringComparer.Ordinal))
+            {
+                writer.Write(name);
+                ((TorchSharp.Modules.OptimizerHelper)optimizer.Optimizer).save_state_dict(writer);
+            }
+            foreach (var (name, tensor) in step.State.OrderBy(s => s.Key, StringComparer.Ordinal))
+            {
+                writer.Write(name);
+                tensor.Save(writer);
+            }
+            using (var rng = get_rng_state()) rng.Save(writer);
+            writer.Flush();
+            file.Flush(flushToDisk: true);
+        }
+        File.Move(temp, path, true);
+    }
+
+    /// <summary>Restores everything <see cref="Save"/> wrote into the given (freshly built) step and optimizers.</summary>
+    public static TrainingPosition Load(string path, ITrainingStep step, IReadOnlyDictionary<string, TrainingOptimizer> optimizers)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: expected a checkpoint, found no file", path);
+        using var file = File.OpenRead(path);
+        using var reader = new BinaryReader(file);
+        string magic;
+        try { magic = reader.ReadString(); }
+        catch (EndOfStreamException) { magic = "(an empty file)"; }
+        if (magic != Magic) throw new InvalidDataException($"{path}: expected a checkpoint starting with {Magic}, found {magic}");
+        var position = JsonSerializer.Deserialize<TrainingPosition>(reader.ReadString())
+                       ?? throw new InvalidDataException($"{path}: expected a training position, found null");
+        foreach (var (name, module) in step.Modules.OrderBy(m => m.Key, StringComparer.Ordinal))
+        {
+            Expect(path, reader.ReadString(), name);
+            module.load(reader);
+        }
+        foreach (var (name, optimizer) in optimizers.OrderBy(o => o.Key, StringComparer.Ordinal))
+        {
+            Expect(path, reader.ReadString(), name);
+            ((TorchSharp.Modules.OptimizerHelper)optimizer.Optimizer).load_state_dict(reader);
+        }
+        foreach (var (name, tensor) in step.State.OrderBy(s => s.Key, StringComparer.Ordinal))
+        {
+            Expect(path, reader.ReadString(), name);
+            using var noGrad = no_grad();
+            tensor.Load(reader);
+        }
+        using (var rng = get_rng_state())
+        {
+            rng.Load(reader);
+            set_rng_state(rng);
+        }
+        return position;
+    }
+
+    static void Expect(string path, string found, string expected)
+    {
+        if (found != expected)
+            throw new InvalidDataException($"{path}: expected the state of '{expected}', found '{found}' (was the checkpoint written by another recipe?)");
+    }
+}

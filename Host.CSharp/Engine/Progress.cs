@@ -1,0 +1,72 @@
+namespace Ssl.Host.Engine;
+
+/// <summary>Receives the engine's progress: a person's display, or nothing in tests.</summary>
+public interface IProgressReporter
+{
+    void Start(int epochs, long stepsPerEpoch, int startEpoch);
+    void Step(int epoch, long stepInEpoch, IReadOnlyDictionary<string, double> figures, double imagesPerSecond);
+    void EpochEnd(int epoch, IReadOnlyDictionary<string, double> means, double imagesPerSecond);
+    void Stop();
+}
+
+/// <summary>Reports nothing (tests, nested runs such as baselines).</summary>
+public sealed class SilentProgress : IProgressReporter
+{
+    public void Start(int epochs, long stepsPerEpoch, int startEpoch) { }
+    public void Step(int epoch, long stepInEpoch, IReadOnlyDictionary<string, double> figures, double imagesPerSecond) { }
+    public void EpochEnd(int epoch, IReadOnlyDictionary<string, double> means, double imagesPerSecond) { }
+    public void Stop() { }
+}
+
+/// <summary>
+/// A progress line on the console: a bar over all epochs, the loss, img/s and ETA, redrawn in place
+/// on a terminal (at most a few times a second); one line per epoch when the output is redirected.
+/// </summary>
+public sealed class ConsoleProgress(TextWriter? output = null) : IProgressReporter
+{
+    readonly TextWriter output = output ?? Console.Out;
+    readonly bool live = output is null && !Console.IsOutputRedirected;
+    readonly System.Diagnostics.Stopwatch clock = new();
+    int epochs;
+    long stepsPerEpoch;
+    long totalSteps;
+    long stepsDone;
+    long startStep;
+    TimeSpan lastDraw;
+
+    public void Start(int epochs, long stepsPerEpoch, int startEpoch)
+    {
+        (this.epochs, this.stepsPerEpoch) = (epochs, stepsPerEpoch);
+        totalSteps = epochs * stepsPerEpoch;
+        stepsDone = startStep = startEpoch * stepsPerEpoch;
+        clock.Restart();
+    }
+
+    public void Step(int epoch, long stepInEpoch, IReadOnlyDictionary<string, double> figures, double imagesPerSecond)
+    {
+        stepsDone = epoch * stepsPerEpoch + stepInEpoch;
+        if (!live || clock.Elapsed - lastDraw < TimeSpan.FromMilliseconds(250)) return;
+        lastDraw = clock.Elapsed;
+        output.Write("\r" + Line(epoch, figures, imagesPerSecond).PadRight(Math.Max(Console.WindowWidth - 1, 20)));
+    }
+
+    public void EpochEnd(int epoch, IReadOnlyDictionary<string, double> means, double imagesPerSecond)
+    {
+        if (live) output.Write("\r");
+        output.WriteLine(Line(epoch, means, imagesPerSecond));
+    }
+
+    public void Stop() { }
+
+    string Line(int epoch, IReadOnlyDictionary<string, double> figures, double rate)
+    {
+        var fraction = totalSteps == 0 ? 1 : (double)stepsDone / totalSteps;
+        const int width = 24;
+        var filled = (int)Math.Round(fraction * width);
+        var done = stepsDone - startStep;
+        var eta = done > 0 ? TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds / done * (totalSteps - stepsDone)) : TimeSpan.Zero;
+        var loss = figures.TryGetValue("loss", out var l) ? $" loss {l:F4}" : "";
+        var speed = double.IsNaN(rate) ? "" : $" {rate:N0} img/s";
+        return $"epoch {epoch + 1}/{epochs} [{new string('#', filled)}{new string('-', width - filled)}] {fraction:P0}{loss}{speed} ETA {eta:hh\\:mm\\:ss}";
+    }
+}

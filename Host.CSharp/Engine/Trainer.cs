@@ -1,0 +1,141 @@
+using System.Diagnostics;
+using TorchSharp;
+using Ssl.Host.Data;
+using Ssl.Host.Runs;
+using Ssl.Host.Runtime;
+using static TorchSharp.torch;
+
+namespace Ssl.Host.Engine;
+
+/// <summary>How long and on what a recipe trains.</summary>
+public sealed record TrainerOptions
+{
+    public required int Epochs { get; init; }
+    public required int BatchSize { get; init; }
+    public required long ExampleCount { get; init; }
+    public long Seed { get; init; }
+    public bool Resume { get; init; }
+    /// <summary>A metrics line every this many steps (epoch summaries are always written).</summary>
+    public int LogEvery { get; init; } = 50;
+    /// <summary>Identifies the resolved config; a resume with another digest is refused.</summary>
+    public string ConfigDigest { get; init; } = "";
+    /// <summary>Stop (as if interrupted) after this many epochs of this process; null = train to the end.</summary>
+    public int? StopAfterEpochs { get; init; }
+}
+
+/// <summary>What a training run measured (result.json's <c>train</c> block).</summary>
+public sealed record TrainSummary(int Epochs, long Steps, double WallSeconds, double ImagesPerSecond, double PeakRssMb, bool Finished);
+
+/// <summary>Called after every epoch (kNN monitors, sample grids); runs outside the training scope.</summary>
+public delegate void EpochHook(int epoch, IReadOnlyDictionary<string, double> epochMeans);
+
+/// <summary>
+/// The training loop every recipe runs on: one dispose scope per batch, per-step schedules and
+/// seeds, NaN/Inf detection, a checkpoint after every epoch (atomic), resume, metrics.jsonl,
+/// TensorBoard scalars and a progress line with rate and ETA.
+/// </summary>
+public static class Trainer
+{
+    public const string CheckpointName = "last.ckpt";
+
+    public static TrainSummary Run(ITrainingStep step, TrainerOptions options, RunFolder folder, Device device,
+                                   IProgressReporter? progress = null, EpochHook? afterEpoch = null)
+    {
+        progress ??= new ConsoleProgress();
+        var optimizers = step.Optimizers.ToDictionary(o => o.Name, o => new TrainingOptimizer(o.Name, o.Spec, o.Parameters));
+        try
+        {
+            return Loop(step, options, folder, device, progress, afterEpoch, optimizers);
+        }
+        finally
+        {
+            foreach (var o in optimizers.Values) o.Dispose();
+        }
+    }
+
+    static TrainSummary Loop(ITrainingStep step, TrainerOptions options, RunFolder folder, Device device, IProgressReporter progress,
+                             EpochHook? afterEpoch, Dictionary<string, TrainingOptimizer> optimizers)
+    {
+        var checkpoint = Path.Combine(folder.CheckpointsDir, CheckpointName);
+        var startEpoch = 0;
+        long globalStep = 0;
+        if (options.Resume && File.Exists(checkpoint))
+        {
+            var position = Checkpoint.Load(checkpoint, step, optimizers);
+            if (position.Seed != options.Seed || position.ConfigDigest != options.ConfigDigest)
+                throw new InvalidOperationException(
+                    $"{checkpoint}: expected a checkpoint of this config (seed {options.Seed}, digest {options.ConfigDigest}), " +
+                    $"found seed {position.Seed}, digest {position.ConfigDigest}; use another --out folder or drop --resume");
+            (startEpoch, globalStep) = (position.NextEpoch, position.GlobalStep);
+        }
+
+        var sampler = new BatchSampler(options.ExampleCount, options.BatchSize, options.Seed);
+        var stepsPerEpoch = sampler.BatchesPerEpoch;
+        var tensorboard = utils.tensorboard.SummaryWriter(Path.Combine(folder.Root, "tensorboard"));
+        progress.Start(options.Epochs, stepsPerEpoch, startEpoch);
+        var clock = Stopwatch.StartNew();
+        var trainingSeconds = 0.0;
+        long imagesSeen = 0;
+        var epochsRun = 0;
+        var lastEpoch = startEpoch;
+
+        for (var epoch = startEpoch; epoch < options.Epochs; epoch++)
+        {
+            if (options.StopAfterEpochs is { } stop && epochsRun >= stop) break;
+            foreach (var module in step.Modules.Values) module.train();
+            var sums = new Dictionary<string, double>();
+            var epochClock = Stopwatch.StartNew();
+            long epochImages = 0;
+            long b = 0;
+            foreach (var batch in sampler.Batches(epoch))
+            {
+                var at = epoch + (double)b / stepsPerEpoch;
+                foreach (var o in optimizers.Values) o.Schedule(at, options.Epochs);
+                IReadOnlyDictionary<string, double> figures;
+                using (var scope = NewDisposeScope())
+                {
+                    manual_seed(Seeds.Derive(options.Seed, globalStep));
+                    var context = new StepContext(epoch, globalStep, options.Seed, device, optimizers);
+                    try { figures = step.Step(context, batch); }
+                    finally { context.Generator.Dispose(); }
+                }
+                foreach (var (k, v) in figures) sums[k] = sums.GetValueOrDefault(k) + v;
+                globalStep++;
+                b++;
+                epochImages += batch.Length;
+                var rate = epochImages / Math.Max(epochClock.Elapsed.TotalSeconds, 1e-9);
+                if (globalStep % options.LogEvery == 0)
+                {
+                    var record = new Dictionary<string, object?> { ["epoch"] = epoch, ["step"] = globalStep, ["images_per_s"] = rate };
+                    foreach (var (name, o) in optimizers) record[$"lr/{name}"] = o.LearningRate;
+                    foreach (var (k, v) in figures) record[k] = v;
+                    folder.AppendMetrics(record);
+                    foreach (var (k, v) in figures) tensorboard.add_scalar($"train/{k}", (float)v, (int)globalStep);
+                }
+                progress.Step(epoch, b, figures, rate);
+            }
+            trainingSeconds += epochClock.Elapsed.TotalSeconds;
+            imagesSeen += epochImages;
+            var means = sums.ToDictionary(kv => kv.Key, kv => kv.Value / Math.Max(b, 1));
+            Checkpoint.Save(checkpoint, new TrainingPosition(epoch + 1, globalStep, options.Seed, options.ConfigDigest), step, optimizers);
+            afterEpoch?.Invoke(epoch, means);
+            var summary = new Dictionary<string, object?>
+            {
+                ["epoch"] = epoch, ["step"] = globalStep, ["summary"] = "epoch",
+                ["images_per_s"] = epochImages / Math.Max(epochClock.Elapsed.TotalSeconds, 1e-9),
+                ["rss_mb"] = ProcessStats.RssMb(), ["peak_rss_mb"] = ProcessStats.PeakRssMb(),
+                ["live_tensors"] = DisposeScopeManager.Statistics.ThreadTotalLiveCount,
+            };
+            foreach (var (k, v) in means) summary[k] = v;
+            folder.AppendMetrics(summary);
+            foreach (var (k, v) in means) tensorboard.add_scalar($"epoch/{k}", (float)v, epoch);
+            progress.EpochEnd(epoch, means, epochImages / Math.Max(epochClock.Elapsed.TotalSeconds, 1e-9));
+            epochsRun++;
+            lastEpoch = epoch + 1;
+        }
+        progress.Stop();
+        var finished = lastEpoch >= options.Epochs;
+        return new TrainSummary(lastEpoch, globalStep, clock.Elapsed.TotalSeconds,
+            imagesSeen / Math.Max(trainingSeconds, 1e-9), ProcessStats.PeakRssMb(), finished);
+    }
+}

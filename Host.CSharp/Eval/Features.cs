@@ -1,0 +1,58 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Ssl.Host.Eval;
+
+/// <summary>Turning images into model inputs and encoders into frozen feature extractors.</summary>
+public static class Features
+{
+    /// <summary>uint8 (N, C, H, W) in [0, 255] → float32 (N, C, H, W), standardised with per-channel mean and std of [0, 1] pixels.</summary>
+    public static Tensor ToInput(Tensor images, double[] mean, double[] std, Device? device = null)
+    {
+        using var scope = NewDisposeScope();
+        var c = images.shape[1];
+        if (mean.Length != c || std.Length != c)
+            throw new ArgumentException($"mean/std: expected {c} values (one per channel), found {mean.Length} and {std.Length}");
+        var target = device ?? images.device;
+        var m = tensor(mean, float32, target).view(1, c, 1, 1);
+        var s = tensor(std, float32, target).view(1, c, 1, 1);
+        var x = images.to(target).to_type(ScalarType.Float32).div_(255.0).sub_(m).div_(s);
+        return x.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Features of every image under the frozen encoder (eval mode, no gradients), in batches:
+    /// images uint8 (N, C, H, W) → float32 (N, D) on the CPU. The encoder's training flag is restored.
+    /// </summary>
+    public static Tensor Extract(nn.Module<Tensor, Tensor> encoder, Tensor images, double[] mean, double[] std, Device device, int batchSize = 512)
+    {
+        var wasTraining = encoder.training;
+        encoder.eval();
+        try
+        {
+            using var noGrad = no_grad();
+            var parts = new List<Tensor>();
+            for (long start = 0; start < images.shape[0]; start += batchSize)
+            {
+                using var scope = NewDisposeScope();
+                var length = Math.Min(batchSize, images.shape[0] - start);
+                var x = ToInput(images.narrow(0, start, length), mean, std, device);
+                parts.Add(encoder.forward(x).flatten(1).cpu().MoveToOuterDisposeScope());
+            }
+            var all = cat(parts, 0);
+            foreach (var p in parts) p.Dispose();
+            return all;
+        }
+        finally
+        {
+            encoder.train(wasTraining);
+        }
+    }
+
+    /// <summary>The raw-pixel baseline's features: uint8 (N, C, H, W) → float32 (N, C·H·W) in [0, 1].</summary>
+    public static Tensor RawPixels(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        return images.flatten(1).to_type(ScalarType.Float32).div_(255.0).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,84 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Ssl.Host.Native;
+
+namespace Ssl.Host.Runs;
+
+/// <summary>
+/// A run's folder (DESIGN.md, Run folder contract): <c>config.json</c>, <c>metrics.jsonl</c>,
+/// <c>result.json</c>, <c>checkpoints/</c>, <c>plots/</c>. Files are written through a temp file and
+/// a rename, so a crash never leaves half a file; metrics are appended line by line.
+/// </summary>
+public sealed class RunFolder
+{
+    public static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
+
+    public string Root { get; }
+    public string ConfigPath => Path.Combine(Root, "config.json");
+    public string MetricsPath => Path.Combine(Root, "metrics.jsonl");
+    public string ResultPath => Path.Combine(Root, "result.json");
+    public string CheckpointsDir => Path.Combine(Root, "checkpoints");
+    public string PlotsDir => Path.Combine(Root, "plots");
+
+    public RunFolder(string root)
+    {
+        Root = Path.GetFullPath(root);
+        Directory.CreateDirectory(Root);
+        Directory.CreateDirectory(CheckpointsDir);
+        Directory.CreateDirectory(PlotsDir);
+    }
+
+    /// <summary>Writes the fully resolved experiment config (any JSON-serialisable value).</summary>
+    public void WriteConfig<T>(T config) => WriteAtomically(ConfigPath, JsonSerializer.Serialize(config, Json));
+
+    /// <summary>Appends one metrics record (one JSON object per line).</summary>
+    public void AppendMetrics(IReadOnlyDictionary<string, object?> record)
+    {
+        var line = JsonSerializer.Serialize(record);
+        File.AppendAllText(MetricsPath, line + "\n");
+    }
+
+    /// <summary>Reads every metrics record back (for plots, resume checks and reports).</summary>
+    public IReadOnlyList<JsonObject> ReadMetrics() =>
+        File.Exists(MetricsPath)
+            ? File.ReadLines(MetricsPath).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!.AsObject()).ToArray()
+            : Array.Empty<JsonObject>();
+
+    public void WriteResult(RunResult result) => WriteAtomically(ResultPath, JsonSerializer.Serialize(result, Json));
+
+    public RunResult ReadResult() =>
+        JsonSerializer.Deserialize<RunResult>(File.ReadAllText(ResultPath))
+        ?? throw new InvalidDataException($"{ResultPath}: expected a result object, found null");
+
+    /// <summary>Writes text to <paramref name="path"/> through a temp file and a rename.</summary>
+    public static void WriteAtomically(string path, string text)
+    {
+        var temp = path + ".tmp";
+        File.WriteAllText(temp, text);
+        File.Move(temp, path, true);
+    }
+
+    /// <summary>The versions block of result.json: git commit (if any), TorchSharp, libtorch.</summary>
+    public static VersionFigures CurrentVersions()
+    {
+        var (torchSharp, libTorch) = TorchRuntime.Versions();
+        return new VersionFigures { Commit = GitCommit() ?? "unknown", TorchSharp = torchSharp, LibTorch = libTorch };
+    }
+
+    static string? GitCommit()
+    {
+        try
+        {
+            var psi = new ProcessStartInfo("git", "rev-parse HEAD") { RedirectStandardOutput = true, RedirectStandardError = true };
+            using var p = Process.Start(psi)!;
+            var output = p.StandardOutput.ReadToEnd().Trim();
+            p.WaitForExit();
+            return p.ExitCode == 0 && output.Length > 0 ? output : null;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return null;
+        }
+    }
+}

@@ -1,0 +1,197 @@
+module Ssl.Tests.EngineTests
+
+open System
+open System.Collections.Generic
+open System.Diagnostics
+open System.IO
+open Expecto
+open TorchSharp
+open TorchSharp.Modules
+open Ssl.Host.Engine
+open Ssl.Host.Runs
+open Ssl.Tests.Prop
+open FsCheck
+
+/// A softmax regression on fixed synthetic data: small enough to train in milliseconds.
+type LinearTask(seed: int64, ?lr: float, ?poison: bool) =
+    let gen = new torch.Generator(uint64 seed)
+    let x = torch.randn([| 256L; 8L |], generator = gen)
+    let truth = torch.randn([| 8L; 3L |], generator = gen)
+    let y = x.mm(truth).argmax(1L)
+    let model = torch.nn.Linear(8L, 3L)
+    let modules = readOnlyDict [ "model", (model :> torch.nn.Module) ]
+    member _.Model = model
+    interface ITrainingStep with
+        member _.Modules = modules
+        member _.Optimizers =
+            [| struct ("main",
+                       OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = defaultArg lr 0.5, WeightDecay = 1e-4, WarmupEpochs = 1.0),
+                       model.named_parameters ()) |] :> IReadOnlyList<_>
+        member _.State = Dictionary<string, torch.Tensor>() :> IReadOnlyDictionary<_, _>
+        member _.Step(ctx, batch) =
+            use idx = torch.tensor(batch)
+            let logits = model.forward(x.index_select(0L, idx))
+            let loss = torch.nn.functional.cross_entropy(logits, y.index_select(0L, idx))
+            let loss = if defaultArg poison false && ctx.Epoch = 1 then loss * Double.NaN else loss
+            let value = ctx.Optimize("main", loss)
+            readOnlyDict [ "loss", value ]
+
+let private optionsWith epochs (stopAfter: int option) resume digest =
+    TrainerOptions(Epochs = epochs, BatchSize = 32, ExampleCount = 256L, Seed = 11L, ConfigDigest = digest, LogEvery = 4,
+                   Resume = resume, StopAfterEpochs = Option.toNullable stopAfter)
+
+let private options epochs = optionsWith epochs None false "test"
+
+let private epochLosses (folder: RunFolder) =
+    folder.ReadMetrics()
+    |> Seq.filter (fun r -> r.ContainsKey "summary")
+    |> Seq.map (fun r -> r["loss"].GetValue<float>())
+    |> Seq.toArray
+
+let private weights (m: torch.nn.Module) =
+    m.parameters () |> Seq.collect (fun p -> p.data<float32>().ToArray()) |> Seq.toArray
+
+let scheduleTests =
+    testList "schedule" [
+        test "warm-up rises linearly, then cosine falls to the final fraction" {
+            let spec = OptimizerSpec(WarmupEpochs = 2.0, FinalLrFraction = 0.1)
+            Expect.floatClose Accuracy.high (spec.Factor(1.0, 10.0)) 0.5 "half-way through warm-up"
+            Expect.floatClose Accuracy.high (spec.Factor(2.0, 10.0)) 1.0 "end of warm-up"
+            Expect.floatClose Accuracy.high (spec.Factor(6.0, 10.0)) 0.55 "cosine mid-point: 0.1 + 0.9 / 2"
+            Expect.floatClose Accuracy.high (spec.Factor(10.0, 10.0)) 0.1 "final fraction"
+        }
+        prop "after warm-up the factor never rises" (fun (NormalFloat a) (NormalFloat b) ->
+            let spec = OptimizerSpec()
+            let p, q = abs a % 10.0, abs b % 10.0
+            let lo, hi = min p q, max p q
+            spec.Factor(lo, 10.0) >= spec.Factor(hi, 10.0))
+        test "a constant schedule stays at 1" {
+            Expect.equal (OptimizerSpec(Cosine = false).Factor(7.0, 10.0)) 1.0 "constant"
+        }
+    ]
+
+let optimizerTests =
+    testList "optimizer" [
+        test "1-D parameters (norm scales, biases) get no weight decay" {
+            use model = torch.nn.Sequential(torch.nn.Linear(4L, 4L), torch.nn.BatchNorm1d(4L))
+            use opt = new TrainingOptimizer("o", OptimizerSpec(WeightDecay = 0.1), model.named_parameters ())
+            let groups = opt.Optimizer.ParamGroups |> Seq.map (fun g -> g :?> SGD.ParamGroup) |> Seq.toArray
+            Expect.equal groups.Length 2 "two groups"
+            Expect.equal (groups |> Array.map (fun g -> Seq.length g.Parameters)) [| 1; 3 |] "the weight matrix alone is decayed"
+            Expect.equal (groups |> Array.map (fun g -> g.Options.weight_decay.Value)) [| 0.1; 0.0 |] "decays"
+        }
+        test "LARS scales a step by the trust ratio η‖w‖ / (‖g‖ + β‖w‖)" {
+            use w = new Parameter(torch.tensor([| 3.0f; 4.0f |]).reshape(1L, 2L))
+            let spec = OptimizerSpec(Kind = OptimizerKind.Lars, LearningRate = 1.0, Momentum = 0.0, WeightDecay = 0.5, LarsEta = 0.01)
+            use opt = new TrainingOptimizer("o", spec, [ struct ("w", w) ])
+            w.grad <- torch.tensor([| 0.0f; 1.0f |]).reshape(1L, 2L)
+            opt.Step() |> ignore
+            // ‖w‖ = 5, ‖g‖ = 1: ratio = 0.01 · 5 / (1 + 2.5); update = ratio · (g + 0.5 w) = ratio · [1.5, 3].
+            let ratio = 0.01 * 5.0 / 3.5
+            let expected = [| 3.0 - ratio * 1.5; 4.0 - ratio * 3.0 |]
+            let actual = w.data<float32>().ToArray() |> Array.map float
+            Expect.floatClose Accuracy.medium actual[0] expected[0] "w0"
+            Expect.floatClose Accuracy.medium actual[1] expected[1] "w1"
+        }
+    ]
+
+let trainerTests =
+    testList "trainer" [
+        test "trains, logs metrics per step and per epoch, and checkpoints" {
+            let folder = RunFolder(Fixtures.tempDir "trainer")
+            let task = LinearTask(1L)
+            let summary = Trainer.Run(task, options 4, folder, torch.CPU, SilentProgress())
+            let losses = epochLosses folder
+            Expect.equal losses.Length 4 "one summary per epoch"
+            Expect.isLessThan losses[3] (losses[0] * 0.7) "the loss falls"
+            Expect.equal summary.Steps 32L "8 batches x 4 epochs"
+            Expect.isTrue summary.Finished "finished"
+            Expect.isTrue (File.Exists(Path.Combine(folder.CheckpointsDir, Trainer.CheckpointName))) "checkpoint"
+            Expect.isGreaterThan (folder.ReadMetrics().Count) 4 "step lines too"
+            Expect.isNonEmpty (Directory.GetFiles(Path.Combine(folder.Root, "tensorboard"), "*", SearchOption.AllDirectories)) "TensorBoard events"
+        }
+
+        test "a run stopped and resumed logs the same metrics and ends with the same weights" {
+            Ssl.Host.Runtime.DeviceSetup.Configure(Ssl.Host.Runtime.DeviceRequest.Cpu, seed = 5L, deterministic = true) |> ignore
+            let straight = RunFolder(Fixtures.tempDir "straight")
+            torch.manual_seed(5L) |> ignore
+            let a = LinearTask(2L)
+            Trainer.Run(a, options 5, straight, torch.CPU, SilentProgress()) |> ignore
+
+            let resumed = RunFolder(Fixtures.tempDir "resumed")
+            torch.manual_seed(5L) |> ignore
+            let first = LinearTask(2L)
+            let part = Trainer.Run(first, (optionsWith 5 (Some 2) false "test"), resumed, torch.CPU, SilentProgress())
+            Expect.isFalse part.Finished "stopped early"
+            torch.manual_seed(99L) |> ignore // a fresh process would start from other weights: the checkpoint must restore them
+            let second = LinearTask(2L)
+            Trainer.Run(second, (optionsWith 5 None true "test"), resumed, torch.CPU, SilentProgress()) |> ignore
+
+            Expect.sequenceEqual (epochLosses resumed) (epochLosses straight) "same epoch losses"
+            Expect.sequenceEqual (weights second.Model) (weights a.Model) "same final weights"
+        }
+
+        test "a NaN loss stops with a clear message and the last good checkpoint loads" {
+            let folder = RunFolder(Fixtures.tempDir "nan")
+            let e = Prop.throws<NonFiniteLossException> (fun () ->
+                Trainer.Run(LinearTask(3L, poison = true), options 3, folder, torch.CPU, SilentProgress()) |> ignore)
+            printfn "    message: %s" e.Message
+            Expect.stringContains e.Message "loss of optimizer 'main' is NaN at epoch 1" "names the optimizer and epoch"
+            let fresh = LinearTask(3L)
+            let restored = Trainer.Run(fresh, (optionsWith 1 None true "test"), folder, torch.CPU, SilentProgress())
+            Expect.equal restored.Epochs 1 "the epoch-0 checkpoint was loaded: nothing left to train"
+        }
+
+        test "a resume with another config is refused" {
+            let folder = RunFolder(Fixtures.tempDir "digest")
+            Trainer.Run(LinearTask(4L), options 1, folder, torch.CPU, SilentProgress()) |> ignore
+            let e = Prop.throws<InvalidOperationException> (fun () ->
+                Trainer.Run(LinearTask(4L), (optionsWith 2 None true "other"), folder, torch.CPU, SilentProgress()) |> ignore)
+            Expect.stringContains e.Message "expected a checkpoint of this config" "message"
+        }
+    ]
+
+/// The child-process side of the kill -9 test: writes checkpoints of a growing model forever.
+let checkpointWriterLoop (dir: string) =
+    let task = LinearTask(6L)
+    let step = task :> ITrainingStep
+    let optimizers = Dictionary<string, TrainingOptimizer>()
+    let path = Path.Combine(dir, "last.ckpt")
+    let mutable i = 0L
+    while true do
+        Checkpoint.Save(path, TrainingPosition(int i, i, 0L, "kill"), step, optimizers)
+        i <- i + 1L
+
+let killTests =
+    testList "checkpoint" [
+        test "kill -9 during checkpoint writes leaves the previous checkpoint loadable" {
+            let dir = Fixtures.tempDir "kill"
+            let path = Path.Combine(dir, "last.ckpt")
+            let exe = Path.Combine(AppContext.BaseDirectory, "Ssl.Tests.dll")
+            let rng = Random(7)
+            for round in 1 .. 5 do
+                let before = if File.Exists path then File.GetLastWriteTimeUtc path else DateTime.MinValue
+                use child = Process.Start(ProcessStartInfo("dotnet", $"\"{exe}\" --checkpoint-writer \"{dir}\"", UseShellExecute = false))
+                let sw = Stopwatch.StartNew()
+                // Wait until this child has replaced the checkpoint at least once, then kill it mid-stream.
+                while (not (File.Exists path) || File.GetLastWriteTimeUtc path = before) && sw.Elapsed.TotalSeconds < 30.0 do
+                    Threading.Thread.Sleep 10
+                Expect.isLessThan sw.Elapsed.TotalSeconds 30.0 "the child wrote a checkpoint"
+                Threading.Thread.Sleep(rng.Next(50, 400))
+                child.Kill(true) // SIGKILL: no clean-up runs
+                child.WaitForExit()
+                let task = LinearTask(6L)
+                let position = Checkpoint.Load(path, task, Dictionary<string, TrainingOptimizer>())
+                Expect.equal position.ConfigDigest "kill" $"round {round}: the checkpoint loads"
+        }
+        test "a truncated checkpoint is a clear error" {
+            let dir = Fixtures.tempDir "ckpt"
+            let path = Path.Combine(dir, "c.ckpt")
+            File.WriteAllBytes(path, [| 1uy; 2uy |])
+            let e = Prop.throws<exn> (fun () -> Checkpoint.Load(path, LinearTask(1L), Dictionary<string, TrainingOptimizer>()) |> ignore)
+            Expect.stringContains e.Message path "names the file"
+        }
+    ]
+
+[<Tests>]
+let tests = testList "engine" [ scheduleTests; optimizerTests; trainerTests; killTests ]
