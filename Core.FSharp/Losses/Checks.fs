@@ -18,8 +18,3 @@ let probability (name: string) (value: float) =
 let nonEmpty (name: string) (t: torch.Tensor) =
     if t.numel () = 0L then
         invalidArg name $"{name}: expected at least one element, found shape {Ssl.Core.Shape.show t.shape}"
-
-/// Raises unless `t` is a floating-point tensor (scores, logits, embeddings).
-let floating (name: string) (t: torch.Tensor) =
-    if not (torch.is_floating_point t) then
-        invalidArg name $"{name}: expected a floating-point tensor, found {t.dtype}"

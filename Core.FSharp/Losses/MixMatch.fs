@@ -4,7 +4,6 @@ module Ssl.Core.Losses.MixMatch
 
 open TorchSharp
 open type TorchSharp.torch
-open type TorchSharp.torch.nn.functional
 open Ssl.Core.Shape
 
 /// Draws `count` independent samples of Beta(α, α) as X / (X + Y) with X, Y ~ Gamma(α, 1),

@@ -4,7 +4,6 @@ module Ssl.Core.Losses.Transformation
 
 open TorchSharp
 open type TorchSharp.torch
-open type TorchSharp.torch.nn.functional
 open Ssl.Core.Shape
 
 /// KL(p_original ‖ p_transformed) = Σ_c p_o,c (log p_o,c - log p_t,c), averaged over the N
