@@ -1,0 +1,31 @@
+using TorchSharp;
+using TorchSharp.PyBridge;
+using static TorchSharp.torch;
+
+namespace Ssl.Host.Export;
+
+/// <summary>
+/// Writes a trained encoder for use elsewhere: TorchSharp's own format (<c>.dat</c>, for
+/// <c>module.load</c>) and safetensors (for PyTorch: <c>safetensors.torch.load_file</c> then
+/// <c>model.load_state_dict</c>). Tensor names are the module's <c>state_dict</c> keys, dotted
+/// paths of its sub-module fields (for example <c>stem.0.weight</c>); <see cref="Describe"/> lists
+/// them with shapes, and the export writes that list beside the weights as <c>*.names.txt</c>.
+/// </summary>
+public static class EncoderExport
+{
+    public static (string TorchSharp, string SafeTensors, string Names) Save(nn.Module encoder, string directory, string name = "encoder")
+    {
+        Directory.CreateDirectory(directory);
+        var dat = Path.Combine(directory, name + ".dat");
+        var safetensors = Path.Combine(directory, name + ".safetensors");
+        var names = Path.Combine(directory, name + ".names.txt");
+        encoder.save(dat);
+        encoder.save_safetensors(safetensors);
+        File.WriteAllLines(names, Describe(encoder));
+        return (dat, safetensors, names);
+    }
+
+    /// <summary>One line per state tensor: <c>name dtype [d0, d1, ...]</c>.</summary>
+    public static IEnumerable<string> Describe(nn.Module encoder) =>
+        encoder.state_dict().Select(kv => $"{kv.Key} {kv.Value.dtype} [{string.Join(", ", kv.Value.shape)}]");
+}
