@@ -16,6 +16,17 @@ let private rgbToXyz =
        0.2126729; 0.7151522; 0.0721750
        0.0193339; 0.1191920; 0.9503041 |]
 
+/// CIE XYZ → linear sRGB: the inverse of `rgbToXyz`, by cofactors.
+let private xyzToRgb =
+    let at row column = rgbToXyz[3 * row + column]
+    let cofactor row column =
+        let rows = Array.except [ row ] [| 0; 1; 2 |]
+        let columns = Array.except [ column ] [| 0; 1; 2 |]
+        let minor = at rows[0] columns[0] * at rows[1] columns[1] - at rows[0] columns[1] * at rows[1] columns[0]
+        if (row + column) % 2 = 0 then minor else -minor
+    let determinant = at 0 0 * cofactor 0 0 + at 0 1 * cofactor 0 1 + at 0 2 * cofactor 0 2
+    Array.init 9 (fun k -> cofactor (k % 3) (k / 3) / determinant)
+
 /// The reference white (D65) as the matrix maps RGB white, so white has a = b = 0 exactly.
 let private white = Array.init 3 (fun row -> rgbToXyz[3 * row] + rgbToXyz[3 * row + 1] + rgbToXyz[3 * row + 2])
 
@@ -52,17 +63,19 @@ let labToRgb (lab: Tensor) : Tensor =
     let f = stack([| fy + lab.select(1L, 1L) / 500.0; fy; fy - lab.select(1L, 2L) / 200.0 |], 1L)
     let ratio = where(f.gt(delta.ToScalar()), f.pow(3.0.ToScalar()), (f - 4.0 / 29.0) * (3.0 * delta * delta))
     let xyz = ratio * tensor(white, dtype = lab.dtype, device = lab.device).view(1L, 3L, 1L, 1L)
-    let inverse = linalg.inv(matrixOn rgbToXyz (xyz.to_type(ScalarType.Float64))).to_type(lab.dtype)
-    let linear = applyMatrix inverse xyz
+    let linear = applyMatrix (matrixOn xyzToRgb lab) xyz
     let knee = 0.0031308
     let encoded = where(linear.le(knee.ToScalar()), linear * 12.92, linear.clamp_min(knee.ToScalar()).pow((1.0 / 2.4).ToScalar()) * 1.055 - 0.055)
     encoded.MoveToOuterDisposeScope()
 
 /// The in-gamut ab bins of colourisation (Zhang et al. 2016, Sec. 2.1: ab space quantised with grid
-/// size 10; 313 bins in gamut there, from ImageNet's pixels). Here the gamut is that of sRGB,
-/// sampled exactly: every one of the 2^24 8-bit sRGB colours is converted to Lab and its (a, b)
-/// rounded to the nearest multiple of gridSize; the bins hit form the set. With gridSize 10 this
-/// gives 322 bins (the sRGB gamut is slightly wider than ImageNet's observed colours).
+/// size 10; 313 bins in gamut there, counted from ImageNet's pixels). Here the gamut is that of sRGB,
+/// sampled on a regular grid of `levels` values per channel (256: every 8-bit colour): each sample
+/// is converted to Lab and its (a, b) rounded to the nearest multiple of gridSize; the bins hit form
+/// the set. With gridSize 10 all 2^24 8-bit colours hit 261 bins, and 64 levels already hit the same
+/// 261 from 1/64 of the samples; 128 levels hit 262, one bin touched only by colours between
+/// 8-bit levels. 8-bit sRGB pixels cannot reach the paper's 313 under these formulas and this
+/// rounding: its count reflects a different conversion or binning.
 /// Result: (Q, 2) float64 on the CPU, bin centres (a, b), sorted by a then b.
 let abGamut (gridSize: float) (levels: int) : Tensor =
     if gridSize < 1.0 then invalidArg "gridSize" $"gridSize: expected a bin size >= 1, found {gridSize}"

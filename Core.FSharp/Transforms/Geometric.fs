@@ -21,7 +21,8 @@ let private expectImages (images: Tensor) = expect "images" [| Any; Any; Any; An
 let rotate (quarterTurns: int) (images: Tensor) : Tensor =
     expectImages images
     let turns = ((quarterTurns % 4) + 4) % 4
-    images.rot90(int64 turns, Nullable<struct (int64 * int64)>(struct (2L, 3L))).contiguous()
+    use scope = NewDisposeScope()
+    images.rot90(int64 turns, Nullable<struct (int64 * int64)>(struct (2L, 3L))).contiguous().MoveToOuterDisposeScope()
 
 /// The RotNet batch: every image rotated by 0°, 90°, 180° and 270°, and the rotation labels.
 /// images: (N, C, S, S), square → rotated (4N, C, S, S), image n rotated by k at row k·N + n;
@@ -108,8 +109,8 @@ let sampleCropBoxes (scaleMin: float, scaleMax: float) (ratioMin: float, ratioMa
         else w, h
     let boxWidth = where(anyFits, tryWidth.gather(1L, first).squeeze(1L), full_like(anyFits, fallbackWidth, dtype = ScalarType.Float64))
     let boxHeight = where(anyFits, tryHeight.gather(1L, first).squeeze(1L), full_like(anyFits, fallbackHeight, dtype = ScalarType.Float64))
-    let randomTop = Draw.integersUpTo generator (boxHeight.neg() + h) |> fun t -> t.to_type(ScalarType.Float64)
-    let randomLeft = Draw.integersUpTo generator (boxWidth.neg() + w) |> fun t -> t.to_type(ScalarType.Float64)
+    let randomTop = (Draw.integersUpTo generator (boxHeight.neg() + h)).to_type(ScalarType.Float64)
+    let randomLeft = (Draw.integersUpTo generator (boxWidth.neg() + w)).to_type(ScalarType.Float64)
     let top = where(anyFits, randomTop, ((boxHeight.neg() + h) / 2.0).floor())
     let left = where(anyFits, randomLeft, ((boxWidth.neg() + w) / 2.0).floor())
     stack([| top; left; boxHeight; boxWidth |], 1L).MoveToOuterDisposeScope()
