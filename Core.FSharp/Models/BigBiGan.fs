@@ -13,7 +13,8 @@ module internal BigBiGanChecks =
 
 /// The generator G (Donahue & Simonyan 2019, Sec. 2; a small DCGAN-style stand-in for BigGAN):
 /// Linear z → (2w, s/4, s/4) → BN → ReLU → two 4x4 stride-2 transposed convolutions (2w → w → w/2,
-/// each BN → ReLU) → 3x3 convolution to `channels` → tanh.
+/// each BN → ReLU) → 3x3 convolution to `channels` → tanh. Unlike BigGAN's G it has no spectral
+/// normalisation: of the paper's spectral norms only D's are kept at this scale.
 /// z: (N, latentDim) from the Gaussian prior → images (N, channels, s, s) in [-1, 1].
 type BigBiGanGenerator(latentDim: int64, channels: int64, imageSize: int64, width: int64) as this =
     inherit nn.Module<Tensor, Tensor>("BigBiGanGenerator")
@@ -46,7 +47,8 @@ type BigBiGanGenerator(latentDim: int64, channels: int64, imageSize: int64, widt
 
 /// The encoder E (Donahue & Simonyan 2019, Sec. 2; small conv net instead of their RevNet): a
 /// Gaussian encoder. Three conv-BN-ReLU layers (4x4 stride 2 to w/2, 4x4 stride 2 to w, 3x3 to 2w),
-/// global average pool, Linear → 2·latentDim giving the mean μ and ρ, σ = softplus(ρ) + 1e-4.
+/// global average pool, Linear → 2·latentDim giving the mean μ and ρ; σ = softplus(ρ) + 1e-4 (this
+/// implementation's parameterisation of the paper's Gaussian encoder).
 /// `forward` returns the deterministic μ (the representation used downstream); `Sample` draws
 /// z = μ + σ·ε with ε ~ N(0, I) from an explicit generator (the reparameterisation trick, so
 /// gradients reach E through z). images: (N, channels, s, s).
@@ -98,7 +100,7 @@ type BigBiGanEncoder(channels: int64, latentDim: int64, width: int64) as this =
         let struct (mean, _) = this.MeanAndStd images
         mean.MoveToOuterDisposeScope()
 
-/// The three discriminator scores of BigBiGAN (Donahue & Simonyan 2019, eq. 1–2), each (N).
+/// The three discriminator scores of BigBiGAN (Donahue & Simonyan 2019, Sec. 2), each (N).
 [<Struct>]
 type BiGanScores =
     { /// s_x = θ_xᵀ F(x): the unary score of the image.
@@ -108,7 +110,7 @@ type BiGanScores =
       /// s_xz = θ_xzᵀ J(F(x), H(z)): the joint score.
       Sxz: Tensor }
 
-/// The joint discriminator D of BigBiGAN (Donahue & Simonyan 2019, Sec. 2, eq. 1–2), every layer
+/// The joint discriminator D of BigBiGAN (Donahue & Simonyan 2019, Sec. 2), every layer
 /// spectrally normalised as in BigGAN's D (Miyato et al. 2018): F(x) conv net (3x3 to w, 4x4
 /// stride 2 to w, 4x4 stride 2 to 2w, each ReLU, global average pool → 2w); H(z) MLP (latentDim →
 /// 2w → 2w, ReLU); J([F, H]) MLP (4w → 4w → 4w, ReLU); linear scores s_x on F, s_z on H, s_xz on J.

@@ -8,10 +8,10 @@ open Ssl.Core.Shape
 
 /// Which grid positions (u, v) the context at (i, j) may depend on.
 type ContextMask =
-    /// Only rows above: u < i (any column). CPC's context over rows u ≤ i (Hénaff et al. 2019,
-    /// Sec. 2) is this network's output one row further down.
+    /// Only rows above: u < i (any column). CPC's context over rows u ≤ i (Hénaff et al. 2019) is
+    /// this network's output one row further down.
     | RowsAbove = 0
-    /// Raster order, as PixelCNN (van den Oord et al. 2016, Sec. 3.4): u < i, or u = i and v < j.
+    /// Raster order, as PixelCNN (van den Oord et al. 2016): u < i, or u = i and v < j.
     | RowsAboveAndLeft = 1
 
 /// Kernel masks of masked convolutions.
@@ -61,9 +61,9 @@ type internal ContextBlock(channels: int64, kernelSize: int64, mask: ContextMask
         use scope = torch.NewDisposeScope()
         (x + mix.forward((masked.forward(x.relu())).relu())).MoveToOuterDisposeScope()
 
-/// The context network g_ar of CPC v2 (Hénaff et al. 2019, Sec. 2 and App. A: a PixelCNN-style
-/// stack of masked convolutions over the grid of patch embeddings; van den Oord et al. 2016 for
-/// the masks): a first masked convolution (inputDim → contextDim, centre excluded), then `blocks`
+/// The context network g_ar of CPC v2 (Hénaff et al. 2019: a PixelCNN-style stack of masked
+/// convolutions over the grid of patch embeddings; van den Oord et al. 2016, Pixel Recurrent
+/// Neural Networks, Sec. 3.4, for the masks): a first masked convolution (inputDim → contextDim, centre excluded), then `blocks`
 /// residual blocks (masked k x k and 1x1 convolutions). The output at (i, j) depends only on the
 /// positions `mask` allows; with k = 3 its receptive field grows by one row (and column) per layer.
 /// embeddings: (N, inputDim, gh, gw) → contexts (N, contextDim, gh, gw).

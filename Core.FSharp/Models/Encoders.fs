@@ -85,8 +85,9 @@ type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: in
         use scope = torch.NewDisposeScope()
         (residual.forward x + shortcut.forward x).relu_().MoveToOuterDisposeScope()
 
-/// ResNet-18 in its CIFAR form (He et al. 2016, Sec. 4.2 layout as used for 32 px inputs): a 3x3
-/// stem convolution with stride 1 and no max-pool, then stages of 64, 128, 256, 512 channels with
+/// ResNet-18 (He et al. 2016, Table 1) in its CIFAR form, as SimCLR adapts it to 32 px inputs (Chen
+/// et al. 2020, App. B.9): a 3x3 stem convolution with stride 1 and no max-pool, then stages of 64,
+/// 128, 256, 512 channels with
 /// [2, 2, 2, 2] basic blocks (stride 2 at the start of stages 2–4), global average pool, no fc.
 /// 11,168,832 parameters for 3 input channels (11,167,680 for 1). FeatureDim = 512.
 /// `inputChannels`: C of the (N, C, H, W) input.

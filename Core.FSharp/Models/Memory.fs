@@ -82,8 +82,8 @@ type MemoryBank(size: int64, dim: int64, generator: torch.Generator) as this =
         let shape = Array.append indices.shape [| dim |]
         memory.index_select(0L, indices.flatten()).reshape(shape).MoveToOuterDisposeScope()
 
-    /// v_i ← normalise(m·v_i + (1 − m)·f_i) for each index i (Wu et al. 2018, the proximal memory
-    /// update of their code). `momentum`: m in [0, 1]; `indices`: (B) distinct int64;
+    /// v_i ← normalise(m·v_i + (1 − m)·f_i) for each index i (Wu et al. 2018: the momentum update of
+    /// their released code, m = 0.5 there). `momentum`: m in [0, 1]; `indices`: (B) distinct int64;
     /// `features`: (B, D), detached.
     member _.Update(momentum: float, indices: Tensor, features: Tensor) =
         if not (momentum >= 0.0 && momentum <= 1.0) then
@@ -101,7 +101,7 @@ type MemoryBank(size: int64, dim: int64, generator: torch.Generator) as this =
         memory.index_copy_(0L, indices, nn.functional.normalize(mixed, dim = 1L)) |> ignore
 
     /// k noise indices per example drawn uniformly from [0, n) (the uniform noise distribution
-    /// P_n = 1/n of Wu et al. 2018, eq. 3 ff.) → (batchSize, k) int64 on the bank's device.
+    /// P_n = 1/n of Wu et al. 2018, Sec. 3.2) → (batchSize, k) int64 on the bank's device.
     /// `generator` must be on that device.
     member _.SampleNoise(batchSize: int64, k: int64, generator: torch.Generator) =
         Layers.checkPositive "batchSize" batchSize

@@ -10,7 +10,7 @@ open Ssl.Core.Shape
 module SpectralNorm =
     /// `iterations` ≥ 1 power iterations (Miyato et al. 2018, Algorithm 1) on `weight` viewed as
     /// the matrix W (out, rest), starting from the left singular vector estimate u:
-    /// v ← normalise(Wᵀu), u ← normalise(W v); then σ = uᵀ W v (eq. 12 ff.).
+    /// v ← normalise(Wᵀu), u ← normalise(W v); then σ = uᵀ W v.
     /// u: (out); weight: (out, ...). Result: struct (σ: () differentiable in `weight` with u, v held
     /// constant, as in the paper; u: (out) and v: (rest) detached).
     let powerIteration (iterations: int) (u: Tensor) (weight: Tensor) =

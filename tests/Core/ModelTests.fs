@@ -225,9 +225,10 @@ let private parametersOf (m: nn.Module) = m.parameters () |> Seq.map (fun p -> p
 let private perturbed (head: MlpHead) (seed: int) =
     use scope = torch.NewDisposeScope()
     use _ = torch.no_grad()
-    for p in parametersOf head do p.add_(randn seed p.shape) |> ignore
+    let parameters = parametersOf head
+    for p in parameters do p.add_(randn seed p.shape) |> ignore
     head.train () |> ignore
-    head.forward(randn (seed + 1) [| 4L; 4L |]) |> ignore
+    head.forward((randn (seed + 1) [| 4L; 4L |]).to_type(parameters[0].dtype)) |> ignore
 
 let private momentumTests =
     testList "momentum copy" [
@@ -270,6 +271,17 @@ let private momentumTests =
             for (k, q), now in Array.zip (Array.zip keys queries) (parametersOf copy) do
                 use expected = k * m + q * (1.0 - m)
                 Check.close 1e-6 1e-6 $"EMA with m = {m}" now expected)
+        test "Update still pairs parameters after both networks move to float64" {
+            use online = new MlpHead(4L, 6L, 3L)
+            use copy = new MomentumCopy(online, new MlpHead(4L, 6L, 3L))
+            online.``to``(ScalarType.Float64) |> ignore
+            copy.``to``(ScalarType.Float64) |> ignore
+            perturbed online 30
+            copy.Update 0.0
+            for q, k in Array.zip (parametersOf online) (parametersOf copy) do
+                Expect.equal k.dtype ScalarType.Float64 "moved"
+                Check.close 0.0 0.0 "parameter after the move" k q
+        }
         test "Update leaves no tensor alive; bad momentum and architectures are named" {
             use online = new MlpHead(4L, 6L, 3L)
             use copy = new MomentumCopy(online, new MlpHead(4L, 6L, 3L))
