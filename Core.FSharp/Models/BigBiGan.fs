@@ -16,7 +16,7 @@ module internal BigBiGanChecks =
 /// each BN → ReLU) → 3x3 convolution to `channels` → tanh. Unlike BigGAN's G it has no spectral
 /// normalisation: of the paper's spectral norms only D's are kept at this scale.
 /// z: (N, latentDim) from the Gaussian prior → images (N, channels, s, s) in [-1, 1].
-type BigBiGanGenerator(latentDim: int64, channels: int64, imageSize: int64, width: int64) as this =
+type BigBiGanGenerator(channels: int64, imageSize: int64, latentDim: int64, width: int64) as this =
     inherit nn.Module<Tensor, Tensor>("BigBiGanGenerator")
     do
         Layers.checkPositive "latentDim" latentDim
@@ -165,7 +165,7 @@ type BigBiGanDiscriminator(channels: int64, latentDim: int64, width: int64) as t
 /// "discriminator".
 type BigBiGan(channels: int64, imageSize: int64, latentDim: int64, width: int64) as this =
     inherit nn.Module("BigBiGan")
-    let generator = new BigBiGanGenerator(latentDim, channels, imageSize, width)
+    let generator = new BigBiGanGenerator(channels, imageSize, latentDim, width)
     let encoder = new BigBiGanEncoder(channels, latentDim, width)
     let discriminator = new BigBiGanDiscriminator(channels, latentDim, width)
     do this.RegisterComponents()

@@ -637,7 +637,7 @@ let private bigBiGanTests =
                 s.Sx.Dispose(); s.Sz.Dispose(); s.Sxz.Dispose())
         }
         test "an image size that is not a multiple of 4 is named" {
-            let e = Prop.throws<ArgumentException> (fun () -> (new BigBiGanGenerator(8L, 1L, 30L, 16L)).Dispose())
+            let e = Prop.throws<ArgumentException> (fun () -> (new BigBiGanGenerator(1L, 30L, 8L, 16L)).Dispose())
             Expect.stringContains e.Message "imageSize: expected a multiple of 4" "message"
         }
     ]
