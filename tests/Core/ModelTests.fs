@@ -1,6 +1,656 @@
 module Ssl.Tests.Core.ModelTests
 
+open System
+open System.Collections.Generic
 open Expecto
+open TorchSharp
+open type TorchSharp.torch
+// torch's dtype and function names (int64, float, abs, max, ...) shadow F#'s conversions: restore them.
+open Microsoft.FSharp.Core.Operators
+open Ssl.Core.Models
+open Ssl.Tests
+
+// ---- shared checks ------------------------------------------------------------------------------
+
+let private generator (seed: int) = new torch.Generator(uint64 seed)
+
+let private randn (seed: int) (shape: int64[]) =
+    use g = generator seed
+    torch.randn(shape, generator = g)
+
+let private parameterCount (m: nn.Module) = m.parameters () |> Seq.sumBy (fun p -> p.numel ())
+
+/// Runs `f` on one intra-op thread. libtorch 2.10 (TorchSharp 0.107, CPU) computes wrong, varying
+/// float32 input gradients of small convolutions (e.g. 3 → 4 channels on 7x7, 1 → 8 on 28x28) when
+/// it runs them on 2 threads, sometimes NaN; on one thread they match the transposed-convolution
+/// reference. Gradient checks must not inherit that race.
+let private singleThreaded (f: unit -> unit) =
+    let threads = torch.get_num_threads ()
+    torch.set_num_threads 1
+    try f () finally torch.set_num_threads threads
+
+/// One backward of `output`'s sum gives every parameter of `m` a non-null, finite gradient, and
+/// some gradient is non-zero.
+let private expectGradientsReachEveryParameter (what: string) (m: nn.Module) (output: unit -> Tensor) =
+    singleThreaded (fun () ->
+        use scope = torch.NewDisposeScope()
+        m.zero_grad ()
+        (output ()).sum().backward()
+        let mutable total = 0.0
+        for struct (name, p) in m.named_parameters () do
+            let g = p.grad
+            Expect.isNotNull g $"{what}: parameter {name} has a gradient"
+            Expect.isTrue (g.isfinite().all().item<bool>()) $"{what}: gradient of {name} is finite"
+            total <- total + float (g.abs().sum().item<float32>())
+        Expect.isGreaterThan total 0.0 $"{what}: some gradient is non-zero"
+        m.zero_grad ())
+
+/// A forward under the caller's dispose scope leaves no tensor alive but the output.
+let private forwardLeavesOnlyOutput (what: string) (m: nn.Module<Tensor, Tensor>) (x: Tensor) =
+    Check.leavesOnlyResult what (fun () ->
+        use scope = torch.NewDisposeScope()
+        m.forward(x).MoveToOuterDisposeScope())
+
+let private expectShape (what: string) (expected: int64[]) (t: Tensor) =
+    Expect.sequenceEqual t.shape expected $"{what}: shape"
+
+// ---- encoders -----------------------------------------------------------------------------------
+
+let private conv3x3 (inC: int64) (outC: int64) = 9L * inC * outC
+let private bn (c: int64) = 2L * c
+
+/// Parameters of the basic block (He et al. 2016): two conv3x3-BN, a 1x1 conv-BN shortcut on change.
+let private basicBlockParameters (inC: int64) (outC: int64) =
+    conv3x3 inC outC + bn outC + conv3x3 outC outC + bn outC + (if inC <> outC then inC * outC + bn outC else 0L)
+
+let private resNet18Parameters (c: int64) =
+    let stage inC outC = basicBlockParameters inC outC + basicBlockParameters outC outC
+    conv3x3 c 64L + bn 64L + stage 64L 64L + stage 64L 128L + stage 128L 256L + stage 256L 512L
+
+let private wrn28x2Parameters (c: int64) =
+    let block inC outC = bn inC + conv3x3 inC outC + bn outC + conv3x3 outC outC + (if inC <> outC then inC * outC else 0L)
+    let stage inC outC = block inC outC + 3L * block outC outC
+    conv3x3 c 16L + stage 16L 32L + stage 32L 64L + stage 64L 128L + bn 128L
+
+let private smallConvNetParameters (c: int64) =
+    conv3x3 c 32L + conv3x3 32L 64L + conv3x3 64L 64L + conv3x3 64L 128L + conv3x3 128L 128L
+    + bn 32L + bn 64L + bn 64L + bn 128L + bn 128L
+
+type private EncoderCase =
+    { Name: string
+      Build: int64 -> Encoder
+      Parameters: int64 -> int64 }
+
+let private encoderCases =
+    [ { Name = "SmallConvNet"; Build = (fun c -> new SmallConvNet(c)); Parameters = smallConvNetParameters }
+      { Name = "ResNet18"; Build = (fun c -> new ResNet18(c)); Parameters = resNet18Parameters }
+      { Name = "WRN-28-2"; Build = (fun c -> WideResNet.Wrn28x2 c); Parameters = wrn28x2Parameters } ]
+
+/// FLOPs of every Conv2d in `model` on one image, counted from the layer shapes seen in a forward:
+/// 2 · (output elements) · (input channels / groups · kh · kw).
+let private convolutionFlops (model: nn.Module<Tensor, Tensor>) (channels: int64) (size: int64) =
+    let mutable flops = 0L
+    let hooks =
+        [ for m in model.modules () do
+              match m with
+              | :? Modules.Conv2d as conv ->
+                  yield conv.register_forward_hook(Func<nn.Module<Tensor, Tensor>, Tensor, Tensor, Tensor>(fun _ _ output ->
+                      let perImage = output.numel () / output.shape[0]
+                      flops <- flops + 2L * perImage * (conv.in_channels / conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
+                      output))
+              | _ -> () ]
+    model.eval () |> ignore
+    use scope = torch.NewDisposeScope()
+    use _ = torch.no_grad()
+    model.forward(torch.zeros(1L, channels, size, size)) |> ignore
+    for h in hooks do h.remove ()
+    flops
+
+let private encoderTests =
+    testList "encoders" [
+        for case in encoderCases do
+            testList case.Name [
+                test "output (2, FeatureDim) for 28, 32 and 96 px, 1 and 3 channels" {
+                    for c in [ 1L; 3L ] do
+                        use model = case.Build c
+                        model.eval () |> ignore
+                        for size in [ 28L; 32L; 96L ] do
+                            use scope = torch.NewDisposeScope()
+                            use _ = torch.no_grad()
+                            let features = model.forward(randn 1 [| 2L; c; size; size |])
+                            expectShape $"{case.Name} {c}x{size}x{size}" [| 2L; model.FeatureDim |] features
+                            Expect.isTrue (features.isfinite().all().item<bool>()) "finite features"
+                }
+                test "parameter count matches the reference formula" {
+                    for c in [ 1L; 3L ] do
+                        use model = case.Build c
+                        Expect.equal (parameterCount model) (case.Parameters c) $"{case.Name} with {c} channels"
+                }
+                test "one backward reaches every parameter" {
+                    torch.manual_seed 1L |> ignore
+                    use model = case.Build 3L
+                    use x = randn 2 [| 2L; 3L; 28L; 28L |]
+                    expectGradientsReachEveryParameter case.Name model (fun () -> model.forward x)
+                }
+                test "a forward under a dispose scope leaves only its output" {
+                    use model = case.Build 1L
+                    use x = randn 3 [| 2L; 1L; 28L; 28L |]
+                    forwardLeavesOnlyOutput case.Name model x
+                }
+                test "a wrong channel count names the images argument" {
+                    use model = case.Build 3L
+                    use x = torch.zeros(2L, 1L, 28L, 28L)
+                    let e = Prop.throws<ArgumentException> (fun () -> model.forward x |> ignore)
+                    Expect.stringContains e.Message "images: expected shape (*, 3, *, *), found (2, 1, 28, 28)" "message"
+                }
+            ]
+        test "ResNet-18 (CIFAR, no fc) has 11,168,832 parameters for 3 channels" {
+            use model = new ResNet18(3L)
+            Expect.equal (parameterCount model) 11_168_832L "the known count"
+        }
+        test "WRN-28-2 with a 10-class head has 1,467,610 parameters (MixMatch's 1.47M)" {
+            use model = WideResNet.Wrn28x2 3L
+            use head = new LinearHead(model.FeatureDim, 10L)
+            Expect.equal (parameterCount model + parameterCount head) 1_467_610L "encoder + head"
+            Expect.equal model.FeatureDim 128L "64k features"
+        }
+        test "WRN batch norms use momentum 0.001" {
+            use model = WideResNet.Wrn28x2 3L
+            for m in model.modules () do
+                match m with
+                | :? Modules.BatchNorm2d as b -> Expect.equal b.momentum (Nullable 0.001) "momentum"
+                | _ -> ()
+        }
+        test "WideResNet rejects a depth that is not 6n + 4" {
+            let e = Prop.throws<ArgumentException> (fun () -> (new WideResNet(3L, 27, 2L)).Dispose())
+            Expect.stringContains e.Message "depth: expected 6n + 4" "message"
+        }
+        test "SmallConvNet costs the documented FLOPs per 28x28 image (counted from layer shapes)" {
+            use gray = new SmallConvNet(1L)
+            use colour = new SmallConvNet(3L)
+            Expect.equal (convolutionFlops gray 1L 28L) 43_803_648L "1 channel (doc comment)"
+            Expect.equal (convolutionFlops colour 3L 28L) 44_706_816L "3 channels (doc comment)"
+        }
+    ]
+
+// ---- heads --------------------------------------------------------------------------------------
+
+let private headTests =
+    testList "heads" [
+        test "LinearHead computes x Wᵀ + b with in·out + out parameters" {
+            use head = new LinearHead(5L, 3L)
+            use x = randn 4 [| 4L; 5L |]
+            Expect.equal (parameterCount head) (5L * 3L + 3L) "parameters"
+            use scope = torch.NewDisposeScope()
+            let p = dict [ for struct (n, t) in head.named_parameters () -> n, (t :> Tensor) ]
+            let weight, bias = p["linear.weight"], p["linear.bias"]
+            let expected = Array2D.init 4 3 (fun i o ->
+                float32 (bias[int64 o].item<float32>())
+                + Seq.sum [ for k in 0L .. 4L -> x[int64 i, k].item<float32>() * weight[int64 o, k].item<float32>() ])
+            Check.close 1e-5 1e-5 "x Wᵀ + b" (head.forward x) (torch.tensor(expected))
+            forwardLeavesOnlyOutput "LinearHead" head x
+            expectGradientsReachEveryParameter "LinearHead" head (fun () -> head.forward x)
+        }
+        test "MlpHead: shape, parameter count, gradients, memory" {
+            use head = new MlpHead(6L, 8L, 4L)
+            use x = randn 5 [| 3L; 6L |]
+            expectShape "MlpHead" [| 3L; 4L |] (head.forward x)
+            Expect.equal (parameterCount head) (6L * 8L + 2L * 8L + 8L * 4L + 4L) "Linear(no bias)-BN-ReLU-Linear"
+            expectGradientsReachEveryParameter "MlpHead" head (fun () -> head.forward x)
+            forwardLeavesOnlyOutput "MlpHead" head x
+        }
+        test "MlpHead input gradient matches finite differences (float64)" {
+            use head = new MlpHead(3L, 5L, 2L)
+            head.``to``(ScalarType.Float64) |> ignore
+            use x = randn 6 [| 4L; 3L |]
+            use x64 = x.to_type(ScalarType.Float64)
+            use w = (randn 7 [| 4L; 2L |]).to_type(ScalarType.Float64)
+            Check.gradcheck "MlpHead" 1e-6 1e-5 (fun t -> (head.forward t * w).sum()) x64
+        }
+        test "heads name a wrong feature width" {
+            use head = new MlpHead(6L, 8L, 4L)
+            use x = torch.zeros(3L, 5L)
+            let e = Prop.throws<ArgumentException> (fun () -> head.forward x |> ignore)
+            Expect.stringContains e.Message "features: expected shape (*, 6), found (3, 5)" "message"
+        }
+    ]
+
+// ---- momentum copy ------------------------------------------------------------------------------
+
+let private snapshot (tensors: seq<Tensor>) = [| for t in tensors -> t.detach().clone() |]
+
+let private parametersOf (m: nn.Module) = m.parameters () |> Seq.map (fun p -> p :> Tensor) |> Array.ofSeq
+
+/// An online MlpHead whose parameters and batch-norm statistics have moved away from the copy's.
+let private perturbed (head: MlpHead) (seed: int) =
+    use scope = torch.NewDisposeScope()
+    use _ = torch.no_grad()
+    let parameters = parametersOf head
+    for p in parameters do p.add_(randn seed p.shape) |> ignore
+    head.train () |> ignore
+    head.forward((randn (seed + 1) [| 4L; 4L |]).to_type(parameters[0].dtype)) |> ignore
+
+let private momentumTests =
+    testList "momentum copy" [
+        test "the copy starts equal, without gradients, and owns only its own parameters" {
+            use online = new MlpHead(4L, 6L, 3L)
+            use copy = new MomentumCopy(online, new MlpHead(4L, 6L, 3L))
+            Expect.equal (parameterCount copy) (parameterCount online) "only the copy's parameters"
+            for p in copy.parameters () do Expect.isFalse p.requires_grad "no gradient on the copy"
+            for q, k in Array.zip (parametersOf online) (parametersOf copy) do Check.close 0.0 0.0 "parameter" k q
+        }
+        test "m = 0 copies parameters and buffers" {
+            use online = new MlpHead(4L, 6L, 3L)
+            use copy = new MomentumCopy(online, new MlpHead(4L, 6L, 3L))
+            perturbed online 10
+            copy.Update 0.0
+            for q, k in Array.zip (parametersOf online) (parametersOf copy) do Check.close 0.0 0.0 "parameter" k q
+            for q, k in Seq.zip (online.buffers ()) (copy.buffers ()) do Check.close 0.0 0.0 "buffer" k q
+            online.eval () |> ignore
+            copy.eval () |> ignore
+            use x = randn 11 [| 3L; 4L |]
+            Check.close 0.0 0.0 "the same function" (copy.forward x) (online.forward x)
+        }
+        test "m = 1 freezes parameters; buffers still follow the online network" {
+            use online = new MlpHead(4L, 6L, 3L)
+            use copy = new MomentumCopy(online, new MlpHead(4L, 6L, 3L))
+            let before = snapshot (parametersOf copy)
+            perturbed online 20
+            copy.Update 1.0
+            for b, k in Array.zip before (parametersOf copy) do Check.close 0.0 0.0 "frozen parameter" k b
+            for q, k in Seq.zip (online.buffers ()) (copy.buffers ()) do Check.close 0.0 0.0 "copied buffer" k q
+        }
+        Prop.propSmall "0 < m < 1 gives m·θk + (1 − m)·θq on every parameter" (fun (percent: byte) (seed: int) ->
+            let m = float (int percent % 99 + 1) / 100.0
+            use online = new MlpHead(4L, 6L, 3L)
+            use copy = new MomentumCopy(online, new MlpHead(4L, 6L, 3L))
+            perturbed online (abs (seed % 1000))
+            let keys = snapshot (parametersOf copy)
+            let queries = snapshot (parametersOf online)
+            copy.Update m
+            for (k, q), now in Array.zip (Array.zip keys queries) (parametersOf copy) do
+                use expected = k * m + q * (1.0 - m)
+                Check.close 1e-6 1e-6 $"EMA with m = {m}" now expected)
+        test "Update still pairs parameters after both networks move to float64" {
+            use online = new MlpHead(4L, 6L, 3L)
+            use copy = new MomentumCopy(online, new MlpHead(4L, 6L, 3L))
+            online.``to``(ScalarType.Float64) |> ignore
+            copy.``to``(ScalarType.Float64) |> ignore
+            perturbed online 30
+            copy.Update 0.0
+            for q, k in Array.zip (parametersOf online) (parametersOf copy) do
+                Expect.equal k.dtype ScalarType.Float64 "moved"
+                Check.close 0.0 0.0 "parameter after the move" k q
+        }
+        test "Update leaves no tensor alive; bad momentum and architectures are named" {
+            use online = new MlpHead(4L, 6L, 3L)
+            use copy = new MomentumCopy(online, new MlpHead(4L, 6L, 3L))
+            Check.noLeak "Update" (fun () -> copy.Update 0.99)
+            let e = Prop.throws<ArgumentException> (fun () -> copy.Update 1.5)
+            Expect.stringContains e.Message "momentum: expected a value in [0, 1], found 1.5" "momentum"
+            let e = Prop.throws<ArgumentException> (fun () -> (new MomentumCopy(online, new MlpHead(4L, 7L, 3L))).Dispose())
+            Expect.stringContains e.Message "copy: expected shape" "architecture"
+        }
+    ]
+
+// ---- queue and memory bank ----------------------------------------------------------------------
+
+let private rowNorms (t: Tensor) =
+    use scope = torch.NewDisposeScope()
+    t.pow(Scalar.op_Implicit 2.0).sum(1L).sqrt().MoveToOuterDisposeScope()
+
+let private queueTests =
+    testList "key queue" [
+        test "starts with K random unit keys, reproducible from the generator" {
+            use g1 = generator 5
+            use g2 = generator 5
+            use a = new KeyQueue(7L, 3L, g1)
+            use b = new KeyQueue(7L, 3L, g2)
+            expectShape "keys" [| 7L; 3L |] a.Keys
+            Check.close 1e-6 0.0 "unit rows" (rowNorms a.Keys) (torch.ones(7L))
+            Check.close 0.0 0.0 "same seed, same keys" a.Keys b.Keys
+            Expect.equal a.Pointer 0L "pointer"
+            Expect.equal (a.named_buffers () |> Seq.map (fun struct (n, _) -> n) |> List.ofSeq) [ "keys"; "pointer" ] "buffers"
+        }
+        Prop.propSmall "FIFO at fixed capacity, any batch size (oracle: a .NET Queue of row ids)" (fun (capacityDraw: byte) (batchDraws: byte list) ->
+            let capacity = int64 (int capacityDraw % 9 + 1)
+            use g = generator 1
+            use queue = new KeyQueue(capacity, 2L, g)
+            let initial = queue.Keys.clone()
+            let oracle = Queue<int>()
+            for slot in 0 .. int capacity - 1 do oracle.Enqueue(-(slot + 1))
+            let mutable nextId = 0
+            for draw in batchDraws do
+                let batch = int draw % (2 * int capacity + 2) + 1
+                let ids = Array.init batch (fun i -> float32 (nextId + i))
+                use keys = torch.tensor(Array2D.init batch 2 (fun i _ -> ids[i]))
+                queue.Enqueue keys
+                for i in 0 .. batch - 1 do
+                    oracle.Enqueue(nextId + i)
+                    if oracle.Count > int capacity then oracle.Dequeue() |> ignore
+                nextId <- nextId + batch
+            use scope = torch.NewDisposeScope()
+            let oldestFirst = queue.Keys.roll(-queue.Pointer, 0L)
+            let expected =
+                torch.stack([| for id in oracle ->
+                                   if id >= 0 then torch.tensor([| float32 id; float32 id |]) else initial[int64 (-id - 1)] |])
+            Check.close 0.0 0.0 "queue oldest first vs oracle" oldestFirst expected
+            initial.Dispose())
+        test "Enqueue leaves no tensor alive and names a wrong key width" {
+            use g = generator 2
+            use queue = new KeyQueue(5L, 3L, g)
+            use keys = randn 3 [| 4L; 3L |]
+            Check.noLeak "Enqueue" (fun () -> queue.Enqueue keys)
+            use wrong = torch.zeros(4L, 2L)
+            let e = Prop.throws<ArgumentException> (fun () -> queue.Enqueue wrong)
+            Expect.stringContains e.Message "keys: expected shape (*, 3), found (4, 2)" "message"
+        }
+    ]
+
+let private memoryBankTests =
+    testList "memory bank" [
+        test "starts with n random unit rows" {
+            use g = generator 3
+            use bank = new MemoryBank(10L, 4L, g)
+            expectShape "memory" [| 10L; 4L |] bank.Memory
+            Check.close 1e-6 0.0 "unit rows" (rowNorms bank.Memory) (torch.ones(10L))
+        }
+        Prop.propSmall "Update gives normalise(m·v + (1 − m)·f) at the indices and leaves other rows (loop oracle)" (fun (percent: byte) (seed: int) ->
+            let m = float (int percent % 101) / 100.0
+            use g = generator (abs (seed % 1000))
+            use bank = new MemoryBank(8L, 3L, g)
+            let before = Array2D.init 8 3 (fun i d -> bank.Memory[int64 i, int64 d].item<float32>() |> float)
+            let rows = [| 6L; 1L; 3L |]
+            use indices = torch.tensor(rows)
+            use features = randn (abs (seed % 1000) + 1) [| 3L; 3L |]
+            bank.Update(m, indices, features)
+            let expected = Array2D.copy before
+            rows |> Array.iteri (fun b row ->
+                let mixed = Array.init 3 (fun d -> m * before[int row, d] + (1.0 - m) * float (features[int64 b, int64 d].item<float32>()))
+                let norm = sqrt (Array.sumBy (fun v -> v * v) mixed)
+                for d in 0 .. 2 do expected[int row, d] <- mixed[d] / max norm 1e-12)
+            use expectedTensor = torch.tensor(expected).to_type(ScalarType.Float32)
+            Check.close 1e-5 1e-5 $"memory after Update (m = {m})" bank.Memory expectedTensor)
+        test "Rows gathers rows for any index shape; memory is checked" {
+            use g = generator 4
+            use bank = new MemoryBank(6L, 2L, g)
+            use indices = torch.tensor([| 5L; 0L; 2L; 2L; 1L; 4L |]).reshape(2L, 3L)
+            use rows = bank.Rows indices
+            expectShape "rows" [| 2L; 3L; 2L |] rows
+            Check.close 0.0 0.0 "row (1, 2) is memory row 4" rows[1L, 2L] bank.Memory[4L]
+            Check.leavesOnlyResult "Rows" (fun () -> bank.Rows indices)
+            use batch = torch.tensor([| 1L; 3L |])
+            use features = randn 5 [| 2L; 2L |]
+            Check.noLeak "Update" (fun () -> bank.Update(0.5, batch, features))
+        }
+        test "Update rejects repeated and out-of-range indices" {
+            use g = generator 4
+            use bank = new MemoryBank(6L, 2L, g)
+            use features = torch.ones(2L, 2L)
+            use repeated = torch.tensor([| 3L; 3L |])
+            let e = Prop.throws<ArgumentException> (fun () -> bank.Update(0.5, repeated, features))
+            Expect.stringContains e.Message "indices: expected distinct values, found 1 repeated" "repeated"
+            use outside = torch.tensor([| 3L; 6L |])
+            let e = Prop.throws<ArgumentException> (fun () -> bank.Update(0.5, outside, features))
+            Expect.stringContains e.Message "indices: expected values in [0, 5], found [3, 6]" "range"
+        }
+        test "SampleNoise draws k uniform indices per example, reproducibly" {
+            use g = generator 4
+            use bank = new MemoryBank(10L, 2L, g)
+            use g1 = generator 9
+            use g2 = generator 9
+            use a = bank.SampleNoise(400L, 50L, g1)
+            use b = bank.SampleNoise(400L, 50L, g2)
+            expectShape "noise" [| 400L; 50L |] a
+            Check.close 0.0 0.0 "same seed, same draws" a b
+            Expect.isTrue (a.ge(Scalar.op_Implicit 0L).all().item<bool>() && a.lt(Scalar.op_Implicit 10L).all().item<bool>()) "in [0, n)"
+            use counts = torch.bincount(a.flatten(), minlength = 10L)
+            // 20,000 draws over 10 indices: each count is 2000 ± 4.5 standard deviations (~190).
+            for i in 0L .. 9L do
+                let c = counts[i].item<int64>()
+                Expect.isTrue (abs (c - 2000L) < 190L) $"index {i} drawn {c} times, expected about 2000"
+            use g3 = generator 10
+            Check.leavesOnlyResult "SampleNoise" (fun () -> bank.SampleNoise(3L, 4L, g3))
+        }
+    ]
+
+// ---- context network ----------------------------------------------------------------------------
+
+let private allowed (mask: ContextMask) (u: int) (v: int) (i: int) (j: int) =
+    match mask with
+    | ContextMask.RowsAbove -> u < i
+    | _ -> u < i || (u = i && v < j)
+
+let private contextTests =
+    testList "context network" [
+        test "kernel masks for k = 3 (closed forms)" {
+            let expectMask mask first (rows: float32[][]) =
+                use m = MaskedConvolution.kernelMask mask first 3L
+                use expected = torch.tensor(array2D rows)
+                Check.close 0.0 0.0 $"{mask} first={first}" m expected
+            expectMask ContextMask.RowsAbove true [| [| 1f; 1f; 1f |]; [| 0f; 0f; 0f |]; [| 0f; 0f; 0f |] |]
+            expectMask ContextMask.RowsAbove false [| [| 1f; 1f; 1f |]; [| 1f; 1f; 1f |]; [| 0f; 0f; 0f |] |]
+            expectMask ContextMask.RowsAboveAndLeft true [| [| 1f; 1f; 1f |]; [| 1f; 0f; 0f |]; [| 0f; 0f; 0f |] |]
+            expectMask ContextMask.RowsAboveAndLeft false [| [| 1f; 1f; 1f |]; [| 1f; 1f; 0f |]; [| 0f; 0f; 0f |] |]
+        }
+        for mask in [ ContextMask.RowsAbove; ContextMask.RowsAboveAndLeft ] do
+            test $"causality ({mask}): perturbing an input changes exactly the outputs allowed to see it" {
+                torch.manual_seed 3L |> ignore
+                let side = 5
+                use net = new ContextNetwork(3L, 16L, 3, 3L, mask)
+                net.``to``(ScalarType.Float64) |> ignore
+                use scope = torch.NewDisposeScope()
+                use _ = torch.no_grad()
+                let x = (randn 12 [| 2L; 3L; int64 side; int64 side |]).to_type(ScalarType.Float64)
+                let baseline = net.forward x
+                for u in 0 .. side - 1 do
+                    for v in 0 .. side - 1 do
+                        let probe = x.clone()
+                        probe[TensorIndex.Colon, TensorIndex.Colon, TensorIndex.Single(int64 u), TensorIndex.Single(int64 v)] <-
+                            (randn (100 + u * side + v) [| 2L; 3L |]).to_type(ScalarType.Float64)
+                        let change = (net.forward probe - baseline).abs().amax([| 0L; 1L |])
+                        for i in 0 .. side - 1 do
+                            for j in 0 .. side - 1 do
+                                let c = change[int64 i, int64 j].item<float>()
+                                if not (allowed mask u v i j) then
+                                    Expect.isLessThan c 1e-12 $"output ({i}, {j}) must not see input ({u}, {v})"
+                                elif mask = ContextMask.RowsAbove || (u = i - 1 && v = j) || (u = i && v = j - 1) then
+                                    Expect.isGreaterThan c 1e-9 $"output ({i}, {j}) must see input ({u}, {v})"
+            }
+        test "shape, parameter count, gradients and memory" {
+            use net = new ContextNetwork(3L, 4L, 2, 3L, ContextMask.RowsAbove)
+            use x = randn 13 [| 2L; 3L; 7L; 6L |]
+            expectShape "contexts" [| 2L; 4L; 7L; 6L |] (net.forward x)
+            let block = 9L * 4L * 4L + 4L + 4L * 4L + 4L
+            Expect.equal (parameterCount net) (9L * 3L * 4L + 4L + 2L * block) "masked taps are still parameters"
+            expectGradientsReachEveryParameter "ContextNetwork" net (fun () -> net.forward x)
+            forwardLeavesOnlyOutput "ContextNetwork" net x
+        }
+        test "input gradient matches finite differences (float64)" {
+            use net = new ContextNetwork(2L, 3L, 1, 3L, ContextMask.RowsAboveAndLeft)
+            net.``to``(ScalarType.Float64) |> ignore
+            use x = (randn 14 [| 1L; 2L; 3L; 3L |]).to_type(ScalarType.Float64)
+            use w = (randn 15 [| 1L; 3L; 3L; 3L |]).to_type(ScalarType.Float64)
+            Check.gradcheck "ContextNetwork" 1e-6 1e-5 (fun t -> (net.forward t * w).sum()) x
+        }
+    ]
+
+// ---- spectral norm ------------------------------------------------------------------------------
+
+let private largestSingularValue (w: Tensor) =
+    use scope = torch.NewDisposeScope()
+    let values = torch.linalg.svdvals(w.detach().flatten(1L).to_type(ScalarType.Float64))
+    values[0L].item<float>()
+
+let private spectralTests =
+    testList "spectral norm" [
+        Prop.propSmall "power iteration approaches the largest singular value (svdvals)" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            let w = randn (abs (seed % 10000)) [| 6L; 4L |] |> fun t -> t.to_type(ScalarType.Float64)
+            let u = nn.functional.normalize(randn (abs (seed % 10000) + 1) [| 6L |], dim = 0L).to_type(ScalarType.Float64)
+            let truth = largestSingularValue w
+            let struct (first, _, _) = SpectralNorm.powerIteration 1 u w
+            let struct (many, _, _) = SpectralNorm.powerIteration 500 u w
+            let errorFirst = abs (first.item<float>() - truth)
+            let errorMany = abs (many.item<float>() - truth)
+            Expect.isLessThanOrEqual errorMany (1e-3 * truth) $"after 500 iterations: {many.item<float>()} vs {truth}"
+            Expect.isLessThanOrEqual errorMany (errorFirst + 1e-12) "more iterations are no worse")
+        test "σ's gradient matches finite differences at convergence (float64)" {
+            use w = (randn 16 [| 4L; 3L |]).to_type(ScalarType.Float64)
+            use u = nn.functional.normalize(randn 17 [| 4L |], dim = 0L).to_type(ScalarType.Float64)
+            Check.gradcheck "σ(W)" 1e-6 1e-5 (fun t ->
+                let struct (sigma, left, right) = SpectralNorm.powerIteration 300 u t
+                left.Dispose()
+                right.Dispose()
+                sigma) w
+        }
+        test "powerIteration leaves only its three results" {
+            use w = randn 18 [| 5L; 3L |]
+            use u = nn.functional.normalize(randn 19 [| 5L |], dim = 0L)
+            Check.noLeak "powerIteration" (fun () ->
+                let struct (a, b, c) = SpectralNorm.powerIteration 3 u w
+                a.Dispose(); b.Dispose(); c.Dispose())
+        }
+        test "layers in training mode converge to σ and normalise the weight to spectral norm 1" {
+            torch.manual_seed 4L |> ignore
+            use linear = new SpectralNormLinear(5L, 4L)
+            use conv = new SpectralNormConv2d(2L, 3L, 3L, 1L, 1L)
+            use x = randn 20 [| 2L; 5L |]
+            use images = randn 21 [| 2L; 2L; 6L; 6L |]
+            for _ in 1 .. 60 do
+                use scope = torch.NewDisposeScope()
+                linear.forward x |> ignore
+                conv.forward images |> ignore
+            let weightOf (m: nn.Module) = m.named_parameters () |> Seq.pick (fun struct (n, p) -> if n = "layer.weight" then Some (p :> Tensor) else None)
+            use sigmaLinear = linear.Sigma
+            use sigmaConv = conv.Sigma
+            Expect.floatClose Accuracy.medium (float (sigmaLinear.item<float32>())) (largestSingularValue (weightOf linear)) "linear σ"
+            Expect.floatClose Accuracy.medium (float (sigmaConv.item<float32>())) (largestSingularValue (weightOf conv)) "conv σ"
+            use scope = torch.NewDisposeScope()
+            let bias = linear.named_parameters () |> Seq.pick (fun struct (n, p) -> if n = "layer.bias" then Some (p :> Tensor) else None)
+            let normalisedT = linear.forward(torch.eye(5L)) - bias
+            Expect.floatClose Accuracy.medium (largestSingularValue normalisedT) 1.0 "‖W/σ‖₂ = 1"
+        }
+        test "evaluation mode leaves the estimate alone; gradients and memory" {
+            use linear = new SpectralNormLinear(5L, 4L)
+            use x = randn 22 [| 3L; 5L |]
+            linear.eval () |> ignore
+            use before = linear.Sigma
+            use scope = torch.NewDisposeScope()
+            linear.forward x |> ignore
+            Check.close 0.0 0.0 "σ unchanged in eval" linear.Sigma before
+            linear.train () |> ignore
+            expectGradientsReachEveryParameter "SpectralNormLinear" linear (fun () -> linear.forward x)
+            forwardLeavesOnlyOutput "SpectralNormLinear" linear x
+            use conv = new SpectralNormConv2d(2L, 3L, 4L, 2L, 1L)
+            use images = randn 23 [| 2L; 2L; 8L; 8L |]
+            expectShape "conv" [| 2L; 3L; 4L; 4L |] (conv.forward images)
+            forwardLeavesOnlyOutput "SpectralNormConv2d" conv images
+        }
+    ]
+
+// ---- BigBiGAN -----------------------------------------------------------------------------------
+
+let private generatorParameters (latent: int64) (c: int64) (size: int64) (w: int64) =
+    let cells = 2L * w * (size / 4L) * (size / 4L)
+    latent * cells + cells + bn (2L * w) + 2L * w * w * 16L + w + bn w + w * (w / 2L) * 16L + w / 2L + bn (w / 2L)
+    + 9L * (w / 2L) * c + c
+
+let private encoderParameters (c: int64) (latent: int64) (w: int64) =
+    c * (w / 2L) * 16L + bn (w / 2L) + (w / 2L) * w * 16L + bn w + conv3x3 w (2L * w) + bn (2L * w) + 2L * w * 2L * latent + 2L * latent
+
+let private discriminatorParameters (c: int64) (latent: int64) (w: int64) =
+    let linear i o = i * o + o
+    9L * c * w + w + 16L * w * w + w + 16L * w * 2L * w + 2L * w
+    + linear latent (2L * w) + linear (2L * w) (2L * w)
+    + 2L * linear (4L * w) (4L * w)
+    + linear (2L * w) 1L + linear (2L * w) 1L + linear (4L * w) 1L
+
+let private bigBiGanTests =
+    testList "BigBiGAN" [
+        for c in [ 1L; 3L ] do
+            for size in [ 28L; 32L ] do
+                test $"shapes, ranges and parameter counts ({c}x{size}x{size})" {
+                    torch.manual_seed 5L |> ignore
+                    use gan = new BigBiGan(c, size, 8L, 16L)
+                    use random = generator 30
+                    use scope = torch.NewDisposeScope()
+                    let z = gan.SamplePrior(2L, random)
+                    expectShape "prior" [| 2L; 8L |] z
+                    let images = gan.Generator.forward z
+                    expectShape "G(z)" [| 2L; c; size; size |] images
+                    Expect.isTrue (images.abs().le(Scalar.op_Implicit 1.0).all().item<bool>()) "G(z) in [-1, 1]"
+                    expectShape "E(x)" [| 2L; 8L |] (gan.Encoder.forward images)
+                    expectShape "E sample" [| 2L; 8L |] (gan.Encoder.Sample(images, random))
+                    let scores = gan.Discriminator.Scores(images, z)
+                    for name, s in [ "s_x", scores.Sx; "s_z", scores.Sz; "s_xz", scores.Sxz ] do expectShape name [| 2L |] s
+                    Expect.equal (parameterCount gan.Generator) (generatorParameters 8L c size 16L) "G"
+                    Expect.equal (parameterCount gan.Encoder) (encoderParameters c 8L 16L) "E"
+                    Expect.equal (parameterCount gan.Discriminator) (discriminatorParameters c 8L 16L) "D"
+                    Expect.equal (parameterCount gan) (generatorParameters 8L c size 16L + encoderParameters c 8L 16L + discriminatorParameters c 8L 16L) "all"
+                }
+        test "every discriminator layer with weights is spectrally normalised" {
+            use d = new BigBiGanDiscriminator(1L, 8L, 16L)
+            let normalised = d.modules () |> Seq.filter (fun m -> m :? SpectralNormLinear || m :? SpectralNormConv2d) |> Seq.length
+            Expect.equal normalised 10 "3 conv (F) + 2 (H) + 2 (J) + 3 score layers"
+            let plain = d.named_parameters () |> Seq.filter (fun struct (n, _) -> not (n.Contains "layer.")) |> Seq.length
+            Expect.equal plain 0 "no weight outside a spectrally normalised layer"
+        }
+        test "gradients reach every parameter of G, E (through the reparameterised sample) and D" {
+            torch.manual_seed 6L |> ignore
+            use gan = new BigBiGan(1L, 28L, 8L, 16L)
+            use random = generator 31
+            use z = gan.SamplePrior(2L, random)
+            use x = randn 32 [| 2L; 1L; 28L; 28L |]
+            expectGradientsReachEveryParameter "G" gan.Generator (fun () -> gan.Generator.forward z)
+            expectGradientsReachEveryParameter "E" gan.Encoder (fun () -> gan.Encoder.Sample(x, random))
+            expectGradientsReachEveryParameter "D" gan.Discriminator (fun () ->
+                let s = gan.Discriminator.Scores(x, z)
+                s.Sx + s.Sz + s.Sxz)
+        }
+        test "the encoder's sample is μ + σ·ε, reproducible from its generator" {
+            use encoder = new BigBiGanEncoder(1L, 4L, 8L)
+            encoder.eval () |> ignore
+            use x = randn 33 [| 3L; 1L; 28L; 28L |]
+            use g1 = generator 40
+            use g2 = generator 40
+            use a = encoder.Sample(x, g1)
+            use b = encoder.Sample(x, g2)
+            Check.close 0.0 0.0 "same seed, same sample" a b
+            let struct (mean, std) = encoder.MeanAndStd x
+            use g3 = generator 40
+            use eps = torch.randn([| 3L; 4L |], generator = g3)
+            Check.close 1e-6 1e-6 "μ + σ·ε" a (mean + std * eps)
+            Expect.isTrue (std.gt(Scalar.op_Implicit 0.0).all().item<bool>()) "σ > 0"
+            Check.close 0.0 0.0 "forward is μ" (encoder.forward x) mean
+        }
+        test "forwards leave only their outputs" {
+            use gan = new BigBiGan(3L, 32L, 8L, 16L)
+            use random = generator 34
+            use z = gan.SamplePrior(2L, random)
+            use x = randn 35 [| 2L; 3L; 32L; 32L |]
+            forwardLeavesOnlyOutput "G" gan.Generator z
+            forwardLeavesOnlyOutput "E" gan.Encoder x
+            Check.leavesOnlyResult "E sample" (fun () -> gan.Encoder.Sample(x, random))
+            Check.noLeak "D scores" (fun () ->
+                let s = gan.Discriminator.Scores(x, z)
+                s.Sx.Dispose(); s.Sz.Dispose(); s.Sxz.Dispose())
+        }
+        test "an image size that is not a multiple of 4 is named" {
+            let e = Prop.throws<ArgumentException> (fun () -> (new BigBiGanGenerator(1L, 30L, 8L, 16L)).Dispose())
+            Expect.stringContains e.Message "imageSize: expected a multiple of 4" "message"
+        }
+    ]
 
 [<Tests>]
-let tests = testList "core.models" []
+let tests =
+    testList "core.models" [
+        encoderTests
+        headTests
+        momentumTests
+        queueTests
+        memoryBankTests
+        contextTests
+        spectralTests
+        bigBiGanTests
+    ]

@@ -1,0 +1,204 @@
+/// Image encoders for 28–96 px inputs: each maps images (N, C, H, W) to globally average-pooled
+/// features (N, FeatureDim).
+namespace Ssl.Core.Models
+
+open TorchSharp
+open type TorchSharp.torch
+open Ssl.Core.Shape
+
+/// Layer builders shared by the models of this namespace.
+module internal Layers =
+    /// A Sequential whose children carry the given names (so state dicts read naturally).
+    let sequential (layers: (string * nn.Module<Tensor, Tensor>) list) =
+        nn.Sequential(layers |> List.map (fun (name, m) -> struct (name, m)) |> Array.ofList)
+
+    /// A 3x3 convolution with zero padding 1 and no bias (a batch norm follows it).
+    let conv3x3 (inputChannels: int64) (outputChannels: int64) (stride: int64) =
+        nn.Conv2d(inputChannels, outputChannels, 3L, stride = stride, padding = 1L, bias = false)
+
+    /// conv3x3 → BatchNorm → ReLU, as named layers.
+    let convBnRelu (prefix: string) (inputChannels: int64) (outputChannels: int64) =
+        [ $"{prefix}conv", conv3x3 inputChannels outputChannels 1L :> nn.Module<Tensor, Tensor>
+          $"{prefix}bn", nn.BatchNorm2d(outputChannels)
+          $"{prefix}relu", nn.ReLU() ]
+
+    let checkPositive (name: string) (value: int64) =
+        if value < 1L then invalidArg name $"{name}: expected a positive number, found {value}"
+
+/// An image encoder: `forward` maps images (N, C, H, W) to features (N, FeatureDim), pooled
+/// globally over space, so any input size the architecture's strides allow works (28–96 px here).
+[<AbstractClass>]
+type Encoder(name: string) =
+    inherit nn.Module<Tensor, Tensor>(name)
+    /// Length of the feature vector `forward` returns.
+    abstract FeatureDim: int64
+
+/// A small VGG-style conv net: conv-BN-ReLU at 32 channels, max-pool 2, two conv-BN-ReLU at 64,
+/// max-pool 2, two conv-BN-ReLU at 128, global average pool; all convolutions 3x3, padding 1.
+/// FeatureDim = 128. Cost per 28x28 image (2 FLOPs per multiply-add, convolutions only):
+/// 43,803,648 FLOPs for 1 channel (21,901,824 multiply-adds), 44,706,816 for 3 channels; batch
+/// norm, ReLU and pooling add under 0.3 MFLOP. A 96x96 image costs (96/28)² ≈ 11.8 times as much.
+/// `inputChannels`: C of the (N, C, H, W) input; H, W at least 4.
+type SmallConvNet(inputChannels: int64) as this =
+    inherit Encoder("SmallConvNet")
+    do Layers.checkPositive "inputChannels" inputChannels
+    let features =
+        Layers.sequential [
+            yield! Layers.convBnRelu "stem_" inputChannels 32L
+            "pool1", nn.MaxPool2d(2L)
+            yield! Layers.convBnRelu "block2a_" 32L 64L
+            yield! Layers.convBnRelu "block2b_" 64L 64L
+            "pool2", nn.MaxPool2d(2L)
+            yield! Layers.convBnRelu "block3a_" 64L 128L
+            yield! Layers.convBnRelu "block3b_" 128L 128L
+            "pool", nn.AdaptiveAvgPool2d(1L)
+            "flatten", nn.Flatten() ]
+    do this.RegisterComponents()
+
+    override _.FeatureDim = 128L
+
+    /// images: (N, inputChannels, H, W) → features (N, 128).
+    override _.forward(images) =
+        expect "images" [| Any; Exactly inputChannels; Any; Any |] images
+        features.forward images
+
+/// The basic residual block of He et al. 2016 (two 3x3 conv-BN, identity or 1x1 conv-BN shortcut).
+type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: int64) as this =
+    inherit nn.Module<Tensor, Tensor>("BasicBlock")
+    let residual =
+        Layers.sequential [
+            "conv1", Layers.conv3x3 inputChannels outputChannels stride
+            "bn1", nn.BatchNorm2d(outputChannels)
+            "relu1", nn.ReLU()
+            "conv2", Layers.conv3x3 outputChannels outputChannels 1L
+            "bn2", nn.BatchNorm2d(outputChannels) ]
+    let shortcut =
+        if stride <> 1L || inputChannels <> outputChannels then
+            Layers.sequential [
+                "conv", nn.Conv2d(inputChannels, outputChannels, 1L, stride = stride, bias = false)
+                "bn", nn.BatchNorm2d(outputChannels) ]
+        else
+            nn.Sequential()
+    do this.RegisterComponents()
+
+    override _.forward(x) =
+        use scope = torch.NewDisposeScope()
+        (residual.forward x + shortcut.forward x).relu_().MoveToOuterDisposeScope()
+
+/// ResNet-18 (He et al. 2016, Table 1) in its CIFAR form, as SimCLR adapts it to 32 px inputs (Chen
+/// et al. 2020, App. B.9): a 3x3 stem convolution with stride 1 and no max-pool, then stages of 64,
+/// 128, 256, 512 channels with
+/// [2, 2, 2, 2] basic blocks (stride 2 at the start of stages 2–4), global average pool, no fc.
+/// 11,168,832 parameters for 3 input channels (11,167,680 for 1). FeatureDim = 512.
+/// `inputChannels`: C of the (N, C, H, W) input.
+type ResNet18(inputChannels: int64) as this =
+    inherit Encoder("ResNet18")
+    do Layers.checkPositive "inputChannels" inputChannels
+    let stage (inC: int64) (outC: int64) (stride: int64) =
+        Layers.sequential [
+            "block1", new BasicBlock(inC, outC, stride) :> nn.Module<Tensor, Tensor>
+            "block2", new BasicBlock(outC, outC, 1L) ]
+    let features =
+        Layers.sequential [
+            "stem_conv", Layers.conv3x3 inputChannels 64L 1L :> nn.Module<Tensor, Tensor>
+            "stem_bn", nn.BatchNorm2d(64L)
+            "stem_relu", nn.ReLU()
+            "stage1", stage 64L 64L 1L
+            "stage2", stage 64L 128L 2L
+            "stage3", stage 128L 256L 2L
+            "stage4", stage 256L 512L 2L
+            "pool", nn.AdaptiveAvgPool2d(1L)
+            "flatten", nn.Flatten() ]
+    do this.RegisterComponents()
+
+    override _.FeatureDim = 512L
+
+    /// images: (N, inputChannels, H, W) → features (N, 512).
+    override _.forward(images) =
+        expect "images" [| Any; Exactly inputChannels; Any; Any |] images
+        features.forward images
+
+/// The pre-activation block of the MixMatch Wide-ResNet (Berthelot et al. 2019, official code):
+/// BN → leaky ReLU → conv3x3(stride) → BN → leaky ReLU → conv3x3, added to the shortcut. The
+/// shortcut is the block input, or the activated input when `activateBeforeResidual`; a 1x1 conv
+/// when the shape changes.
+type internal PreActivationBlock(inputChannels: int64, outputChannels: int64, stride: int64,
+                                 activateBeforeResidual: bool, bnMomentum: float, slope: float) as this =
+    inherit nn.Module<Tensor, Tensor>("PreActivationBlock")
+    let bn1 = nn.BatchNorm2d(inputChannels, momentum = bnMomentum)
+    let residual =
+        Layers.sequential [
+            "conv1", Layers.conv3x3 inputChannels outputChannels stride
+            "bn2", nn.BatchNorm2d(outputChannels, momentum = bnMomentum)
+            "relu2", nn.LeakyReLU(slope)
+            "conv2", Layers.conv3x3 outputChannels outputChannels 1L ]
+    let projection =
+        if stride <> 1L || inputChannels <> outputChannels then
+            nn.Conv2d(inputChannels, outputChannels, 1L, stride = stride, bias = false) :> nn.Module<Tensor, Tensor>
+        else
+            nn.Identity()
+    do this.RegisterComponents()
+
+    override _.forward(x) =
+        use scope = torch.NewDisposeScope()
+        let activated = nn.functional.leaky_relu(bn1.forward x, slope)
+        let shortcut = projection.forward (if activateBeforeResidual then activated else x)
+        (residual.forward activated + shortcut).MoveToOuterDisposeScope()
+
+/// Wide-ResNet-depth-k (Zagoruyko & Komodakis 2016) in the variant MixMatch uses (Berthelot et al.
+/// 2019, official TensorFlow code): pre-activation blocks, a 3x3 stem of 16 channels, three stages
+/// of 16k, 32k, 64k channels with (depth − 4) / 6 blocks each (stride 2 at stages 2 and 3), the
+/// first block of stage 1 activating before the residual split, final BN → leaky ReLU → global
+/// average pool. Batch norm momentum 0.001 (PyTorch convention; TensorFlow's decay 0.999), leaky
+/// ReLU slope 0.1, convolutions without bias, He-normal (fan-out) initialisation as in that code.
+/// WRN-28-2 with a 10-class linear head has 1,467,610 parameters (the "1.5M" of the MixMatch
+/// paper); without the head 1,466,320. FeatureDim = 64k.
+/// `inputChannels`: C of the (N, C, H, W) input; `depth` = 6n + 4; `widenFactor` = k.
+type WideResNet(inputChannels: int64, depth: int, widenFactor: int64) as this =
+    inherit Encoder("WideResNet")
+    do
+        Layers.checkPositive "inputChannels" inputChannels
+        Layers.checkPositive "widenFactor" widenFactor
+        if depth < 10 || (depth - 4) % 6 <> 0 then
+            invalidArg "depth" $"depth: expected 6n + 4 with n >= 1 (e.g. 28), found {depth}"
+    let bnMomentum = 0.001
+    let slope = 0.1
+    let blocksPerStage = (depth - 4) / 6
+    let widths = [| 16L; 16L * widenFactor; 32L * widenFactor; 64L * widenFactor |]
+    let stage (index: int) =
+        Layers.sequential [
+            for b in 0 .. blocksPerStage - 1 ->
+                let inC = if b = 0 then widths[index] else widths[index + 1]
+                let stride = if b = 0 && index > 0 then 2L else 1L
+                $"block{b + 1}",
+                new PreActivationBlock(inC, widths[index + 1], stride, (b = 0 && index = 0), bnMomentum, slope)
+                :> nn.Module<Tensor, Tensor> ]
+    let features =
+        Layers.sequential [
+            "stem_conv", Layers.conv3x3 inputChannels widths[0] 1L :> nn.Module<Tensor, Tensor>
+            "stage1", stage 0
+            "stage2", stage 1
+            "stage3", stage 2
+            "final_bn", nn.BatchNorm2d(widths[3], momentum = bnMomentum)
+            "final_relu", nn.LeakyReLU(slope)
+            "pool", nn.AdaptiveAvgPool2d(1L)
+            "flatten", nn.Flatten() ]
+    do
+        this.RegisterComponents()
+        use _ = torch.no_grad()
+        for m in this.modules() do
+            match m with
+            | :? Modules.Conv2d as conv ->
+                nn.init.kaiming_normal_(conv.weight, mode = nn.init.FanInOut.FanOut,
+                                        nonlinearity = nn.init.NonlinearityType.ReLU) |> ignore
+            | _ -> ()
+
+    /// WRN-28-2, the MixMatch encoder.
+    static member Wrn28x2(inputChannels: int64) = new WideResNet(inputChannels, 28, 2L)
+
+    override _.FeatureDim = widths[3]
+
+    /// images: (N, inputChannels, H, W) → features (N, 64k).
+    override _.forward(images) =
+        expect "images" [| Any; Exactly inputChannels; Any; Any |] images
+        features.forward images
