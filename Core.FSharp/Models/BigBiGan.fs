@@ -35,7 +35,7 @@ type BigBiGanGenerator(channels: int64, imageSize: int64, latentDim: int64, widt
             "up2", nn.ConvTranspose2d(width, width / 2L, 4L, stride = 2L, padding = 1L)
             "bn2", nn.BatchNorm2d(width / 2L)
             "relu2", nn.ReLU()
-            "out", nn.Conv2d(width / 2L, channels, 3L, padding = 1L)
+            "out", new SafeConv.SafeConv2d(width / 2L, channels, 3L, 1L, 1L, true)
             "tanh", nn.Tanh() ]
     do this.RegisterComponents()
 

@@ -48,7 +48,7 @@ type MaskedConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64
         use scope = torch.NewDisposeScope()
         let weight = conv.weight * kernelMask
         let padding = kernelSize / 2L
-        nn.functional.conv2d(x, weight, conv.bias, padding = [| padding; padding |]).MoveToOuterDisposeScope()
+        (SafeConv.conv2d 1L padding x weight conv.bias).MoveToOuterDisposeScope()
 
 /// A residual block of the context network: x + conv1x1(ReLU(masked conv(ReLU(x)))).
 type internal ContextBlock(channels: int64, kernelSize: int64, mask: ContextMask) as this =

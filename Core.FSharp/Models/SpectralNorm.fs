@@ -92,5 +92,4 @@ type SpectralNormConv2d(inputChannels: int64, outputChannels: int64, kernelSize:
         expect "x" [| Any; Exactly inputChannels; Any; Any |] x
         use scope = torch.NewDisposeScope()
         let weight = SpectralNorm.normalise this.training u v layer.weight
-        nn.functional.conv2d(x, weight, layer.bias, strides = [| stride; stride |], padding = [| padding; padding |])
-            .MoveToOuterDisposeScope()
+        (SafeConv.conv2d stride padding x weight layer.bias).MoveToOuterDisposeScope()

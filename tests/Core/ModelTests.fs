@@ -20,30 +20,20 @@ let private randn (seed: int) (shape: int64[]) =
 
 let private parameterCount (m: nn.Module) = m.parameters () |> Seq.sumBy (fun p -> p.numel ())
 
-/// Runs `f` on one intra-op thread. libtorch 2.10 (TorchSharp 0.107, CPU) computes wrong, varying
-/// float32 input gradients of small convolutions (e.g. 3 → 4 channels on 7x7, 1 → 8 on 28x28) when
-/// it runs them on 2 threads, sometimes NaN; on one thread they match the transposed-convolution
-/// reference. Gradient checks must not inherit that race.
-let private singleThreaded (f: unit -> unit) =
-    let threads = torch.get_num_threads ()
-    torch.set_num_threads 1
-    try f () finally torch.set_num_threads threads
-
 /// One backward of `output`'s sum gives every parameter of `m` a non-null, finite gradient, and
 /// some gradient is non-zero.
 let private expectGradientsReachEveryParameter (what: string) (m: nn.Module) (output: unit -> Tensor) =
-    singleThreaded (fun () ->
-        use scope = torch.NewDisposeScope()
-        m.zero_grad ()
-        (output ()).sum().backward()
-        let mutable total = 0.0
-        for struct (name, p) in m.named_parameters () do
-            let g = p.grad
-            Expect.isNotNull g $"{what}: parameter {name} has a gradient"
-            Expect.isTrue (g.isfinite().all().item<bool>()) $"{what}: gradient of {name} is finite"
-            total <- total + float (g.abs().sum().item<float32>())
-        Expect.isGreaterThan total 0.0 $"{what}: some gradient is non-zero"
-        m.zero_grad ())
+    use scope = torch.NewDisposeScope()
+    m.zero_grad ()
+    (output ()).sum().backward()
+    let mutable total = 0.0
+    for struct (name, p) in m.named_parameters () do
+        let g = p.grad
+        Expect.isNotNull g $"{what}: parameter {name} has a gradient"
+        Expect.isTrue (g.isfinite().all().item<bool>()) $"{what}: gradient of {name} is finite"
+        total <- total + float (g.abs().sum().item<float32>())
+    Expect.isGreaterThan total 0.0 $"{what}: some gradient is non-zero"
+    m.zero_grad ()
 
 /// A forward under the caller's dispose scope leaves no tensor alive but the output.
 let private forwardLeavesOnlyOutput (what: string) (m: nn.Module<Tensor, Tensor>) (x: Tensor) =
@@ -642,9 +632,41 @@ let private bigBiGanTests =
         }
     ]
 
+/// The input gradient of a float32 convolution, against float64, through SafeConv and (for the
+/// record, printed) through a plain conv2d. See SafeConv.fs for the libtorch bug it works around.
+let safeConvTests =
+    testList "safe conv" [
+        for inputs, outputs in [ 8L, 1L; 32L, 3L; 8L, 8L; 3L, 17L; 16L, 32L ] do
+            test $"{inputs} -> {outputs} channels: forward equals conv2d, input gradient equals float64" {
+                use scope = torch.NewDisposeScope()
+                use gen = new torch.Generator(uint64 (inputs * 100L + outputs))
+                let w = torch.randn([| outputs; inputs; 3L; 3L |], generator = gen) * 0.1
+                let b = torch.randn([| outputs |], generator = gen)
+                let x0 = torch.randn([| 32L; inputs; 14L; 14L |], generator = gen)
+                let g = torch.randn([| 32L; outputs; 14L; 14L |], generator = gen)
+                let inputGradient (conv: torch.Tensor -> torch.Tensor) (x: torch.Tensor) =
+                    let x = x.detach().clone().requires_grad_(true)
+                    (conv x * g.to_type(x.dtype)).sum().backward()
+                    x.grad
+                let exact = inputGradient (fun x -> nn.functional.conv2d(x, w.to_type(x.dtype), b.to_type(x.dtype), padding = [| 1L; 1L |])) (x0.to_type(ScalarType.Float64))
+                let safe = inputGradient (fun x -> SafeConv.conv2d 1L 1L x w b) x0
+                let plain = inputGradient (fun x -> nn.functional.conv2d(x, w, b, padding = [| 1L; 1L |])) x0
+                let relative (a: Tensor) = ((a.to_type(ScalarType.Float64) - exact).abs().max() / exact.abs().max()).item<float>()
+                printfn "    %d -> %d: relative input-gradient error, plain conv2d %.2g, SafeConv %.2g" inputs outputs (relative plain) (relative safe)
+                Expect.isLessThan (relative safe) 1e-4 "SafeConv's input gradient"
+                Check.close 1e-5 1e-5 "forward" (SafeConv.conv2d 1L 1L x0 w b) (nn.functional.conv2d(x0, w, b, padding = [| 1L; 1L |]))
+            }
+        test "SafeConv2d keeps nn.Conv2d's parameter shapes" {
+            use conv = new SafeConv.SafeConv2d(8L, 3L, 3L, 1L, 1L, true)
+            let shapes = conv.named_parameters () |> Seq.map (fun struct (n, p) -> n, p.shape) |> Seq.toList
+            Expect.equal shapes [ "conv.weight", [| 3L; 8L; 3L; 3L |]; "conv.bias", [| 3L |] ] "parameters"
+        }
+    ]
+
 [<Tests>]
 let tests =
     testList "core.models" [
+        safeConvTests
         encoderTests
         headTests
         momentumTests
