@@ -35,9 +35,38 @@ type InfoArgs =
             | Seed _ -> "seed for torch and .NET randomness (default 0)."
             | Deterministic -> "fixed threads, seeded generators, no TF32: CPU runs repeat exactly."
 
+type TrainArgs =
+    | [<MainCommand; ExactlyOnce>] Method of method: string
+    | Preset of preset: string
+    | [<AltCommandLine("-d")>] Dataset of name: string
+    | Data_Root of dir: string
+    | Labels of perClass: int
+    | Seed of int64
+    | Device of string
+    | Threads of int
+    | Deterministic
+    | Out of dir: string
+    | Resume
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Method _ -> "recipe to train (see `ssl methods`)."
+            | Preset _ -> "smoke (under a minute), quick (real numbers on 2 cores, default) or paper (the paper's schedule)."
+            | Dataset _ -> "data set: fashion-mnist (default), mnist, cifar10, cifar100, stl10, or an image-folder path."
+            | Data_Root _ -> "folder holding the data set's files (default: $SSL_DATA, then /usr/share/datasets)."
+            | Labels _ -> "labels per class (few-label and semi-supervised runs), drawn with the seed."
+            | Seed _ -> "seed for torch and .NET randomness, data order and label splits (default 0)."
+            | Device _ -> "cpu (default), cuda or auto."
+            | Threads _ -> "torch threads (default: all cores)."
+            | Deterministic -> "fixed threads, seeded generators, no TF32: CPU runs repeat exactly."
+            | Out _ -> "run folder (default runs/<method>-<preset>)."
+            | Resume -> "continue from the run folder's last checkpoint."
+
 [<HelpFlags("--help", "-h")>]
 type SslArgs =
     | [<SubCommand; CliPrefix(CliPrefix.None)>] Methods
+    | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
     | [<CliPrefix(CliPrefix.None)>] Data of ParseResults<DataArgs>
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
     | Version
@@ -46,6 +75,7 @@ type SslArgs =
         member a.Usage =
             match a with
             | Methods -> "list the registered recipes and their presets."
+            | Train _ -> "train a recipe, evaluate it beside its baselines, write the run folder."
             | Data _ -> "read a data set, print its statistics, optionally save a PNG grid of samples."
             | Info _ -> "set up the device and print it with threads, seed and library versions."
             | Version -> "print the versions of Ssl, TorchSharp and libtorch."

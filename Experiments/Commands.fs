@@ -13,16 +13,69 @@ open Ssl.Host.Native
 open Ssl.Host.Runtime
 open Ssl.Experiments.Cli
 
-let private presetName = function Registry.Smoke -> "smoke" | Registry.Quick -> "quick" | Registry.Paper -> "paper"
-
 let methods () =
     let table = Table().AddColumns("recipe", "paper", "presets")
-    for name in Registry.contractNames do
+    for name in Recipe.contractNames do
         match Registry.tryFind name with
-        | Some r -> table.AddRow(r.Name, Markup.Escape r.Paper, r.Presets |> List.map presetName |> String.concat ", ") |> ignore
+        | Some r -> table.AddRow(r.Name, Markup.Escape r.Paper, r.Presets |> List.map Recipe.Preset.name |> String.concat ", ") |> ignore
         | None -> table.AddRow(name, "[grey]not implemented yet[/]", "-") |> ignore
     AnsiConsole.Write table
-    AnsiConsole.MarkupLine $"{Registry.recipes.Length} of {Registry.contractNames.Length} recipes registered."
+    AnsiConsole.MarkupLine $"{Registry.recipes.Length} of {Recipe.contractNames.Length} recipes registered."
+    0
+
+let private formatAcc (v: Nullable<float>) = if v.HasValue then $"{v.Value:P2}" else "-"
+
+/// Prints the result beside its baselines, and where the plots are.
+let private report (folder: Ssl.Host.Runs.RunFolder) (r: Ssl.Host.Runs.RunResult) =
+    let table = Table().AddColumns("", "linear probe", "kNN", "test acc", "10 labels/class", "100 labels/class")
+    let few k = match r.Eval.FewLabelLinearAcc.TryGetValue k with | true, v -> formatAcc v | _ -> "-"
+    table.AddRow(r.Method, formatAcc r.Eval.LinearProbeAcc, formatAcc r.Eval.KnnAcc, formatAcc r.Eval.TestAcc, few "10", few "100") |> ignore
+    table.AddRow("random-init encoder", formatAcc r.Baselines.RandomInit.LinearProbeAcc, formatAcc r.Baselines.RandomInit.KnnAcc, "-", "-", "-") |> ignore
+    table.AddRow("raw pixels", formatAcc r.Baselines.RawPixels.LinearProbeAcc, formatAcc r.Baselines.RawPixels.KnnAcc, "-", "-", "-") |> ignore
+    if r.Baselines.SupervisedOnly.TestAcc.HasValue then
+        table.AddRow("supervised only", "-", "-", formatAcc r.Baselines.SupervisedOnly.TestAcc, "-", "-") |> ignore
+    AnsiConsole.Write table
+    AnsiConsole.MarkupLine $"trained {r.Train.Epochs} epochs, {r.Train.Steps} steps in {r.Train.WallSeconds:F0} s at {r.Train.ImagesPerSecond:N0} img/s; peak RSS {r.Train.PeakRssMb:N0} MiB"
+    AnsiConsole.MarkupLine $"result: {Markup.Escape folder.ResultPath}"
+    for png in IO.Directory.GetFiles(folder.PlotsDir, "*.png") |> Array.sort do
+        AnsiConsole.MarkupLine $"plot:   {Markup.Escape png}"
+
+let train (args: ParseResults<TrainArgs>) =
+    let name = args.GetResult TrainArgs.Method
+    let recipe =
+        match Registry.tryFind name with
+        | Some r -> r
+        | None ->
+            let known = Registry.recipes |> List.map (fun r -> r.Name) |> String.concat ", "
+            invalidArg "method" $"method: expected one of {known} (see `ssl methods`), found '{name}'"
+    let presetText = args.GetResult(TrainArgs.Preset, defaultValue = "quick")
+    let preset =
+        match Recipe.Preset.tryParse presetText with
+        | Some p when List.contains p recipe.Presets -> p
+        | _ ->
+            let known = recipe.Presets |> List.map Recipe.Preset.name |> String.concat ", "
+            invalidArg "--preset" $"--preset: expected one of {known} for {name}, found '{presetText}'"
+    let labels = args.TryGetResult TrainArgs.Labels
+    match labels with
+    | Some n when n <= 0 -> invalidArg "--labels" $"--labels: expected a positive number of labels per class, found {n}"
+    | _ -> ()
+    let request: Recipe.Request =
+        { Method = name; Preset = preset
+          Dataset = args.GetResult(TrainArgs.Dataset, defaultValue = "fashion-mnist")
+          DataRoot = args.TryGetResult TrainArgs.Data_Root
+          Labels = labels
+          Seed = args.GetResult(TrainArgs.Seed, defaultValue = 0L)
+          Device = DeviceSetup.Parse(args.GetResult(TrainArgs.Device, defaultValue = "cpu"))
+          Threads = args.GetResult(TrainArgs.Threads, defaultValue = 0)
+          Deterministic = args.Contains TrainArgs.Deterministic
+          Out = args.GetResult(TrainArgs.Out, defaultValue = IO.Path.Combine("runs", $"{name}-{Recipe.Preset.name preset}"))
+          Resume = args.Contains TrainArgs.Resume }
+    let env = DeviceSetup.Configure(request.Device, request.Threads, request.Seed, request.Deterministic)
+    for note in env.Notes do AnsiConsole.MarkupLine $"[yellow]{Markup.Escape note}[/]"
+    let folder = Ssl.Host.Runs.RunFolder(request.Out)
+    AnsiConsole.MarkupLine $"training [bold]{name}[/] ({Recipe.Preset.name preset}) on {request.Dataset}, {env.DeviceName}, {env.Threads} threads, seed {request.Seed} -> {Markup.Escape folder.Root}"
+    let result = recipe.Run request env folder
+    report folder result
     0
 
 let private parseSplit (text: string) =
@@ -107,6 +160,6 @@ let info (args: ParseResults<InfoArgs>) =
 let version () =
     TorchRuntime.EnsureLoaded()
     let struct (ts, lt) = TorchRuntime.Versions()
-    let ssl = typeof<Registry.Recipe>.Assembly.GetName().Version
+    let ssl = typeof<Recipe.Request>.Assembly.GetName().Version
     printfn "ssl %O, TorchSharp %s, libtorch %s" ssl ts lt
     0

@@ -12,6 +12,7 @@ let run (argv: string[]) =
         let args = parser.ParseCommandLine(argv, raiseOnUsage = true)
         match args.GetSubCommand() with
         | Methods -> Commands.methods ()
+        | Train a -> Commands.train a
         | Data a -> Commands.data a
         | Info a -> Commands.info a
         | Version -> Commands.version ()
@@ -28,8 +29,12 @@ let run (argv: string[]) =
     | :? DeviceUnavailableException as e ->
         eprintfn "error: %s" e.Message
         1
+    | :? Ssl.Host.Engine.NonFiniteLossException as e ->
+        eprintfn "error: %s" e.Message
+        1
     | :? ArgumentException as e ->
-        eprintfn "usage error: %s\n\n%s" e.Message (parser.PrintUsage())
+        let message = if isNull e.ParamName then e.Message else e.Message.Replace($" (Parameter '{e.ParamName}')", "")
+        eprintfn "usage error: %s\n\n%s" message (parser.PrintUsage())
         2
 
 [<EntryPoint>]

@@ -1,5 +1,7 @@
 module Ssl.Tests.CliTests
 
+open System.IO
+open System.Text.Json
 open Expecto
 open TorchSharp
 open Ssl.Experiments
@@ -18,7 +20,34 @@ let tests =
                 Expect.equal (Program.run [| "info"; "--device"; "cuda" |]) 1 "exit code"
         }
         test "info on cpu answers" { Expect.equal (Program.run [| "info"; "--device"; "cpu"; "--seed"; "1" |]) 0 "exit code" }
+        test "an unknown method names the registered ones; exit 2" {
+            Expect.equal (Program.run [| "train"; "no-such-method" |]) 2 "exit code"
+        }
+        test "an unknown preset exits 2" {
+            Expect.equal (Program.run [| "train"; "supervised"; "--preset"; "huge" |]) 2 "exit code"
+        }
+        test "zero labels per class exits 2" {
+            Expect.equal (Program.run [| "train"; "supervised"; "--labels"; "0" |]) 2 "exit code"
+        }
+        test "train supervised --preset smoke writes the run folder of the contract, and --resume of a finished run trains nothing" {
+            let dir = Path.Combine(Fixtures.tempDir "cli-train", "run")
+            Expect.equal (Program.run [| "train"; "supervised"; "--preset"; "smoke"; "--out"; dir; "--deterministic" |]) 0 "exit code"
+            for file in [ "config.json"; "metrics.jsonl"; "result.json"; "checkpoints/last.ckpt"; "plots/loss.png"; "plots/accuracy.png"
+                          "plots/tsne.png"; "plots/memory.png"; "export/encoder.safetensors"; "export/encoder.names.txt" ] do
+                Expect.isTrue (File.Exists(Path.Combine(dir, file))) $"{file} written"
+            use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
+            let eval = doc.RootElement.GetProperty "eval"
+            for key in [ "linear_probe_acc"; "knn_acc"; "test_acc" ] do
+                let v = eval.GetProperty(key).GetDouble()
+                Expect.isTrue (v >= 0.0 && v <= 1.0) $"{key} is a fraction"
+            Expect.equal (doc.RootElement.GetProperty("baselines").GetProperty("supervised_only").GetProperty("test_acc").ValueKind)
+                JsonValueKind.Null "no supervised-only figure for an all-labels run"
+            let steps = doc.RootElement.GetProperty("train").GetProperty("steps").GetInt64()
+            Expect.equal (Program.run [| "train"; "supervised"; "--preset"; "smoke"; "--out"; dir; "--resume"; "--deterministic" |]) 0 "resume"
+            use again = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
+            Expect.equal (again.RootElement.GetProperty("train").GetProperty("steps").GetInt64()) steps "no further steps"
+        }
         test "every registered recipe is a contract name" {
-            for r in Registry.recipes do Expect.contains Registry.contractNames r.Name "contract name"
+            for r in Registry.recipes do Expect.contains Recipe.contractNames r.Name "contract name"
         }
     ]

@@ -33,31 +33,40 @@ type Encoder(name: string) =
     /// Length of the feature vector `forward` returns.
     abstract FeatureDim: int64
 
-/// A small VGG-style conv net: conv-BN-ReLU at 32 channels, max-pool 2, two conv-BN-ReLU at 64,
-/// max-pool 2, two conv-BN-ReLU at 128, global average pool; all convolutions 3x3, padding 1.
-/// FeatureDim = 128. Cost per 28x28 image (2 FLOPs per multiply-add, convolutions only):
-/// 43,803,648 FLOPs for 1 channel (21,901,824 multiply-adds), 44,706,816 for 3 channels; batch
-/// norm, ReLU and pooling add under 0.3 MFLOP. A 96x96 image costs (96/28)² ≈ 11.8 times as much.
-/// `inputChannels`: C of the (N, C, H, W) input; H, W at least 4.
-type SmallConvNet(inputChannels: int64) as this =
+/// A small VGG-style conv net of base width w: conv-BN-ReLU at w channels, max-pool 2, two
+/// conv-BN-ReLU at 2w, max-pool 2, two conv-BN-ReLU at 4w, global average pool; all convolutions
+/// 3x3, padding 1. FeatureDim = 4w. Cost per 28x28 image (2 FLOPs per multiply-add, convolutions
+/// only): 2·9·(784·C·w + 196·(2w² + 4w²) + 49·(8w² + 16w²)) = 14,112·C·w + 42,336·w² FLOPs:
+/// w = 32 (default): 43,803,648 for 1 channel, 44,706,816 for 3; w = 16: 11,063,808 for 1 channel.
+/// Batch norm, ReLU and pooling add under 0.3 MFLOP. A 96x96 image costs (96/28)² ≈ 11.8 times as
+/// much. Keep w a multiple of 16 (see SafeConv). `inputChannels`: C of the (N, C, H, W) input;
+/// H, W at least 4.
+type SmallConvNet(inputChannels: int64, width: int64) as this =
     inherit Encoder("SmallConvNet")
     do Layers.checkPositive "inputChannels" inputChannels
+    do Layers.checkPositive "width" width
     let features =
         Layers.sequential [
-            yield! Layers.convBnRelu "stem_" inputChannels 32L
+            yield! Layers.convBnRelu "stem_" inputChannels width
             "pool1", nn.MaxPool2d(2L)
-            yield! Layers.convBnRelu "block2a_" 32L 64L
-            yield! Layers.convBnRelu "block2b_" 64L 64L
+            yield! Layers.convBnRelu "block2a_" width (2L * width)
+            yield! Layers.convBnRelu "block2b_" (2L * width) (2L * width)
             "pool2", nn.MaxPool2d(2L)
-            yield! Layers.convBnRelu "block3a_" 64L 128L
-            yield! Layers.convBnRelu "block3b_" 128L 128L
+            yield! Layers.convBnRelu "block3a_" (2L * width) (4L * width)
+            yield! Layers.convBnRelu "block3b_" (4L * width) (4L * width)
             "pool", nn.AdaptiveAvgPool2d(1L)
             "flatten", nn.Flatten() ]
     do this.RegisterComponents()
 
-    override _.FeatureDim = 128L
+    /// The default width, 32.
+    new(inputChannels: int64) = new SmallConvNet(inputChannels, 32L)
 
-    /// images: (N, inputChannels, H, W) → features (N, 128).
+    /// Base channel count w.
+    member _.Width = width
+
+    override _.FeatureDim = 4L * width
+
+    /// images: (N, inputChannels, H, W) → features (N, 4w).
     override _.forward(images) =
         expect "images" [| Any; Exactly inputChannels; Any; Any |] images
         features.forward images

@@ -160,6 +160,9 @@ let private encoderTests =
             use colour = new SmallConvNet(3L)
             Expect.equal (convolutionFlops gray 1L 28L) 43_803_648L "1 channel (doc comment)"
             Expect.equal (convolutionFlops colour 3L 28L) 44_706_816L "3 channels (doc comment)"
+            use narrow = new SmallConvNet(1L, 16L)
+            Expect.equal (convolutionFlops narrow 1L 28L) 11_063_808L "width 16 (doc comment)"
+            Expect.equal narrow.FeatureDim 64L "4w features"
         }
     ]
 

@@ -1,0 +1,137 @@
+/// What every recipe shares around its training step: the data, the protocols of DESIGN.md
+/// (linear probe, kNN, few-label probe), the baselines beside every result, and the report.
+module Ssl.Experiments.Pipeline
+
+open System
+open System.IO
+open System.Text.Json
+open TorchSharp
+open Ssl.Core.Models
+open Ssl.Host.Data
+open Ssl.Host.Eval
+open Ssl.Host.Reporting
+open Ssl.Host.Runs
+open Ssl.Host.Runtime
+open Ssl.Experiments.Recipe
+
+/// Train and test sets with the training set's per-channel statistics (for standardising inputs).
+type Data =
+    { Train: ImageDataset
+      Test: ImageDataset
+      Mean: float[]
+      Std: float[]
+      Classes: int }
+    member d.Name = d.Train.Name
+
+    interface IDisposable with
+        member d.Dispose() =
+            d.Train.Dispose()
+            d.Test.Dispose()
+
+/// Reads the data set; `smoke` keeps the first 2,000 training and 1,000 test images.
+let loadData (request: Request) =
+    let root = Option.toObj request.DataRoot
+    let train = DataCatalog.Load(request.Dataset, Split.Train, root)
+    let test = DataCatalog.Load(request.Dataset, Split.Test, root)
+    let train, test =
+        match request.Preset with
+        | Smoke ->
+            let first (d: ImageDataset) n =
+                let kept = d.Subset(Array.init (int (min n d.Count)) int64)
+                d.Dispose()
+                kept
+            first train 2000L, first test 1000L
+        | _ -> train, test
+    let struct (mean, std) = train.ChannelStatistics()
+    { Train = train; Test = test; Mean = mean; Std = std; Classes = train.ClassNames.Count }
+
+/// The few-label budgets every result reports (DESIGN.md): N labels per class.
+let fewLabelBudgets = [ 10; 100 ]
+
+/// How much optimisation the evaluation spends: `smoke` only proves the wiring.
+type EvalBudget =
+    { ProbeIterations: int
+      TsnePoints: int64
+      TsneIterations: int }
+
+let evalBudget preset =
+    match preset with
+    | Smoke -> { ProbeIterations = 60; TsnePoints = 300L; TsneIterations = 250 }
+    | _ -> { ProbeIterations = 300; TsnePoints = 2000L; TsneIterations = 750 }
+
+/// Linear probe, kNN and few-label linear probes of an encoder's frozen features.
+let evaluateFeatures (budget: EvalBudget) (data: Data) (seed: int64) (trainFeatures: torch.Tensor) (testFeatures: torch.Tensor) =
+    let probe =
+        LinearProbe.Evaluate(trainFeatures, data.Train.Labels, testFeatures, data.Test.Labels, data.Classes, seed, budget.ProbeIterations)
+    let knn = Knn.Accuracy(trainFeatures, data.Train.Labels, testFeatures, data.Test.Labels, data.Classes)
+    let few = Collections.Generic.Dictionary<string, Nullable<float>>()
+    for n in fewLabelBudgets do
+        let split = LabelSplitter.Draw(data.Train, n, seed)
+        use idx = torch.tensor(split.Labelled)
+        use x = trainFeatures.index_select(0L, idx)
+        use y = data.Train.Labels.index_select(0L, idx)
+        few[string n] <- Nullable(LinearProbe.Evaluate(x, y, testFeatures, data.Test.Labels, data.Classes, seed, budget.ProbeIterations).TestAccuracy)
+    probe.TestAccuracy, knn, few
+
+/// Features of train and test under a frozen encoder.
+let extract (encoder: Encoder) (data: Data) (device: torch.Device) =
+    Features.Extract(encoder, data.Train.Images, data.Mean, data.Std, device),
+    Features.Extract(encoder, data.Test.Images, data.Mean, data.Std, device)
+
+/// Figures of the baselines that do not depend on the method: the randomly initialised encoder and
+/// raw pixels, through the same protocols. Cached per (data set, preset, encoder, seed) under
+/// runs/.cache, since every recipe on the same protocol shares them.
+let protocolBaselines (request: Request) (data: Data) (encoderName: string) (makeEncoder: unit -> Encoder) (device: torch.Device) =
+    let cacheDir = Path.Combine(Path.GetDirectoryName(Path.GetFullPath request.Out), ".cache")
+    let key = $"baselines-{data.Name}-{Preset.name request.Preset}-{encoderName}-seed{request.Seed}.json"
+    let cache = Path.Combine(cacheDir, key)
+    if File.Exists cache then
+        JsonSerializer.Deserialize<ProtocolFigures[]>(File.ReadAllText cache)
+    else
+        torch.manual_seed(request.Seed) |> ignore
+        use random = makeEncoder ()
+        random.``to``(device) |> ignore
+        let rtr, rte = extract random data device
+        let budget = evalBudget request.Preset
+        let rProbe, rKnn, _ = evaluateFeatures budget data request.Seed rtr rte
+        rtr.Dispose(); rte.Dispose()
+        use ptr = Features.RawPixels data.Train.Images
+        use pte = Features.RawPixels data.Test.Images
+        let pProbe = LinearProbe.Evaluate(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes, request.Seed, budget.ProbeIterations).TestAccuracy
+        let pKnn = Knn.Accuracy(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes)
+        let figures =
+            [| ProtocolFigures(LinearProbeAcc = Nullable rProbe, KnnAcc = Nullable rKnn)
+               ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn) |]
+        Directory.CreateDirectory cacheDir |> ignore
+        RunFolder.WriteAtomically(cache, JsonSerializer.Serialize figures)
+        figures
+
+/// Loss (and any other logged figure) per epoch as PNG curves in plots/.
+let plotCurves (folder: RunFolder) =
+    let epochs = folder.ReadMetrics() |> Seq.filter (fun r -> r.ContainsKey "summary") |> Seq.toArray
+    let keys =
+        epochs |> Seq.collect (fun r -> r |> Seq.map (fun kv -> kv.Key)) |> Seq.distinct
+        |> Seq.filter (fun k -> not (List.contains k [ "epoch"; "step"; "summary"; "images_per_s"; "rss_mb"; "peak_rss_mb"; "live_tensors" ]))
+        |> Seq.toArray
+    let x = epochs |> Array.map (fun r -> r["epoch"].GetValue<float>() + 1.0)
+    for key in keys do
+        let y = epochs |> Array.map (fun r -> if r.ContainsKey key then r[key].GetValue<float>() else nan)
+        Plots.Curves(Path.Combine(folder.PlotsDir, $"{key.Replace('/', '_')}.png"), key, "epoch", key, readOnlyDict [ key, (x, y) ])
+    let rss = epochs |> Array.map (fun r -> r["rss_mb"].GetValue<float>())
+    Plots.Curves(Path.Combine(folder.PlotsDir, "memory.png"), "resident memory after each epoch", "epoch", "MiB", readOnlyDict [ "RSS", (x, rss) ])
+
+/// The method's figures beside the baselines' as grouped bars, and a t-SNE map of test features.
+let plotReport (budget: EvalBudget) (folder: RunFolder) (result: RunResult) (data: Data) (testFeatures: torch.Tensor) =
+    let series =
+        readOnlyDict [
+            result.Method, [| result.Eval.LinearProbeAcc; result.Eval.KnnAcc |]
+            "random init", [| result.Baselines.RandomInit.LinearProbeAcc; result.Baselines.RandomInit.KnnAcc |]
+            "raw pixels", [| result.Baselines.RawPixels.LinearProbeAcc; result.Baselines.RawPixels.KnnAcc |] ]
+    Plots.Bars(Path.Combine(folder.PlotsDir, "accuracy.png"), $"{result.Method} on {result.Dataset}", "test top-1",
+               [| "linear probe"; "kNN" |], series)
+    let n = min budget.TsnePoints testFeatures.shape[0]
+    use idx = torch.arange(n)
+    use features = testFeatures.index_select(0L, idx)
+    use labels = data.Test.Labels.index_select(0L, idx)
+    use map = Tsne.Embed(features, perplexity = min 30.0 (float n / 4.0), iterations = budget.TsneIterations, seed = result.Seed)
+    Plots.ClassMap(Path.Combine(folder.PlotsDir, "tsne.png"), $"t-SNE of {n} test features ({result.Method})", map, labels, data.Test.ClassNames)
