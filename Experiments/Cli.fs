@@ -63,10 +63,27 @@ type TrainArgs =
             | Out _ -> "run folder (default runs/<method>-<preset>)."
             | Resume -> "continue from the run folder's last checkpoint."
 
+type EvalArgs =
+    | [<MainCommand; ExactlyOnce>] Run_Dir of dir: string
+    | Protocol of protocol: string
+    | Labels of perClass: int
+    | Device of string
+    | Threads of int
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
+            | Protocol _ -> "linear (default), knn or finetune."
+            | Labels _ -> "labels per class for the protocol's training (default: all), drawn with the run's seed."
+            | Device _ -> "cpu (default), cuda or auto."
+            | Threads _ -> "torch threads (default: all cores)."
+
 [<HelpFlags("--help", "-h")>]
 type SslArgs =
     | [<SubCommand; CliPrefix(CliPrefix.None)>] Methods
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
+    | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalArgs>
     | [<CliPrefix(CliPrefix.None)>] Data of ParseResults<DataArgs>
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
     | Version
@@ -76,6 +93,7 @@ type SslArgs =
             match a with
             | Methods -> "list the registered recipes and their presets."
             | Train _ -> "train a recipe, evaluate it beside its baselines, write the run folder."
+            | Eval _ -> "evaluate a trained run's encoder again with one protocol (linear, knn, finetune)."
             | Data _ -> "read a data set, print its statistics, optionally save a PNG grid of samples."
             | Info _ -> "set up the device and print it with threads, seed and library versions."
             | Version -> "print the versions of Ssl, TorchSharp and libtorch."

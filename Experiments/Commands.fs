@@ -9,6 +9,8 @@ open Argu
 open Spectre.Console
 open TorchSharp
 open Ssl.Host.Data
+open Ssl.Host.Engine
+open Ssl.Host.Eval
 open Ssl.Host.Native
 open Ssl.Host.Runtime
 open Ssl.Experiments.Cli
@@ -162,4 +164,70 @@ let version () =
     let struct (ts, lt) = TorchRuntime.Versions()
     let ssl = typeof<Recipe.Request>.Assembly.GetName().Version
     printfn "ssl %O, TorchSharp %s, libtorch %s" ssl ts lt
+    0
+
+/// `ssl eval <run-dir>`: rebuilds the run's encoder, loads its exported weights and applies one
+/// protocol; prints the figure and writes it to eval-<protocol>[-<labels>].json in the run folder.
+let eval (args: ParseResults<EvalArgs>) =
+    let dir = IO.Path.GetFullPath(args.GetResult EvalArgs.Run_Dir)
+    let configPath = IO.Path.Combine(dir, "config.json")
+    let weights = IO.Path.Combine(dir, "export", "encoder.dat")
+    for path in [ configPath; weights ] do
+        if not (IO.File.Exists path) then
+            raise (DataException(path, "a file written by `ssl train` (a finished run folder)", "no such file"))
+    use config = JsonDocument.Parse(IO.File.ReadAllText configPath)
+    let text (key: string) = config.RootElement.GetProperty(key).GetString()
+    let recipe =
+        match Registry.tryFind (text "method") with
+        | Some r -> r
+        | None -> raise (DataException(configPath, "a method registered in this build", text "method"))
+    let preset =
+        match Recipe.Preset.tryParse (text "preset") with
+        | Some p -> p
+        | None -> raise (DataException(configPath, "preset smoke, quick or paper", text "preset"))
+    let seed = config.RootElement.GetProperty("seed").GetInt64()
+    let protocol = args.GetResult(EvalArgs.Protocol, defaultValue = "linear").ToLowerInvariant()
+    if not (List.contains protocol [ "linear"; "knn"; "finetune" ]) then
+        invalidArg "--protocol" $"--protocol: expected linear, knn or finetune, found '{protocol}'"
+    let labels = args.TryGetResult EvalArgs.Labels
+    match labels with
+    | Some n when n <= 0 -> invalidArg "--labels" $"--labels: expected a positive number of labels per class, found {n}"
+    | _ -> ()
+    let env = DeviceSetup.Configure(DeviceSetup.Parse(args.GetResult(EvalArgs.Device, defaultValue = "cpu")),
+                                    threads = args.GetResult(EvalArgs.Threads, defaultValue = 0), seed = seed)
+    let request: Recipe.Request =
+        { Method = recipe.Name; Preset = preset; Dataset = text "dataset"; DataRoot = None; Labels = labels; Seed = seed
+          Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = dir; Resume = false }
+    use data = Pipeline.loadData request
+    let encoder = recipe.Encoder preset data.Train.Channels
+    encoder.load(weights) |> ignore
+    encoder.``to``(env.Device) |> ignore
+    let examples =
+        match labels with
+        | Some n -> (LabelSplitter.Draw(data.Train, n, seed)).Labelled
+        | None -> Array.init (int data.Train.Count) int64
+    let accuracy =
+        match protocol with
+        | "finetune" ->
+            let folder = Ssl.Host.Runs.RunFolder(IO.Path.Combine(dir, "finetune" + (labels |> Option.map (sprintf "-%d") |> Option.defaultValue "")))
+            let tuned, head, _ =
+                Recipes.Supervised.trainWith encoder (Recipes.Supervised.fineTuneConfig preset) data examples seed false folder env.Device (ConsoleProgress())
+            use tuned = tuned
+            use head = head
+            Recipes.Supervised.testAccuracy tuned head data env.Device
+        | _ ->
+            use encoder = encoder
+            let trainFeatures, testFeatures = Pipeline.extract encoder data env.Device
+            use trainFeatures = trainFeatures
+            use testFeatures = testFeatures
+            use idx = torch.tensor(examples)
+            use x = trainFeatures.index_select(0L, idx)
+            use y = data.Train.Labels.index_select(0L, idx)
+            if protocol = "knn" then Knn.Accuracy(x, y, testFeatures, data.Test.Labels, data.Classes)
+            else LinearProbe.Evaluate(x, y, testFeatures, data.Test.Labels, data.Classes, seed).TestAccuracy
+    let suffix = labels |> Option.map (sprintf "-%d") |> Option.defaultValue ""
+    let out = IO.Path.Combine(dir, $"eval-{protocol}{suffix}.json")
+    Ssl.Host.Runs.RunFolder.WriteAtomically(out, JsonSerializer.Serialize {| protocol = protocol; labels_per_class = Option.toNullable labels; test_acc = accuracy |})
+    let budget = labels |> Option.map (sprintf " with %d labels per class") |> Option.defaultValue ""
+    AnsiConsole.MarkupLine $"{protocol}{budget}: test top-1 [bold]{accuracy:P2}[/] -> {Markup.Escape out}"
     0

@@ -1,6 +1,7 @@
 /// What a recipe is and what a run asks of it (DESIGN.md, Command line contract).
 module Ssl.Experiments.Recipe
 
+open Ssl.Core.Models
 open Ssl.Host.Runs
 open Ssl.Host.Runtime
 
@@ -36,7 +37,10 @@ type Recipe =
     { Name: string
       Paper: string
       Presets: Preset list
-      Run: Request -> RunEnvironment -> RunFolder -> RunResult }
+      Run: Request -> RunEnvironment -> RunFolder -> RunResult
+      /// The encoder architecture a preset trains, for an input of the given channel count
+      /// (`ssl eval` rebuilds it and loads the run's exported weights into it).
+      Encoder: Preset -> int64 -> Encoder }
 
 /// The recipe names of the command-line contract (DESIGN.md), in roadmap order.
 let contractNames =

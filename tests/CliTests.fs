@@ -46,6 +46,18 @@ let tests =
             Expect.equal (Program.run [| "train"; "supervised"; "--preset"; "smoke"; "--out"; dir; "--resume"; "--deterministic" |]) 0 "resume"
             use again = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
             Expect.equal (again.RootElement.GetProperty("train").GetProperty("steps").GetInt64()) steps "no further steps"
+
+            // ssl eval on the same run: kNN on all labels, fine-tuning on 10 per class.
+            Expect.equal (Program.run [| "eval"; dir; "--protocol"; "knn" |]) 0 "eval knn"
+            Expect.equal (Program.run [| "eval"; dir; "--protocol"; "finetune"; "--labels"; "10" |]) 0 "eval finetune"
+            for name in [ "eval-knn.json"; "eval-finetune-10.json" ] do
+                use figure = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, name)))
+                let acc = figure.RootElement.GetProperty("test_acc").GetDouble()
+                Expect.isTrue (acc > 0.1 && acc <= 1.0) $"{name}: better than chance"
+            Expect.equal (Program.run [| "eval"; dir; "--protocol"; "bogus" |]) 2 "unknown protocol"
+        }
+        test "eval of a folder that holds no run is a clear error (exit 1)" {
+            Expect.equal (Program.run [| "eval"; Fixtures.tempDir "no-run" |]) 1 "exit code"
         }
         test "every registered recipe is a contract name" {
             for r in Registry.recipes do Expect.contains Recipe.contractNames r.Name "contract name"

@@ -46,6 +46,9 @@ let config preset =
 let private makeEncoder (data: Data) (config: Config) () : Encoder =
     new SmallConvNet(data.Train.Channels, config.Width)
 
+/// The encoder a preset trains (for `ssl eval`).
+let encoder (preset: Preset) (channels: int64) : Encoder = new SmallConvNet(channels, (config preset).Width)
+
 /// One SGD step of cross-entropy on a batch of the labelled `examples` (indices into the training set).
 type Step(encoder: Encoder, head: LinearHead, data: Data, examples: int64[], config: Config) =
     let modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
@@ -81,12 +84,11 @@ let testAccuracy (encoder: Encoder) (head: LinearHead) (data: Data) (device: tor
     use correct = logits.argmax(1L).cpu().eq(data.Test.Labels)
     correct.to_type(torch.ScalarType.Float64).mean().item<float>()
 
-/// Trains encoder + linear head on `examples` (all, or a few-label split). Returns the trained
-/// modules and the engine's summary.
-let train (config: Config) (data: Data) (examples: int64[]) (seed: int64) (resume: bool) (folder: RunFolder)
-          (device: torch.Device) (progress: IProgressReporter) =
+/// Trains `encoder` + a new linear head on `examples` (all, or a few-label split). Given a trained
+/// encoder, that is the fine-tuning protocol. Returns the modules and the engine's summary.
+let trainWith (encoder: Encoder) (config: Config) (data: Data) (examples: int64[]) (seed: int64) (resume: bool)
+              (folder: RunFolder) (device: torch.Device) (progress: IProgressReporter) =
     torch.manual_seed(seed) |> ignore
-    let encoder = makeEncoder data config ()
     let head = new LinearHead(encoder.FeatureDim, int64 data.Classes)
     encoder.``to``(device) |> ignore
     head.``to``(device) |> ignore
@@ -98,6 +100,14 @@ let train (config: Config) (data: Data) (examples: int64[]) (seed: int64) (resum
                        ConfigDigest = $"supervised {config} n={examples.Length}", LogEvery = 20)
     let summary = Trainer.Run(Step(encoder, head, data, examples, config), options, folder, device, progress)
     encoder, head, summary
+
+/// Trains encoder + linear head from a random initialisation (seeded).
+let train (config: Config) (data: Data) examples (seed: int64) resume folder device progress =
+    torch.manual_seed(seed) |> ignore
+    trainWith (makeEncoder data config ()) config data examples seed resume folder device progress
+
+/// The fine-tuning protocol's schedule: the preset's, at a tenth of the learning rate.
+let fineTuneConfig preset = { config preset with LearningRate = (config preset).LearningRate / 10.0 }
 
 /// The supervised-only baseline: the same encoder trained on `perClass` labels per class only.
 let supervisedOnly (preset: Preset) (data: Data) (perClass: int) (seed: int64) (root: string) (device: torch.Device) =
@@ -152,4 +162,5 @@ let recipe =
     { Name = "supervised"
       Paper = "supervised baseline (cross-entropy; SGD + Nesterov, cosine)"
       Presets = [ Smoke; Quick; Paper ]
-      Run = run }
+      Run = run
+      Encoder = encoder }
