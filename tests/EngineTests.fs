@@ -80,6 +80,18 @@ let optimizerTests =
             Expect.equal (groups |> Array.map (fun g -> Seq.length g.Parameters)) [| 1; 3 |] "the weight matrix alone is decayed"
             Expect.equal (groups |> Array.map (fun g -> g.Options.weight_decay.Value)) [| 0.1; 0.0 |] "decays"
         }
+        test "clipping limits the global gradient norm before the step" {
+            use w = new Parameter(torch.zeros(1L, 2L))
+            let spec = OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = 1.0, Momentum = 0.0, ClipGradNorm = Nullable 1.0)
+            use opt = new TrainingOptimizer("o", spec, [ struct ("w", w) ])
+            w.grad <- torch.tensor([| 3.0f; 4.0f |]).reshape(1L, 2L)
+            let norm = opt.Step()
+            Expect.floatClose Accuracy.medium norm 5.0 "the norm before clipping is reported"
+            // clipped to norm 1: g = [0.6, 0.8]; w = 0 - 1.0 * g
+            let moved = w.data<float32>().ToArray() |> Array.map float
+            Expect.floatClose Accuracy.medium moved[0] -0.6 "w0"
+            Expect.floatClose Accuracy.medium moved[1] -0.8 "w1"
+        }
         test "LARS scales a step by the trust ratio η‖w‖ / (‖g‖ + β‖w‖)" {
             use w = new Parameter(torch.tensor([| 3.0f; 4.0f |]).reshape(1L, 2L))
             let spec = OptimizerSpec(Kind = OptimizerKind.Lars, LearningRate = 1.0, Momentum = 0.0, WeightDecay = 0.5, LarsEta = 0.01)
@@ -95,8 +107,42 @@ let optimizerTests =
         }
     ]
 
+/// Two modules with an optimizer each, stepped in one training step (the GAN / teacher pattern).
+type TwoOptimizerTask() =
+    let a = torch.nn.Linear(2L, 1L)
+    let b = torch.nn.Linear(2L, 1L)
+    let x = torch.ones(4L, 2L)
+    member _.A = a
+    member _.B = b
+    interface ITrainingStep with
+        member _.Modules = readOnlyDict [ "a", (a :> torch.nn.Module); "b", (b :> torch.nn.Module) ]
+        member _.Optimizers =
+            [| struct ("a", OptimizerSpec(Kind = OptimizerKind.Adam, LearningRate = 0.01, Cosine = false), a.named_parameters ())
+               struct ("b", OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = 0.1, Momentum = 0.0, Cosine = false), b.named_parameters ()) |]
+            :> IReadOnlyList<_>
+        member _.State = readOnlyDict []
+        member _.Step(ctx, _) =
+            let lossA = ctx.Optimize("a", a.forward(x).pow(torch.tensor(2.0f)).mean())
+            let lossB = ctx.Optimize("b", b.forward(x).sub(torch.tensor(1.0f)).pow(torch.tensor(2.0f)).mean())
+            readOnlyDict [ "loss_a", lossA; "loss_b", lossB ]
+
 let trainerTests =
     testList "trainer" [
+        test "several optimizers step in one training step, each on its own parameters" {
+            let folder = RunFolder(Fixtures.tempDir "two")
+            let task = TwoOptimizerTask()
+            let b0 = weights task.B
+            let a0 = weights task.A
+            Trainer.Run(task, TrainerOptions(Epochs = 3, BatchSize = 2, ExampleCount = 8L, Seed = 1L, LogEvery = 1), folder, torch.CPU, SilentProgress()) |> ignore
+            let losses = folder.ReadMetrics() |> Seq.filter (fun r -> r.ContainsKey "summary") |> Seq.map (fun r -> r["loss_a"].GetValue<float>(), r["loss_b"].GetValue<float>()) |> Seq.toArray
+            Expect.isLessThan (fst losses[2]) (fst losses[0]) "A's loss falls (Adam)"
+            Expect.isLessThan (snd losses[2]) (snd losses[0]) "B's loss falls (SGD)"
+            Expect.notEqual (weights task.A) a0 "A moved"
+            Expect.notEqual (weights task.B) b0 "B moved"
+            let metric = folder.ReadMetrics() |> Seq.find (fun r -> r.ContainsKey "lr/a")
+            Expect.equal (metric["lr/a"].GetValue<float>(), metric["lr/b"].GetValue<float>()) (0.01, 0.1) "each optimizer's rate is logged"
+        }
+
         test "trains, logs metrics per step and per epoch, and checkpoints" {
             let folder = RunFolder(Fixtures.tempDir "trainer")
             let task = LinearTask(1L)
