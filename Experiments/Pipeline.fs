@@ -78,16 +78,23 @@ let extract (encoder: Encoder) (data: Data) (device: torch.Device) =
     Features.Extract(encoder, data.Train.Images, data.Mean, data.Std, device),
     Features.Extract(encoder, data.Test.Images, data.Mean, data.Std, device)
 
-/// Figures of the baselines that do not depend on the method: the randomly initialised encoder and
-/// raw pixels, through the same protocols. Cached per (data set, preset, encoder, seed) under
-/// runs/.cache, since every recipe on the same protocol shares them.
-let protocolBaselines (request: Request) (data: Data) (encoderName: string) (makeEncoder: unit -> Encoder) (device: torch.Device) =
+/// A figure that does not depend on the method (a baseline), computed once per key and kept as
+/// JSON in runs/.cache beside the run folders, since every recipe on the same protocol shares it.
+let cached<'T> (request: Request) (key: string) (compute: unit -> 'T) : 'T =
     let cacheDir = Path.Combine(Path.GetDirectoryName(Path.GetFullPath request.Out), ".cache")
-    let key = $"baselines-{data.Name}-{Preset.name request.Preset}-{encoderName}-seed{request.Seed}.json"
-    let cache = Path.Combine(cacheDir, key)
+    let cache = Path.Combine(cacheDir, key + ".json")
     if File.Exists cache then
-        JsonSerializer.Deserialize<ProtocolFigures[]>(File.ReadAllText cache)
+        JsonSerializer.Deserialize<'T>(File.ReadAllText cache)
     else
+        let value = compute ()
+        Directory.CreateDirectory cacheDir |> ignore
+        RunFolder.WriteAtomically(cache, JsonSerializer.Serialize value)
+        value
+
+/// Figures of the baselines that do not depend on the method: the randomly initialised encoder and
+/// raw pixels, through the same protocols; cached per (data set, preset, encoder, seed).
+let protocolBaselines (request: Request) (data: Data) (encoderName: string) (makeEncoder: unit -> Encoder) (device: torch.Device) =
+    cached request $"baselines-{data.Name}-{Preset.name request.Preset}-{encoderName}-seed{request.Seed}" (fun () ->
         torch.manual_seed(request.Seed) |> ignore
         use random = makeEncoder ()
         random.``to``(device) |> ignore
@@ -99,12 +106,8 @@ let protocolBaselines (request: Request) (data: Data) (encoderName: string) (mak
         use pte = Features.RawPixels data.Test.Images
         let pProbe = LinearProbe.Evaluate(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes, request.Seed, budget.ProbeIterations).TestAccuracy
         let pKnn = Knn.Accuracy(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes)
-        let figures =
-            [| ProtocolFigures(LinearProbeAcc = Nullable rProbe, KnnAcc = Nullable rKnn)
-               ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn) |]
-        Directory.CreateDirectory cacheDir |> ignore
-        RunFolder.WriteAtomically(cache, JsonSerializer.Serialize figures)
-        figures
+        [| ProtocolFigures(LinearProbeAcc = Nullable rProbe, KnnAcc = Nullable rKnn)
+           ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn) |])
 
 /// Loss (and any other logged figure) per epoch as PNG curves in plots/.
 let plotCurves (folder: RunFolder) =
@@ -135,3 +138,29 @@ let plotReport (budget: EvalBudget) (folder: RunFolder) (result: RunResult) (dat
     use labels = data.Test.Labels.index_select(0L, idx)
     use map = Tsne.Embed(features, perplexity = min 30.0 (float n / 4.0), iterations = budget.TsneIterations, seed = result.Seed)
     Plots.ClassMap(Path.Combine(folder.PlotsDir, "tsne.png"), $"t-SNE of {n} test features ({result.Method})", map, labels, data.Test.ClassNames)
+
+/// Evaluates a trained encoder by every protocol beside its baselines, then writes result.json, the
+/// exported encoder and the plots. `testAcc`: the method's own classifier accuracy where it has one;
+/// `supervisedOnly`: the supervised-only baseline on the same labels where it applies.
+let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: Data) (encoder: Encoder) (encoderName: string)
+           (makeEncoder: unit -> Encoder) (summary: Ssl.Host.Engine.TrainSummary) (testAcc: float option) (supervisedOnly: float option) =
+    let trainFeatures, testFeatures = extract encoder data env.Device
+    use trainFeatures = trainFeatures
+    use testFeatures = testFeatures
+    let budget = evalBudget request.Preset
+    let probe, knn, few = evaluateFeatures budget data request.Seed trainFeatures testFeatures
+    let baselines = protocolBaselines request data encoderName makeEncoder env.Device
+    let result =
+        RunResult(
+            Method = request.Method, Dataset = data.Name, Seed = request.Seed, LabelsPerClass = Option.toNullable request.Labels,
+            Eval = EvalFigures(LinearProbeAcc = Nullable probe, KnnAcc = Nullable knn, TestAcc = Option.toNullable testAcc, FewLabelLinearAcc = few),
+            Baselines = BaselineFigures(RandomInit = baselines[0], RawPixels = baselines[1],
+                                        SupervisedOnly = SupervisedFigures(TestAcc = Option.toNullable supervisedOnly)),
+            Train = TrainFigures(Epochs = summary.Epochs, Steps = summary.Steps, WallSeconds = summary.WallSeconds,
+                                 ImagesPerSecond = summary.ImagesPerSecond, PeakRssMb = summary.PeakRssMb),
+            Versions = RunFolder.CurrentVersions())
+    folder.WriteResult result
+    Ssl.Host.Export.EncoderExport.Save(encoder, Path.Combine(folder.Root, "export")) |> ignore
+    plotCurves folder
+    plotReport budget folder result data testFeatures
+    result

@@ -59,6 +59,21 @@ let tests =
         test "eval of a folder that holds no run is a clear error (exit 1)" {
             Expect.equal (Program.run [| "eval"; Fixtures.tempDir "no-run" |]) 1 "exit code"
         }
+        testSequenced <| testList "smoke" [
+            for recipe in Registry.recipes |> List.filter (fun r -> r.Name <> "supervised") do
+                test $"ssl train {recipe.Name} --preset smoke writes result.json with its baselines" {
+                    let dir = Path.Combine(Fixtures.tempDir $"smoke-{recipe.Name}", "run")
+                    Expect.equal (Program.run [| "train"; recipe.Name; "--preset"; "smoke"; "--out"; dir |]) 0 "exit code"
+                    use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
+                    Expect.equal (doc.RootElement.GetProperty("method").GetString()) recipe.Name "method"
+                    let fraction (e: JsonElement) = let v = e.GetDouble() in v >= 0.0 && v <= 1.0
+                    Expect.isTrue (fraction (doc.RootElement.GetProperty("eval").GetProperty("linear_probe_acc"))) "linear probe"
+                    Expect.isTrue (fraction (doc.RootElement.GetProperty("eval").GetProperty("knn_acc"))) "kNN"
+                    let baselines = doc.RootElement.GetProperty "baselines"
+                    Expect.isTrue (fraction (baselines.GetProperty("random_init").GetProperty("linear_probe_acc"))) "random-init baseline"
+                    Expect.isTrue (fraction (baselines.GetProperty("raw_pixels").GetProperty("knn_acc"))) "raw-pixel baseline"
+                }
+        ]
         test "every registered recipe is a contract name" {
             for r in Registry.recipes do Expect.contains Recipe.contractNames r.Name "contract name"
         }

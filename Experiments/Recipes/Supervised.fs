@@ -134,29 +134,9 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult
     use encoder = encoder
     use head = head
     let testAcc = testAccuracy encoder head data env.Device
-    let trainFeatures, testFeatures = extract encoder data env.Device
-    use trainFeatures = trainFeatures
-    use testFeatures = testFeatures
-    let budget = evalBudget request.Preset
-    let probe, knn, few = evaluateFeatures budget data request.Seed trainFeatures testFeatures
-    let baselines = protocolBaselines request data $"SmallConvNet{config.Width}" (makeEncoder data config) env.Device
-    let supervisedOnly =
-        match request.Labels with
-        | Some _ -> Nullable testAcc // this run is the supervised-only result on these labels
-        | None -> Nullable()
-    let result =
-        RunResult(
-            Method = "supervised", Dataset = data.Name, Seed = request.Seed, LabelsPerClass = Option.toNullable request.Labels,
-            Eval = EvalFigures(LinearProbeAcc = Nullable probe, KnnAcc = Nullable knn, TestAcc = Nullable testAcc, FewLabelLinearAcc = few),
-            Baselines = BaselineFigures(RandomInit = baselines[0], RawPixels = baselines[1], SupervisedOnly = SupervisedFigures(TestAcc = supervisedOnly)),
-            Train = TrainFigures(Epochs = summary.Epochs, Steps = summary.Steps, WallSeconds = summary.WallSeconds,
-                                 ImagesPerSecond = summary.ImagesPerSecond, PeakRssMb = summary.PeakRssMb),
-            Versions = RunFolder.CurrentVersions())
-    folder.WriteResult result
-    Ssl.Host.Export.EncoderExport.Save(encoder, IO.Path.Combine(folder.Root, "export")) |> ignore
-    plotCurves folder
-    plotReport budget folder result data testFeatures
-    result
+    // With --labels this run is itself the supervised-only result on those labels.
+    let supervisedOnly = request.Labels |> Option.map (fun _ -> testAcc)
+    finish request env folder data encoder $"SmallConvNet{config.Width}" (makeEncoder data config) summary (Some testAcc) supervisedOnly
 
 let recipe =
     { Name = "supervised"
