@@ -57,7 +57,7 @@ type EvalBudget =
 let evalBudget preset =
     match preset with
     | Smoke -> { ProbeIterations = 60; TsnePoints = 300L; TsneIterations = 250 }
-    | _ -> { ProbeIterations = 300; TsnePoints = 2000L; TsneIterations = 750 }
+    | _ -> { ProbeIterations = 300; TsnePoints = 1000L; TsneIterations = 750 }
 
 /// Linear probe, kNN and few-label linear probes of an encoder's frozen features.
 let evaluateFeatures (budget: EvalBudget) (data: Data) (seed: int64) (trainFeatures: torch.Tensor) (testFeatures: torch.Tensor) =

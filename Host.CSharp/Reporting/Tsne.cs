@@ -45,6 +45,7 @@ public static class Tsne
             velocity.copy_(velocity * momentum - rate * gains * grad);
             y.add_(velocity);
             y.sub_(y.mean(new long[] { 0 }, keepdim: true));
+            if (it % 10 == 9) Ssl.Host.Runtime.NativeMemory.Trim();
         }
         return y.MoveToOuterDisposeScope();
     }
@@ -72,18 +73,22 @@ public static class Tsne
         var d = squaredDistances.masked_fill(diagonal, double.PositiveInfinity);
         var lo = full(new[] { n, 1L }, -50.0, dtype: ScalarType.Float64);
         var hi = full(new[] { n, 1L }, 50.0, dtype: ScalarType.Float64);
-        Tensor rows = d;
         for (var i = 0; i < 100; i++)
         {
+            // Each pass makes several (N, N) temporaries: free them every pass, or 100 passes hold
+            // 100 times the matrix (16 GB at N = 2,000).
+            using var inner = NewDisposeScope();
             var logBeta = (lo + hi) / 2.0;
-            rows = nn.functional.softmax(-d * logBeta.exp(), 1);
+            var rows = nn.functional.softmax(-d * logBeta.exp(), 1);
             var entropy = -(rows * rows.clamp_min(1e-300).log()).sum(1, keepdim: true);
             // Entropy falls as β rises: too much entropy means β must grow.
             var tooFlat = entropy.gt(target);
-            lo = where(tooFlat, logBeta, lo);
-            hi = where(tooFlat, hi, logBeta);
+            lo.copy_(where(tooFlat, logBeta, lo));
+            hi.copy_(where(tooFlat, hi, logBeta));
         }
-        return rows.MoveToOuterDisposeScope();
+        Ssl.Host.Runtime.NativeMemory.Trim();
+        var result = nn.functional.softmax(-d * ((lo + hi) / 2.0).exp(), 1);
+        return result.MoveToOuterDisposeScope();
     }
 
     static Tensor SquaredDistances(Tensor x)
