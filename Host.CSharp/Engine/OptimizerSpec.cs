@@ -102,13 +102,19 @@ public sealed class TrainingOptimizer : IDisposable
         using var scope = NewDisposeScope();
         using (no_grad())
         {
-            var norm = Spec.ClipGradNorm is { } max
-                ? nn.utils.clip_grad_norm_(all, max)
-                : Math.Sqrt(all.Where(p => p.grad is not null).Sum(p => p.grad!.pow(2).sum().item<float>()));
+            var norm = Spec.ClipGradNorm is { } max ? nn.utils.clip_grad_norm_(all, max) : GradientNorm();
             if (Spec.Kind == OptimizerKind.Lars) ScaleByTrustRatio();
             Optimizer.step();
             return norm;
         }
+    }
+
+    /// <summary>‖(g₁, …, gₙ)‖ over every gradient, in one reduction (one host sync per step, not one per tensor).</summary>
+    double GradientNorm()
+    {
+        var grads = all.Select(p => p.grad).Where(g => g is not null).ToArray();
+        if (grads.Length == 0) return 0;
+        return stack(grads.Select(g => g!.norm()).ToArray()).norm().item<float>();
     }
 
     /// <summary>LARS (You et al. 2017, Alg. 1): g ← η‖w‖ / (‖g‖ + β‖w‖) · (g + β w) for decayed tensors.</summary>
