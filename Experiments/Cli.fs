@@ -79,6 +79,56 @@ type EvalArgs =
             | Device _ -> "cpu (default), cuda or auto."
             | Threads _ -> "torch threads (default: all cores)."
 
+type ReportArgs =
+    | [<MainCommand; ExactlyOnce>] Runs_Dir of dir: string
+    | Out of markdown: string
+    | Figures of dir: string
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Runs_Dir _ -> "a folder of run folders (each with a result.json), e.g. runs/repro."
+            | Out _ -> "the Markdown file to write (default RESULTS.md)."
+            | Figures _ -> "folder for the report's PNG figures (default docs/results beside --out)."
+
+type ReproArgs =
+    | Only of methods: string
+    | Runs_Dir of dir: string
+    | Preset of preset: string
+    | Out of markdown: string
+    | Figures of dir: string
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Only _ -> "comma-separated recipes to run (default: every registered one)."
+            | Runs_Dir _ -> "where the run folders go (default runs/repro)."
+            | Preset _ -> "preset of every run (default quick)."
+            | Out _ -> "the report to write (default RESULTS.md)."
+            | Figures _ -> "folder for the report's figures (default docs/results beside --out)."
+
+type BenchArgs =
+    | Only of methods: string
+    | Method of name: string
+    | Preset of preset: string
+    | Warmup of steps: int
+    | Steps of steps: int
+    | Threads of int
+    | Out of dir: string
+    | Readme of markdown: string
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Only _ -> "comma-separated recipes to benchmark (default: every registered one)."
+            | Method _ -> "benchmark this one recipe in this process (what each child process of `ssl bench` does)."
+            | Preset _ -> "preset whose training step is timed (default quick)."
+            | Warmup _ -> "untimed steps first (default 5)."
+            | Steps _ -> "timed steps (default 30)."
+            | Threads _ -> "torch threads (default: all cores)."
+            | Out _ -> "folder for bench.json and one JSON per method (default runs/bench)."
+            | Readme _ -> "also write the table between the bench markers of this Markdown file."
+
 [<HelpFlags("--help", "-h")>]
 type SslArgs =
     | [<SubCommand; CliPrefix(CliPrefix.None)>] Methods
@@ -86,6 +136,9 @@ type SslArgs =
     | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalArgs>
     | [<CliPrefix(CliPrefix.None)>] Data of ParseResults<DataArgs>
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
+    | [<CliPrefix(CliPrefix.None)>] Report of ParseResults<ReportArgs>
+    | [<CliPrefix(CliPrefix.None)>] Repro of ParseResults<ReproArgs>
+    | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | Version
 
     interface IArgParserTemplate with
@@ -96,6 +149,9 @@ type SslArgs =
             | Eval _ -> "evaluate a trained run's encoder again with one protocol (linear, knn, finetune)."
             | Data _ -> "read a data set, print its statistics, optionally save a PNG grid of samples."
             | Info _ -> "set up the device and print it with threads, seed and library versions."
+            | Report _ -> "write RESULTS.md (tables, figures, machine, versions) from a folder of run folders."
+            | Repro _ -> "train every registered recipe's preset with its baselines (skipping runs done for this commit), then report."
+            | Bench _ -> "time each recipe's training step: img/s, encoder GFLOP/s against a measured matmul peak, peak RSS."
             | Version -> "print the versions of Ssl, TorchSharp and libtorch."
 
 let parser = ArgumentParser.Create<SslArgs>(programName = "ssl")

@@ -231,3 +231,45 @@ let eval (args: ParseResults<EvalArgs>) =
     let budget = labels |> Option.map (sprintf " with %d labels per class") |> Option.defaultValue ""
     AnsiConsole.MarkupLine $"{protocol}{budget}: test top-1 [bold]{accuracy:P2}[/] -> {Markup.Escape out}"
     0
+
+let private presetArg (text: string) =
+    match Recipe.Preset.tryParse text with
+    | Some p -> p
+    | None -> invalidArg "--preset" $"--preset: expected smoke, quick or paper, found '{text}'"
+
+let private defaultFigures (out: string) = IO.Path.Combine(IO.Path.GetDirectoryName(IO.Path.GetFullPath out), "docs", "results")
+
+/// `ssl report <runs-dir>`: RESULTS.md from the run folders' result.json files.
+let reportRuns (args: ParseResults<ReportArgs>) =
+    let runsDir = args.GetResult ReportArgs.Runs_Dir
+    let out = args.GetResult(ReportArgs.Out, defaultValue = "RESULTS.md")
+    let figures = args.GetResult(ReportArgs.Figures, defaultValue = defaultFigures out)
+    let count = Report.write runsDir out figures
+    AnsiConsole.MarkupLine $"{Markup.Escape out}: {count} runs from {Markup.Escape runsDir}, figures in {Markup.Escape figures}"
+    0
+
+/// `ssl repro`: every registered recipe's preset into one runs folder, then the report.
+let repro (args: ParseResults<ReproArgs>) =
+    let only = args.TryGetResult ReproArgs.Only |> Option.map (Repro.parseOnly Registry.recipes)
+    let out = args.GetResult(ReproArgs.Out, defaultValue = "RESULTS.md")
+    Repro.run only (args.GetResult(ReproArgs.Runs_Dir, defaultValue = IO.Path.Combine("runs", "repro")))
+        (presetArg (args.GetResult(ReproArgs.Preset, defaultValue = "quick"))) out
+        (args.GetResult(ReproArgs.Figures, defaultValue = defaultFigures out))
+
+/// `ssl bench`: step throughput and achieved GFLOP/s of each recipe (one child process each).
+let bench (args: ParseResults<BenchArgs>) =
+    let preset = presetArg (args.GetResult(BenchArgs.Preset, defaultValue = "quick"))
+    let warmup = args.GetResult(BenchArgs.Warmup, defaultValue = 5)
+    let steps = args.GetResult(BenchArgs.Steps, defaultValue = 30)
+    let threads = args.GetResult(BenchArgs.Threads, defaultValue = 0)
+    let out = args.GetResult(BenchArgs.Out, defaultValue = IO.Path.Combine("runs", "bench"))
+    match args.TryGetResult BenchArgs.Method with
+    | Some name ->
+        match Registry.tryFind name with
+        | Some recipe -> Bench.runMethod recipe preset warmup steps threads out
+        | None ->
+            let known = Registry.recipes |> List.map (fun r -> r.Name) |> String.concat ", "
+            invalidArg "--method" $"--method: expected one of {known}, found '{name}'"
+    | None ->
+        let only = args.TryGetResult BenchArgs.Only |> Option.map (Repro.parseOnly Registry.recipes)
+        Bench.run only preset warmup steps threads out (args.TryGetResult BenchArgs.Readme)

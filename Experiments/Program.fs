@@ -16,6 +16,9 @@ let run (argv: string[]) =
         | Eval a -> Commands.eval a
         | Data a -> Commands.data a
         | Info a -> Commands.info a
+        | Report a -> Commands.reportRuns a
+        | Repro a -> Commands.repro a
+        | Bench a -> Commands.bench a
         | Version -> Commands.version ()
     with
     | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText ->

@@ -78,6 +78,7 @@ public static class Trainer
         long imagesSeen = 0;
         var epochsRun = 0;
         var lastEpoch = startEpoch;
+        var benchmark = StepBenchmark.Active;
 
         for (var epoch = startEpoch; epoch < options.Epochs; epoch++)
         {
@@ -89,6 +90,7 @@ public static class Trainer
             long b = 0;
             foreach (var batch in sampler.Batches(epoch))
             {
+                var stepClock = Stopwatch.StartNew();
                 var at = epoch + (double)b / stepsPerEpoch;
                 foreach (var o in optimizers.Values) o.Schedule(at, options.Epochs);
                 IReadOnlyDictionary<string, double> figures;
@@ -99,6 +101,7 @@ public static class Trainer
                     try { figures = step.Step(context, batch); }
                     finally { context.Generator.Dispose(); }
                 }
+                benchmark?.AfterStep(step, batch.Length, stepClock.Elapsed.TotalSeconds);
                 foreach (var (k, v) in figures) sums[k] = sums.GetValueOrDefault(k) + v;
                 globalStep++;
                 b++;

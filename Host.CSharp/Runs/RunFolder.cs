@@ -66,7 +66,8 @@ public sealed class RunFolder
         return new VersionFigures { Commit = GitCommit() ?? "unknown", TorchSharp = torchSharp, LibTorch = libTorch };
     }
 
-    static string? GitCommit()
+    /// <summary>The commit HEAD names in the current folder's git repository, or null outside one.</summary>
+    public static string? GitCommit()
     {
         try
         {
