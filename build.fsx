@@ -1,4 +1,4 @@
-// The build script: `dotnet fsi build.fsx <target>`. Targets: build, test, demo, clean.
+// The build script: `dotnet fsi build.fsx <target>`. Targets: build, test, demo, repro, bench, clean.
 // It needs nothing but the .NET SDK; it installs the data set the demo and tests read (Debian's
 // dataset-fashion-mnist) where it is missing and apt can, and says how to provide it otherwise.
 open System
@@ -100,6 +100,27 @@ let demo () =
     must (ssl $"train supervised --preset quick --out {out}/supervised") "ssl train supervised"
     printfn "Demo written to %s." (Path.GetFullPath(Path.Combine(root, out)))
 
+/// `--only a,b` after the target, passed on to `ssl` (which checks the names).
+let onlyArgument (args: string list) =
+    match args with
+    | [] -> ""
+    | [ "--only"; names ] -> $" --only {names}"
+    | other -> fail $"expected no options or `--only a,b`, found {String.concat " " other}"
+
+/// Every registered recipe's quick preset with its baselines into runs/repro/ (runs done for this
+/// commit and config are skipped), then RESULTS.md and its figures in docs/results/.
+let repro (args: string list) =
+    ensureFashionMnist ()
+    build ()
+    must (ssl $"repro --runs-dir runs/repro --out RESULTS.md --figures docs/results{onlyArgument args}") "ssl repro"
+
+/// Each recipe's training step timed (img/s, encoder GFLOP/s against a matmul peak measured in the
+/// same process, peak RSS): runs/bench/bench.json and the table in README.md's performance section.
+let bench (args: string list) =
+    ensureFashionMnist ()
+    build ()
+    must (ssl $"bench --out runs/bench --readme README.md{onlyArgument args}") "ssl bench"
+
 let clean () =
     for dir in [ "Core.FSharp"; "Host.CSharp"; "Experiments"; "tests" ] do
         for sub in [ "bin"; "obj" ] do
@@ -107,11 +128,13 @@ let clean () =
             if Directory.Exists path then Directory.Delete(path, true)
 
 let targets =
-    [ "build", build; "test", test; "demo", demo; "clean", clean ]
+    [ "build", (fun (_: string list) -> build ()); "test", (fun _ -> test ()); "demo", (fun _ -> demo ())
+      "repro", repro; "bench", bench; "clean", (fun _ -> clean ()) ]
 
 match fsi.CommandLineArgs |> Array.skip 1 |> Array.toList with
-| [ name ] when targets |> List.exists (fst >> (=) name) -> (targets |> List.find (fst >> (=) name) |> snd) ()
+| name :: rest when targets |> List.exists (fst >> (=) name) && (rest.IsEmpty || name = "repro" || name = "bench") ->
+    (targets |> List.find (fst >> (=) name) |> snd) rest
 | args ->
     let names = targets |> List.map fst |> String.concat ", "
-    eprintfn "usage: dotnet fsi build.fsx <target>   (targets: %s); got %A" names args
+    eprintfn "usage: dotnet fsi build.fsx <target> [--only a,b (repro, bench)]   (targets: %s); got %A" names args
     exit 2
