@@ -61,7 +61,7 @@ let private figures (dir: string) =
 
 [<Tests>]
 let tests =
-    testList "report" [
+    testList "results" [
         test "a null figure shows as — and never as 0; accuracies in per cent" {
             let runs = Fixtures.tempDir "report-null"
             fakeRun runs "rotnet" "rotnet" None (Some 0.8140) None |> ignore
