@@ -90,14 +90,15 @@ let test () =
     printfn "%d passed, %d failed" (count 1) (count 3 + count 4)
     if code <> 0 || count 3 + count 4 > 0 then exit 1
 
-/// The main job: the data set's statistics and samples, then the supervised recipe's quick preset
-/// trained, evaluated beside its baselines and reported (the MoCo recipe takes this place once it exists).
+/// The main job: the data set's statistics and samples, then MoCo's quick preset trained, evaluated
+/// beside its baselines (random-initialised encoder, raw pixels, supervised-only on the same labels)
+/// and reported with its plots.
 let demo () =
     ensureFashionMnist ()
     build ()
     let out = Path.Combine("runs", "demo")
     must (ssl $"data --dataset fashion-mnist --grid {out}/samples.png --json {out}/data.json") "ssl data"
-    must (ssl $"train supervised --preset quick --out {out}/supervised") "ssl train supervised"
+    must (ssl $"train moco --preset quick --out {out}/moco") "ssl train moco"
     printfn "Demo written to %s." (Path.GetFullPath(Path.Combine(root, out)))
 
 /// `--only a,b` after the target, passed on to `ssl` (which checks the names).

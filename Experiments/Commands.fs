@@ -21,8 +21,12 @@ let methods () =
         match Registry.tryFind name with
         | Some r -> table.AddRow(r.Name, Markup.Escape r.Paper, r.Presets |> List.map Recipe.Preset.name |> String.concat ", ") |> ignore
         | None -> table.AddRow(name, "[grey]not implemented yet[/]", "-") |> ignore
+    let variants = Registry.recipes |> List.filter (fun r -> not (List.contains r.Name Recipe.contractNames))
+    for r in variants do
+        table.AddRow(r.Name, Markup.Escape r.Paper, r.Presets |> List.map Recipe.Preset.name |> String.concat ", ") |> ignore
     AnsiConsole.Write table
-    AnsiConsole.MarkupLine $"{Registry.recipes.Length} of {Recipe.contractNames.Length} recipes registered."
+    let implemented = Recipe.contractNames |> List.filter (fun n -> (Registry.tryFind n).IsSome) |> List.length
+    AnsiConsole.MarkupLine $"{implemented} of {Recipe.contractNames.Length} recipes registered, and {variants.Length} ablation variant(s)."
     0
 
 let private formatAcc (v: Nullable<float>) = if v.HasValue then $"{v.Value:P2}" else "-"

@@ -91,23 +91,29 @@ let cached<'T> (request: Request) (key: string) (compute: unit -> 'T) : 'T =
         RunFolder.WriteAtomically(cache, JsonSerializer.Serialize value)
         value
 
-/// Figures of the baselines that do not depend on the method: the randomly initialised encoder and
-/// raw pixels, through the same protocols; cached per (data set, preset, encoder, seed).
+/// Figures of the baselines that do not depend on the method: the randomly initialised encoder
+/// (cached per data set, preset, encoder and seed) and raw pixels (cached per data set, preset and
+/// seed: every encoder shares it), through the same protocols.
 let protocolBaselines (request: Request) (data: Data) (encoderName: string) (makeEncoder: unit -> Encoder) (device: torch.Device) =
-    cached request $"baselines-{data.Name}-{Preset.name request.Preset}-{encoderName}-seed{request.Seed}" (fun () ->
-        torch.manual_seed(request.Seed) |> ignore
-        use random = makeEncoder ()
-        random.``to``(device) |> ignore
-        let rtr, rte = extract random data device
-        let budget = evalBudget request.Preset
-        let rProbe, rKnn, _ = evaluateFeatures budget data request.Seed rtr rte
-        rtr.Dispose(); rte.Dispose()
-        use ptr = Features.RawPixels data.Train.Images
-        use pte = Features.RawPixels data.Test.Images
-        let pProbe = LinearProbe.Evaluate(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes, request.Seed, budget.ProbeIterations).TestAccuracy
-        let pKnn = Knn.Accuracy(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes)
-        [| ProtocolFigures(LinearProbeAcc = Nullable rProbe, KnnAcc = Nullable rKnn)
-           ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn) |])
+    let budget = evalBudget request.Preset
+    let randomInit =
+        cached request $"random-init-{data.Name}-{Preset.name request.Preset}-{encoderName}-seed{request.Seed}" (fun () ->
+            torch.manual_seed(request.Seed) |> ignore
+            use random = makeEncoder ()
+            random.``to``(device) |> ignore
+            let rtr, rte = extract random data device
+            use rtr = rtr
+            use rte = rte
+            let rProbe, rKnn, _ = evaluateFeatures budget data request.Seed rtr rte
+            ProtocolFigures(LinearProbeAcc = Nullable rProbe, KnnAcc = Nullable rKnn))
+    let rawPixels =
+        cached request $"raw-pixels-{data.Name}-{Preset.name request.Preset}-seed{request.Seed}" (fun () ->
+            use ptr = Features.RawPixels data.Train.Images
+            use pte = Features.RawPixels data.Test.Images
+            let pProbe = LinearProbe.Evaluate(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes, request.Seed, budget.ProbeIterations).TestAccuracy
+            let pKnn = Knn.Accuracy(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes)
+            ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn))
+    [| randomInit; rawPixels |]
 
 /// Loss (and any other logged figure) per epoch as PNG curves in plots/.
 let plotCurves (folder: RunFolder) =

@@ -47,3 +47,8 @@ let contractNames =
     [ "supervised"; "rotnet"; "relative-patch"; "jigsaw"; "colorization"; "exemplar"
       "nce"; "infonce"; "moco"; "cpc-v2"; "bigbigan"
       "s4l-rotation"; "s4l-exemplar"; "vat-entmin"; "mixmatch"; "enaet" ]
+
+/// Whether `name` is a contract name, or a registered variant of one (an ablation the paper
+/// reports, named `<contract name>-<variant>`, e.g. `moco-no-shuffle`).
+let isContractOrVariant (name: string) =
+    contractNames |> List.exists (fun c -> name = c || name.StartsWith(c + "-"))

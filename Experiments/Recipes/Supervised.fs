@@ -118,6 +118,21 @@ let supervisedOnly (preset: Preset) (data: Data) (perClass: int) (seed: int64) (
     use head = head
     testAccuracy encoder head data device
 
+/// The supervised-only baseline for a SmallConvNet of `width` on `perClass` labels per class, computed
+/// once per (data set, preset, labels, seed, width) and cached beside the runs (Pipeline.cached).
+/// Its training run folder goes under `<folder>/baselines/`.
+let supervisedOnlyCached (request: Request) (width: int64) (data: Data) (perClass: int) (folder: RunFolder) (device: torch.Device) =
+    let preset = request.Preset
+    let suffix = if width = (config preset).Width then "" else $"-w{width}"
+    cached request $"supervised-only-{data.Name}-{Preset.name preset}-{perClass}-seed{request.Seed}{suffix}" (fun () ->
+        let split = LabelSplitter.Draw(data.Train, perClass, request.Seed)
+        let baseline = RunFolder(IO.Path.Combine(folder.Root, "baselines", $"supervised-only-{perClass}"))
+        let encoder, head, _ =
+            train { config preset with Width = width } data split.Labelled request.Seed false baseline device (SilentProgress())
+        use encoder = encoder
+        use head = head
+        testAccuracy encoder head data device)
+
 /// `ssl train supervised`: all labels, or `--labels N` per class.
 let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
     let config = config request.Preset

@@ -1,0 +1,170 @@
+/// MoCo v1: Momentum Contrast for Unsupervised Visual Representation Learning (He, Fan, Wu, Xie &
+/// Girshick, CVPR 2020). Contrastive learning as dictionary look-up (Sec. 3.1): a query q = f_q(x_q)
+/// must match its key k₊ = f_k(x_k), another augmented view of the same image, among K negative
+/// keys, by InfoNCE (eq. 1, τ = 0.07). The dictionary is a queue of the keys of preceding batches
+/// (Sec. 3.2, "Dictionary as a queue"), encoded by a momentum copy of the query encoder
+/// (eq. 2: θ_k ← m·θ_k + (1 − m)·θ_q) so that it stays consistent while being large.
+///
+/// Shuffling BN (Sec. 3.3): with batch norm, the query and key of an image computed in the same
+/// batch share that batch's statistics, a signature the model can use to find k₊ among keys from
+/// other batches — "cheating" the pretext task. MoCo runs each GPU's sub-batch through batch norm
+/// on its own and shuffles the sample order across GPUs for the key encoder. One device emulates
+/// that here: the batch is split into `Groups` sub-batches that each run through the encoder alone
+/// (their own batch statistics, as on `Groups` devices); for the keys the batch is permuted first
+/// and the permutation undone after, so an image's key is normalised with other images than its
+/// query. `moco-no-shuffle` is the same recipe with the shuffle off, on the same budget: the
+/// ablation the paper describes (Sec. 3.3 and its footnote on BN cheating).
+module Ssl.Experiments.Recipes.MoCo
+
+open System.Collections.Generic
+open TorchSharp
+open Ssl.Core.Losses
+open Ssl.Core.Models
+open Ssl.Host.Engine
+open Ssl.Host.Eval
+open Ssl.Host.Runs
+open Ssl.Host.Runtime
+open Ssl.Experiments.Recipe
+open Ssl.Experiments.Pipeline
+open Ssl.Experiments.Views
+
+/// The paper's ImageNet settings (Sec. 4 "Training"): SGD, weight decay 1e-4, momentum 0.9, batch
+/// 256 over 8 GPUs (32 images per batch-norm group), learning rate 0.03; K = 65,536 keys,
+/// m = 0.999, τ = 0.07, a 128-d L2-normalised output of the encoder's fc layer; 200 epochs with the
+/// learning rate divided by 10 at epochs 120 and 160 (cosine decay stands in for the steps).
+type Config =
+    { /// SmallConvNet base width (see Supervised.Config.Width).
+      Width: int64
+      EmbeddingDim: int64
+      QueueSize: int64
+      Momentum: float
+      Temperature: float
+      Epochs: int
+      BatchSize: int
+      /// Emulated devices: sub-batches of BatchSize / Groups images, each with its own BN statistics.
+      Groups: int
+      /// Shuffle the sample order across the groups for the key encoder (Sec. 3.3).
+      ShuffleBn: bool
+      LearningRate: float
+      WeightDecay: float
+      WarmupEpochs: float
+      Augmentation: Augmentation }
+
+/// `paper`: the paper's settings, with K = 16,384 for the 60,000 Fashion-MNIST training images (the
+/// paper's 65,536 is 5% of ImageNet; a queue longer than a quarter of the data set would hold keys
+/// from a much older encoder). `quick` (15 minutes on 2 cores): SmallConvNet width 32 (128-d
+/// features) for 6 epochs (about 560 images/s here, 11 minutes), half an epoch of warm-up,
+/// K = 4,096 and m = 0.99 — with about 1,400 steps instead of the paper's 1,000,000, a momentum of
+/// 0.999 would leave the key encoder about 1,000 steps (most of the run) behind the query encoder;
+/// the paper's Table 4 shows m from 0.99 to 0.9999 all learn — and learning rate 0.12 for batch 256:
+/// a first quick run at 5 epochs and 0.06 (the rate of MoCo's CIFAR reproduction) was still far from
+/// converged (loss 3.49, linear probe 0.858), so the short schedule takes a larger step. `smoke`: one epoch.
+let config preset =
+    let paper =
+        { Width = 32L; EmbeddingDim = 128L; QueueSize = 16384L; Momentum = 0.999; Temperature = 0.07; Epochs = 200
+          BatchSize = 256; Groups = 8; ShuffleBn = true; LearningRate = 0.03; WeightDecay = 1e-4; WarmupEpochs = 0.0
+          Augmentation = mocoAugmentation }
+    match preset with
+    | Smoke -> { paper with Width = 16L; QueueSize = 1024L; Momentum = 0.99; Epochs = 1; BatchSize = 128; Groups = 4 }
+    | Quick -> { paper with QueueSize = 4096L; Momentum = 0.99; Epochs = 6; LearningRate = 0.12; WarmupEpochs = 0.5 }
+    | Paper -> paper
+
+let encoder (preset: Preset) (channels: int64) : Encoder = new SmallConvNet(channels, (config preset).Width)
+
+/// f(x) = normalize(fc(encoder(x))): the encoder with MoCo v1's linear 128-d output (Sec. 3.3,
+/// "the output of the fc is normalized by its L2-norm"). images (N, C, H, W) → (N, EmbeddingDim).
+type EmbeddingNet(encoder: Encoder, projection: LinearHead) as this =
+    inherit torch.nn.Module<torch.Tensor, torch.Tensor>("EmbeddingNet")
+    do this.RegisterComponents()
+    member _.Encoder = encoder
+    override _.forward(images) = Contrastive.normalize (projection.forward (encoder.forward images))
+
+/// `net` on `groups` equal sub-batches of `x`, each alone through batch norm (one emulated device each).
+let perGroup (groups: int) (net: torch.nn.Module<torch.Tensor, torch.Tensor>) (x: torch.Tensor) =
+    if x.shape[0] % int64 groups <> 0L then
+        invalidArg "batch" $"batch: expected a multiple of {groups} images (one group per emulated device), found {x.shape[0]}"
+    use scope = torch.NewDisposeScope()
+    let outputs = x.chunk(int64 groups, 0L) |> Array.map net.forward
+    torch.cat(outputs, 0L).MoveToOuterDisposeScope()
+
+/// Keys of `x` from the key network run per group, after shuffling the batch across the groups
+/// when `shuffle`; rows come back in the order of `x` (MoCo's batch_shuffle / batch_unshuffle).
+let shuffledKeys (shuffle: bool) (groups: int) (generator: torch.Generator) (keyNet: torch.nn.Module<torch.Tensor, torch.Tensor>) (x: torch.Tensor) =
+    use scope = torch.NewDisposeScope()
+    use _ = torch.no_grad()
+    let keys =
+        if shuffle then
+            let order = torch.randperm(x.shape[0], generator = generator, device = x.device)
+            let shuffled = perGroup groups keyNet (x.index_select(0L, order))
+            shuffled.index_select(0L, order.argsort())
+        else
+            perGroup groups keyNet x
+    keys.MoveToOuterDisposeScope()
+
+/// One MoCo step (Algorithm 1): two views, q from the query network per group, k₊ from the momentum
+/// network per (shuffled) group, InfoNCE against the queue, SGD on the query network, momentum
+/// update of the key network, enqueue the keys.
+type Step(query: EmbeddingNet, key: MomentumCopy, queue: KeyQueue, data: Data, config: Config) =
+    let spec =
+        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9,
+                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
+    interface ITrainingStep with
+        member _.Modules =
+            readOnlyDict [ "query", (query :> torch.nn.Module); "key", (key :> torch.nn.Module); "queue", (queue :> torch.nn.Module) ]
+        member _.Optimizers = [| struct ("main", spec, query.named_parameters ()) |] :> IReadOnlyList<_>
+        member _.State = readOnlyDict []
+        member _.Step(ctx, batch) =
+            let x = unitImages data batch ctx.Device
+            let xq = view config.Augmentation data ctx.Generator x
+            let xk = view config.Augmentation data ctx.Generator x
+            let q = perGroup config.Groups query xq
+            let k = shuffledKeys config.ShuffleBn config.Groups ctx.Generator key.Copy xk
+            let loss = Contrastive.infoNce config.Temperature q k queue.Keys
+            let value = ctx.Optimize("main", loss)
+            key.Update config.Momentum
+            // Instance accuracy: how often k₊ is the most similar key (the pretext task's top-1).
+            let positive = (q * k).sum(1L, keepdim = true)
+            let negatives = q.detach().matmul(queue.Keys.t())
+            let accuracy = positive.detach().gt(negatives.amax([| 1L |], keepdim = true)).to_type(torch.ScalarType.Float32).mean().item<float32>()
+            queue.Enqueue k
+            readOnlyDict [ "loss", value; "instance_acc", float accuracy ]
+
+let private build (channels: int64) (config: Config) =
+    new EmbeddingNet(new SmallConvNet(channels, config.Width), new LinearHead(4L * config.Width, config.EmbeddingDim))
+
+/// `ssl train moco` (and `moco-no-shuffle`): pre-train on the unlabelled training images, then every protocol.
+let run (shuffle: bool) (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
+    let config = { config request.Preset with ShuffleBn = shuffle }
+    folder.WriteConfig {| method = request.Method; preset = Preset.name request.Preset; dataset = request.Dataset; seed = request.Seed
+                          device = env.DeviceName; threads = env.Threads; deterministic = env.Deterministic
+                          encoder = $"SmallConvNet(width={config.Width})"; config = config |}
+    use data = loadData request
+    torch.manual_seed(request.Seed) |> ignore
+    use query = build data.Train.Channels config
+    use key = new MomentumCopy(query, build data.Train.Channels config)
+    use generator = new torch.Generator(uint64 request.Seed, env.Device)
+    use queue = new KeyQueue(config.QueueSize, config.EmbeddingDim, generator)
+    query.``to``(env.Device) |> ignore
+    key.``to``(env.Device) |> ignore
+    let options =
+        TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
+                       Resume = request.Resume, ConfigDigest = $"moco {config}", LogEvery = 50)
+    let summary = Trainer.Run(Step(query, key, queue, data, config), options, folder, env.Device, ConsoleProgress())
+    let perClass = defaultArg request.Labels 10
+    let supervisedOnly = Supervised.supervisedOnlyCached request config.Width data perClass folder env.Device
+    let makeEncoder () : Encoder = new SmallConvNet(data.Train.Channels, config.Width)
+    finish request env folder data query.Encoder $"SmallConvNet{config.Width}" makeEncoder summary None (Some supervisedOnly)
+
+let recipe =
+    { Name = "moco"
+      Paper = "He et al. 2020, Momentum Contrast for Unsupervised Visual Representation Learning (MoCo v1)"
+      Presets = [ Smoke; Quick; Paper ]
+      Run = run true
+      Encoder = encoder }
+
+/// The shuffling-BN ablation (Sec. 3.3): MoCo with the key batch not shuffled across the groups.
+let noShuffleRecipe =
+    { recipe with
+        Name = "moco-no-shuffle"
+        Paper = "He et al. 2020, MoCo v1 without shuffling BN (the Sec. 3.3 ablation)"
+        Run = run false }

@@ -1,0 +1,53 @@
+/// Mechanisms of recipes that their smoke runs cannot show: MoCo's shuffled batch norm.
+module Ssl.Tests.RecipeTests
+
+open Expecto
+open TorchSharp
+open Ssl.Experiments.Recipes
+
+let private batchNormNet () =
+    torch.manual_seed(3L) |> ignore
+    let net = torch.nn.Sequential(torch.nn.Linear(5L, 4L), torch.nn.BatchNorm1d(4L))
+    net.train()
+    net
+
+[<Tests>]
+let tests =
+    testList "recipes" [
+        test "MoCo: shuffled keys come back in the order of the batch (row i is image i's key)" {
+            use linear = torch.nn.Linear(5L, 3L)
+            use x = torch.randn(16L, 5L)
+            use g = new torch.Generator(7UL)
+            use _ = torch.no_grad ()
+            use expected = linear.forward x
+            use keys = MoCo.shuffledKeys true 4 g linear x
+            Check.close 1e-6 1e-6 "keys" keys expected
+        }
+        test "MoCo: without the shuffle each key group holds the query group's images, so batch statistics match; with it they do not" {
+            use net = batchNormNet ()
+            use x = torch.randn(32L, 5L)
+            use _ = torch.no_grad ()
+            use queries = MoCo.perGroup 4 net x
+            use g = new torch.Generator(11UL)
+            use plain = MoCo.shuffledKeys false 4 g net x
+            use shuffled = MoCo.shuffledKeys true 4 g net x
+            Check.close 1e-6 1e-6 "no-shuffle keys = per-group queries" plain queries
+            let gap = (shuffled - queries).abs().max().item<float32>()
+            Expect.isGreaterThan gap 1e-3f "shuffled keys are normalised with other images' statistics"
+        }
+        test "MoCo: perGroup normalises each group with its own statistics (each group has zero mean after BN)" {
+            use net = batchNormNet ()
+            use x = torch.randn(24L, 5L) * 3.0 + 2.0
+            use _ = torch.no_grad ()
+            use y = MoCo.perGroup 3 net x
+            for group in y.chunk(3L, 0L) do
+                let meanAbs = group.mean([| 0L |]).abs().max().item<float32>()
+                Expect.isLessThan meanAbs 1e-4f "per-group mean of the BN output"
+        }
+        test "MoCo: a batch that does not split into the groups is refused with a message" {
+            use net = batchNormNet ()
+            use x = torch.randn(10L, 5L)
+            use g = new torch.Generator(1UL)
+            Expect.throws (fun () -> MoCo.shuffledKeys true 4 g net x |> ignore) "10 images in 4 groups"
+        }
+    ]
