@@ -7,8 +7,10 @@ open Ssl.Experiments.Recipe
 let recipes: Recipe list =
     [ Recipes.Supervised.recipe
       Recipes.RotNet.recipe
+      Recipes.Nce.recipe
       Recipes.InfoNce.recipe
       Recipes.MoCo.recipe
-      Recipes.MoCo.noShuffleRecipe ]
+      Recipes.MoCo.noShuffleRecipe
+      Recipes.CpcV2.recipe ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)

@@ -666,6 +666,57 @@ let safeConvTests =
         }
     ]
 
+let private patchEncoderTests =
+    testList "patch encoders" [
+        test "LayerNormConvNet: shape, gradients, memory, and one patch's features do not depend on the others" {
+            torch.manual_seed 21L |> ignore
+            use net = new LayerNormConvNet(1L, 16L)
+            use x = randn 22 [| 3L; 1L; 8L; 8L |]
+            expectShape "features" [| 3L; 64L |] (net.forward x)
+            expectGradientsReachEveryParameter "LayerNormConvNet" net (fun () -> net.forward x)
+            forwardLeavesOnlyOutput "LayerNormConvNet" net x
+            use scope = torch.NewDisposeScope()
+            use _ = torch.no_grad()
+            let alone = net.forward(x.narrow(0L, 0L, 1L))
+            let together = net.forward(x).narrow(0L, 0L, 1L)
+            Check.close 1e-5 1e-5 "patch 0 alone vs in a batch (training mode: no batch statistics)" alone together
+            Expect.isTrue (together.isfinite().all().item<bool>()) "features are finite"
+            for struct (name, p) in net.named_parameters () do
+                if name.Contains "_ln." then
+                    let expected = if name.EndsWith "weight" then 1.0f else 0.0f
+                    Expect.isTrue (p.eq(expected.ToScalar()).all().item<bool>()) $"{name} starts at {expected} (as PyTorch's GroupNorm)"
+        }
+        test "PatchGridEncoder: grid embeddings are the patch encoder's, forward mean-pools them (reference loop)" {
+            torch.manual_seed 23L |> ignore
+            use grid = new PatchGridEncoder(new LayerNormConvNet(1L, 16L), 8L, 5L)
+            grid.eval() |> ignore
+            use scope = torch.NewDisposeScope()
+            use _ = torch.no_grad()
+            let images = randn 24 [| 2L; 1L; 28L; 28L |]
+            Expect.equal (grid.GridSide 28L) 5L "grid side for 28 px, patch 8, stride 5"
+            let z = grid.Embed images
+            expectShape "embeddings" [| 2L; 64L; 5L; 5L |] z
+            let encoder = grid.children() |> Seq.head :?> Encoder
+            for n in 0L .. 1L do
+                for i in 0L .. 4L do
+                    for j in 0L .. 4L do
+                        let patch = images.narrow(0L, n, 1L).narrow(2L, i * 5L, 8L).narrow(3L, j * 5L, 8L)
+                        Check.close 1e-5 1e-5 $"patch ({n}, {i}, {j})" (z.select(0L, n).select(1L, i).select(1L, j).unsqueeze(0L)) (encoder.forward patch)
+            Check.close 1e-6 1e-6 "mean over the grid" (grid.forward images) (z.mean([| 2L; 3L |]))
+            Expect.equal grid.FeatureDim 64L "feature dim"
+        }
+        test "PatchGridEncoder: gradients reach the patch encoder, memory, and a too small image is refused by name" {
+            use grid = new PatchGridEncoder(new LayerNormConvNet(1L, 16L), 8L, 4L)
+            use x = randn 25 [| 2L; 1L; 16L; 16L |]
+            expectShape "features" [| 2L; 64L |] (grid.forward x)
+            expectGradientsReachEveryParameter "PatchGridEncoder" grid (fun () -> grid.forward x)
+            forwardLeavesOnlyOutput "PatchGridEncoder" grid x
+            use small = randn 26 [| 1L; 1L; 6L; 6L |]
+            let e = Prop.throws<ArgumentException> (fun () -> grid.forward small |> ignore)
+            Expect.stringContains e.Message "images: expected H, W >= patchSize = 8, found (1, 1, 6, 6)" "message"
+        }
+    ]
+
 [<Tests>]
 let tests =
     testList "core.models" [
@@ -676,6 +727,7 @@ let tests =
         queueTests
         memoryBankTests
         contextTests
+        patchEncoderTests
         spectralTests
         bigBiGanTests
     ]

@@ -1,0 +1,159 @@
+/// Instance discrimination with NCE: unsupervised feature learning via non-parametric instance
+/// discrimination (Wu, Xiong, Yu & Lin, CVPR 2018). Every training image is its own class. The
+/// encoder's features go through a linear layer to a 128-d embedding, L2-normalised (Sec. 3.1);
+/// a memory bank holds one such vector per training image; the non-parametric softmax over all n
+/// images, P(i|v) = exp(v·f_i/τ) / Z_i (eq. 4-5), is approximated by noise-contrastive estimation:
+/// the image's own memory entry is told from m entries drawn uniformly (P_n = 1/n) by the binary
+/// classifier h(i, v) = P(i|v) / (P(i|v) + m·P_n(i)) (eq. 6), loss J_NCE (eq. 7; Core's
+/// `Contrastive.nce`). Z is estimated once, from the first step's noise similarities, by
+/// Z ≈ n/m · Σ exp(v·f/τ) (eq. 8; `Contrastive.estimateNormaliser`), and kept constant, as in the
+/// released code (lemniscate.pytorch, NCEAverage). After each step the batch's memory entries move
+/// towards the new embeddings, v ← normalise(0.5·v + 0.5·f) (the released code's momentum 0.5;
+/// Core's `MemoryBank.Update`). The proximal regularisation of Sec. 3.3, λ·‖f_i − v_i‖² against the
+/// entry of the previous epoch, is available (ProximalWeight) and off by default, as in the code.
+///
+/// One departure, for memory: the m noise entries are drawn once per batch and shared by its
+/// anchors (each anchor still sees m uniform draws, so every anchor's loss has the paper's
+/// expectation; only the draws of different anchors in a batch are the same). Per-anchor draws
+/// would gather B·m·128 floats a step (537 MB at B = 256, m = 4096); shared ones gather m·128.
+///
+/// The evaluated encoder is the backbone (its pooled features), as the paper's linear
+/// classifiers read conv features (Sec. 4.1), not the 128-d embedding.
+module Ssl.Experiments.Recipes.Nce
+
+open System.Collections.Generic
+open TorchSharp
+open Ssl.Core.Losses
+open Ssl.Core.Models
+open Ssl.Core.Transforms
+open Ssl.Host.Data
+open Ssl.Host.Engine
+open Ssl.Host.Eval
+open Ssl.Host.Runs
+open Ssl.Host.Runtime
+open Ssl.Experiments.Recipe
+open Ssl.Experiments.Pipeline
+
+/// The paper's ImageNet settings (Sec. 4 and the released code): 128-d embedding, m = 4096 noise
+/// samples, τ = 0.07, memory momentum 0.5, SGD with momentum 0.9 at learning rate 0.03 for batch
+/// 256, 200 epochs (steps there, cosine here), weight decay 5e-4 (the released CIFAR code);
+/// augmentation of the released code: random resized crop of scale (0.2, 1), colour jitter 0.4 (here
+/// brightness and contrast only: saturation and hue do nothing to one grey channel, and random
+/// grayscale is the identity on grey images, so both are left out), horizontal flip.
+type Config =
+    { /// SmallConvNet base width (see Supervised.Config.Width).
+      Width: int64
+      EmbeddingDim: int64
+      NoiseSamples: int64
+      Temperature: float
+      MemoryMomentum: float
+      /// λ of the proximal regularisation (Sec. 3.3); 0 leaves it out.
+      ProximalWeight: float
+      Epochs: int
+      BatchSize: int
+      LearningRate: float
+      WeightDecay: float
+      CropScale: float * float
+      Jitter: float
+      FlipProbability: float }
+
+/// `quick`: width 16 for 10 epochs (600,000 images seen, one view each) to fit 15 minutes on
+/// 2 cores (sized from SmallConvNet16's ~1,750 img/s supervised; not yet measured on an idle machine); the memory bank entries are each refreshed 10 times instead of 200. `paper`: width 32,
+/// 200 epochs. `smoke`: one epoch on the 2,000-image smoke subset with m = 512.
+let config preset =
+    let paper =
+        { Width = 32L; EmbeddingDim = 128L; NoiseSamples = 4096L; Temperature = 0.07; MemoryMomentum = 0.5; ProximalWeight = 0.0
+          Epochs = 200; BatchSize = 256; LearningRate = 0.03; WeightDecay = 5e-4; CropScale = (0.2, 1.0); Jitter = 0.4
+          FlipProbability = 0.5 }
+    match preset with
+    | Smoke -> { paper with Width = 16L; Epochs = 1; BatchSize = 128; NoiseSamples = 512L }
+    | Quick -> { paper with Width = 16L; Epochs = 10 }
+    | Paper -> paper
+
+let encoder (preset: Preset) (channels: int64) : Encoder = new SmallConvNet(channels, (config preset).Width)
+
+/// uint8 images at `indices` → float [0, 1] on the device, for the photometric transforms.
+let unitImages (data: Data) (indices: torch.Tensor) (device: torch.Device) =
+    Features.ToInput(data.Train.Images.index_select(0L, indices), Array.zeroCreate data.Mean.Length, Array.create data.Std.Length 1.0, device)
+
+/// [0, 1] images → standardised with the training set's statistics (what Features.Extract feeds).
+let standardise (data: Data) (images: torch.Tensor) =
+    use scope = torch.NewDisposeScope()
+    let c = int64 data.Mean.Length
+    let mean = torch.tensor(data.Mean, dtype = images.dtype, device = images.device).view(1L, c, 1L, 1L)
+    let std = torch.tensor(data.Std, dtype = images.dtype, device = images.device).view(1L, c, 1L, 1L)
+    ((images - mean) / std).MoveToOuterDisposeScope()
+
+/// One step: embed an augmented view of each image, NCE against the memory bank, update the bank.
+/// `normaliser`: Z as a (1) float64 tensor, ≤ 0 until the first step estimates it (kept in the
+/// checkpoint, so a resumed run keeps its Z).
+type Step(encoder: Encoder, head: LinearHead, bank: MemoryBank, normaliser: torch.Tensor, data: Data, config: Config) =
+    let spec =
+        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, WeightDecay = config.WeightDecay)
+    let noiseProbability = 1.0 / float bank.Size
+    interface ITrainingStep with
+        member _.Modules =
+            readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module); "memory", (bank :> torch.nn.Module) ]
+        member _.Optimizers =
+            [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
+        member _.State = readOnlyDict [ "normaliser", normaliser ]
+        member _.Step(ctx, batch) =
+            use idx = torch.tensor(batch)
+            let x = unitImages data idx ctx.Device
+            let h, w = x.shape[2], x.shape[3]
+            let view =
+                x
+                |> Geometric.randomResizedCrop config.CropScale (3.0 / 4.0, 4.0 / 3.0) (h, w) ctx.Generator
+                |> Photometric.colorJitter config.Jitter config.Jitter 0.0 0.0 ctx.Generator
+                |> Geometric.randomHorizontalFlip config.FlipProbability ctx.Generator
+                |> standardise data
+            let f = Contrastive.normalize (head.forward (encoder.forward view))
+            let own = idx.``to``(ctx.Device)
+            let entries = bank.Rows own
+            let noise = bank.Rows(bank.SampleNoise(1L, config.NoiseSamples, ctx.Generator).view(-1L))
+            let positive = (f * entries).sum(1L)
+            let negatives = f.mm(noise.t())
+            if normaliser.item<float>() <= 0.0 then
+                normaliser.fill_((Contrastive.estimateNormaliser bank.Size config.Temperature negatives).ToScalar()) |> ignore
+            let z = normaliser.item<float>()
+            let nce = Contrastive.nce config.Temperature z noiseProbability positive negatives
+            let loss =
+                if config.ProximalWeight > 0.0 then nce + config.ProximalWeight * (f - entries).square().sum(1L).mean()
+                else nce
+            let value = ctx.Optimize("main", loss)
+            bank.Update(config.MemoryMomentum, own, f.detach())
+            readOnlyDict [ "loss", value; "positive_sim", float (positive.detach().mean().item<float32>())
+                           "noise_sim", float (negatives.detach().mean().item<float32>()) ]
+
+/// `ssl train nce`: pre-train on the unlabelled training images, then every protocol.
+let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
+    let config = config request.Preset
+    folder.WriteConfig {| method = "nce"; preset = Preset.name request.Preset; dataset = request.Dataset; seed = request.Seed
+                          device = env.DeviceName; threads = env.Threads; deterministic = env.Deterministic
+                          encoder = $"SmallConvNet(width={config.Width})"; config = config |}
+    use data = loadData request
+    torch.manual_seed(request.Seed) |> ignore
+    use encoder = new SmallConvNet(data.Train.Channels, config.Width)
+    use head = new LinearHead(encoder.FeatureDim, config.EmbeddingDim)
+    encoder.``to``(env.Device) |> ignore
+    head.``to``(env.Device) |> ignore
+    use bankGenerator = new torch.Generator(uint64 request.Seed, env.Device)
+    use bank = new MemoryBank(data.Train.Count, config.EmbeddingDim, bankGenerator)
+    use normaliser = torch.tensor([| -1.0 |], dtype = torch.ScalarType.Float64)
+    let options =
+        TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
+                       Resume = request.Resume, ConfigDigest = $"nce {config}", LogEvery = 50)
+    let summary = Trainer.Run(Step(encoder, head, bank, normaliser, data, config), options, folder, env.Device, ConsoleProgress())
+    let perClass = defaultArg request.Labels 10
+    let supervisedOnly =
+        cached request $"supervised-only-{data.Name}-{Preset.name request.Preset}-{perClass}-seed{request.Seed}" (fun () ->
+            Supervised.supervisedOnly request.Preset data perClass request.Seed (System.IO.Path.Combine(folder.Root, "baselines")) env.Device)
+    let makeEncoder () : Encoder = new SmallConvNet(data.Train.Channels, config.Width)
+    finish request env folder data encoder $"SmallConvNet{config.Width}" makeEncoder summary None (Some supervisedOnly)
+
+let recipe =
+    { Name = "nce"
+      Paper = "Wu et al. 2018, Unsupervised Feature Learning via Non-Parametric Instance Discrimination"
+      Presets = [ Smoke; Quick; Paper ]
+      Run = run
+      Encoder = encoder }
