@@ -9,6 +9,7 @@ let recipes: Recipe list =
       Recipes.RotNet.recipe
       Recipes.RelativePatch.recipe
       Recipes.Jigsaw.recipe
+      Recipes.Colorization.recipe
       Recipes.Exemplar.recipe ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)
