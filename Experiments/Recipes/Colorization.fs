@@ -23,6 +23,10 @@
 /// whose predicted ab lies within an L2 distance t of the truth, swept over t = 0..150 and the area
 /// under that curve normalised to [0, 1]; reported beside the same figure for predicting grey
 /// (ab = 0), the paper's "Gray" row. Written to colorization.json and metrics.jsonl.
+///
+/// Status (issue 5): tested on a generated colour image folder only (tests/Fixtures.fs); this
+/// machine has no colour data set (no CIFAR or STL files, no network), so no quick figure exists.
+/// result.json has no supervised-only figure for this recipe (null).
 module Ssl.Experiments.Recipes.Colorization
 
 open System.Collections.Generic
