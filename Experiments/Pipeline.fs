@@ -45,6 +45,22 @@ let loadData (request: Request) =
     let struct (mean, std) = train.ChannelStatistics()
     { Train = train; Test = test; Mean = mean; Std = std; Classes = train.ClassNames.Count }
 
+/// Training images at `batch` (indices) as float32 pixel values in [0, 1] on `device`, for
+/// augmentations defined on pixel values (brightness, contrast, Lab); `standardise` afterwards.
+let unitPixels (data: Data) (batch: int64[]) (device: torch.Device) =
+    use idx = torch.tensor(batch)
+    use images = data.Train.Images.index_select(0L, idx)
+    Features.ToInput(images, Array.zeroCreate data.Mean.Length, Array.create data.Std.Length 1.0, device)
+
+/// [0, 1] pixel values (N, C, H, W) standardised with the training set's per-channel statistics, as
+/// `Features.ToInput` does for evaluation.
+let standardise (data: Data) (pixels: torch.Tensor) =
+    use scope = torch.NewDisposeScope()
+    let channels = int64 data.Mean.Length
+    let mean = torch.tensor(data.Mean, dtype = torch.ScalarType.Float32, device = pixels.device).view(1L, channels, 1L, 1L)
+    let std = torch.tensor(data.Std, dtype = torch.ScalarType.Float32, device = pixels.device).view(1L, channels, 1L, 1L)
+    ((pixels - mean) / std).MoveToOuterDisposeScope()
+
 /// The few-label budgets every result reports (DESIGN.md): N labels per class.
 let fewLabelBudgets = [ 10; 100 ]
 

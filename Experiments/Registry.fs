@@ -7,6 +7,10 @@ open Ssl.Experiments.Recipe
 let recipes: Recipe list =
     [ Recipes.Supervised.recipe
       Recipes.RotNet.recipe
+      Recipes.RelativePatch.recipe
+      Recipes.Jigsaw.recipe
+      Recipes.Colorization.recipe
+      Recipes.Exemplar.recipe
       Recipes.Nce.recipe
       Recipes.InfoNce.recipe
       Recipes.MoCo.recipe

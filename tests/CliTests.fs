@@ -6,6 +6,9 @@ open Expecto
 open TorchSharp
 open Ssl.Experiments
 
+/// Recipes that need colour images (their smoke tests use Fixtures.colourFolder).
+let colourOnlyRecipes = [ "colorization" ]
+
 [<Tests>]
 let tests =
     testList "cli" [
@@ -63,7 +66,9 @@ let tests =
             for recipe in Registry.recipes |> List.filter (fun r -> r.Name <> "supervised") do
                 test $"ssl train {recipe.Name} --preset smoke writes result.json with its baselines" {
                     let dir = Path.Combine(Fixtures.tempDir $"smoke-{recipe.Name}", "run")
-                    Expect.equal (Program.run [| "train"; recipe.Name; "--preset"; "smoke"; "--out"; dir |]) 0 "exit code"
+                    // Colour-only recipes refuse the grey default data set: they train on the colour fixture.
+                    let dataset = if List.contains recipe.Name colourOnlyRecipes then [| "--dataset"; Fixtures.colourFolder () |] else [||]
+                    Expect.equal (Program.run (Array.append [| "train"; recipe.Name; "--preset"; "smoke"; "--out"; dir |] dataset)) 0 "exit code"
                     use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
                     Expect.equal (doc.RootElement.GetProperty("method").GetString()) recipe.Name "method"
                     let fraction (e: JsonElement) = let v = e.GetDouble() in v >= 0.0 && v <= 1.0
@@ -74,6 +79,20 @@ let tests =
                     Expect.isTrue (fraction (baselines.GetProperty("raw_pixels").GetProperty("knn_acc"))) "raw-pixel baseline"
                 }
         ]
+        test "colorization refuses grey data, and on colour images writes the colour PNG and its per-pixel accuracy" {
+            Expect.equal (Program.run [| "train"; "colorization"; "--preset"; "smoke"; "--out"; Path.Combine(Fixtures.tempDir "colour-grey", "run") |])
+                2 "fashion-mnist is refused with a usage error"
+            let dir = Path.Combine(Fixtures.tempDir "colour-run", "run")
+            Expect.equal (Program.run [| "train"; "colorization"; "--preset"; "smoke"; "--out"; dir; "--dataset"; Fixtures.colourFolder () |]) 0 "exit code"
+            Expect.isTrue (File.Exists(Path.Combine(dir, "plots", "colorization.png"))) "grey inputs / predictions / truth PNG"
+            use figures = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "colorization.json")))
+            for key in [ "per_pixel_auc"; "grey_per_pixel_auc" ] do
+                let v = figures.RootElement.GetProperty(key).GetDouble()
+                Expect.isTrue (v > 0.0 && v <= 1.0) $"{key} is a fraction"
+            Expect.equal (figures.RootElement.GetProperty("bins").GetInt64()) 261L "ab bins"
+            let metrics = File.ReadAllLines(Path.Combine(dir, "metrics.jsonl"))
+            Expect.isTrue (metrics |> Array.exists (fun line -> line.Contains "per_pixel_auc")) "per-pixel accuracy in metrics.jsonl"
+        }
         test "every registered recipe is a contract name or a variant of a registered one" {
             for r in Registry.recipes do
                 Expect.isTrue (Recipe.isContractOrVariant r.Name) $"{r.Name}: a contract name or <contract name>-<variant>"

@@ -1,0 +1,267 @@
+/// Colorful image colorization (Zhang, Isola & Efros, ECCV 2016) as a pretext task: from the
+/// lightness L of a CIE Lab image the network predicts, per pixel, a distribution over the
+/// quantised ab colour bins (Sec. 2.1); the loss is the multinomial cross-entropy against the
+/// soft-encoded true colour (eq. 2: each pixel's ab spread over its 5 nearest bins with a Gaussian
+/// of sigma 5), weighted per pixel by class rebalancing (eq. 3-4: w ∝ ((1 - λ)·p̃ + λ/Q)^-1 with
+/// λ = 1/2, p̃ the empirical bin distribution smoothed by a Gaussian of sigma 5 in ab, normalised so
+/// that E_p̃[w] = 1); colours are decoded by the annealed mean (eq. 5, T = 0.38).
+///
+/// Colour only: Fashion-MNIST and MNIST are grey, there is nothing to predict, and the recipe
+/// refuses them. It runs on CIFAR-10/100 and STL-10 binaries and on image folders (3 channels).
+/// The bins are Core's sRGB gamut at grid size 10: 261 bins, not the paper's 313 (see
+/// Color.abGamut). The output convolution has 261 channels, not a multiple of 16: it is a SafeConv2d
+/// (libtorch's float32 conv input gradient is wrong otherwise, docs/conv-backward-bug.md).
+///
+/// Network: SmallConvNet's layers on the L channel (two 2x max-pools, so predictions come at a
+/// quarter of the resolution, as the paper's 56 x 56 output of a 224 x 224 input, Fig. 2), then a
+/// 1 x 1 SafeConv to the 261 bin logits. Targets are the ab images average-pooled by 4; decoded ab
+/// is upsampled bilinearly to full size for the PNG and the metric. The evaluated encoder is the
+/// same trunk with a global average pool, fed the RGB image and converting it to L itself (so
+/// every protocol sees the colour data set it was trained on, through the one L channel).
+///
+/// Per-pixel accuracy: the paper's "raw accuracy (AuC)" (Sec. 3.1, Table 1): the fraction of pixels
+/// whose predicted ab lies within an L2 distance t of the truth, swept over t = 0..150 and the area
+/// under that curve normalised to [0, 1]; reported beside the same figure for predicting grey
+/// (ab = 0), the paper's "Gray" row. Written to colorization.json and metrics.jsonl.
+///
+/// Status (issue 5): tested on a generated colour image folder only (tests/Fixtures.fs); this
+/// machine has no colour data set (no CIFAR or STL files, no network), so no quick figure exists.
+/// result.json has no supervised-only figure for this recipe (null).
+module Ssl.Experiments.Recipes.Colorization
+
+open System.Collections.Generic
+open System.IO
+open TorchSharp
+open type TorchSharp.torch
+// Last, so F#'s float, int64, min, ... win over torch's dtype fields and tensor functions.
+open Microsoft.FSharp.Core.Operators
+open Ssl.Core.Models
+open Ssl.Core.Transforms
+open Ssl.Host.Data
+open Ssl.Host.Engine
+open Ssl.Host.Runs
+open Ssl.Host.Runtime
+open Ssl.Experiments.Recipe
+open Ssl.Experiments.Pipeline
+
+/// The paper's loss and decoding parameters (Sec. 2.1-2.2: 5 neighbours, sigma 5, λ = 0.5, smoothing
+/// sigma 5, T = 0.38, grid size 10; Adam with β1 = 0.9, β2 = 0.99, learning rate 3e-5 and weight
+/// decay 1e-3 on a VGG-style net trained for 450k iterations of batch 40). Here Adam at 1e-3 (our
+/// net is small and trained from scratch in minutes) with cosine decay.
+type Config =
+    { /// SmallConvNet base width of the trunk.
+      Width: int64
+      GridSize: float
+      Neighbours: int
+      Sigma: float
+      Lambda: float
+      PriorSigma: float
+      Temperature: float
+      /// Training images whose colours estimate the empirical prior p̃.
+      PriorImages: int
+      /// Test images the per-pixel accuracy is measured on.
+      MetricImages: int
+      Epochs: int
+      BatchSize: int
+      LearningRate: float
+      WeightDecay: float }
+
+/// `paper`: width 32, 30 epochs (CIFAR-10 has 50,000 images); `quick`: width 16, 10 epochs;
+/// `smoke`: one epoch of the smoke subset.
+let config preset =
+    let paper =
+        { Width = 32L; GridSize = 10.0; Neighbours = 5; Sigma = 5.0; Lambda = 0.5; PriorSigma = 5.0; Temperature = 0.38
+          PriorImages = 5000; MetricImages = 10000; Epochs = 30; BatchSize = 64; LearningRate = 1e-3; WeightDecay = 1e-4 }
+    match preset with
+    | Smoke -> { paper with Width = 16L; Epochs = 1; PriorImages = 500; MetricImages = 200 }
+    | Quick -> { paper with Width = 16L; Epochs = 10; MetricImages = 2000 }
+    | Paper -> paper
+
+/// SmallConvNet's layers on the lightness channel. `Dense` maps L (N, 1, H, W), centred and
+/// scaled, to features (N, 4w, H/4, W/4); `forward` takes standardised RGB (N, 3, H, W), as the
+/// evaluation protocols pass it, undoes the standardisation with the buffers `input_mean` and
+/// `input_std`, converts to L and pools `Dense` globally → (N, 4w).
+type ColorizationNet(width: int64, mean: float[], std: float[]) as this =
+    inherit Encoder("ColorizationNet")
+    let block (name: string) (input: int64) (output: int64) =
+        [ struct ($"{name}conv", nn.Conv2d(input, output, 3L, padding = 1L, bias = false) :> nn.Module<Tensor, Tensor>)
+          struct ($"{name}bn", nn.BatchNorm2d(output))
+          struct ($"{name}relu", nn.ReLU()) ]
+    let trunk =
+        nn.Sequential(
+            [| yield! block "stem_" 1L width
+               struct ("pool1", nn.MaxPool2d(2L))
+               yield! block "block2a_" width (2L * width)
+               yield! block "block2b_" (2L * width) (2L * width)
+               struct ("pool2", nn.MaxPool2d(2L))
+               yield! block "block3a_" (2L * width) (4L * width)
+               yield! block "block3b_" (4L * width) (4L * width) |])
+    let input_mean = tensor(mean, dtype = ScalarType.Float32).view(1L, 3L, 1L, 1L).DetachFromDisposeScope()
+    let input_std = tensor(std, dtype = ScalarType.Float32).view(1L, 3L, 1L, 1L).DetachFromDisposeScope()
+    do this.RegisterComponents()
+
+    override _.FeatureDim = 4L * width
+
+    /// lightness: (N, 1, H, W), L in [0, 100] → (N, 4w, H/4, W/4).
+    member _.Dense(lightness: Tensor) =
+        use scope = NewDisposeScope()
+        trunk.forward((lightness - 50.0) / 50.0).MoveToOuterDisposeScope()
+
+    override this.forward(images) =
+        Ssl.Core.Shape.expect "images" [| Ssl.Core.Shape.Any; Ssl.Core.Shape.Exactly 3L; Ssl.Core.Shape.Any; Ssl.Core.Shape.Any |] images
+        use scope = NewDisposeScope()
+        let rgb = (images * input_std + input_mean).clamp(0.0.ToScalar(), 1.0.ToScalar())
+        let lightness = (Color.rgbToLab rgb).narrow(1L, 0L, 1L)
+        this.Dense(lightness).mean([| 2L; 3L |]).MoveToOuterDisposeScope()
+
+let encoder (preset: Preset) (channels: int64) : Encoder =
+    if channels <> 3L then invalidArg "channels" $"colorization: expected 3-channel (colour) images, found {channels}"
+    new ColorizationNet((config preset).Width, [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |])
+
+/// Lab of [0, 1] RGB pixels, and their ab average-pooled to the prediction's quarter resolution.
+let labAndTargets (pixels: Tensor) =
+    use scope = NewDisposeScope()
+    let lab = Color.rgbToLab pixels
+    let abSmall = nn.functional.avg_pool2d(lab.narrow(1L, 1L, 2L), 4L)
+    lab.MoveToOuterDisposeScope(), abSmall.MoveToOuterDisposeScope()
+
+/// Class-rebalancing weights (eq. 3-4): p from the nearest bin of every pixel of `pixels`
+/// (N, 3, H, W) [0, 1] at the prediction resolution, smoothed by a Gaussian of `priorSigma` in ab
+/// between bin centres, mixed with the uniform distribution by λ, inverted and normalised so that
+/// Σ_q p̃_q w_q = 1. bins: (Q, 2) → weights (Q) float32 on `device`, and p̃ (Q).
+let rebalancingWeights (config: Config) (bins: Tensor) (pixels: Tensor) (device: Device) =
+    use scope = NewDisposeScope()
+    let _, abSmall = labAndTargets pixels
+    let centres = bins.``to``(device).to_type(ScalarType.Float32)
+    let flat = abSmall.permute(0L, 2L, 3L, 1L).reshape(-1L, 2L)
+    let nearest = torch.cdist(flat, centres).argmin(1L)
+    let q = centres.shape[0]
+    let empirical = nearest.bincount(null, minlength = q).to_type(ScalarType.Float32)
+    let empirical = empirical / empirical.sum()
+    let kernel = (torch.cdist(centres, centres).square() / (-2.0 * config.PriorSigma * config.PriorSigma)).exp()
+    let smoothed = kernel.matmul(empirical)
+    let smoothed = smoothed / smoothed.sum()
+    let inverse = (smoothed * (1.0 - config.Lambda) + config.Lambda / float q).reciprocal()
+    let weights = inverse / (smoothed * inverse).sum()
+    weights.MoveToOuterDisposeScope(), smoothed.MoveToOuterDisposeScope()
+
+/// ab at full resolution decoded from the logits (N, Q, h, w) by the annealed mean (eq. 5), then
+/// upsampled bilinearly to (height, width) → (N, 2, height, width).
+let decode (config: Config) (bins: Tensor) (logits: Tensor) (height: int64) (width: int64) =
+    use scope = NewDisposeScope()
+    let ab = Color.annealedMean config.Temperature bins (logits.softmax(1L))
+    nn.functional.interpolate(ab, size = [| height; width |], mode = InterpolationMode.Bilinear, align_corners = false)
+        .MoveToOuterDisposeScope()
+
+/// One Adam step of the rebalanced multinomial cross-entropy (eq. 2) on a batch.
+type Step(net: ColorizationNet, head: SafeConv.SafeConv2d, bins: Tensor, weights: Tensor, data: Data, config: Config) =
+    let spec =
+        OptimizerSpec(Kind = OptimizerKind.Adam, LearningRate = config.LearningRate, Beta1 = 0.9, Beta2 = 0.99,
+                      WeightDecay = config.WeightDecay)
+    interface ITrainingStep with
+        member _.Modules = readOnlyDict [ "encoder", (net :> nn.Module); "head", (head :> nn.Module) ]
+        member _.Optimizers =
+            [| struct ("main", spec, Seq.append (net.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
+        member _.State = readOnlyDict []
+        member _.Step(ctx, batch) =
+            let pixels = unitPixels data batch ctx.Device |> Geometric.randomHorizontalFlip 0.5 ctx.Generator
+            let lab, abSmall = labAndTargets pixels
+            let target = Color.softEncode config.Neighbours config.Sigma bins abSmall
+            let logits = head.forward(net.Dense(lab.narrow(1L, 0L, 1L)))
+            let pixelWeights = weights.index_select(0L, target.argmax(1L).flatten()).view_as(target.select(1L, 0L))
+            let crossEntropy = (target * nn.functional.log_softmax(logits, 1L)).sum(1L).neg()
+            let loss = (crossEntropy * pixelWeights).mean()
+            let value = ctx.Optimize("main", loss)
+            let hit = logits.argmax(1L).eq(target.argmax(1L)).to_type(ScalarType.Float32).mean().item<float32>()
+            readOnlyDict [ "loss", value; "bin_acc", float hit ]
+
+/// The paper's raw accuracy (AuC) of predicted against true ab, both (N, 2, H, W): the cumulative
+/// fraction of pixels within L2 distance t, averaged over t = 0..150. Returns per-threshold counts
+/// (152: distances rounded up to whole units, the last bin holding everything beyond 150).
+let distanceCounts (predicted: Tensor) (truth: Tensor) =
+    use scope = NewDisposeScope()
+    let distance = (predicted - truth).square().sum(1L).sqrt().flatten()
+    distance.ceil().clamp(0.0.ToScalar(), 151.0.ToScalar()).to_type(ScalarType.Int64).bincount(null, minlength = 152L)
+        .MoveToOuterDisposeScope()
+
+let aucOf (counts: Tensor) =
+    use scope = NewDisposeScope()
+    let cumulative = counts.to_type(ScalarType.Float64).cumsum(0L) / counts.sum().to_type(ScalarType.Float64)
+    cumulative.narrow(0L, 0L, 151L).mean().item<float>()
+
+/// Per-pixel AuC of the network and of grey on the first `MetricImages` test images, and a PNG of
+/// grey inputs, predictions and truth (rows) for the first 10.
+let colourReport (config: Config) (net: ColorizationNet) (head: SafeConv.SafeConv2d) (bins: Tensor) (data: Data)
+                 (folder: RunFolder) (device: Device) =
+    net.eval()
+    head.eval()
+    use noGrad = no_grad()
+    let count = min (int64 config.MetricImages) data.Test.Count
+    use predictedCounts = zeros(152L, dtype = ScalarType.Int64)
+    use greyCounts = zeros(152L, dtype = ScalarType.Int64)
+    let mutable start = 0L
+    while start < count do
+        use scope = NewDisposeScope()
+        let length = min 256L (count - start)
+        let pixels = Ssl.Host.Eval.Features.ToInput(data.Test.Images.narrow(0L, start, length), [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |], device)
+        let lab, _ = labAndTargets pixels
+        let truth = lab.narrow(1L, 1L, 2L)
+        let logits = head.forward(net.Dense(lab.narrow(1L, 0L, 1L)))
+        let predicted = decode config bins logits pixels.shape[2] pixels.shape[3]
+        predictedCounts.add_((distanceCounts predicted truth).cpu()) |> ignore
+        greyCounts.add_((distanceCounts (zeros_like(truth)) truth).cpu()) |> ignore
+        if start = 0L then
+            let shown = min 10L length
+            let lightness = lab.narrow(0L, 0L, shown).narrow(1L, 0L, 1L)
+            let toBytes (rgb: Tensor) = (rgb.clamp(0.0.ToScalar(), 1.0.ToScalar()) * 255.0).round().to_type(ScalarType.Byte).cpu()
+            let grey = toBytes (Color.labToRgb (cat([| lightness; zeros_like(lightness); zeros_like(lightness) |], 1L)))
+            let coloured = toBytes (Color.labToRgb (cat([| lightness; predicted.narrow(0L, 0L, shown) |], 1L)))
+            let real = toBytes (pixels.narrow(0L, 0L, shown))
+            ImageGrid.SavePng(cat([| grey; coloured; real |], 0L), Path.Combine(folder.PlotsDir, "colorization.png"), columns = int shown, scale = 3)
+        start <- start + length
+    net.train()
+    head.train()
+    aucOf predictedCounts, aucOf greyCounts, count
+
+/// `ssl train colorization`: pre-train on the training images' colours, report the per-pixel
+/// accuracy and the colour PNG, then every protocol on the colour data set.
+let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
+    let config = config request.Preset
+    use data = loadData request
+    if data.Train.Channels <> 3L then
+        invalidArg "--dataset"
+            $"--dataset: colorization predicts colour from lightness and needs colour (3-channel) images such as cifar10, cifar100, stl10 or an image folder; '{request.Dataset}' has {data.Train.Channels} channel(s)"
+    folder.WriteConfig {| method = "colorization"; preset = Preset.name request.Preset; dataset = request.Dataset; seed = request.Seed
+                          device = env.DeviceName; threads = env.Threads; deterministic = env.Deterministic
+                          encoder = $"ColorizationNet(width={config.Width})"; config = config |}
+    torch.manual_seed(request.Seed) |> ignore
+    use bins = (Color.abGamut config.GridSize 64).to_type(ScalarType.Float32).``to``(env.Device)
+    let priorCount = min (int64 config.PriorImages) data.Train.Count
+    let weights, prior =
+        use pixels = Ssl.Host.Eval.Features.ToInput(data.Train.Images.narrow(0L, 0L, priorCount), [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |], env.Device)
+        rebalancingWeights config bins pixels env.Device
+    use weights = weights
+    use prior = prior
+    use net = new ColorizationNet(config.Width, data.Mean, data.Std)
+    use head = new SafeConv.SafeConv2d(net.FeatureDim, bins.shape[0], 1L, 1L, 0L, true)
+    net.``to``(env.Device) |> ignore
+    head.``to``(env.Device) |> ignore
+    let options =
+        TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
+                       Resume = request.Resume, ConfigDigest = $"colorization {config}", LogEvery = 50)
+    let summary = Trainer.Run(Step(net, head, bins, weights, data, config), options, folder, env.Device, ConsoleProgress())
+    let auc, greyAuc, measured = colourReport config net head bins data folder env.Device
+    let figures =
+        dict [ "per_pixel_auc", box auc; "grey_per_pixel_auc", box greyAuc; "metric_images", box measured
+               "bins", box bins.shape[0]; "prior_max", box (prior.max().item<float32>()) ]
+    folder.AppendMetrics(readOnlyDict [ for kv in figures -> kv.Key, kv.Value ])
+    RunFolder.WriteAtomically(Path.Combine(folder.Root, "colorization.json"), System.Text.Json.JsonSerializer.Serialize(figures, RunFolder.Json))
+    let makeEncoder () : Encoder = new ColorizationNet(config.Width, data.Mean, data.Std)
+    finish request env folder data net $"ColorizationNet{config.Width}" makeEncoder summary None None
+
+let recipe =
+    { Name = "colorization"
+      Paper = "Zhang et al. 2016, Colorful Image Colorization"
+      Presets = [ Smoke; Quick; Paper ]
+      Run = run
+      Encoder = encoder }
