@@ -24,9 +24,11 @@
 ///   which BigBiGAN keeps; learning rate 2e-4 for D and for E+G, one D step per E+G step. (BigGAN's
 ///   128 px ImageNet schedule uses G at 5e-5 with two D steps per G step; at this scale and budget
 ///   equal rates and single steps train stably, see the logged d_acc.)
-/// - Logged per step: d_loss, eg_loss; d_acc, D's accuracy on the joint score (the fraction of the
-///   2N pairs with s_xz > 0 for real and < 0 for fake pairs) and d_acc_x on the image score s_x;
-///   the means of s_x, s_z, s_xz over real and over fake pairs.
+/// - Logged per step (the step's figures, in metrics.jsonl every 50 steps and as epoch means):
+///   d_loss, eg_loss; d_acc, D's accuracy on the joint score (the fraction of the batch's 2N pairs
+///   with s_xz > 0 for a real and < 0 for a fake pair, scored before D's update) and d_acc_x, the
+///   same on the image score s_x; the means of s_x, s_z, s_xz over real and over fake pairs.
+///   "D pinned" would read d_acc = 1 for whole epochs.
 /// - Written: plots/samples.png (G(z), 100 fixed draws of the prior, also every epoch as
 ///   plots/samples-epoch-<e>.png) and plots/reconstructions.png (rows of test inputs x, each followed
 ///   by its row of G(μ(x))). Reconstruction class agreement: a classifier trained by the supervised
