@@ -15,6 +15,7 @@ let recipes: Recipe list =
       Recipes.InfoNce.recipe
       Recipes.MoCo.recipe
       Recipes.MoCo.noShuffleRecipe
-      Recipes.CpcV2.recipe ]
+      Recipes.CpcV2.recipe
+      Recipes.BigBiGan.recipe ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)

@@ -70,18 +70,29 @@ type BigBiGanEncoder(channels: int64, latentDim: int64, width: int64) as this =
             "bn3", nn.BatchNorm2d(2L * width)
             "relu3", nn.ReLU()
             "pool", nn.AdaptiveAvgPool2d(1L)
-            "flatten", nn.Flatten()
-            "gaussian", nn.Linear(2L * width, 2L * latentDim) ]
+            "flatten", nn.Flatten() ]
+    let gaussian = nn.Linear(2L * width, 2L * latentDim)
     let minimumStd = 1e-4
     do this.RegisterComponents()
 
     override _.FeatureDim = latentDim
 
+    /// Length of the average-pooled trunk features `Pooled` returns: 2·width.
+    member _.PooledDim = 2L * width
+
+    /// The trunk's globally average-pooled features before the Gaussian layer (the paper's
+    /// "avepool" features, on which its linear classifiers are trained, Donahue & Simonyan 2019, Sec. 3 and Table 2):
+    /// images (N, channels, s, s) → (N, 2·width).
+    member _.Pooled(images: Tensor) =
+        expect "images" [| Any; Exactly channels; Any; Any |] images
+        use scope = torch.NewDisposeScope()
+        features.forward(images).MoveToOuterDisposeScope()
+
     /// images: (N, channels, s, s) → struct (μ: (N, latentDim), σ: (N, latentDim) > 0).
     member _.MeanAndStd(images: Tensor) =
         expect "images" [| Any; Exactly channels; Any; Any |] images
         use scope = torch.NewDisposeScope()
-        let parameters = features.forward images
+        let parameters = gaussian.forward(features.forward images)
         let mean = parameters.narrow(1L, 0L, latentDim)
         let std = nn.functional.softplus(parameters.narrow(1L, latentDim, latentDim)) + minimumStd
         struct (mean.MoveToOuterDisposeScope(), std.MoveToOuterDisposeScope())

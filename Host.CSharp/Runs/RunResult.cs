@@ -58,4 +58,14 @@ public sealed record RunResult
     [JsonPropertyName("baselines")] public BaselineFigures Baselines { get; init; } = new();
     [JsonPropertyName("train")] public TrainFigures Train { get; init; } = new();
     [JsonPropertyName("versions")] public VersionFigures Versions { get; init; } = new();
+    /// <summary>
+    /// Figures particular to one method beyond the contract's keys (BigBiGAN's reconstruction class
+    /// agreement, for one), by name; absent from result.json when a method has none.
+    /// </summary>
+    [JsonPropertyName("extra")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public Dictionary<string, double?>? Extra { get; init; }
+
+    /// <summary>This result with <paramref name="extra"/> as its method-specific figures.</summary>
+    public RunResult WithExtra(IEnumerable<KeyValuePair<string, double?>> extra) => this with { Extra = new Dictionary<string, double?>(extra) };
 }

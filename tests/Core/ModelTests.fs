@@ -629,6 +629,19 @@ let private bigBiGanTests =
                 let s = gan.Discriminator.Scores(x, z)
                 s.Sx.Dispose(); s.Sz.Dispose(); s.Sxz.Dispose())
         }
+        test "the encoder's pooled trunk has 2w features and μ is an affine map of them" {
+            torch.manual_seed 7L |> ignore
+            use encoder = new BigBiGanEncoder(1L, 4L, 8L)
+            encoder.eval () |> ignore
+            use x = randn 36 [| 3L; 1L; 28L; 28L |]
+            use pooled = encoder.Pooled x
+            expectShape "pooled" [| 3L; 16L |] pooled
+            Expect.equal encoder.PooledDim 16L "PooledDim"
+            let gaussian = encoder.named_children () |> Seq.pick (fun struct (n, m) -> if n = "gaussian" then Some (m :?> TorchSharp.Modules.Linear) else None)
+            use mean = gaussian.forward(pooled).narrow(1L, 0L, 4L)
+            Check.close 1e-6 1e-6 "μ = first half of the Gaussian layer on the pooled features" (encoder.forward x) mean
+            Check.leavesOnlyResult "E pooled" (fun () -> encoder.Pooled x)
+        }
         test "an image size that is not a multiple of 4 is named" {
             let e = Prop.throws<ArgumentException> (fun () -> (new BigBiGanGenerator(1L, 30L, 8L, 16L)).Dispose())
             Expect.stringContains e.Message "imageSize: expected a multiple of 4" "message"

@@ -1,0 +1,293 @@
+/// BigBiGAN: large scale adversarial representation learning (Donahue & Simonyan, NeurIPS 2019).
+/// A generator G(z), an encoder E(x) and a joint discriminator D(x, z) with the unary scores
+/// s_x = θ_xᵀF(x), s_z = θ_zᵀH(z) and the joint score s_xz = θ_xzᵀJ(F(x), H(z)) (Sec. 2). D tells
+/// real pairs (x ~ data, ẑ ~ E(x)) from fake pairs (G(z), z ~ N(0, I)); E and G together try to
+/// make the two joint distributions match, so E learns to invert G. The losses are eq. 3-5
+/// (Core.Losses.Adversarial.bigBiGan): D minimises the sum of the three hinge losses, E and G the
+/// three raw scores with the label's sign; D and E+G are updated alternately, each by its own Adam.
+///
+/// What this recipe does about the paper's choices, at 28x28 grey and on a 2-core CPU:
+/// - Networks: Core's small DCGAN-style G and conv E and D (Models/BigBiGan.fs) instead of BigGAN
+///   and RevNet. Spectral normalisation on every layer of D (as in BigGAN's D); none on E (the paper
+///   has none there) and none on G (BigGAN's G has it; Core's small G keeps batch norm only).
+/// - E is the paper's non-deterministic encoder: it predicts μ and σ of a Gaussian and the real
+///   pair's latent is the reparameterised sample ẑ = μ + σ·ε, so gradients reach E through it.
+///   Reconstructions use μ: G(μ(x)).
+/// - The evaluated representation is E's average-pooled trunk (2·width features, the "avepool"
+///   features the paper trains its linear classifiers on, Sec. 3 and Table 2); result.json's
+///   `extra.mu_linear_probe_acc` adds the linear probe on μ for comparison. The random-initialised
+///   baseline is the same pooled trunk, untrained.
+/// - Pixels: real images are standardised as in every recipe (Features.ToInput); G's tanh output
+///   in [-1, 1] is mapped to [0, 1] pixels and standardised with the same statistics, so D and E
+///   see real and generated images on one scale, the scale the protocols evaluate E on.
+/// - Optimisation: BigGAN's Adam (Brock et al. 2019, App. C: β1 = 0, β2 = 0.999, constant rates),
+///   which BigBiGAN keeps; learning rate 2e-4 for D and for E+G, one D step per E+G step. (BigGAN's
+///   128 px ImageNet schedule uses G at 5e-5 with two D steps per G step; at this scale and budget
+///   equal rates and single steps train stably, see the logged d_acc.)
+/// - Logged per step (the step's figures, in metrics.jsonl every 50 steps and as epoch means):
+///   d_loss, eg_loss; d_acc, D's accuracy on the joint score (the fraction of the batch's 2N pairs
+///   with s_xz > 0 for a real and < 0 for a fake pair, scored before D's update) and d_acc_x, the
+///   same on the image score s_x; the means of s_x, s_z, s_xz over real and over fake pairs.
+///   "D pinned" would read d_acc = 1 for whole epochs.
+/// - Written: plots/samples.png (G(z), 100 fixed draws of the prior, also every epoch as
+///   plots/samples-epoch-<e>.png) and plots/reconstructions.png (rows of test inputs x, each followed
+///   by its row of G(μ(x))). Reconstruction class agreement: a classifier trained by the supervised
+///   recipe (the "judge", cached per data set and preset in runs/.cache, seed 0 for every run)
+///   labels x and G(μ(x)) for every test image; `extra.reconstruction_class_agreement` is the
+///   fraction of equal labels (chance: 1 / classes, in `extra.chance`).
+module Ssl.Experiments.Recipes.BigBiGan
+
+open System
+open System.Collections.Generic
+open System.IO
+open TorchSharp
+open Ssl.Core.Losses
+open Ssl.Core.Models
+open Ssl.Host.Data
+open Ssl.Host.Engine
+open Ssl.Host.Eval
+open Ssl.Host.Runs
+open Ssl.Host.Runtime
+open Ssl.Experiments.Recipe
+open Ssl.Experiments.Pipeline
+
+/// The schedule and sizes. Paper (Sec. 3, App.): batch 2048, 120-d latent, Adam β1 = 0,
+/// β2 = 0.999, rate 2e-4, about 500K steps on ImageNet.
+type Config =
+    { /// Base width w of G, E and D; a multiple of 32 so every convolution and transposed
+      /// convolution has a multiple of 16 output (or, for a transposed one, input) channels (SafeConv).
+      Width: int64
+      /// Dimension of z (and of μ, σ).
+      LatentDim: int64
+      Epochs: int
+      BatchSize: int
+      DiscriminatorLearningRate: float
+      EncoderGeneratorLearningRate: float
+      Beta1: float
+      Beta2: float
+      /// Epochs of the supervised judge that labels x and G(μ(x)).
+      JudgeEpochs: int }
+
+/// `quick`: width 32, 64-d latent, batch 128, 5 epochs (300,000 images, about 10 minutes of
+/// training on 2 idle cores: one step costs about as much as 1.3 forward-backward passes of
+/// SmallConvNet32 on the same batch); `paper`: the paper's batch, latent size and rates on wider
+/// nets for 100 epochs; `smoke`: one epoch of the smoke subset.
+let config preset =
+    let paper =
+        { Width = 64L; LatentDim = 120L; Epochs = 100; BatchSize = 2048; DiscriminatorLearningRate = 2e-4
+          EncoderGeneratorLearningRate = 2e-4; Beta1 = 0.0; Beta2 = 0.999; JudgeEpochs = 15 }
+    match preset with
+    | Smoke -> { paper with Width = 32L; LatentDim = 32L; Epochs = 1; BatchSize = 64; JudgeEpochs = 1 }
+    | Quick -> { paper with Width = 32L; LatentDim = 64L; Epochs = 5; BatchSize = 128; JudgeEpochs = 2 }
+    | Paper -> paper
+
+/// E's average-pooled trunk as the evaluated encoder: images (N, C, H, W) → (N, 2·width).
+type PooledEncoder(encoder: BigBiGanEncoder) as this =
+    inherit Encoder("BigBiGanPooled")
+    let trunk = encoder
+    do this.RegisterComponents()
+    override _.FeatureDim = trunk.PooledDim
+    override _.forward(images) = trunk.Pooled images
+
+let private newEncoder (channels: int64) (config: Config) = new BigBiGanEncoder(channels, config.LatentDim, config.Width)
+
+let encoder (preset: Preset) (channels: int64) : Encoder = new PooledEncoder(newEncoder channels (config preset))
+
+/// Maps G's tanh output (N, C, H, W) in [-1, 1] to the standardised input scale of real images.
+type private Standardiser(mean: float[], std: float[], device: torch.Device) =
+    let c = int64 mean.Length
+    let m = torch.tensor(mean, torch.float32, device).view(1L, c, 1L, 1L)
+    let s = torch.tensor(std, torch.float32, device).view(1L, c, 1L, 1L)
+    member _.FromTanh(images: torch.Tensor) =
+        use scope = torch.NewDisposeScope()
+        ((images + 1.0) * 0.5 - m).div(s).MoveToOuterDisposeScope()
+    /// Standardised images → uint8 pixels for a PNG.
+    member _.ToPixels(images: torch.Tensor) =
+        use scope = torch.NewDisposeScope()
+        (images * s + m).clamp(0.0.ToScalar(), 1.0.ToScalar()).mul(255.0.ToScalar()).round().to_type(torch.ScalarType.Byte).cpu().MoveToOuterDisposeScope()
+    interface IDisposable with
+        member _.Dispose() =
+            m.Dispose()
+            s.Dispose()
+
+let private asLossScores (s: BiGanScores) : Adversarial.BigBiGanScores = { X = s.Sx; Z = s.Sz; XZ = s.Sxz }
+
+let private setTrainable (m: torch.nn.Module) (trainable: bool) =
+    for p in m.parameters () do p.requires_grad <- trainable
+
+/// One alternating step: D on the hinge losses of eq. 3-5, then E and G on the raw scores of the
+/// updated D. Generated images and encoder samples are computed once and reused by both updates.
+type private Step(gan: BigBiGan, data: Data, standardiser: Standardiser, config: Config) =
+    let adam rate =
+        OptimizerSpec(Kind = OptimizerKind.Adam, LearningRate = rate, Beta1 = config.Beta1, Beta2 = config.Beta2, Cosine = false)
+    let modules =
+        readOnlyDict [ "generator", (gan.Generator :> torch.nn.Module); "encoder", (gan.Encoder :> torch.nn.Module)
+                       "discriminator", (gan.Discriminator :> torch.nn.Module) ]
+    interface ITrainingStep with
+        member _.Modules = modules
+        member _.Optimizers =
+            [| struct ("discriminator", adam config.DiscriminatorLearningRate, gan.Discriminator.named_parameters ())
+               struct ("encoder_generator", adam config.EncoderGeneratorLearningRate,
+                       Seq.append (gan.Encoder.named_parameters ()) (gan.Generator.named_parameters ())) |] :> IReadOnlyList<_>
+        member _.State = readOnlyDict []
+        member _.Step(ctx, batch) =
+            use idx = torch.tensor(batch)
+            let x = Features.ToInput(data.Train.Images.index_select(0L, idx), data.Mean, data.Std, ctx.Device)
+            let z = gan.SamplePrior(x.shape[0], ctx.Generator)
+            let zHat = gan.Encoder.Sample(x, ctx.Generator)
+            let xHat = standardiser.FromTanh(gan.Generator.forward z)
+            let real = gan.Discriminator.Scores(x, zHat.detach())
+            let fake = gan.Discriminator.Scores(xHat.detach(), z)
+            let dLoss = ctx.Optimize("discriminator", (Adversarial.bigBiGan (asLossScores real) (asLossScores fake)).Discriminator)
+            let figures =
+                use _ = torch.no_grad()
+                let correct (realScore: torch.Tensor) (fakeScore: torch.Tensor) =
+                    torch.cat([| realScore.gt(0.0.ToScalar()); fakeScore.lt(0.0.ToScalar()) |], 0L).to_type(torch.ScalarType.Float32).mean()
+                torch.stack([| correct real.Sxz fake.Sxz; correct real.Sx fake.Sx
+                               real.Sx.mean(); real.Sz.mean(); real.Sxz.mean(); fake.Sx.mean(); fake.Sz.mean(); fake.Sxz.mean() |])
+                    .cpu().data<float32>().ToArray()
+            // E and G against the updated D; D's parameters take no gradient in this pass.
+            setTrainable gan.Discriminator false
+            let egLoss =
+                try
+                    let real = gan.Discriminator.Scores(x, zHat)
+                    let fake = gan.Discriminator.Scores(xHat, z)
+                    ctx.Optimize("encoder_generator", (Adversarial.bigBiGan (asLossScores real) (asLossScores fake)).EncoderGenerator)
+                finally
+                    setTrainable gan.Discriminator true
+            readOnlyDict [
+                "d_loss", dLoss; "eg_loss", egLoss; "d_acc", float figures[0]; "d_acc_x", float figures[1]
+                "real_s_x", float figures[2]; "real_s_z", float figures[3]; "real_s_xz", float figures[4]
+                "fake_s_x", float figures[5]; "fake_s_z", float figures[6]; "fake_s_xz", float figures[7] ]
+
+/// G(z) for `z` (eval mode, no gradients) as uint8 pixels.
+let private samples (gan: BigBiGan) (standardiser: Standardiser) (z: torch.Tensor) =
+    use _ = torch.no_grad()
+    use scope = torch.NewDisposeScope()
+    gan.Generator.eval()
+    standardiser.ToPixels(standardiser.FromTanh(gan.Generator.forward z)).MoveToOuterDisposeScope()
+
+/// G(μ(x)) for standardised `x` (eval mode, no gradients), standardised.
+let private reconstruct (gan: BigBiGan) (standardiser: Standardiser) (x: torch.Tensor) =
+    use _ = torch.no_grad()
+    use scope = torch.NewDisposeScope()
+    gan.Generator.eval()
+    gan.Encoder.eval()
+    standardiser.FromTanh(gan.Generator.forward(gan.Encoder.forward x)).MoveToOuterDisposeScope()
+
+/// `rows` rows of 10 test inputs, each followed by the row of their reconstructions.
+let private saveReconstructions (gan: BigBiGan) (standardiser: Standardiser) (data: Data) (device: torch.Device) (path: string) =
+    use scope = torch.NewDisposeScope()
+    let rows = 5L
+    let n = min (rows * 10L) data.Test.Count
+    let x = Features.ToInput(data.Test.Images.narrow(0L, 0L, n), data.Mean, data.Std, device)
+    let pixels (t: torch.Tensor) = standardiser.ToPixels(t).view(n / 10L, 1L, 10L, t.shape[1], t.shape[2], t.shape[3])
+    let grid = torch.cat([| pixels x; pixels (reconstruct gan standardiser x) |], 1L).reshape(-1L, x.shape[1], x.shape[2], x.shape[3])
+    ImageGrid.SavePng(grid, path, columns = 10)
+
+/// The judge: encoder + linear head trained by the supervised recipe on every training label
+/// (seed 0, `judgeEpochs`), its weights cached in runs/.cache so every seed's run uses the same one.
+let private judge (request: Request) (data: Data) (judgeEpochs: int) (folder: RunFolder) (device: torch.Device) =
+    let supervised = { Supervised.config request.Preset with Epochs = judgeEpochs }
+    let cacheDir = Path.Combine(Path.GetDirectoryName(Path.GetFullPath request.Out), ".cache",
+                                $"bigbigan-judge-{data.Name}-{Preset.name request.Preset}-{judgeEpochs}ep")
+    let encoderPath, headPath = Path.Combine(cacheDir, "encoder.bin"), Path.Combine(cacheDir, "head.bin")
+    if File.Exists encoderPath && File.Exists headPath then
+        let encoder: Encoder = new SmallConvNet(data.Train.Channels, supervised.Width)
+        let head = new LinearHead(encoder.FeatureDim, int64 data.Classes)
+        encoder.load(encoderPath) |> ignore
+        head.load(headPath) |> ignore
+        encoder.``to``(device) |> ignore
+        head.``to``(device) |> ignore
+        encoder, head
+    else
+        let all = Array.init (int data.Train.Count) int64
+        let encoder, head, _ =
+            Supervised.train supervised data all 0L false (RunFolder(Path.Combine(folder.Root, "judge"))) device (SilentProgress())
+        Directory.CreateDirectory cacheDir |> ignore
+        for (m: torch.nn.Module, path) in [ encoder :> torch.nn.Module, encoderPath; head, headPath ] do
+            m.save(path + ".tmp") |> ignore
+            File.Move(path + ".tmp", path, true)
+        encoder, head
+
+/// Reconstruction class agreement on every test image: the judge's label of G(μ(x)) against its
+/// label of x (and against the true label), with the judge's own test accuracy.
+let private reconstructionFigures (gan: BigBiGan) (standardiser: Standardiser) (judgeEncoder: Encoder) (head: LinearHead)
+                                  (data: Data) (device: torch.Device) =
+    judgeEncoder.eval()
+    head.eval()
+    use _ = torch.no_grad()
+    let mutable agree, reconstructedRight, originalRight = 0L, 0L, 0L
+    let batch = 500L
+    for start in 0L .. batch .. data.Test.Count - 1L do
+        use scope = torch.NewDisposeScope()
+        let length = min batch (data.Test.Count - start)
+        let x = Features.ToInput(data.Test.Images.narrow(0L, start, length), data.Mean, data.Std, device)
+        let label (images: torch.Tensor) = head.forward(judgeEncoder.forward images).argmax(1L).cpu()
+        let original = label x
+        let reconstructed = label (reconstruct gan standardiser x)
+        let truth = data.Test.Labels.narrow(0L, start, length)
+        agree <- agree + original.eq(reconstructed).sum().item<int64>()
+        reconstructedRight <- reconstructedRight + reconstructed.eq(truth).sum().item<int64>()
+        originalRight <- originalRight + original.eq(truth).sum().item<int64>()
+    let fraction k = float k / float data.Test.Count
+    fraction agree, fraction reconstructedRight, fraction originalRight
+
+/// `ssl train bigbigan`: adversarial training of G, E and D on the unlabelled training images,
+/// the sample and reconstruction grids, reconstruction class agreement, then every protocol on
+/// E's pooled features.
+let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
+    let config = config request.Preset
+    if config.Width % 32L <> 0L then invalidArg "Width" $"Width: expected a multiple of 32 (SafeConv channel rule), found {config.Width}"
+    folder.WriteConfig {| method = "bigbigan"; preset = Preset.name request.Preset; dataset = request.Dataset; seed = request.Seed
+                          device = env.DeviceName; threads = env.Threads; deterministic = env.Deterministic
+                          encoder = $"BigBiGanEncoder(width={config.Width}, latent={config.LatentDim}) average-pooled trunk"
+                          config = config |}
+    use data = loadData request
+    if data.Train.Height <> data.Train.Width || (data.Train.Height <> 28L && data.Train.Height <> 32L) then
+        invalidArg "--dataset" $"--dataset: BigBiGAN's networks take 28x28 or 32x32 images, found {data.Train.Height}x{data.Train.Width}"
+    torch.manual_seed(request.Seed) |> ignore
+    use gan = new BigBiGan(data.Train.Channels, data.Train.Height, config.LatentDim, config.Width)
+    gan.``to``(env.Device) |> ignore
+    use standardiser = new Standardiser(data.Mean, data.Std, env.Device)
+    let fixedPrior =
+        use g = new torch.Generator(uint64 (Seeds.Derive(request.Seed, 77L)), env.Device)
+        gan.SamplePrior(100L, g)
+    use fixedPrior = fixedPrior
+    let saveSamples (name: string) = ImageGrid.SavePng(samples gan standardiser fixedPrior, Path.Combine(folder.PlotsDir, name), columns = 10)
+    let options =
+        TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
+                       Resume = request.Resume, ConfigDigest = $"bigbigan {config}", LogEvery = 50)
+    let afterEpoch = EpochHook(fun epoch _ -> saveSamples $"samples-epoch-{epoch + 1}.png")
+    let summary = Trainer.Run(Step(gan, data, standardiser, config), options, folder, env.Device, ConsoleProgress(), afterEpoch)
+    saveSamples "samples.png"
+    saveReconstructions gan standardiser data env.Device (Path.Combine(folder.PlotsDir, "reconstructions.png"))
+    let judgeEncoder, judgeHead = judge request data config.JudgeEpochs folder env.Device
+    use judgeEncoder = judgeEncoder
+    use judgeHead = judgeHead
+    let agreement, reconstructionAcc, judgeAcc = reconstructionFigures gan standardiser judgeEncoder judgeHead data env.Device
+    let muProbe =
+        let muTrain, muTest = extract gan.Encoder data env.Device
+        use muTrain = muTrain
+        use muTest = muTest
+        let budget = evalBudget request.Preset
+        LinearProbe.Evaluate(muTrain, data.Train.Labels, muTest, data.Test.Labels, data.Classes, request.Seed, budget.ProbeIterations).TestAccuracy
+    // The wrapper shares E's modules; `gan` owns and disposes them.
+    let pooled = new PooledEncoder(gan.Encoder)
+    let makeEncoder () : Encoder = new PooledEncoder(newEncoder data.Train.Channels config)
+    let result =
+        finish request env folder data pooled $"BigBiGanPooled{config.Width}-{config.LatentDim}" makeEncoder summary None None
+    let extra =
+        [ "reconstruction_class_agreement", agreement; "reconstruction_label_acc", reconstructionAcc
+          "judge_test_acc", judgeAcc; "chance", 1.0 / float data.Classes; "mu_linear_probe_acc", muProbe ]
+        |> List.map (fun (k, v) -> KeyValuePair(k, Nullable v))
+    let result = result.WithExtra extra
+    folder.WriteResult result
+    result
+
+let recipe =
+    { Name = "bigbigan"
+      Paper = "Donahue & Simonyan 2019, Large Scale Adversarial Representation Learning"
+      Presets = [ Smoke; Quick; Paper ]
+      Run = run
+      Encoder = encoder }
