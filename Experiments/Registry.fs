@@ -4,6 +4,6 @@ module Ssl.Experiments.Registry
 open Ssl.Experiments.Recipe
 
 /// Recipes that are implemented. A name joins this list only together with its recipe file.
-let recipes: Recipe list = [ Recipes.Supervised.recipe; Recipes.RotNet.recipe ]
+let recipes: Recipe list = [ Recipes.Supervised.recipe; Recipes.RotNet.recipe; Recipes.MixMatch.recipe; Recipes.EnAET.recipe ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)
