@@ -59,8 +59,8 @@ type Config =
       EnhanceRange: float * float }
 
 /// `paper`: 2^20 steps on WRN-28-2 (see MixMatch.config). `quick`: MixMatch's quick preset
-/// (SmallConvNet16, 5 epochs of the pool, ramp of λ_U over 1,500 steps), the AET weights ramped over
-/// the same 1,500 steps, the five transformations on 16 of the 64 unlabelled images per step (each
+/// (SmallConvNet16, 4 epochs of the pool, ramp of λ_U over 1,200 steps), the AET weights ramped over
+/// the same 1,200 steps, the five transformations on 16 of the 64 unlabelled images per step (each
 /// step then classifies 96 more images, ~1.5x MixMatch's step). `smoke`: one epoch of the subset.
 let config preset =
     let paper =
@@ -70,7 +70,7 @@ let config preset =
           ScaleRange = (0.8, 1.2); ShearDegrees = 30.0; ProjectiveShift = 0.125; EnhanceRange = (0.2, 1.8) }
     match preset with
     | Smoke -> { paper with MixMatch = MixMatch.config Smoke; TransformBatch = 16; AetRampUpSteps = 10L }
-    | Quick -> { paper with MixMatch = MixMatch.config Quick; TransformBatch = 16; AetRampUpSteps = 1500L }
+    | Quick -> { paper with MixMatch = MixMatch.config Quick; TransformBatch = 16; AetRampUpSteps = 1200L }
     | Paper -> paper
 
 let encoder (preset: Preset) (channels: int64) : Encoder = MixMatch.encoder preset channels
