@@ -16,6 +16,8 @@ let recipes: Recipe list =
       Recipes.MoCo.recipe
       Recipes.MoCo.noShuffleRecipe
       Recipes.CpcV2.recipe
-      Recipes.BigBiGan.recipe ]
+      Recipes.BigBiGan.recipe
+      Recipes.MixMatch.recipe
+      Recipes.EnAET.recipe ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)

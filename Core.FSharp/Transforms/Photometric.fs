@@ -67,6 +67,26 @@ let adjustSaturation (factors: Tensor) (images: Tensor) : Tensor =
         use scope = NewDisposeScope()
         (blend factors (toGrayscale images) images).MoveToOuterDisposeScope()
 
+/// Blends each image with its smoothed copy (torchvision adjust_sharpness, PIL ImageEnhance.Sharpness;
+/// EnAET's "sharpness" transformation, Wang et al. 2019, Sec. 3.2): the smoothed copy replaces every
+/// interior pixel by the 3x3 average weighted [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 and keeps the
+/// one-pixel border; factor 0 gives the smoothed image, 1 the identity, above 1 sharpens; clamped
+/// to [0, 1]. Built from shifted slices (no convolution). factors: (N) ≥ 0; images: (N, C, H, W)
+/// → same shape; an image with H or W below 3 has no interior and is returned unchanged.
+let adjustSharpness (factors: Tensor) (images: Tensor) : Tensor =
+    expectImages images
+    expectFactors images.shape[0] factors
+    let height, width = images.shape[2], images.shape[3]
+    if height < 3L || width < 3L then images.clone()
+    else
+        use scope = NewDisposeScope()
+        let window dy dx = images.narrow(2L, dy, height - 2L).narrow(3L, dx, width - 2L)
+        let neighbourhood = Seq.reduce (+) [ for dy in 0L .. 2L do for dx in 0L .. 2L -> window dy dx ]
+        let smoothedInterior = (neighbourhood + window 1L 1L * 4.0) / 13.0
+        let smoothed = images.clone()
+        smoothed.narrow(2L, 1L, height - 2L).narrow(3L, 1L, width - 2L).copy_(smoothedInterior) |> ignore
+        (blend factors smoothed images).MoveToOuterDisposeScope()
+
 /// RGB → HSV, all three in [0, 1] (torchvision `_rgb2hsv`). rgb: (N, 3, H, W) → (N, 3, H, W).
 let private rgbToHsv (rgb: Tensor) =
     use scope = NewDisposeScope()

@@ -297,6 +297,25 @@ let photometricTests =
             Check.close 1e-12 0.0 "hue +1/2 twice" (Photometric.adjustHue half (Photometric.adjustHue half x)) x
         }
 
+        test "sharpness: loop oracle of the weighted 3x3 smoothing, border kept, factor 1 the identity" {
+            use scope = torch.NewDisposeScope()
+            let h, w = 4, 5
+            let x = images 21 torch.ScalarType.Float64 [| 2L; 2L; int64 h; int64 w |]
+            let d = values x
+            let factors = [| 0.3; 1.6 |]
+            let expected = Array.init (2 * 2 * h * w) (fun k ->
+                let plane, y, x' = k / (h * w), (k / w) % h, k % w
+                let at yy xx = d[plane * h * w + yy * w + xx]
+                let smoothed =
+                    if y = 0 || y = h - 1 || x' = 0 || x' = w - 1 then at y x'
+                    else (Seq.sum [ for dy in -1 .. 1 do for dx in -1 .. 1 -> at (y + dy) (x' + dx) ] + 4.0 * at y x') / 13.0
+                let f = factors[plane / 2]
+                min 1.0 (max 0.0 (f * at y x' + (1.0 - f) * smoothed)))
+            let sharpened = Photometric.adjustSharpness (torch.tensor(factors, dtype = torch.ScalarType.Float64)) x
+            Check.close 1e-12 0.0 "oracle" sharpened (torch.tensor(expected).view(x.shape))
+            Check.close 1e-12 0.0 "factor 1" (Photometric.adjustSharpness (torch.ones(2L, dtype = torch.ScalarType.Float64)) x) x
+        }
+
         test "a hue shift of 1/3 turns red to green and green to blue" {
             use scope = torch.NewDisposeScope()
             let primaries = torch.tensor([| 1.0; 0.0; 0.0; 0.0; 1.0; 0.0 |], dtype = torch.ScalarType.Float32).view(2L, 3L, 1L, 1L)

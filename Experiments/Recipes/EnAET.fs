@@ -1,0 +1,193 @@
+/// EnAET: a self-trained framework for semi-supervised and supervised learning with ensemble
+/// transformations (Wang, Kihara, Luo & Qi 2019). MixMatch's loss plus, on the unlabelled images,
+/// (1) auto-encoding transformations (AET, Zhang et al. 2019): for each of five transformation
+/// families — projective, affine, similarity, Euclidean (spatial) and CCBS, colour + contrast +
+/// brightness + sharpness (non-spatial) — a decoder regresses the transformation's parameters from
+/// the encoder's features of the original and of the transformed image, and (2) a consistency term
+/// KL(q ‖ p(y | t(x))) between MixMatch's sharpened guess q for the image and the prediction on each
+/// transformed copy. The loss (Wang et al. 2019, Sec. 3, as the authors' code computes it in
+/// AET_MultiT/train_AETall_fast.py, with their weights):
+///   L = L_X + λ_U L_U + Σ_k λ_k ℓ_k + γ · mean_k KL(q ‖ p(y | t_k(x))).
+/// Differences from the paper, said so: each decoder is an MLP on the concatenated pooled features
+/// (the paper's decoders are convolutional blocks on an intermediate feature map, pooled, then a
+/// linear layer with tanh); all networks share one Adam optimiser (the paper trains the decoders
+/// with SGD at 0.1 beside Adam for the classifier, which the engine's one-backward step cannot);
+/// the regression targets are the warp matrices' entries (AET's own parameterisation), not the
+/// paper's (cos θ, sin θ, shifts, scale, shear) code; the five transformations are drawn for a
+/// sub-batch of each unlabelled batch (`TransformBatch`) to keep the step's cost within the budget;
+/// the paper's optional extra cutout view of MixMatch (its "mix_mode 1") is left out; on 1-channel
+/// images the colour factor is dropped (saturation does nothing to grey images, so it cannot be
+/// regressed).
+module Ssl.Experiments.Recipes.EnAET
+
+open System.Collections.Generic
+open TorchSharp
+open Ssl.Core.Losses
+open Ssl.Core.Models
+open Ssl.Core.Transforms
+open Ssl.Host.Engine
+open Ssl.Host.Runs
+open Ssl.Host.Runtime
+open Ssl.Experiments.Recipe
+open Ssl.Experiments.Pipeline
+open Ssl.Experiments.SemiSupervised
+
+type private Tensor = torch.Tensor
+
+/// The authors' settings (their CIFAR-10 command line and argument defaults): MixMatch as its paper
+/// but batch 128 and λ_U ramped over 50 of 1,024 epochs; AET weights 1.0 (projective), 0.75
+/// (affine), 0.5 (similarity), 0.2 (Euclidean), 0.05 (CCBS), each ramped up linearly to its value
+/// over the first tenth of training; KL weight γ = 1; rotations in ±180°, translations up to 0.2 of
+/// the side, scale in [0.8, 1.2], shear in ±30°, projective corners moved by up to 4 px of 32
+/// (0.125 of the side) after a scaling in [0.8, 1.2]; CCBS factors uniform in [0.2, 1.8].
+type Config =
+    { MixMatch: MixMatch.Config
+      /// Unlabelled images per step that get the five transformations (paper: the whole batch).
+      TransformBatch: int
+      ProjectiveWeight: float
+      AffineWeight: float
+      SimilarityWeight: float
+      EuclideanWeight: float
+      CcbsWeight: float
+      AetRampUpSteps: int64
+      KlWeight: float
+      RotationDegrees: float
+      Translate: float
+      ScaleRange: float * float
+      ShearDegrees: float
+      ProjectiveShift: float
+      EnhanceRange: float * float }
+
+/// `paper`: 2^20 steps on WRN-28-2 (see MixMatch.config). `quick`: MixMatch's quick preset
+/// (SmallConvNet16, 4 epochs of the pool, ramp of λ_U over 1,200 steps), the AET weights ramped over
+/// the same 1,200 steps, the five transformations on 16 of the 64 unlabelled images per step (each
+/// step then classifies 96 more images, ~1.5x MixMatch's step). `smoke`: one epoch of the subset.
+let config preset =
+    let paper =
+        { MixMatch = { MixMatch.config Paper with BatchSize = 128; Epochs = 2280; RampUpSteps = 51200L }
+          TransformBatch = 128; ProjectiveWeight = 1.0; AffineWeight = 0.75; SimilarityWeight = 0.5; EuclideanWeight = 0.2
+          CcbsWeight = 0.05; AetRampUpSteps = 104858L; KlWeight = 1.0; RotationDegrees = 180.0; Translate = 0.2
+          ScaleRange = (0.8, 1.2); ShearDegrees = 30.0; ProjectiveShift = 0.125; EnhanceRange = (0.2, 1.8) }
+    match preset with
+    | Smoke -> { paper with MixMatch = MixMatch.config Smoke; TransformBatch = 16; AetRampUpSteps = 10L }
+    | Quick -> { paper with MixMatch = MixMatch.config Quick; TransformBatch = 16; AetRampUpSteps = 1200L }
+    | Paper -> paper
+
+let encoder (preset: Preset) (channels: int64) : Encoder = MixMatch.encoder preset channels
+
+/// CCBS (Wang et al. 2019, Sec. 3.2; PIL's ImageEnhance in the authors' code): colour (saturation,
+/// 3-channel images only), contrast, brightness and sharpness in that order, each with its own
+/// factor uniform in [low, high] per image. images: (N, 1 or 3, H, W) in [0, 1] → transformed
+/// (N, C, H, W) and factors (N, 3 or 4) float64, in the order applied.
+let ccbs (low: float, high: float) (generator: torch.Generator) (images: Tensor) : Tensor * Tensor =
+    use scope = torch.NewDisposeScope()
+    let count = images.shape[0]
+    let adjustments =
+        [ if images.shape[1] = 3L then Photometric.adjustSaturation
+          Photometric.adjustContrast
+          Photometric.adjustBrightness
+          Photometric.adjustSharpness ]
+    let factors = adjustments |> List.map (fun _ -> Draw.uniform generator low high [| count |] images.device)
+    let transformed = List.fold2 (fun x adjust f -> adjust f x) images adjustments factors
+    transformed.MoveToOuterDisposeScope(), torch.stack(List.toArray factors, 1L).MoveToOuterDisposeScope()
+
+/// The five transformation families: name, loss weight, parameter count for C channels, and the
+/// draw (images in [0, 1] → transformed images and parameters).
+let families (config: Config) (channels: int64) =
+    let scale = config.ScaleRange
+    [ "projective", config.ProjectiveWeight, 8L, Geometric.randomProjective scale config.ProjectiveShift
+      "affine", config.AffineWeight, 6L, Geometric.randomAffine config.RotationDegrees config.Translate scale config.ShearDegrees
+      "similarity", config.SimilarityWeight, 6L, Geometric.randomSimilarity config.RotationDegrees config.Translate scale
+      "euclidean", config.EuclideanWeight, 6L, Geometric.randomEuclidean config.RotationDegrees config.Translate
+      "ccbs", config.CcbsWeight, (if channels = 3L then 4L else 3L), ccbs config.EnhanceRange ]
+
+/// One EnAET step: MixMatch's terms, the five AET regressions and the KL consistency, one update,
+/// then the EMA. `decoders`: one per family, (N, 2D) → (N, parameters).
+type Step(encoder: Encoder, head: LinearHead, decoders: MlpHead list, ema: EmaClassifier, data: Data, labelled: int64[],
+          pool: int64[], config: Config) =
+    let families = families config data.Train.Channels
+    let modules =
+        readOnlyDict (
+            [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
+            @ List.map2 (fun (name, _, _, _) (d: MlpHead) -> $"decoder_{name}", (d :> torch.nn.Module)) families decoders
+            @ ema.Modules)
+    let parameters =
+        Seq.concat [ yield encoder.named_parameters (); yield head.named_parameters ()
+                     for (name, _, _, _), d in List.zip families decoders ->
+                         d.named_parameters () |> Seq.map (fun struct (n, p) -> struct ($"decoder_{name}.{n}", p)) ]
+    interface ITrainingStep with
+        member _.Modules = modules
+        member _.Optimizers = [| struct ("main", MixMatch.optimizer config.MixMatch, parameters) |] :> IReadOnlyList<_>
+        member _.State = readOnlyDict []
+        member _.Step(ctx, batch) =
+            let x, targets, unlabelled, firstAugmentation, unlabelledIdx = MixMatch.batches config.MixMatch data labelled pool ctx batch
+            let classify images = head.forward(encoder.forward images)
+            let t = MixMatch.terms config.MixMatch ctx.Generator ctx.GlobalStep classify x targets unlabelled
+            let count = min (int64 config.TransformBatch) firstAugmentation.shape[0]
+            let originals = firstAugmentation.narrow(0L, 0L, count)
+            let drawn = families |> List.map (fun (_, _, _, draw) -> draw ctx.Generator originals)
+            let images = torch.cat(Array.ofList (originals :: List.map fst drawn), 0L) |> standardise data
+            let features = encoder.forward images
+            let logits = head.forward features
+            let block i (t: Tensor) = t.narrow(0L, int64 i * count, count)
+            let original = block 0 features
+            let ramp = min 1.0 (float ctx.GlobalStep / float config.AetRampUpSteps)
+            let regressions =
+                List.mapi2 (fun i (decoder: MlpHead) (_, parameters: Tensor) ->
+                    let predicted = decoder.forward(torch.cat([| original; block (i + 1) features |], 1L))
+                    Transformation.parameterRegression predicted (parameters.to_type(torch.ScalarType.Float32)))
+                    decoders drawn
+            let guessLogits = t.Guesses.narrow(0L, 0L, count).clamp_min((1e-12).ToScalar()).log()
+            let kl = (List.init families.Length (fun i -> Transformation.klDivergence guessLogits (block (i + 1) logits)) |> List.reduce (+))
+                     / float families.Length
+            let aet = List.map2 (fun (_, weight, _, _) (loss: Tensor) -> loss * (weight * ramp)) families regressions |> List.reduce (+)
+            let loss = t.Loss + aet + kl * config.KlWeight
+            let value = ctx.Optimize("main", loss)
+            ema.Update config.MixMatch.EmaMomentum
+            let figures =
+                [ "loss", value; "loss_x", float (t.SupervisedLoss.item<float32>()); "loss_u", float (t.ConsistencyLoss.item<float32>())
+                  "weight_u", t.ConsistencyWeight; "kl", float (kl.item<float32>()); "weight_aet", ramp ]
+                @ List.map2 (fun (name, _, _, _) (l: Tensor) -> $"aet_{name}", float (l.item<float32>())) families regressions
+            let guess = MixMatch.guessAccuracy data unlabelledIdx t.Guesses |> Option.map (fun a -> "guess_acc", a) |> Option.toList
+            readOnlyDict (figures @ guess)
+
+/// `ssl train enaet`: as `ssl train mixmatch`, with the ensemble of AET decoders and the KL term.
+let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
+    let config = config request.Preset
+    let mm = config.MixMatch
+    let perClass = labelsPerClass request
+    let request = { request with Labels = Some perClass }
+    let name = encoderName mm.WideResNet mm.Width
+    folder.WriteConfig {| method = "enaet"; preset = Preset.name request.Preset; dataset = request.Dataset; seed = request.Seed
+                          labels_per_class = perClass; device = env.DeviceName; threads = env.Threads
+                          deterministic = env.Deterministic; encoder = name; config = config |}
+    use data = loadData request
+    let split = drawSplit data perClass request.Seed
+    torch.manual_seed(request.Seed) |> ignore
+    let makeEncoder () = buildEncoder mm.WideResNet mm.Width data.Train.Channels
+    use encoder = makeEncoder ()
+    use head = new LinearHead(encoder.FeatureDim, int64 data.Classes)
+    let decoders =
+        families config data.Train.Channels
+        |> List.map (fun (_, _, count, _) -> new MlpHead(2L * encoder.FeatureDim, 2L * encoder.FeatureDim, count))
+    for m in [ encoder :> torch.nn.Module; head ] @ List.map (fun d -> d :> torch.nn.Module) decoders do
+        m.``to``(env.Device) |> ignore
+    use ema = new EmaClassifier(encoder, head, makeEncoder, int64 data.Classes)
+    let options =
+        TrainerOptions(Epochs = mm.Epochs, BatchSize = mm.BatchSize, ExampleCount = int64 split.Unlabelled.Length,
+                       Seed = request.Seed, Resume = request.Resume, ConfigDigest = $"enaet {config} labels={perClass}", LogEvery = 50)
+    let summary =
+        try Trainer.Run(Step(encoder, head, decoders, ema, data, split.Labelled, split.Unlabelled, config), options, folder, env.Device,
+                        ConsoleProgress())
+        finally
+            for d in decoders do d.Dispose()
+    let testAcc = Supervised.testAccuracy ema.Encoder ema.Head data env.Device
+    let supervisedOnly = supervisedOnlyBaseline request data perClass folder env.Device
+    finish request env folder data ema.Encoder name makeEncoder summary (Some testAcc) (Some supervisedOnly)
+
+let recipe =
+    { Name = "enaet"
+      Paper = "Wang et al. 2019, EnAET: A Self-Trained Framework for Semi-Supervised and Supervised Learning with Ensemble Transformations"
+      Presets = [ Smoke; Quick; Paper ]
+      Run = run
+      Encoder = encoder }
