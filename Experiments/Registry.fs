@@ -4,6 +4,8 @@ module Ssl.Experiments.Registry
 open Ssl.Experiments.Recipe
 
 /// Recipes that are implemented. A name joins this list only together with its recipe file.
-let recipes: Recipe list = [ Recipes.Supervised.recipe; Recipes.RotNet.recipe ]
+let recipes: Recipe list =
+    [ Recipes.Supervised.recipe; Recipes.RotNet.recipe; Recipes.S4LRotation.recipe; Recipes.S4LExemplar.recipe
+      Recipes.VatEntMin.recipe ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)
