@@ -17,6 +17,9 @@ let recipes: Recipe list =
       Recipes.MoCo.noShuffleRecipe
       Recipes.CpcV2.recipe
       Recipes.BigBiGan.recipe
+      Recipes.S4LRotation.recipe
+      Recipes.S4LExemplar.recipe
+      Recipes.VatEntMin.recipe
       Recipes.MixMatch.recipe
       Recipes.EnAET.recipe ]
 

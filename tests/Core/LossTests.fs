@@ -778,6 +778,102 @@ let deviceTests =
                 }
     ]
 
+// ---- virtual adversarial training ----
+
+/// A linear softmax classifier x ↦ x·W, whose KL(p(x) || p(x + r)) has the closed-form Hessian
+/// H = W (diag(p) - p pᵀ) Wᵀ at r = 0 for each example.
+let private linearHessians (w: torch.Tensor) (x: torch.Tensor) =
+    use p = x.mm(w).softmax(1L)
+    use covariance = torch.diag_embed(p) - p.unsqueeze(2L) * p.unsqueeze(1L)
+    w.unsqueeze(0L).matmul(covariance).matmul(w.t().unsqueeze(0L))
+
+let vatTests =
+    testList "vat" [
+        Prop.propSmall "one power-iteration step is H·d normalised (linear softmax, float64)" (fun (seed: int) ->
+            use g = generator seed
+            let rnd = Random(seed)
+            let n, d, c = int64 (rnd.Next(1, 5)), int64 (rnd.Next(2, 7)), int64 (rnd.Next(2, 5))
+            use w = randn g [| d; c |]
+            use x = randn g [| n; d |]
+            use initial = randn g [| n; d |]
+            let classify (z: torch.Tensor) = z.mm(w)
+            use logits = classify x
+            use direction = Vat.perturbationDirection 1e-6 1 classify x logits initial
+            use hessians = linearHessians w x
+            use hd = hessians.matmul(initial.unsqueeze(2L)).squeeze(2L)
+            use expected = hd / hd.norm(1, keepdim = true)
+            Check.close 1e-5 1e-5 "direction" direction expected)
+
+        Prop.propSmall "power iteration reaches the top eigenvector of H (linear softmax, float64)" (fun (seed: int) ->
+            use g = generator seed
+            use w = randn g [| 6L; 4L |]
+            use x = randn g [| 3L; 6L |]
+            use initial = randn g [| 3L; 6L |]
+            let classify (z: torch.Tensor) = z.mm(w)
+            use logits = classify x
+            use direction = Vat.perturbationDirection 1e-6 60 classify x logits initial
+            use hessians = linearHessians w x
+            let struct (eigenvalues, eigenvectors) = torch.linalg.eigh(hessians)
+            use eigenvalues = eigenvalues
+            use eigenvectors = eigenvectors
+            for i in 0L .. 2L do
+                let top, second = eigenvalues[i, 5L].item<float>(), eigenvalues[i, 4L].item<float>()
+                if second < 0.8 * top then
+                    use v = eigenvectors[i].select(1L, 5L)
+                    let cosine = abs ((direction[i] * v).sum().item<float>())
+                    Expect.isGreaterThan cosine 0.999 $"example {i}: |cos(direction, top eigenvector)|")
+
+        test "unit norm per example, also in float32 with xi = 1e-6 on a small conv net" {
+            use g = new torch.Generator(3UL)
+            torch.manual_seed(3L) |> ignore
+            use net = torch.nn.Sequential(torch.nn.Conv2d(1L, 16L, 3L), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16L * 36L, 5L))
+            use x = torch.randn([| 4L; 1L; 8L; 8L |], generator = g)
+            use initial = torch.randn([| 4L; 1L; 8L; 8L |], generator = g)
+            let classify (z: torch.Tensor) = net.forward z
+            use logits = classify x
+            use direction = Vat.perturbationDirection 1e-6 1 classify x logits initial
+            use norms = direction.flatten(1L).norm(1)
+            Check.close 1e-5 0.0 "norms" norms (torch.ones(4L))
+            // float64 with a larger step as the reference direction
+            net.``to``(torch.float64) |> ignore
+            let classify64 (z: torch.Tensor) = net.forward z
+            use x64 = x.to_type(f64)
+            use logits64 = classify64 x64
+            use reference = Vat.perturbationDirection 1e-6 1 classify64 x64 logits64 (initial.to_type(f64))
+            use cosine = (direction.to_type(f64) * reference).flatten(1L).sum(1L)
+            Expect.isGreaterThan (cosine.min().item<float>()) 0.99 "float32 direction follows the float64 one"
+        }
+
+        Prop.propSmall "the adversarial direction beats a random one; loss ≥ 0, no gradient into the clean logits" (fun (seed: int) ->
+            use g = generator seed
+            use w = randn g [| 6L; 4L |] * 2.0
+            use x = randn g [| 5L; 6L |]
+            let classify (z: torch.Tensor) = z.mm(w)
+            use clean = (classify x).detach().requires_grad_(true)
+            use vat = Vat.virtualAdversarialLoss 1e-6 0.05 30 g classify x clean
+            use random = randn g [| 5L; 6L |]
+            use randomUnit = random / random.norm(1, keepdim = true)
+            use randomKl = Transformation.klDivergence clean (classify (x + randomUnit * 0.05))
+            Expect.isGreaterThanOrEqual (scalar vat) 0.0 "KL ≥ 0"
+            Expect.isGreaterThanOrEqual (scalar vat) (scalar randomKl * (1.0 - 1e-6)) "worst case ≥ a random direction"
+            use gradient = torch.autograd.grad([| vat |], [| clean |], allow_unused = true)[0]
+            Expect.isTrue (isNull gradient || gradient.abs().max().item<float>() = 0.0) "the clean prediction is a fixed target")
+
+        test "bad arguments name themselves; memory" {
+            use x = torch.randn(2L, 3L, dtype = f64)
+            use w = torch.randn(3L, 4L, dtype = f64)
+            let classify (z: torch.Tensor) = z.mm(w)
+            use logits = classify x
+            rejects "xi" "> 0" (fun () -> Vat.perturbationDirection 0.0 1 classify x logits x)
+            rejects "iterations" "at least 1" (fun () -> Vat.perturbationDirection 1e-6 0 classify x logits x)
+            rejects "initial" "" (fun () -> Vat.perturbationDirection 1e-6 1 classify x logits (torch.zeros(2L, 4L)))
+            rejects "epsilon" "> 0" (fun () -> Vat.virtualAdversarialLoss 1e-6 -1.0 1 (new torch.Generator(1UL)) classify x logits)
+            Check.leavesOnlyResult "perturbationDirection" (fun () -> Vat.perturbationDirection 1e-6 2 classify x logits x)
+            use g = new torch.Generator(1UL)
+            Check.leavesOnlyResult "virtualAdversarialLoss" (fun () -> Vat.virtualAdversarialLoss 1e-6 1.0 1 g classify x logits)
+        }
+    ]
+
 [<Tests>]
 let tests =
     testList "core.losses" [
@@ -788,6 +884,7 @@ let tests =
         mixMatchTests
         tripletTests
         transformationTests
+        vatTests
         pytorchReferenceTests
         deviceTests
     ]
