@@ -108,7 +108,7 @@ let tests =
         }
         test "a folder that does not exist is a clear error naming it" {
             let missing = Path.Combine(Fixtures.tempDir "report-missing", "nope")
-            let e = Expect.throwsT<Ssl.Host.Data.DataException> (fun () -> Report.loadRuns missing |> ignore) "error"
+            let e = Prop.throws<Ssl.Host.Data.DataException> (fun () -> Report.loadRuns missing |> ignore)
             Expect.stringContains e.Message missing "names the folder"
         }
         test "repro plans semi-supervised recipes at 10 and 100 labels and the others once; --only checks names" {
@@ -119,7 +119,7 @@ let tests =
             Expect.equal mix.Args [ "train"; "mixmatch"; "--preset"; "quick"; "--out"; Path.Combine("runs/repro", "mixmatch-100"); "--labels"; "100" ] "arguments"
             let only = Repro.parseOnly recipes "moco, rotnet"
             Expect.equal (Repro.plan recipes (Some only) "r" Quick |> List.map (fun r -> r.Method)) [ "rotnet"; "moco" ] "subset"
-            let e = Expect.throwsT<ArgumentException> (fun () -> Repro.parseOnly recipes "rotnet,jigsaw" |> ignore) "unknown name"
+            let e = Prop.throws<ArgumentException> (fun () -> Repro.parseOnly recipes "rotnet,jigsaw" |> ignore)
             Expect.stringContains e.Message "jigsaw" "names the unknown recipe"
             Expect.stringContains e.Message "rotnet, mixmatch, moco" "and the registered ones"
         }
@@ -162,9 +162,9 @@ let tests =
             let folder = RunFolder(Fixtures.tempDir "bench-window")
             StepBenchmark.Active <- StepBenchmark(2, 3)
             let e =
-                Expect.throwsT<StepBenchmarkComplete> (fun () ->
+                Prop.throws<StepBenchmarkComplete> (fun () ->
                     Trainer.Run(EngineTests.LinearTask(1L), TrainerOptions(Epochs = 5, BatchSize = 32, ExampleCount = 256L), folder,
-                                torch.CPU, SilentProgress()) |> ignore) "stops"
+                                torch.CPU, SilentProgress()) |> ignore)
             Expect.equal e.Result.Steps 3 "timed steps"
             Expect.equal e.Result.Images 96L "images of the timed steps"
             Expect.isTrue (e.Result.Seconds > 0.0) "time"
@@ -180,7 +180,7 @@ let tests =
             Bench.replaceBetweenMarkers readme "| table |\n"
             Expect.equal (File.ReadAllText readme) $"# x\n{Bench.startMarker}\n| table |\n{Bench.endMarker}\nrest\n" "replaced"
             File.WriteAllText(readme, "no markers")
-            let e = Expect.throwsT<Ssl.Host.Data.DataException> (fun () -> Bench.replaceBetweenMarkers readme "x") "error"
+            let e = Prop.throws<Ssl.Host.Data.DataException> (fun () -> Bench.replaceBetweenMarkers readme "x")
             Expect.stringContains e.Message readme "names the file"
         }
         // Evidence for the thread count: two --deterministic rotnet smoke runs at the default two
