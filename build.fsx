@@ -106,7 +106,9 @@ let onlyArgument (args: string list) =
     match args with
     | [] -> ""
     | [ "--only"; names ] -> $" --only {names}"
-    | other -> fail $"expected no options or `--only a,b`, found {String.concat " " other}"
+    | other ->
+        let found = String.concat " " other
+        fail $"expected no options or `--only a,b`, found {found}"
 
 /// Every registered recipe's quick preset with its baselines into runs/repro/ (runs done for this
 /// commit and config are skipped), then RESULTS.md and its figures in docs/results/.

@@ -25,22 +25,8 @@ type Augmentation =
 let mocoAugmentation =
     { CropScale = (0.2, 1.0); Jitter = 0.4; ColourJitter = (0.4, 0.4); GrayscaleProbability = 0.2; FlipProbability = 0.5 }
 
-/// uint8 training images at `batch` as float32 in [0, 1] on `device`: (B, C, H, W).
-let unitImages (data: Data) (batch: int64[]) (device: torch.Device) =
-    use scope = torch.NewDisposeScope()
-    use idx = torch.tensor(batch)
-    let x = data.Train.Images.index_select(0L, idx).``to``(device).to_type(torch.ScalarType.Float32).div_(Scalar.op_Implicit 255.0)
-    x.MoveToOuterDisposeScope()
-
-/// [0, 1] images standardised with the training set's per-channel mean and std, as Features.ToInput does.
-let standardise (data: Data) (x: torch.Tensor) =
-    use scope = torch.NewDisposeScope()
-    let c = x.shape[1]
-    let mean = torch.tensor(data.Mean, torch.ScalarType.Float32, x.device).view(1L, c, 1L, 1L)
-    let std = torch.tensor(data.Std, torch.ScalarType.Float32, x.device).view(1L, c, 1L, 1L)
-    (x - mean).div_(std).MoveToOuterDisposeScope()
-
-/// One random view of each image: [0, 1] images (B, C, H, W) → standardised (B, C, H, W).
+/// One random view of each image: [0, 1] images (B, C, H, W) (Pipeline.unitPixels) → standardised
+/// (B, C, H, W).
 let view (augmentation: Augmentation) (data: Data) (generator: torch.Generator) (x: torch.Tensor) =
     use scope = torch.NewDisposeScope()
     let h, w = x.shape[2], x.shape[3]

@@ -63,7 +63,7 @@ type Step(encoder: Encoder, head: MlpHead, data: Data, config: Config) =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
         member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
-            let x = unitImages data batch ctx.Device
+            let x = unitPixels data batch ctx.Device
             let views = torch.cat([| view config.Augmentation data ctx.Generator x; view config.Augmentation data ctx.Generator x |], 0L)
             let z = Contrastive.normalize (head.forward (encoder.forward views))
             let z1, z2 = z.narrow(0L, 0L, int64 batch.Length), z.narrow(0L, int64 batch.Length, int64 batch.Length)
