@@ -111,8 +111,7 @@ type EmaClassifier(encoder: Encoder, head: LinearHead, makeEncoder: unit -> Enco
             encoderCopy.Dispose()
             headCopy.Dispose()
 
-/// The supervised-only baseline on the same labels (Supervised.supervisedOnly, the same split),
-/// cached beside the runs under the key RotNet uses, so every recipe shares one figure.
+/// The supervised-only baseline on the same labels (Supervised.supervisedOnlyCached at the supervised
+/// recipe's width, the same split), cached beside the runs, so every recipe shares one figure.
 let supervisedOnlyBaseline (request: Request) (data: Data) (perClass: int) (folder: RunFolder) (device: torch.Device) =
-    cached request $"supervised-only-{data.Name}-{Preset.name request.Preset}-{perClass}-seed{request.Seed}" (fun () ->
-        Recipes.Supervised.supervisedOnly request.Preset data perClass request.Seed (Path.Combine(folder.Root, "baselines")) device)
+    Recipes.Supervised.supervisedOnlyCached request (Recipes.Supervised.config request.Preset).Width data perClass folder device

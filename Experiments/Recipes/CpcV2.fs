@@ -188,8 +188,7 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult
     let summary = Trainer.Run(Step(encoder, predictors, data, config), options, folder, env.Device, ConsoleProgress())
     let perClass = defaultArg request.Labels 10
     let supervisedOnly =
-        cached request $"supervised-only-{data.Name}-{Preset.name request.Preset}-{perClass}-seed{request.Seed}" (fun () ->
-            Supervised.supervisedOnly request.Preset data perClass request.Seed (System.IO.Path.Combine(folder.Root, "baselines")) env.Device)
+        Supervised.supervisedOnlyCached request (Supervised.config request.Preset).Width data perClass folder env.Device
     finish request env folder data encoder encoderName (fun () -> gridEncoder config data.Train.Channels) summary None (Some supervisedOnly)
 
 let recipe =

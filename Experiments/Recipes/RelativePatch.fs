@@ -121,8 +121,7 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult
     let summary = Trainer.Run(Step(encoder, classifier, data, config), options, folder, env.Device, ConsoleProgress())
     let perClass = defaultArg request.Labels 10
     let supervisedOnly =
-        cached request $"supervised-only-{data.Name}-{Preset.name request.Preset}-{perClass}-seed{request.Seed}" (fun () ->
-            Supervised.supervisedOnly request.Preset data perClass request.Seed (System.IO.Path.Combine(folder.Root, "baselines")) env.Device)
+        Supervised.supervisedOnlyCached request (Supervised.config request.Preset).Width data perClass folder env.Device
     let makeEncoder () : Encoder = new SmallConvNet(data.Train.Channels, config.Width)
     finish request env folder data encoder $"SmallConvNet{config.Width}" makeEncoder summary None (Some supervisedOnly)
 

@@ -97,8 +97,7 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) (width: int
     let summary = train { Data = data; Split = split; Encoder = encoder; Classifier = classifier }
     let testAcc = Supervised.testAccuracy encoder classifier data env.Device
     let supervisedOnly =
-        cached request $"supervised-only-{data.Name}-{Preset.name request.Preset}-{perClass}-seed{request.Seed}" (fun () ->
-            Supervised.supervisedOnly request.Preset data perClass request.Seed (IO.Path.Combine(folder.Root, "baselines")) env.Device)
+        Supervised.supervisedOnlyCached request (Supervised.config request.Preset).Width data perClass folder env.Device
     let makeEncoder () : Encoder = new SmallConvNet(data.Train.Channels, width)
     finish request env folder data encoder $"SmallConvNet{width}" makeEncoder summary (Some testAcc) (Some supervisedOnly)
 

@@ -109,15 +109,6 @@ let train (config: Config) (data: Data) examples (seed: int64) resume folder dev
 /// The fine-tuning protocol's schedule: the preset's, at a tenth of the learning rate.
 let fineTuneConfig preset = { config preset with LearningRate = (config preset).LearningRate / 10.0 }
 
-/// The supervised-only baseline: the same encoder trained on `perClass` labels per class only.
-let supervisedOnly (preset: Preset) (data: Data) (perClass: int) (seed: int64) (root: string) (device: torch.Device) =
-    let split = LabelSplitter.Draw(data.Train, perClass, seed)
-    let folder = RunFolder(IO.Path.Combine(root, $"supervised-only-{perClass}"))
-    let encoder, head, _ = train (config preset) data split.Labelled seed false folder device (SilentProgress())
-    use encoder = encoder
-    use head = head
-    testAccuracy encoder head data device
-
 /// The supervised-only baseline for a SmallConvNet of `width` on `perClass` labels per class, computed
 /// once per (data set, preset, labels, seed, width) and cached beside the runs (Pipeline.cached).
 /// Its training run folder goes under `<folder>/baselines/`.
