@@ -97,10 +97,12 @@ type ReproArgs =
     | Preset of preset: string
     | Out of markdown: string
     | Figures of dir: string
+    | Colour_Dataset of dataset: string
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Colour_Dataset _ -> "colour data set (cifar10, cifar100, stl10 or an image-folder path) for the colour-only recipes; without it they are reported as not run."
             | Only _ -> "comma-separated recipes to run (default: every registered one)."
             | Runs_Dir _ -> "where the run folders go (default runs/repro)."
             | Preset _ -> "preset of every run (default quick)."
@@ -116,10 +118,12 @@ type BenchArgs =
     | Threads of int
     | Out of dir: string
     | Readme of markdown: string
+    | Colour_Dataset of dataset: string
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Colour_Dataset _ -> "colour data set for the colour-only recipes (default: generated colour images, throughput only)."
             | Only _ -> "comma-separated recipes to benchmark (default: every registered one)."
             | Method _ -> "benchmark this one recipe in this process (what each child process of `ssl bench` does)."
             | Preset _ -> "preset whose training step is timed (default quick)."

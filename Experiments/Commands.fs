@@ -257,7 +257,7 @@ let repro (args: ParseResults<ReproArgs>) =
     let only = args.TryGetResult ReproArgs.Only |> Option.map (Repro.parseOnly Registry.recipes)
     let out = args.GetResult(ReproArgs.Out, defaultValue = "RESULTS.md")
     Repro.run only (args.GetResult(ReproArgs.Runs_Dir, defaultValue = IO.Path.Combine("runs", "repro")))
-        (presetArg (args.GetResult(ReproArgs.Preset, defaultValue = "quick"))) out
+        (presetArg (args.GetResult(ReproArgs.Preset, defaultValue = "quick"))) (args.TryGetResult ReproArgs.Colour_Dataset) out
         (args.GetResult(ReproArgs.Figures, defaultValue = defaultFigures out))
 
 /// `ssl bench`: step throughput and achieved GFLOP/s of each recipe (one child process each).
@@ -270,10 +270,10 @@ let bench (args: ParseResults<BenchArgs>) =
     match args.TryGetResult BenchArgs.Method with
     | Some name ->
         match Registry.tryFind name with
-        | Some recipe -> Bench.runMethod recipe preset warmup steps threads out
+        | Some recipe -> Bench.runMethod recipe preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) out
         | None ->
             let known = Registry.recipes |> List.map (fun r -> r.Name) |> String.concat ", "
             invalidArg "--method" $"--method: expected one of {known}, found '{name}'"
     | None ->
         let only = args.TryGetResult BenchArgs.Only |> Option.map (Repro.parseOnly Registry.recipes)
-        Bench.run only preset warmup steps threads out (args.TryGetResult BenchArgs.Readme)
+        Bench.run only preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) out (args.TryGetResult BenchArgs.Readme)

@@ -48,6 +48,11 @@ let contractNames =
       "nce"; "infonce"; "moco"; "cpc-v2"; "bigbigan"
       "s4l-rotation"; "s4l-exemplar"; "vat-entmin"; "mixmatch"; "enaet" ]
 
+/// The recipes that need colour (3-channel) images: they refuse grey data sets such as Fashion-MNIST,
+/// so `ssl repro` runs them only on a colour data set it is given and `ssl bench` times them on one
+/// (the one place that says so).
+let colourOnly = set [ "colorization" ]
+
 /// Whether `name` is a contract name, or a registered variant of one (an ablation the paper
 /// reports, named `<contract name>-<variant>`, e.g. `moco-no-shuffle`).
 let isContractOrVariant (name: string) =

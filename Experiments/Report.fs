@@ -96,6 +96,22 @@ let loadRuns (runsDir: string) : RunEntry list =
                     LossCurve = lossCurve dir result } ]
     |> List.sortBy (fun e -> contractRank e.Result.Method, e.Result.Method, Option.ofNullable e.Result.LabelsPerClass, e.Name)
 
+/// The run folders `ssl repro` recorded without a result.json: (folder name, why), the reason being
+/// repro.json's `not_run` or the failed attempt's exit code.
+let loadUnfinished (runsDir: string) : (string * string) list =
+    if not (Directory.Exists runsDir) then []
+    else
+        [ for dir in Directory.GetDirectories runsDir |> Array.sort do
+              let stampPath = Path.Combine(dir, "repro.json")
+              if not (File.Exists(Path.Combine(dir, "result.json"))) && File.Exists stampPath then
+                  let stamp = readJson stampPath
+                  let why =
+                      match stringField stamp "not_run", floatField stamp "exit_code" with
+                      | Some reason, _ -> $"not run: {reason}"
+                      | None, Some code -> $"failed with exit code {code} (its folder holds what it wrote)"
+                      | None, None -> "no result.json"
+                  yield Path.GetFileName dir, why ]
+
 let private row (cells: string seq) = "| " + String.Join(" | ", cells) + " |"
 
 let private header (cells: string list) =
@@ -252,6 +268,13 @@ let render (runsDir: string) (outPath: string) (figuresDir: string) =
         for title, path in figures do
             line $"![{title}]({link path})"
             line ""
+    match loadUnfinished runsDir with
+    | [] -> ()
+    | unfinished ->
+        line "## Not run or failed"
+        line ""
+        for name, why in unfinished do line $"- `{name}`: {why}"
+        line ""
     line "## Machine"
     line ""
     sb.Append(machineSection runsDir) |> ignore

@@ -24,7 +24,10 @@ type PlannedRun =
       Labels: int option
       Dir: string
       /// The arguments after `ssl`.
-      Args: string list }
+      Args: string list
+      /// Why this run cannot be made here (a colour-only recipe without a colour data set):
+      /// `ssl repro` records the reason in the run folder's repro.json and the report lists it.
+      NotRun: string option }
 
 /// The file `ssl repro` leaves in a run folder it ran: the command, the commit, a digest of the
 /// config.json the run wrote, the command's wall time and exit code.
@@ -40,11 +43,15 @@ let parseOnly (recipes: Recipe list) (text: string) =
     | unknown ->
         invalidArg "--only" $"""--only: expected registered recipes ({String.concat ", " known}), found {String.concat ", " unknown}"""
 
-/// The runs for the given recipes (all registered ones, or `only`), in registry order.
-let plan (recipes: Recipe list) (only: string list option) (runsDir: string) (preset: Preset) : PlannedRun list =
+/// The runs for the given recipes (all registered ones, or `only`), in registry order. Colour-only
+/// recipes (`Recipe.colourOnly`) train on `colourDataset` (a data-set name or image-folder path);
+/// without one they are planned as not run, with the reason.
+let plan (recipes: Recipe list) (only: string list option) (runsDir: string) (preset: Preset) (colourDataset: string option)
+    : PlannedRun list =
     [ for r in recipes do
           if only |> Option.forall (List.contains r.Name) && List.contains preset r.Presets then
               let labelsList = if semiSupervised.Contains r.Name then List.map Some semiSupervisedLabels else [ None ]
+              let colour = colourOnly.Contains r.Name
               for labels in labelsList do
                   let folder = match labels with Some n -> $"{r.Name}-{n}" | None -> r.Name
                   let dir = Path.Combine(runsDir, folder)
@@ -52,7 +59,12 @@ let plan (recipes: Recipe list) (only: string list option) (runsDir: string) (pr
                       { Method = r.Name; Labels = labels; Dir = dir
                         Args =
                             [ "train"; r.Name; "--preset"; Preset.name preset; "--out"; dir ]
-                            @ (labels |> Option.map (fun n -> [ "--labels"; string n ]) |> Option.defaultValue []) } ]
+                            @ (labels |> Option.map (fun n -> [ "--labels"; string n ]) |> Option.defaultValue [])
+                            @ (if colour then colourDataset |> Option.map (fun d -> [ "--dataset"; d ]) |> Option.defaultValue [] else [])
+                        NotRun =
+                            if colour && colourDataset.IsNone then
+                                Some $"{r.Name} needs colour (3-channel) images and Fashion-MNIST is grey; give `ssl repro --colour-dataset cifar10|stl10|<image folder>`"
+                            else None } ]
 
 let private sha256 (path: string) =
     use stream = File.OpenRead path
@@ -107,27 +119,43 @@ let writeMachine (runsDir: string) =
 
 /// `ssl repro`: runs what is not up to date, then writes the report. Exit code 1 when a run failed
 /// (the report is written all the same, from the runs that exist).
-let run (only: string list option) (runsDir: string) (preset: Preset) (reportPath: string) (figuresDir: string) =
+let run (only: string list option) (runsDir: string) (preset: Preset) (colourDataset: string option) (reportPath: string)
+        (figuresDir: string) =
     let commit = RunFolder.GitCommit() |> Option.ofObj |> Option.defaultValue "unknown"
-    let runs = plan Registry.recipes only runsDir preset
+    let runs = plan Registry.recipes only runsDir preset colourDataset
     writeMachine runsDir
     printfn "ssl repro: %d runs of preset %s into %s (commit %s)" runs.Length (Preset.name preset) runsDir commit
+    let attempt (r: PlannedRun) =
+        match upToDate r commit with
+        | Ok() ->
+            printfn "skip %s: done for this commit and config" (Path.GetFileName r.Dir)
+            true
+        | Error reason ->
+            printfn "run  %s (%s): ssl %s" (Path.GetFileName r.Dir) reason (String.concat " " r.Args)
+            Directory.CreateDirectory r.Dir |> ignore
+            let code, seconds = runChild r.Args
+            let config = Path.Combine(r.Dir, "config.json")
+            let stamp =
+                {| commit = commit; args = r.Args; exit_code = code; wall_s = seconds
+                   config_sha256 = (if File.Exists config then sha256 config else "") |}
+            RunFolder.WriteAtomically(Path.Combine(r.Dir, stampName), JsonSerializer.Serialize(stamp, RunFolder.Json))
+            if code <> 0 then eprintfn "ssl repro: %s failed with exit code %d" (Path.GetFileName r.Dir) code
+            code = 0
+    /// A run that cannot be made here: its reason goes into repro.json for the report, unless the
+    /// folder holds an earlier run's result.json (which stays, with its own commit).
+    let record (r: PlannedRun) (reason: string) =
+        printfn "not run %s: %s" (Path.GetFileName r.Dir) reason
+        if File.Exists(Path.Combine(r.Dir, "result.json")) then
+            printfn "         (keeping the earlier result.json in %s)" r.Dir
+        else
+            Directory.CreateDirectory r.Dir |> ignore
+            RunFolder.WriteAtomically(Path.Combine(r.Dir, stampName),
+                                      JsonSerializer.Serialize({| commit = commit; args = r.Args; not_run = reason |}, RunFolder.Json))
     let failures =
         [ for r in runs do
-              match upToDate r commit with
-              | Ok() -> printfn "skip %s: done for this commit and config" (Path.GetFileName r.Dir)
-              | Error reason ->
-                  printfn "run  %s (%s): ssl %s" (Path.GetFileName r.Dir) reason (String.concat " " r.Args)
-                  Directory.CreateDirectory r.Dir |> ignore
-                  let code, seconds = runChild r.Args
-                  let config = Path.Combine(r.Dir, "config.json")
-                  let stamp =
-                      {| commit = commit; args = r.Args; exit_code = code; wall_s = seconds
-                         config_sha256 = (if File.Exists config then sha256 config else "") |}
-                  RunFolder.WriteAtomically(Path.Combine(r.Dir, stampName), JsonSerializer.Serialize(stamp, RunFolder.Json))
-                  if code <> 0 then
-                      eprintfn "ssl repro: %s failed with exit code %d" (Path.GetFileName r.Dir) code
-                      yield r ]
+              match r.NotRun with
+              | Some reason -> record r reason
+              | None -> if not (attempt r) then yield r ]
     let count = Report.write runsDir reportPath figuresDir
     printfn "ssl repro: %s written from %d runs (figures in %s)" reportPath count figuresDir
     if failures.IsEmpty then 0 else 1

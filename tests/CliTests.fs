@@ -7,7 +7,7 @@ open TorchSharp
 open Ssl.Experiments
 
 /// Recipes that need colour images (their smoke tests use Fixtures.colourFolder).
-let colourOnlyRecipes = [ "colorization" ]
+let colourOnlyRecipes = List.ofSeq Recipe.colourOnly
 
 [<Tests>]
 let tests =

@@ -52,29 +52,9 @@ let truncate (path: string) keep =
     let bytes = File.ReadAllBytes path
     File.WriteAllBytes(path, bytes[.. keep - 1])
 
-/// A colour image folder (the colour recipes' fixture): `classes` sub-folders of `perClass` PNGs of
-/// size x size, each a coloured square on a background whose hues depend on the class, with
-/// brightness and position varying per image, so colour is partly predictable from lightness.
+/// A colour image folder (the colour recipes' fixture): Synthetic.writeColourFolder.
 let writeColourFolder (dir: string) (classes: int) (perClass: int) (size: int) =
-    let palette = [| (70, 130, 220), (220, 40, 30); (200, 200, 60), (120, 40, 160); (40, 160, 70), (250, 140, 20) |]
-    for c in 0 .. classes - 1 do
-        let classDir = Path.Combine(dir, $"class{c}")
-        Directory.CreateDirectory classDir |> ignore
-        let (br, bg, bb), (fr, fg, fb) = palette[c % palette.Length]
-        for i in 0 .. perClass - 1 do
-            let shade v = byte (min 255 (v * (70 + (i * 37) % 50) / 100))
-            let side = size / 3 + i % (size / 4)
-            let top, left = (i * 7) % (size - side), (i * 11) % (size - side)
-            use bitmap = new SKBitmap(size, size, SKColorType.Rgba8888, SKAlphaType.Opaque)
-            for y in 0 .. size - 1 do
-                for x in 0 .. size - 1 do
-                    let inside = y >= top && y < top + side && x >= left && x < left + side
-                    let r, g, b = if inside then fr, fg, fb else br, bg, bb
-                    bitmap.SetPixel(x, y, SKColor(shade r, shade g, shade b))
-            use image = SKImage.FromBitmap bitmap
-            use data = image.Encode(SKEncodedImageFormat.Png, 100)
-            File.WriteAllBytes(Path.Combine(classDir, $"{i:D4}.png"), data.ToArray())
-    dir
+    Ssl.Experiments.Synthetic.writeColourFolder dir classes perClass size
 
 /// The colour fixture the smoke tests of colour-only recipes train on (2 classes x 100 images of
 /// 32 x 32: enough for the few-label probe's 100 labels per class), written once per test process.

@@ -823,21 +823,23 @@ let vatTests =
                     let cosine = abs ((direction[i] * v).sum().item<float>())
                     Expect.isGreaterThan cosine 0.999 $"example {i}: |cos(direction, top eigenvector)|")
 
-        // Pending: measured 2026-11-28, the float32 direction with xi = 1e-6 had cosine 0.127 with
-        // the float64 one (near random): the finite-difference step drowns in float32 rounding.
-        // VatEntMin's Xi needs revisiting before this test can pass (see the recipe's doc).
-        ptest "unit norm per example, also in float32 with xi = 1e-6 on a small conv net" {
+        // xi = 1e-6 (the papers' value) does not survive float32: a 1e-6 step spread over 784 pixels
+        // is below the rounding of inputs of order 1, and the direction it gave had cosine -0.50 to
+        // 0.55 with the float64 one (measured 2026-11-28 on this net, seeds 3-4). Steps of 1e-3 to
+        // 1e-2 gave cosine > 0.998, 10 (lyakaap/VAT-pytorch's) 0.63-0.83 (the net's kinks). VatEntMin
+        // uses 1e-2; this test holds it to the float64 power iteration at 1e-6.
+        test "unit norm per example; float32 with xi = 1e-2 follows float64 with xi = 1e-6 (28x28 conv net)" {
             use g = new torch.Generator(3UL)
             torch.manual_seed(3L) |> ignore
-            use net = torch.nn.Sequential(torch.nn.Conv2d(1L, 16L, 3L), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16L * 36L, 5L))
-            use x = torch.randn([| 4L; 1L; 8L; 8L |], generator = g)
-            use initial = torch.randn([| 4L; 1L; 8L; 8L |], generator = g)
+            use net = torch.nn.Sequential(torch.nn.Conv2d(1L, 16L, 3L), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16L * 26L * 26L, 5L))
+            use x = torch.randn([| 4L; 1L; 28L; 28L |], generator = g)
+            use initial = torch.randn([| 4L; 1L; 28L; 28L |], generator = g)
             let classify (z: torch.Tensor) = net.forward z
             use logits = classify x
-            use direction = Vat.perturbationDirection 1e-6 1 classify x logits initial
+            use direction = Vat.perturbationDirection 1e-2 1 classify x logits initial
+            Expect.equal direction.dtype torch.float32 "float32 direction"
             use norms = direction.flatten(1L).norm(1)
             Check.close 1e-5 0.0 "norms" norms (torch.ones(4L))
-            // float64 with a larger step as the reference direction
             net.``to``(torch.float64) |> ignore
             let classify64 (z: torch.Tensor) = net.forward z
             use x64 = x.to_type(f64)
