@@ -69,10 +69,16 @@ type EvalArgs =
     | Labels of perClass: int
     | Device of string
     | Threads of int
+    | Layer of name: string
+    | Pool of size: int
+    | Random_Init
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Layer _ -> "probe this inner layer of the encoder instead of its output (linear or knn; e.g. features.block2b_relu of SmallConvNet)."
+            | Pool _ -> "with --layer: average-pool the layer's maps to size x size before flattening (default 2)."
+            | Random_Init -> "evaluate the same architecture randomly initialised (seeded by the run's seed) instead of the trained weights: the baseline."
             | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
             | Protocol _ -> "linear (default), knn or finetune."
             | Labels _ -> "labels per class for the protocol's training (default: all), drawn with the run's seed."

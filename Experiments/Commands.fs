@@ -202,9 +202,20 @@ let eval (args: ParseResults<EvalArgs>) =
     let request: Recipe.Request =
         { Method = recipe.Name; Preset = preset; Dataset = text "dataset"; DataRoot = None; Labels = labels; Seed = seed
           Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = dir; Resume = false }
+    let layer = args.TryGetResult EvalArgs.Layer
+    let pool = args.GetResult(EvalArgs.Pool, defaultValue = 2)
+    let randomInit = args.Contains EvalArgs.Random_Init
+    if layer.IsSome && protocol = "finetune" then invalidArg "--layer" "--layer: probes an inner layer with the linear or knn protocol, not finetune"
+    if pool < 1 then invalidArg "--pool" $"--pool: expected a positive size, found {pool}"
     use data = Pipeline.loadData request
-    let encoder = recipe.Encoder preset data.Train.Channels
-    encoder.load(weights) |> ignore
+    torch.manual_seed(seed) |> ignore
+    let trained = recipe.Encoder preset data.Train.Channels
+    if not randomInit then trained.load(weights) |> ignore
+    let encoder: Ssl.Core.Models.Encoder =
+        match layer with
+        | Some name ->
+            new Ssl.Core.Models.LayerFeatures(trained, name, int64 pool, [| data.Train.Channels; data.Train.Height; data.Train.Width |])
+        | None -> trained
     encoder.``to``(env.Device) |> ignore
     let examples =
         match labels with
@@ -229,9 +240,17 @@ let eval (args: ParseResults<EvalArgs>) =
             use y = data.Train.Labels.index_select(0L, idx)
             if protocol = "knn" then Knn.Accuracy(x, y, testFeatures, data.Test.Labels, data.Classes)
             else LinearProbe.Evaluate(x, y, testFeatures, data.Test.Labels, data.Classes, seed).TestAccuracy
-    let suffix = labels |> Option.map (sprintf "-%d") |> Option.defaultValue ""
+    let suffix =
+        (labels |> Option.map (sprintf "-%d") |> Option.defaultValue "")
+        + (layer |> Option.map (fun l -> $"-{l}-pool{pool}") |> Option.defaultValue "")
+        + (if randomInit then "-random-init" else "")
     let out = IO.Path.Combine(dir, $"eval-{protocol}{suffix}.json")
-    Ssl.Host.Runs.RunFolder.WriteAtomically(out, JsonSerializer.Serialize {| protocol = protocol; labels_per_class = Option.toNullable labels; test_acc = accuracy |})
+    Ssl.Host.Runs.RunFolder.WriteAtomically(
+        out,
+        JsonSerializer.Serialize
+            {| protocol = protocol; labels_per_class = Option.toNullable labels; layer = Option.toObj layer
+               pool = (if layer.IsSome then Nullable pool else Nullable()); weights = (if randomInit then "random-init" else "trained")
+               feature_dim = encoder.FeatureDim; test_acc = accuracy |})
     let budget = labels |> Option.map (sprintf " with %d labels per class") |> Option.defaultValue ""
     AnsiConsole.MarkupLine $"{protocol}{budget}: test top-1 [bold]{accuracy:P2}[/] -> {Markup.Escape out}"
     0

@@ -161,6 +161,16 @@ let plotReport (budget: EvalBudget) (folder: RunFolder) (result: RunResult) (dat
     use map = Tsne.Embed(features, perplexity = min 30.0 (float n / 4.0), iterations = budget.TsneIterations, seed = result.Seed)
     Plots.ClassMap(Path.Combine(folder.PlotsDir, "tsne.png"), $"t-SNE of {n} test features ({result.Method})", map, labels, data.Test.ClassNames)
 
+/// The representation a recipe evaluates: its encoder's output (`layer` = "") or one inner layer
+/// average-pooled to `pool` x `pool` (Core's LayerFeatures), for pretext tasks whose papers read
+/// their features from an inner block (RotNet: Gidaris et al. 2018, Table 1, ConvB2). Returns the
+/// encoder to evaluate and the suffix that names the representation in baseline cache keys.
+let probed (layer: string) (pool: int64) (data: Data) (encoder: Encoder) : Encoder * string =
+    if layer = "" then encoder, ""
+    else
+        new LayerFeatures(encoder, layer, pool, [| data.Train.Channels; data.Train.Height; data.Train.Width |]) :> Encoder,
+        $"-{layer}-pool{pool}"
+
 /// Evaluates a trained encoder by every protocol beside its baselines, then writes result.json, the
 /// exported encoder and the plots. `testAcc`: the method's own classifier accuracy where it has one;
 /// `supervisedOnly`: the supervised-only baseline on the same labels where it applies.
@@ -182,7 +192,9 @@ let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: D
                                  ImagesPerSecond = summary.ImagesPerSecond, PeakRssMb = summary.PeakRssMb),
             Versions = RunFolder.CurrentVersions())
     folder.WriteResult result
-    Ssl.Host.Export.EncoderExport.Save(encoder, Path.Combine(folder.Root, "export")) |> ignore
+    // The export is the whole encoder, also when an inner layer was evaluated (`ssl eval --layer` reads it there).
+    let exported = match encoder with :? LayerFeatures as l -> l.Encoder | e -> e
+    Ssl.Host.Export.EncoderExport.Save(exported, Path.Combine(folder.Root, "export")) |> ignore
     plotCurves folder
     plotReport budget folder result data testFeatures
     result

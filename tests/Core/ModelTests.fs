@@ -164,6 +164,24 @@ let private encoderTests =
             Expect.equal (convolutionFlops narrow 1L 28L) 11_063_808L "width 16 (doc comment)"
             Expect.equal narrow.FeatureDim 64L "4w features"
         }
+        test "LayerFeatures: an inner layer pooled and flattened; the global pool layer gives forward; unknown names listed" {
+            use net = new SmallConvNet(1L, 16L)
+            net.eval ()
+            use x = randn 5 [| 3L; 1L; 28L; 28L |]
+            use block2 = new LayerFeatures(net, "features.block2b_relu", 3L, [| 1L; 28L; 28L |])
+            Expect.equal block2.FeatureDim (32L * 9L) "2w channels x 3 x 3"
+            use f = block2.forward x
+            expectShape "block2 features" [| 3L; 32L * 9L |] f
+            Expect.isTrue (f.min().item<float32>() >= 0.0f) "after a ReLU"
+            use last = new LayerFeatures(net, "features.pool", 1L, [| 1L; 28L; 28L |])
+            use viaLayer = last.forward x
+            use direct = net.forward x
+            Check.close 1e-6 1e-6 "features.pool pooled 1x1 = forward" viaLayer direct
+            Expect.isFalse net.training "the probe forward left eval mode alone"
+            let e = Prop.throws<ArgumentException> (fun () -> (new LayerFeatures(net, "block9", 2L, [| 1L; 28L; 28L |])).Dispose())
+            Expect.stringContains e.Message "features.block2b_relu" "lists the layer names"
+            Expect.stringContains e.Message "block9" "names the wrong one"
+        }
     ]
 
 // ---- heads --------------------------------------------------------------------------------------
