@@ -57,8 +57,8 @@ let unitPixels (data: Data) (batch: int64[]) (device: torch.Device) =
 let standardise (data: Data) (pixels: torch.Tensor) =
     use scope = torch.NewDisposeScope()
     let channels = int64 data.Mean.Length
-    let mean = torch.tensor(data.Mean, dtype = torch.ScalarType.Float32, device = pixels.device).view(1L, channels, 1L, 1L)
-    let std = torch.tensor(data.Std, dtype = torch.ScalarType.Float32, device = pixels.device).view(1L, channels, 1L, 1L)
+    let mean = torch.tensor(data.Mean, dtype = pixels.dtype, device = pixels.device).view(1L, channels, 1L, 1L)
+    let std = torch.tensor(data.Std, dtype = pixels.dtype, device = pixels.device).view(1L, channels, 1L, 1L)
     ((pixels - mean) / std).MoveToOuterDisposeScope()
 
 /// The few-label budgets every result reports (DESIGN.md): N labels per class.

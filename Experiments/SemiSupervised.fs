@@ -53,14 +53,6 @@ let pixels (images: Tensor) (indices: int64[]) (device: torch.Device) : Tensor =
     use idx = torch.tensor(indices)
     Features.ToInput(images.index_select(0L, idx), Array.create channels 0.0, Array.create channels 1.0, device).MoveToOuterDisposeScope()
 
-/// Standardises [0, 1] images with the training set's per-channel mean and std, as
-/// `Features.ToInput` does for evaluation. x: (N, C, H, W) → (N, C, H, W).
-let standardise (data: Data) (x: Tensor) : Tensor =
-    use scope = torch.NewDisposeScope()
-    let channels = x.shape[1]
-    let mean = torch.tensor(data.Mean, dtype = x.dtype, device = x.device).view(1L, channels, 1L, 1L)
-    let std = torch.tensor(data.Std, dtype = x.dtype, device = x.device).view(1L, channels, 1L, 1L)
-    ((x - mean) / std).MoveToOuterDisposeScope()
 
 /// One-hot targets of int64 class indices: (N) → float32 (N, classes).
 let oneHot (classes: int) (labels: Tensor) : Tensor =

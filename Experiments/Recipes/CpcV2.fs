@@ -149,8 +149,7 @@ type Step(encoder: PatchGridEncoder, predictors: Predictors, data: Data, config:
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (predictors.named_parameters ())) |] :> IReadOnlyList<_>
         member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
-            use idx = tensor(batch)
-            let x = Nce.unitImages data idx ctx.Device
+            let x = unitPixels data batch ctx.Device
             let h, w = x.shape[2], x.shape[3]
             let cropped = Geometric.randomResizedCrop config.CropScale (3.0 / 4.0, 4.0 / 3.0) (h, w) ctx.Generator x
             let grid = Patches.patchGrid config.PatchSize config.Stride cropped
@@ -159,7 +158,7 @@ type Step(encoder: PatchGridEncoder, predictors: Predictors, data: Data, config:
                 grid.reshape(n * gh * gw, grid.shape[3], config.PatchSize, config.PatchSize)
                 |> Geometric.randomHorizontalFlip config.PatchFlipProbability ctx.Generator
                 |> Photometric.colorJitter config.PatchJitter config.PatchJitter 0.0 0.0 ctx.Generator
-                |> Nce.standardise data
+                |> standardise data
             let z = encoder.EncodeGrid(patches.view(n, gh, gw, grid.shape[3], config.PatchSize, config.PatchSize))
             let loss, accuracy = predictors.Loss z
             let value = ctx.Optimize("main", loss)

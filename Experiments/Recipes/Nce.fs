@@ -72,17 +72,6 @@ let config preset =
 
 let encoder (preset: Preset) (channels: int64) : Encoder = new SmallConvNet(channels, (config preset).Width)
 
-/// uint8 images at `indices` → float [0, 1] on the device, for the photometric transforms.
-let unitImages (data: Data) (indices: torch.Tensor) (device: torch.Device) =
-    Features.ToInput(data.Train.Images.index_select(0L, indices), Array.zeroCreate data.Mean.Length, Array.create data.Std.Length 1.0, device)
-
-/// [0, 1] images → standardised with the training set's statistics (what Features.Extract feeds).
-let standardise (data: Data) (images: torch.Tensor) =
-    use scope = torch.NewDisposeScope()
-    let c = int64 data.Mean.Length
-    let mean = torch.tensor(data.Mean, dtype = images.dtype, device = images.device).view(1L, c, 1L, 1L)
-    let std = torch.tensor(data.Std, dtype = images.dtype, device = images.device).view(1L, c, 1L, 1L)
-    ((images - mean) / std).MoveToOuterDisposeScope()
 
 /// One step: embed an augmented view of each image, NCE against the memory bank, update the bank.
 /// `normaliser`: Z as a (1) float64 tensor, ≤ 0 until the first step estimates it (kept in the
@@ -99,7 +88,7 @@ type Step(encoder: Encoder, head: LinearHead, bank: MemoryBank, normaliser: torc
         member _.State = readOnlyDict [ "normaliser", normaliser ]
         member _.Step(ctx, batch) =
             use idx = torch.tensor(batch)
-            let x = unitImages data idx ctx.Device
+            let x = unitPixels data batch ctx.Device
             let h, w = x.shape[2], x.shape[3]
             let view =
                 x

@@ -35,18 +35,6 @@ let labelledBatch (generator: torch.Generator) (device: torch.Device) (labelled:
         |> Array.concat
     Array.init size (fun i -> labelled[int order[i]])
 
-/// Images at `indices` of the training set as float (N, C, H, W) in [0, 1] on `device`.
-let unitImages (data: Data) (device: torch.Device) (indices: int64[]) =
-    use idx = torch.tensor(indices)
-    use images = data.Train.Images.index_select(0L, idx)
-    images.``to``(device).to_type(torch.ScalarType.Float32).div_(255.0.ToScalar())
-
-/// [0, 1] images standardised with the training set's per-channel mean and std (as Features.ToInput).
-let standardise (data: Data) (images: torch.Tensor) =
-    let c = images.shape[1]
-    use mean = torch.tensor(data.Mean, torch.float32, images.device).view(1L, c, 1L, 1L)
-    use std = torch.tensor(data.Std, torch.float32, images.device).view(1L, c, 1L, 1L)
-    (images - mean) / std
 
 /// Labels of the training examples at `indices`, on `device`.
 let labelsOf (data: Data) (device: torch.Device) (indices: int64[]) =

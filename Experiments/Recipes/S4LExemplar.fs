@@ -101,13 +101,13 @@ type Step(parts: S4L.Parts, embeddingHead: LinearHead, config: Config) =
             let labelledIdx = S4L.labelledBatch ctx.Generator ctx.Device split.Labelled config.LabelledBatch
             // Copy c of image n sits at row n·Copies + c, so an image's instance id is row / Copies.
             let exemplars (indices: int64[]) =
-                let images = S4L.unitImages data ctx.Device indices
+                let images = unitPixels data indices ctx.Device
                 let h, w = images.shape[2], images.shape[3]
                 images.repeat_interleave(copies, dim = 0L)
                 |> Geometric.randomResizedCrop config.CropScale (3.0 / 4.0, 4.0 / 3.0) (h, w) ctx.Generator
                 |> Geometric.randomHorizontalFlip config.FlipProbability ctx.Generator
                 |> valueNoise ctx.Generator
-                |> S4L.standardise data
+                |> standardise data
             let labelled = exemplars labelledIdx
             let unlabelled = exemplars (batch |> Array.map (fun i -> split.Unlabelled[int i]))
             let y = (S4L.labelsOf data ctx.Device labelledIdx).repeat_interleave(copies, dim = 0L)

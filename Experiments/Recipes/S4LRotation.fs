@@ -72,7 +72,7 @@ type Step(parts: S4L.Parts, rotationHead: LinearHead, config: Config) =
         member _.Step(ctx, batch) =
             let labelledIdx = S4L.labelledBatch ctx.Generator ctx.Device split.Labelled config.LabelledBatch
             let y = S4L.labelsOf data ctx.Device labelledIdx
-            let prepare indices = S4L.unitImages data ctx.Device indices |> S4L.lightAugment ctx.Generator |> S4L.standardise data
+            let prepare indices = unitPixels data indices ctx.Device |> S4L.lightAugment ctx.Generator |> standardise data
             let labelled = prepare labelledIdx
             let unlabelled = prepare (batch |> Array.map (fun i -> split.Unlabelled[int i]))
             // rotationBatch puts rotation k of image n at row k·N + n: rows 0..N-1 are the upright images.
