@@ -168,6 +168,11 @@ let tests =
                 Expect.equal counted (float (14112L * c * w + 42336L * w * w)) $"C={c}, w={w}"
             use linear = torch.nn.Linear(10L, 7L)
             Expect.equal (FlopCounter.ForwardFlopsPerExample(linear, 10L)) 140.0 "linear: 2·in·out"
+            // Core's models call their children with `call` (hooks run), not `forward` (they would not).
+            use head = new LinearHead(10L, 7L)
+            Expect.equal (FlopCounter.ForwardFlopsPerExample(head, 10L)) 140.0 "LinearHead's inner Linear is counted"
+            use mlp = new MlpHead(8L, 16L, 4L)
+            Expect.equal (FlopCounter.ForwardFlopsPerExample(mlp, 8L)) (2.0 * 8.0 * 16.0 + 2.0 * 16.0 * 4.0) "MlpHead's two Linears"
         }
         test "the FLOP counter counts backward as twice the forward of passes with gradients" {
             use net = new SmallConvNet(1L, 16L)

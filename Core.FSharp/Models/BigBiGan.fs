@@ -42,8 +42,8 @@ type BigBiGanGenerator(channels: int64, imageSize: int64, latentDim: int64, widt
     override _.forward(z) =
         expect "z" [| Any; Exactly latentDim |] z
         use scope = torch.NewDisposeScope()
-        let grid = project.forward(z).reshape(z.shape[0], 2L * width, side, side)
-        upsample.forward(grid).MoveToOuterDisposeScope()
+        let grid = project.call(z).reshape(z.shape[0], 2L * width, side, side)
+        upsample.call(grid).MoveToOuterDisposeScope()
 
 /// The encoder E (Donahue & Simonyan 2019, Sec. 2; small conv net instead of their RevNet): a
 /// Gaussian encoder. Three conv-BN-ReLU layers (4x4 stride 2 to w/2, 4x4 stride 2 to w, 3x3 to 2w),
@@ -86,13 +86,13 @@ type BigBiGanEncoder(channels: int64, latentDim: int64, width: int64) as this =
     member _.Pooled(images: Tensor) =
         expect "images" [| Any; Exactly channels; Any; Any |] images
         use scope = torch.NewDisposeScope()
-        features.forward(images).MoveToOuterDisposeScope()
+        features.call(images).MoveToOuterDisposeScope()
 
     /// images: (N, channels, s, s) → struct (μ: (N, latentDim), σ: (N, latentDim) > 0).
     member _.MeanAndStd(images: Tensor) =
         expect "images" [| Any; Exactly channels; Any; Any |] images
         use scope = torch.NewDisposeScope()
-        let parameters = gaussian.forward(features.forward images)
+        let parameters = gaussian.call(features.call images)
         let mean = parameters.narrow(1L, 0L, latentDim)
         let std = nn.functional.softplus(parameters.narrow(1L, latentDim, latentDim)) + minimumStd
         struct (mean.MoveToOuterDisposeScope(), std.MoveToOuterDisposeScope())
@@ -164,12 +164,12 @@ type BigBiGanDiscriminator(channels: int64, latentDim: int64, width: int64) as t
         expect "images" [| Any; Exactly channels; Any; Any |] images
         expect "z" [| Exactly images.shape[0]; Exactly latentDim |] z
         use scope = torch.NewDisposeScope()
-        let f = imageFeatures.forward images
-        let h = latentFeatures.forward z
-        let j = jointFeatures.forward (torch.cat([| f; h |], 1L))
-        { Sx = imageScore.forward(f).squeeze(1L).MoveToOuterDisposeScope()
-          Sz = latentScore.forward(h).squeeze(1L).MoveToOuterDisposeScope()
-          Sxz = jointScore.forward(j).squeeze(1L).MoveToOuterDisposeScope() }
+        let f = imageFeatures.call images
+        let h = latentFeatures.call z
+        let j = jointFeatures.call (torch.cat([| f; h |], 1L))
+        { Sx = imageScore.call(f).squeeze(1L).MoveToOuterDisposeScope()
+          Sz = latentScore.call(h).squeeze(1L).MoveToOuterDisposeScope()
+          Sxz = jointScore.call(j).squeeze(1L).MoveToOuterDisposeScope() }
 
 /// The three BigBiGAN networks for images of `channels` x `imageSize` x `imageSize` (28 or 32),
 /// latent dimension `latentDim` and base width `width` (even). Sub-modules "generator", "encoder",

@@ -59,7 +59,7 @@ type internal ContextBlock(channels: int64, kernelSize: int64, mask: ContextMask
 
     override _.forward(x) =
         use scope = torch.NewDisposeScope()
-        (x + mix.forward((masked.forward(x.relu())).relu())).MoveToOuterDisposeScope()
+        (x + mix.call((masked.call(x.relu())).relu())).MoveToOuterDisposeScope()
 
 /// The context network g_ar of CPC v2 (Hénaff et al. 2019: a PixelCNN-style stack of masked
 /// convolutions over the grid of patch embeddings; van den Oord et al. 2016, Pixel Recurrent
@@ -84,4 +84,4 @@ type ContextNetwork(inputDim: int64, contextDim: int64, blocks: int, kernelSize:
     override _.forward(embeddings) =
         expect "embeddings" [| Any; Exactly inputDim; Any; Any |] embeddings
         use scope = torch.NewDisposeScope()
-        layers.forward(input.forward embeddings).MoveToOuterDisposeScope()
+        layers.call(input.call embeddings).MoveToOuterDisposeScope()

@@ -69,7 +69,7 @@ type SmallConvNet(inputChannels: int64, width: int64) as this =
     /// images: (N, inputChannels, H, W) → features (N, 4w).
     override _.forward(images) =
         expect "images" [| Any; Exactly inputChannels; Any; Any |] images
-        features.forward images
+        features.call images
 
 /// The basic residual block of He et al. 2016 (two 3x3 conv-BN, identity or 1x1 conv-BN shortcut).
 type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: int64) as this =
@@ -92,7 +92,7 @@ type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: in
 
     override _.forward(x) =
         use scope = torch.NewDisposeScope()
-        (residual.forward x + shortcut.forward x).relu_().MoveToOuterDisposeScope()
+        (residual.call x + shortcut.call x).relu_().MoveToOuterDisposeScope()
 
 /// ResNet-18 (He et al. 2016, Table 1) in its CIFAR form, as SimCLR adapts it to 32 px inputs (Chen
 /// et al. 2020, App. B.9): a 3x3 stem convolution with stride 1 and no max-pool, then stages of 64,
@@ -125,7 +125,7 @@ type ResNet18(inputChannels: int64) as this =
     /// images: (N, inputChannels, H, W) → features (N, 512).
     override _.forward(images) =
         expect "images" [| Any; Exactly inputChannels; Any; Any |] images
-        features.forward images
+        features.call images
 
 /// The pre-activation block of the MixMatch Wide-ResNet (Berthelot et al. 2019, official code):
 /// BN → leaky ReLU → conv3x3(stride) → BN → leaky ReLU → conv3x3, added to the shortcut. The
@@ -150,9 +150,9 @@ type internal PreActivationBlock(inputChannels: int64, outputChannels: int64, st
 
     override _.forward(x) =
         use scope = torch.NewDisposeScope()
-        let activated = nn.functional.leaky_relu(bn1.forward x, slope)
-        let shortcut = projection.forward (if activateBeforeResidual then activated else x)
-        (residual.forward activated + shortcut).MoveToOuterDisposeScope()
+        let activated = nn.functional.leaky_relu(bn1.call x, slope)
+        let shortcut = projection.call (if activateBeforeResidual then activated else x)
+        (residual.call activated + shortcut).MoveToOuterDisposeScope()
 
 /// Wide-ResNet-depth-k (Zagoruyko & Komodakis 2016) in the variant MixMatch uses (Berthelot et al.
 /// 2019, official TensorFlow code): pre-activation blocks, a 3x3 stem of 16 channels, three stages
@@ -210,7 +210,7 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64) as this =
     /// images: (N, inputChannels, H, W) → features (N, 64k).
     override _.forward(images) =
         expect "images" [| Any; Exactly inputChannels; Any; Any |] images
-        features.forward images
+        features.call images
 
 /// The features of one inner layer of `encoder`, for asking where a pretext task's best features
 /// sit: Gidaris et al. 2018 (RotNet, Table 1) and Noroozi & Favaro 2016 probe each conv block, and

@@ -19,7 +19,7 @@ type LinearHead(inputDim: int64, outputDim: int64) as this =
     /// features: (N, inputDim) → (N, outputDim).
     override _.forward(features) =
         expect "features" [| Any; Exactly inputDim |] features
-        linear.forward features
+        linear.call features
 
 /// The MLP projection head of SimCLR (Chen et al. 2020, Sec. 2.1 and App. B.9) and MoCo v2 (Chen et
 /// al. 2020b): Linear (no bias: batch norm follows) → BatchNorm1d → ReLU → Linear (with bias).
@@ -42,4 +42,4 @@ type MlpHead(inputDim: int64, hiddenDim: int64, outputDim: int64) as this =
     /// features: (N, inputDim) → projections (N, outputDim).
     override _.forward(features) =
         expect "features" [| Any; Exactly inputDim |] features
-        layers.forward features
+        layers.call features

@@ -57,7 +57,7 @@ type LayerNormConvNet(inputChannels: int64, width: int64) as this =
         expect "patches" [| Any; Exactly inputChannels; Any; Any |] patches
         if patches.shape[2] < 2L || patches.shape[3] < 2L then
             invalidArg "patches" $"patches: expected sides of at least 2 pixels, found {show patches.shape}"
-        features.forward patches
+        features.call patches
 
 /// A whole-image encoder made of a patch encoder: `Embed` cuts each image into the overlapping grid
 /// of `Patches.patchGrid patchSize stride` and encodes every patch; `forward` mean-pools the patch
@@ -85,7 +85,7 @@ type PatchGridEncoder(patchEncoder: Encoder, patchSize: int64, stride: int64) as
         use scope = torch.NewDisposeScope()
         let n, gh, gw = grid.shape[0], grid.shape[1], grid.shape[2]
         let flat = grid.reshape(n * gh * gw, grid.shape[3], patchSize, patchSize)
-        let z = patches.forward flat
+        let z = patches.call flat
         z.view(n, gh, gw, -1L).permute(0L, 3L, 1L, 2L).contiguous().MoveToOuterDisposeScope()
 
     /// images: (N, C, H, W) → patch embeddings (N, D, gh, gw).
