@@ -17,9 +17,10 @@
 /// ResNet-50, here a linear layer of `EmbeddingDim` outputs on the pooled features); the evaluated
 /// encoder is everything before that layer, as for the other recipes.
 ///
-/// Status (issue 5): smoke-tested only. The quick preset's acceptance run on Fashion-MNIST has not
-/// been measured yet (the shared machine was oversubscribed when this recipe landed), so whether it
-/// beats the random-initialised encoder (0.7866) and raw pixels (0.8435) is open.
+/// Measured (quick, seed 0, runs/exemplar-quick, commit e5404c5, 6.4 minutes in all, 1 epoch): the
+/// 64-d output's linear probe 0.7842 and kNN 0.7586 against random-init's 0.7866 / 0.7503 — no gain
+/// on the linear probe. The second block pooled 3x3 gives 0.8716 against 0.8646 random-init there.
+/// The budget allows a second epoch; not yet tried.
 module Ssl.Experiments.Recipes.Exemplar
 
 open System.Collections.Generic

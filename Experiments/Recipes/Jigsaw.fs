@@ -22,9 +22,12 @@
 /// fully convolutional with a global average pool: the 64-d vector of a 7 x 7 tile becomes the
 /// average of the conv features over the whole image); the permutation classifier is dropped.
 ///
-/// Status (issue 5): smoke-tested only. The quick preset's acceptance run on Fashion-MNIST has not
-/// been measured yet (the shared machine was oversubscribed when this recipe landed), so whether it
-/// beats the random-initialised encoder (0.7866) and raw pixels (0.8435) is open.
+/// Measured (quick, seed 0, runs/jigsaw-quick, commit e5404c5, 3.3 minutes in all): the 64-d output's
+/// linear probe 0.8126 and kNN 0.7260 against random-init's 0.7866 / 0.7503 and raw pixels' 0.8435 —
+/// below issue 5's bar. The second block pooled 3x3 (`ssl eval --layer features.block2b_relu --pool 3`)
+/// gives 0.8869 against 0.8646 random-init at that layer: the global pool is the bottleneck, as for
+/// RotNet. The recipe now evaluates that
+/// layer (ProbeLayer/ProbePool, as RotNet), with its random-init baseline there.
 module Ssl.Experiments.Recipes.Jigsaw
 
 open System.Collections.Generic
@@ -55,7 +58,11 @@ type Config =
       Epochs: int
       BatchSize: int
       LearningRate: float
-      WeightDecay: float }
+      WeightDecay: float
+      /// The layer whose features are evaluated ("" = the encoder's output) and its pooled size
+      /// (Pipeline.probed; see the module comment's measurements).
+      ProbeLayer: string
+      ProbePool: int64 }
 
 /// `paper`: 75-pixel cells, 64-pixel tiles, 1000 permutations, fc7 4096, width 32; `quick` and
 /// `smoke`: the 28 x 28 geometry of the module comment with 100 permutations at width 16 (64-d
@@ -64,7 +71,8 @@ type Config =
 let config preset =
     let paper =
         { Width = 32L; CellSize = 75L; TileSize = 64L; Permutations = 1000; PermutationSeed = 0L; HiddenDim = 4096L
-          Epochs = 100; BatchSize = 256; LearningRate = 0.1; WeightDecay = 5e-4 }
+          Epochs = 100; BatchSize = 256; LearningRate = 0.1; WeightDecay = 5e-4
+          ProbeLayer = "features.block2b_relu"; ProbePool = 3L }
     let small = { paper with Width = 16L; CellSize = 9L; TileSize = 7L; Permutations = 100; HiddenDim = 512L; BatchSize = 128 }
     match preset with
     | Smoke -> { small with Epochs = 1 }
@@ -131,8 +139,9 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult
     let perClass = defaultArg request.Labels 10
     let supervisedOnly =
         Supervised.supervisedOnlyCached request (Supervised.config request.Preset).Width data perClass folder env.Device
-    let makeEncoder () : Encoder = new SmallConvNet(data.Train.Channels, config.Width)
-    finish request env folder data encoder $"SmallConvNet{config.Width}" makeEncoder summary None (Some supervisedOnly)
+    let evaluated, suffix = probed config.ProbeLayer config.ProbePool data encoder
+    let makeEncoder () : Encoder = fst (probed config.ProbeLayer config.ProbePool data (new SmallConvNet(data.Train.Channels, config.Width)))
+    finish request env folder data evaluated $"SmallConvNet{config.Width}{suffix}" makeEncoder summary None (Some supervisedOnly)
 
 let recipe =
     { Name = "jigsaw"

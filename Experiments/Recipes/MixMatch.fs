@@ -6,6 +6,11 @@
 /// labelled batch, squared L2 between predictions and guesses on the mixed unlabelled batch, λ_U
 /// ramped up linearly. Adam with decoupled weight decay and an EMA of the weights for evaluation.
 /// The pieces are Core's Losses/MixMatch.fs; `terms` here is the loss EnAET builds on.
+///
+/// Measured (quick, 100 labels per class, seed 0, runs/mixmatch-quick-100, commit e5404c5, 16.4
+/// minutes in all): test accuracy of the EMA classifier 0.8446 against supervised-only on the same
+/// labels 0.8328 — ahead, but short of issue 7's 0.88; the encoder's linear probe (all labels) 0.8809.
+/// Not yet tried: a wider encoder or more epochs within the 20 minutes.
 module Ssl.Experiments.Recipes.MixMatch
 
 open System.Collections.Generic
