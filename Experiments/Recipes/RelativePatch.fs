@@ -126,12 +126,7 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult
         TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
                        Resume = request.Resume, ConfigDigest = $"relative-patch {config}", LogEvery = 50)
     let summary = Trainer.Run(Step(encoder, classifier, data, config), options, folder, env.Device, ConsoleProgress())
-    let perClass = defaultArg request.Labels 10
-    let supervisedOnly =
-        Supervised.supervisedOnlyCached request (Supervised.config request.Preset).Width data perClass folder env.Device
-    let evaluated, suffix = probed config.ProbeLayer config.ProbePool data encoder
-    let makeEncoder () : Encoder = fst (probed config.ProbeLayer config.ProbePool data (new SmallConvNet(data.Train.Channels, config.Width)))
-    finish request env folder data evaluated $"SmallConvNet{config.Width}{suffix}" makeEncoder summary None (Some supervisedOnly)
+    Supervised.finishPretext request env folder data encoder config.ProbeLayer config.ProbePool summary
 
 let recipe =
     { Name = "relative-patch"

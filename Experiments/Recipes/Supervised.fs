@@ -124,6 +124,17 @@ let supervisedOnlyCached (request: Request) (width: int64) (data: Data) (perClas
         use head = head
         testAccuracy encoder head data device)
 
+/// The tail of the SmallConvNet pretext recipes (RotNet, jigsaw, relative patch): the supervised-only
+/// baseline on the run's labels (the supervised preset's width), then `finish` on the representation
+/// `probeLayer` / `probePool` select (Pipeline.probed), its random-init baseline read at the same layer.
+let finishPretext (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: Data) (encoder: SmallConvNet)
+                  (probeLayer: string) (probePool: int64) (summary: TrainSummary) =
+    let perClass = defaultArg request.Labels 10
+    let supervisedOnly = supervisedOnlyCached request (config request.Preset).Width data perClass folder env.Device
+    let evaluated, suffix = probed probeLayer probePool data encoder
+    let makeEncoder () : Encoder = fst (probed probeLayer probePool data (new SmallConvNet(data.Train.Channels, encoder.Width)))
+    finish request env folder data evaluated $"SmallConvNet{encoder.Width}{suffix}" makeEncoder summary None (Some supervisedOnly)
+
 /// `ssl train supervised`: all labels, or `--labels N` per class.
 let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
     let config = config request.Preset
