@@ -174,6 +174,20 @@ let tests =
             use mlp = new MlpHead(8L, 16L, 4L)
             Expect.equal (FlopCounter.ForwardFlopsPerExample(mlp, 8L)) (2.0 * 8.0 * 16.0 + 2.0 * 16.0 * 4.0) "MlpHead's two Linears"
         }
+        test "the FLOP counter counts transposed convolutions and Core's functional layers (closed forms)" {
+            // Transposed: every input element meets out·k² weights: 8·7·7 inputs · 4 · 16.
+            use up = torch.nn.ConvTranspose2d(8L, 4L, 4L, stride = 2L, padding = 1L)
+            Expect.equal (FlopCounter.ForwardFlopsPerExample(up, 8L, 7L, 7L)) (2.0 * 392.0 * 4.0 * 16.0) "ConvTranspose2d"
+            // Functional layers: every output element costs in·k² multiply-adds.
+            use safe = new SafeConv.SafeConv2d(4L, 1L, 3L, 1L, 1L, true)
+            Expect.equal (FlopCounter.ForwardFlopsPerExample(safe, 4L, 6L, 6L)) (2.0 * 36.0 * 36.0) "SafeConv2d (1 of 16 padded outputs kept)"
+            use spectral = new SpectralNormConv2d(4L, 8L, 3L, 1L, 1L)
+            Expect.equal (FlopCounter.ForwardFlopsPerExample(spectral, 4L, 6L, 6L)) (2.0 * 288.0 * 36.0) "SpectralNormConv2d"
+            use spectralLinear = new SpectralNormLinear(10L, 7L)
+            Expect.equal (FlopCounter.ForwardFlopsPerExample(spectralLinear, 10L)) 140.0 "SpectralNormLinear"
+            use masked = new MaskedConv2d(4L, 8L, 3L, ContextMask.RowsAbove, true)
+            Expect.equal (FlopCounter.ForwardFlopsPerExample(masked, 4L, 5L, 5L)) (2.0 * 200.0 * 36.0) "MaskedConv2d (masked taps are computed)"
+        }
         test "the FLOP counter counts backward as twice the forward of passes with gradients" {
             use net = new SmallConvNet(1L, 16L)
             use counter = new FlopCounter([ net :> torch.nn.Module ])

@@ -50,6 +50,9 @@ type MaskedConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64
         let padding = kernelSize / 2L
         (SafeConv.conv2d 1L padding x weight conv.bias).MoveToOuterDisposeScope()
 
+    interface ICountsMultiplyAdds with
+        member _.MultiplyAdds(_, output) = MultiplyAdds.convolution inputChannels kernelSize output
+
 /// A residual block of the context network: x + conv1x1(ReLU(masked conv(ReLU(x)))).
 type internal ContextBlock(channels: int64, kernelSize: int64, mask: ContextMask) as this =
     inherit nn.Module<Tensor, Tensor>("ContextBlock")

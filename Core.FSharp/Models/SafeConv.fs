@@ -43,3 +43,6 @@ type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, 
     do this.RegisterComponents()
 
     override _.forward(x) = conv2d stride padding x conv.weight conv.bias
+
+    interface ICountsMultiplyAdds with
+        member _.MultiplyAdds(_, output) = MultiplyAdds.convolution inputChannels kernelSize output

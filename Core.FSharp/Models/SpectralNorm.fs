@@ -72,6 +72,9 @@ type SpectralNormLinear(inputSize: int64, outputSize: int64) as this =
         let weight = SpectralNorm.normalise this.training u v layer.weight
         nn.functional.linear(x, weight, layer.bias).MoveToOuterDisposeScope()
 
+    interface ICountsMultiplyAdds with
+        member _.MultiplyAdds(_, output) = MultiplyAdds.convolution inputSize 1L output
+
 /// A 2-D convolution (zero padding) with spectrally normalised weight, the kernel viewed as the
 /// matrix (outputChannels, inputChannels·k·k) as in Miyato et al. 2018:
 /// x (N, inputChannels, H, W) → (N, outputChannels, H', W'). Buffers "u", "v".
@@ -93,3 +96,6 @@ type SpectralNormConv2d(inputChannels: int64, outputChannels: int64, kernelSize:
         use scope = torch.NewDisposeScope()
         let weight = SpectralNorm.normalise this.training u v layer.weight
         (SafeConv.conv2d stride padding x weight layer.bias).MoveToOuterDisposeScope()
+
+    interface ICountsMultiplyAdds with
+        member _.MultiplyAdds(_, output) = MultiplyAdds.convolution inputChannels kernelSize output

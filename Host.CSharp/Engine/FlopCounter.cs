@@ -1,12 +1,14 @@
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Ssl.Core.Models;
 
 namespace Ssl.Host.Engine;
 
 /// <summary>
-/// Counts the floating-point operations of the convolutions and linear layers of a module tree as
-/// they run (forward hooks; TorchSharp has no profiler FLOP counter). One multiply-add is 2 FLOPs;
+/// Counts the floating-point operations of the convolutions (transposed too) and linear layers of a
+/// module tree as they run (forward hooks; TorchSharp has no profiler FLOP counter), and of Core's
+/// modules that compute theirs functionally and report them (<see cref="ICountsMultiplyAdds"/>). One multiply-add is 2 FLOPs;
 /// batch norm, activations and pooling are not counted (a few per cent for conv nets). Forward passes
 /// run with gradients enabled are counted apart: their backward costs about twice the forward
 /// (input and weight gradients), so <see cref="TrainingFlops"/> = forward + 2 x forward-with-grad.
@@ -31,7 +33,18 @@ public sealed class FlopCounter : IDisposable
                 if (!seen.Add(m)) continue;
                 switch (m)
                 {
-                    case Conv2d conv:
+                    // Core's functional convolutions and linear maps (SafeConv2d, spectral norm, masked
+                    // convolutions): their inner nn modules never run, so they count themselves.
+                    case ICountsMultiplyAdds counted when m is nn.Module<Tensor, Tensor> functional:
+                        var countedHook = functional.register_forward_hook((_, input, output) =>
+                        {
+                            Add(2 * counted.MultiplyAdds(input, output));
+                            return output;
+                        });
+                        removers.Add(() => countedHook.remove());
+                        break;
+                    // Every convolution, transposed ones included (ConvTranspose2d derives from Convolution, not Conv2d).
+                    case Convolution conv:
                         var convHook = conv.register_forward_hook((_, input, output) =>
                         {
                             var k = conv.kernel_size.Aggregate(1L, (a, b) => a * b);
