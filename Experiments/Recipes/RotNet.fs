@@ -12,6 +12,12 @@
 /// 0.8435; block 2 (288-d) 0.8925 / 0.8646; block 3 (576-d) 0.8863 / 0.8570. kNN at block 2:
 /// 0.8440 trained. Global average pooling of the last block throws away where in the 28x28 frame
 /// a garment's parts are, which Fashion-MNIST's centred classes depend on; the pooled maps keep it.
+///
+/// The quick preset as it stands (3 epochs; runs/rotnet-quick-3ep, commit 1b75809, seed 0): linear
+/// probe 0.8935 and kNN 0.8454 against random-init's 0.8646 / 0.7857 at the same layer (+2.9 points)
+/// and raw pixels' 0.8435 / 0.7885; with 10 labels per class 0.7529 against supervised-only's 0.7076
+/// on the same labels. The whole command took 14.5 minutes (training 797 s at 225 img/s, a build
+/// running beside it for its first minute).
 module Ssl.Experiments.Recipes.RotNet
 
 open System.Collections.Generic
