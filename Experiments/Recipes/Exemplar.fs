@@ -5,7 +5,8 @@
 /// several times (the paper: 8), every copy is augmented independently, and the batch-hard triplet
 /// loss with soft margin (Hermans et al. 2017, eq. 5 with softplus; Core's
 /// Triplet.batchHardSoftMargin) pulls the copies of one image together and pushes the other
-/// images' copies away, on the network's final representation. This avoids Dosovitskiy's
+/// images' copies away, on the network's final representation, L2-normalised first as in the S4L
+/// authors' code (google-research/s4l, semi_supervised/exemplar.py; the same in S4LExemplar). This avoids Dosovitskiy's
 /// one-logit-per-surrogate-class softmax, which does not scale to a data set of 60,000 images.
 ///
 /// Augmentation (Dosovitskiy et al. 2014, Sec. 2: translation, scaling, rotation, contrast and
@@ -106,7 +107,9 @@ type Step(encoder: Encoder, projection: LinearHead, data: Data, config: Config) 
             let count = pixels.shape[0]
             let views = augment config data ctx.Generator (pixels.repeat(copies, 1L, 1L, 1L))
             let sources = torch.arange(count, dtype = torch.ScalarType.Int64, device = ctx.Device).repeat(copies)
-            let embeddings = projection.forward(encoder.forward views)
+            // L2-normalised as in S4L's code (and our S4L-Exemplar): unnormalised, the loss sat at
+            // softplus(0) = ln 2 from step 300 on, with every embedding shrunk together (see the doc).
+            let embeddings = torch.nn.functional.normalize(projection.forward(encoder.forward views), dim = 1L)
             let loss = Triplet.batchHardSoftMargin embeddings sources
             let value = ctx.Optimize("main", loss)
             // Fraction of views whose nearest other view is a copy of the same image.
