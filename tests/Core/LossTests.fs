@@ -566,8 +566,71 @@ let private batchHardOracle (embeddings: float[][]) (labels: int64[]) =
         if negatives.IsEmpty then 0.0 else softplus (hardestPositive - List.min negatives))
     |> mean
 
+/// Loop oracle of Triplet.semiHard: squared distances; for every anchor and positive p ≠ a, the
+/// closest negative farther than p, else the farthest negative; hinge with the margin; mean over pairs.
+let private semiHardOracle (margin: float) (embeddings: float[][]) (labels: int64[]) =
+    let distance (a: float[]) (b: float[]) = Array.fold2 (fun acc x y -> acc + (x - y) ** 2.0) 0.0 a b
+    let n = embeddings.Length
+    let losses =
+        [ for a in 0 .. n - 1 do
+            for p in 0 .. n - 1 do
+                if p <> a && labels[p] = labels[a] then
+                    let dap = distance embeddings[a] embeddings[p]
+                    let negatives = [ for q in 0 .. n - 1 do if labels[q] <> labels[a] then distance embeddings[a] embeddings[q] ]
+                    if negatives.IsEmpty then 0.0
+                    else
+                        let farther = negatives |> List.filter (fun d -> d > dap)
+                        let dan = if farther.IsEmpty then List.max negatives else List.min farther
+                        max (dap - dan + margin) 0.0 ]
+    if losses.IsEmpty then 0.0 else List.average losses
+
 let tripletTests =
     testList "triplet" [
+        Prop.propSmall "semiHard equals the loop oracle" (fun (seed: int) ->
+            use g = generator seed
+            let rnd = Random(seed)
+            let n = rnd.Next(2, 9)
+            let labelArray = Array.init n (fun _ -> int64 (rnd.Next 3))
+            let margin = rnd.NextDouble()
+            use embeddings = randn g [| int64 n; 3L |]
+            use labels = torch.tensor(labelArray)
+            use loss = Triplet.semiHard margin embeddings labels
+            near 1e-9 "semi-hard" (scalar loss) (semiHardOracle margin (rows embeddings) labelArray))
+
+        test "semiHard: separated clusters give 0, a collapsed batch gives the margin" {
+            use labels = torch.tensor([| 0L; 0L; 1L; 1L |])
+            use separated = torch.tensor([| 0.0; 1.0; 11.0; 12.0 |], dtype = f64).unsqueeze(1L)
+            use zero = Triplet.semiHard 0.5 separated labels
+            Expect.equal (scalar zero) 0.0 "every positive closer than every negative by more than the margin"
+            // All embeddings equal: every distance 0, no negative farther, the farthest is at 0: loss = margin.
+            use collapsed = torch.ones(4L, 3L, dtype = f64)
+            use atMargin = Triplet.semiHard 0.5 collapsed labels
+            near 1e-12 "collapse costs the margin" (scalar atMargin) 0.5
+            // Points 0, 2 (label 0) and 1, 3 (label 1), margin 6. Anchor 0: positive at squared distance
+            // 4, negatives at 1 and 9: the semi-hard one is at 9, loss 4 - 9 + 6 = 1. Anchor 2: positive
+            // at 4, both negatives at 1, none farther: the farthest (1), loss 9. By symmetry the
+            // other two anchors give 9 and 1: mean 5.
+            use line = torch.tensor([| 0.0; 2.0; 1.0; 3.0 |], dtype = f64).unsqueeze(1L)
+            near 1e-9 "hand-computed" (scalar (Triplet.semiHard 6.0 line labels)) 5.0
+        }
+
+        test "semiHard: gradient, memory, shapes, one label" {
+            use g = generator 19
+            use embeddings = randn g [| 6L; 3L |]
+            use labels = torch.tensor([| 0L; 0L; 1L; 1L; 2L; 2L |])
+            Check.gradcheck "semiHard" 1e-6 1e-6 (fun x -> Triplet.semiHard 0.5 x labels) embeddings
+            Check.leavesOnlyResult "semiHard" (fun () -> Triplet.semiHard 0.5 embeddings labels)
+            use one = torch.zeros(6L, dtype = torch.int64)
+            use oneLabel = (embeddings.detach().clone()).requires_grad_(true)
+            use loss = Triplet.semiHard 0.5 oneLabel one
+            Expect.equal (scalar loss) 0.0 "no negatives"
+            use gradient = torch.autograd.grad([| loss |], [| oneLabel |])[0]
+            Expect.isTrue (values gradient |> Array.forall Double.IsFinite) "finite gradient"
+            use floatLabels = torch.zeros(6L, dtype = f64)
+            rejects "labels" "integer labels" (fun () -> Triplet.semiHard 0.5 embeddings floatLabels)
+            rejects "margin" "expected a number >= 0" (fun () -> Triplet.semiHard -1.0 embeddings labels)
+        }
+
         Prop.propSmall "batchHardSoftMargin equals the loop oracle" (fun (seed: int) ->
             use g = generator seed
             let rnd = Random(seed)
@@ -770,6 +833,7 @@ let deviceTests =
                           "guessLabels", MixMatch.guessLabels 0.5 (x.unsqueeze(0L))
                           "softCrossEntropy", MixMatch.softCrossEntropy x x
                           "batchHardSoftMargin", Triplet.batchHardSoftMargin x labels
+                          "semiHard", Triplet.semiHard 0.5 x labels
                           "klDivergence", Transformation.klDivergence x x ]
                     for name, r in results do
                         Expect.equal r.dtype dtype $"{name}: dtype"
