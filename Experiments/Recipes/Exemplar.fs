@@ -2,11 +2,12 @@
 /// et al., NIPS 2014, "Discriminative unsupervised feature learning with convolutional neural
 /// networks"), in the triplet form of S4L-Exemplar (Zhai, Oliver, Kolesnikov & Beyer, ICCV 2019,
 /// "S4L: Self-supervised semi-supervised learning", Sec. 3.1): each image of a batch is copied
-/// several times (the paper: 8), every copy is augmented independently, and the batch-hard triplet
-/// loss with soft margin (Hermans et al. 2017, eq. 5 with softplus; Core's
-/// Triplet.batchHardSoftMargin) pulls the copies of one image together and pushes the other
-/// images' copies away, on the network's final representation, L2-normalised first as in the S4L
-/// authors' code (google-research/s4l, semi_supervised/exemplar.py; the same in S4LExemplar). This avoids Dosovitskiy's
+/// several times (the paper: 8), every copy is augmented independently, and a triplet loss pulls
+/// the copies of one image together and pushes the other images' copies away, on the network's
+/// final representation, L2-normalised first as in the authors' code. S4L's loss is batch-hard with
+/// soft margin (Hermans et al. 2017; Core's Triplet.batchHardSoftMargin); the recipe uses the
+/// semi-hard one of the exemplar code S4L builds on (Kolesnikov et al. 2019; Core's
+/// Triplet.semiHard, margin 0.5), because the batch-hard one collapses here (below). This avoids Dosovitskiy's
 /// one-logit-per-surrogate-class softmax, which does not scale to a data set of 60,000 images.
 ///
 /// Augmentation (Dosovitskiy et al. 2014, Sec. 2: translation, scaling, rotation, contrast and
@@ -45,14 +46,18 @@ open Ssl.Host.Runtime
 open Ssl.Experiments.Recipe
 open Ssl.Experiments.Pipeline
 
-/// Which triplet loss: S4L's (its code, google-research/s4l semi_supervised/exemplar.py: batch-hard
-/// with soft margin, Core's Triplet.batchHardSoftMargin) or the exemplar code of Kolesnikov, Zhai &
-/// Beyer 2019 ("Revisiting self-supervised visual representation learning", whose Exemplar S4L
-/// builds on; google/revisiting-self-supervised self_supervision/exemplar.py: FaceNet's semi-hard
-/// triplet loss with margin 0.5, Core's Triplet.semiHard). Both on L2-normalised embeddings.
-type TripletForm =
-    | BatchHardSoftMargin
-    | SemiHard of margin: float
+/// The triplet losses the recipe can use (Config.Triplet). `BatchHard`: S4L's (its code,
+/// google-research/s4l semi_supervised/exemplar.py: batch-hard with soft margin, Core's
+/// Triplet.batchHardSoftMargin). `SemiHard`: the exemplar code of Kolesnikov, Zhai & Beyer 2019
+/// ("Revisiting self-supervised visual representation learning", whose Exemplar S4L builds on;
+/// google/revisiting-self-supervised self_supervision/exemplar.py: FaceNet's semi-hard triplet loss
+/// with margin 0.5, Core's Triplet.semiHard). Both on L2-normalised embeddings.
+[<RequireQualifiedAccess>]
+module TripletForm =
+    [<Literal>]
+    let BatchHard = "batch-hard-soft-margin"
+    [<Literal>]
+    let SemiHard = "semi-hard"
 
 /// S4L-Exemplar's choices (Sec. 3.1 and 4: 8 copies per image, a triplet loss on a 1000-d
 /// representation, SGD with momentum) with our augmentation for grey images; cosine decay with one
@@ -64,7 +69,10 @@ type Config =
       /// Source images per batch; a step sees ImagesPerBatch x Copies augmented images.
       ImagesPerBatch: int
       EmbeddingDim: int64
-      Triplet: TripletForm
+      /// TripletForm.SemiHard or TripletForm.BatchHard.
+      Triplet: string
+      /// The semi-hard loss's margin (on squared distances of unit vectors).
+      Margin: float
       CropScale: float * float
       RotationDegrees: float
       Brightness: float
@@ -86,7 +94,7 @@ type Config =
 /// `smoke`: one epoch of the smoke subset.
 let config preset =
     let paper =
-        { Width = 32L; Copies = 8; ImagesPerBatch = 64; EmbeddingDim = 1000L; Triplet = SemiHard 0.5; CropScale = (0.2, 1.0); RotationDegrees = 20.0
+        { Width = 32L; Copies = 8; ImagesPerBatch = 64; EmbeddingDim = 1000L; Triplet = TripletForm.SemiHard; Margin = 0.5; CropScale = (0.2, 1.0); RotationDegrees = 20.0
           Brightness = 0.4; Contrast = 0.4; FlipProbability = 0.5; Epochs = 100; LearningRate = 0.1; WeightDecay = 5e-4
           WarmupEpochs = 1.0; ProbeLayer = "features.block2b_relu"; ProbePool = 3L }
     let small = { paper with Width = 16L; ImagesPerBatch = 32 }
@@ -129,8 +137,11 @@ type Step(encoder: Encoder, projection: LinearHead, data: Data, config: Config) 
             let embeddings = torch.nn.functional.normalize(projection.forward(encoder.forward views), dim = 1L)
             let loss =
                 match config.Triplet with
-                | BatchHardSoftMargin -> Triplet.batchHardSoftMargin embeddings sources
-                | SemiHard margin -> Triplet.semiHard margin embeddings sources
+                | TripletForm.BatchHard -> Triplet.batchHardSoftMargin embeddings sources
+                | TripletForm.SemiHard -> Triplet.semiHard config.Margin embeddings sources
+                | other ->
+                    invalidArg "Triplet" $"Triplet: expected \"{TripletForm.SemiHard}\" or \"{TripletForm.BatchHard}\", found \"{other}\""
+
             let value = ctx.Optimize("main", loss)
             // Fraction of views whose nearest other view is a copy of the same image.
             let detached = embeddings.detach()
