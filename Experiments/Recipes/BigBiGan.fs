@@ -36,16 +36,18 @@
 ///   labels x and G(μ(x)) for every test image; `extra.reconstruction_class_agreement` is the
 ///   fraction of equal labels (chance: 1 / classes, in `extra.chance`).
 ///
-/// Measured, quick preset, seeds 0 / 1 / 2 (runs/bigbigan-quick, -s1, -s2; result.json): E's pooled
-/// linear probe 0.7811 / 0.7616 / 0.7750 against the random-initialised trunk's 0.7736 / 0.7550 /
-/// 0.7656 (+0.75 / +0.66 / +0.94 points), kNN 0.6956 / 0.6863 / 0.6939, below random-init's 0.7317 /
-/// 0.6952 / 0.7262; reconstruction class agreement 0.321 / 0.275 / 0.323 (chance 0.1, judge 0.887);
-/// epoch-mean d_acc 0.57-0.68 every epoch of every seed (highest single logged step 0.97), no NaN,
-/// live tensors flat at 188, peak RSS 704-773 MiB. Samples (plots/samples.png): seeds 0 and 2 show
-/// trousers, sneakers, tops, dresses and bags, blurred, with transposed-convolution checkerboards;
-/// seed 1's are cruder, mostly blocky tops and shoes. Time on an idle machine (seed 2): training
-/// 1,253 s at 239 img/s, the whole command 23 min — over the 20-minute quick budget; 4 epochs would
-/// fit, not yet rerun. Not yet tried: more epochs or a higher learning rate for E (kNN below random).
+/// Measured, quick preset (4 epochs), seeds 0 / 1 / 2 (runs/bigbigan-quick-4ep, -s1, -s2, commit
+/// f97e052; result.json): E's pooled linear probe 0.7881 / 0.7590 / 0.7757 against the
+/// random-initialised trunk's 0.7736 / 0.7550 / 0.7656 (+1.45 / +0.40 / +1.01 points); kNN 0.7100 /
+/// 0.6552 / 0.6802, below random-init's 0.7317 / 0.6952 / 0.7262; reconstruction class agreement
+/// 0.270 / 0.138 / 0.202 (chance 0.1, judge 0.887); epoch-mean d_acc 0.58-0.68 every epoch of every
+/// seed (highest single logged step 0.97), no NaN, live tensors flat at 188, peak RSS 703-774 MiB.
+/// Samples (plots/samples.png), by eye: seeds 0 and 2 show tops, dresses, trousers, sneakers and
+/// bags, blurred, with transposed-convolution checkerboards; seed 1's are blocky blobs, few of them
+/// recognisable (also at 5 epochs). Whole command 16.7 / 17.9 / 18.9 minutes (training 921 / 1,018 /
+/// 1,083 s; seeds 1 and 2 shared the machine with builds for a few minutes). The 5-epoch runs
+/// (commit bba533e, 23 minutes each) gave 0.7811 / 0.7616 / 0.7750 and agreement 0.321 / 0.275 /
+/// 0.323. Not yet tried: more epochs or a higher learning rate for E (kNN below random).
 module Ssl.Experiments.Recipes.BigBiGan
 
 open System
