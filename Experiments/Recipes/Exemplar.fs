@@ -137,8 +137,8 @@ type Step(encoder: Encoder, projection: LinearHead, data: Data, config: Config) 
             let count = pixels.shape[0]
             let views = augment config data ctx.Generator (pixels.repeat(copies, 1L, 1L, 1L))
             let sources = torch.arange(count, dtype = torch.ScalarType.Int64, device = ctx.Device).repeat(copies)
-            // L2-normalised as in S4L's code (and our S4L-Exemplar): unnormalised, the loss sat at
-            // softplus(0) = ln 2 from step 300 on, with every embedding shrunk together (see the doc).
+            // L2-normalised as in both authors' codes (and our S4L-Exemplar). Normalising alone did not
+            // stop the batch-hard loss collapsing; the semi-hard one does (see the module doc).
             let embeddings = torch.nn.functional.normalize(projection.forward(encoder.forward views), dim = 1L)
             let loss =
                 match config.Triplet with
@@ -146,7 +146,6 @@ type Step(encoder: Encoder, projection: LinearHead, data: Data, config: Config) 
                 | TripletForm.SemiHard -> Triplet.semiHard config.Margin embeddings sources
                 | other ->
                     invalidArg "Triplet" $"Triplet: expected \"{TripletForm.SemiHard}\" or \"{TripletForm.BatchHard}\", found \"{other}\""
-
             let value = ctx.Optimize("main", loss)
             // Fraction of views whose nearest other view is a copy of the same image.
             let detached = embeddings.detach()

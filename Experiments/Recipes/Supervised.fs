@@ -124,7 +124,7 @@ let supervisedOnlyCached (request: Request) (width: int64) (data: Data) (perClas
         use head = head
         testAccuracy encoder head data device)
 
-/// The tail of the SmallConvNet pretext recipes (RotNet, jigsaw, relative patch): the supervised-only
+/// The tail of the SmallConvNet pretext recipes (RotNet, jigsaw, relative patch, exemplar): the supervised-only
 /// baseline on the run's labels (the supervised preset's width), then `finish` on the representation
 /// `probeLayer` / `probePool` select (Pipeline.probed), its random-init baseline read at the same layer.
 let finishPretext (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: Data) (encoder: SmallConvNet)
