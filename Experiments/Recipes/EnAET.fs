@@ -59,12 +59,12 @@ type Config =
       EnhanceRange: float * float }
 
 /// `paper`: 2^20 steps on WRN-28-2 (see MixMatch.config). `quick`: MixMatch's quick preset
-/// (SmallConvNet16) for 7 epochs of the pool instead of its 9, λ_U and the AET weights ramped over
-/// the first 2,150 steps (a third of training, as MixMatch's), the five transformations on 16 of
-/// the 64 unlabelled images per step. An EnAET step costs ~1.2x a MixMatch step (bench at 260a090:
-/// 296 against 352 img/s) and MixMatch's 9 epochs took about 17 minutes of training on a slow day
-/// (550 img/s), so EnAET gets about MixMatch's wall time, not its steps. `smoke`: one epoch of the
-/// subset.
+/// (SmallConvNet16) for 3 epochs of the pool instead of its 9 (~2,760 steps), λ_U and the AET
+/// weights ramped over the first 900 steps (a third of training, as MixMatch's), the five
+/// transformations on 16 of the 64 unlabelled images per step. In a real run an EnAET step cost
+/// 2.2x a MixMatch step (235 against 510 img/s, runs/enaet-quick7-10-killed beside
+/// runs/mixmatch-quick9-100; the bench's 296 against 352 understates it), so 7 epochs would have
+/// taken ~32 minutes; 3 take ~13. `smoke`: one epoch of the subset.
 let config preset =
     let paper =
         { MixMatch = { MixMatch.config Paper with BatchSize = 128; Epochs = 2280; RampUpSteps = 51200L }
@@ -74,7 +74,7 @@ let config preset =
     match preset with
     | Smoke -> { paper with MixMatch = MixMatch.config Smoke; TransformBatch = 16; AetRampUpSteps = 10L }
     | Quick ->
-        { paper with MixMatch = { MixMatch.config Quick with Epochs = 7; RampUpSteps = 2150L }; TransformBatch = 16; AetRampUpSteps = 2150L }
+        { paper with MixMatch = { MixMatch.config Quick with Epochs = 3; RampUpSteps = 900L }; TransformBatch = 16; AetRampUpSteps = 900L }
     | Paper -> paper
 
 let encoder (preset: Preset) (channels: int64) : Encoder = MixMatch.encoder preset channels
