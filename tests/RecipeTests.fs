@@ -1,4 +1,5 @@
-/// Mechanisms of recipes that their smoke runs cannot show: MoCo's shuffled batch norm.
+/// Mechanisms of recipes that their smoke runs cannot show: MoCo's shuffled batch norm, the
+/// exemplar recipes' choice of triplet loss.
 module Ssl.Tests.RecipeTests
 
 open Expecto
@@ -49,5 +50,23 @@ let tests =
             use x = torch.randn(10L, 5L)
             use g = new torch.Generator(1UL)
             Expect.throws (fun () -> MoCo.shuffledKeys true 4 g net x |> ignore) "10 images in 4 groups"
+        }
+        test "Exemplar.tripletLoss computes the loss its form names and refuses an unknown form by name" {
+            torch.manual_seed(5L) |> ignore
+            use embeddings = torch.nn.functional.normalize(torch.randn(12L, 6L), dim = 1L)
+            use sources = torch.arange(4L, dtype = torch.ScalarType.Int64).repeat(3L)
+            use semi = Exemplar.tripletLoss Exemplar.TripletForm.SemiHard 0.5 embeddings sources
+            use semiCore = Ssl.Core.Losses.Triplet.semiHard 0.5 embeddings sources
+            use hard = Exemplar.tripletLoss Exemplar.TripletForm.BatchHard 0.5 embeddings sources
+            use hardCore = Ssl.Core.Losses.Triplet.batchHardSoftMargin embeddings sources
+            Check.close 0.0 0.0 "semi-hard" semi semiCore
+            Check.close 0.0 0.0 "batch-hard" hard hardCore
+            Expect.isGreaterThan (abs (semi.item<float32>() - hard.item<float32>())) 1e-4f "the two forms differ on this batch"
+            let error = Expect.throwsC (fun () -> Exemplar.tripletLoss "hardest" 0.5 embeddings sources |> ignore) id
+            Expect.stringContains error.Message "hardest" "names the unknown form"
+        }
+        test "S4L-Exemplar: quick uses the semi-hard loss (batch-hard collapsed there), paper keeps S4L's batch-hard" {
+            Expect.equal (S4LExemplar.config Ssl.Experiments.Recipe.Quick).Triplet Exemplar.TripletForm.SemiHard "quick"
+            Expect.equal (S4LExemplar.config Ssl.Experiments.Recipe.Paper).Triplet Exemplar.TripletForm.BatchHard "paper"
         }
     ]

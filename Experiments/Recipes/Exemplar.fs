@@ -64,6 +64,15 @@ module TripletForm =
     [<Literal>]
     let SemiHard = "semi-hard"
 
+/// The triplet loss `form` (a TripletForm) names, on L2-normalised `embeddings` (N, D) whose rows with
+/// equal `sources` (N) are copies of one image; `margin` is the semi-hard loss's (batch-hard has a
+/// soft margin). Exemplar and S4L-Exemplar both select their loss here.
+let tripletLoss (form: string) (margin: float) (embeddings: torch.Tensor) (sources: torch.Tensor) =
+    match form with
+    | TripletForm.BatchHard -> Triplet.batchHardSoftMargin embeddings sources
+    | TripletForm.SemiHard -> Triplet.semiHard margin embeddings sources
+    | other -> invalidArg "Triplet" $"Triplet: expected \"{TripletForm.SemiHard}\" or \"{TripletForm.BatchHard}\", found \"{other}\""
+
 /// S4L-Exemplar's choices (Sec. 3.1 and 4: 8 copies per image, a triplet loss on a 1000-d
 /// representation, SGD with momentum) with our augmentation for grey images; cosine decay with one
 /// warm-up epoch like the other recipes.
@@ -140,12 +149,7 @@ type Step(encoder: Encoder, projection: LinearHead, data: Data, config: Config) 
             // L2-normalised as in both authors' codes (and our S4L-Exemplar). Normalising alone did not
             // stop the batch-hard loss collapsing; the semi-hard one does (see the module doc).
             let embeddings = torch.nn.functional.normalize(projection.forward(encoder.forward views), dim = 1L)
-            let loss =
-                match config.Triplet with
-                | TripletForm.BatchHard -> Triplet.batchHardSoftMargin embeddings sources
-                | TripletForm.SemiHard -> Triplet.semiHard config.Margin embeddings sources
-                | other ->
-                    invalidArg "Triplet" $"Triplet: expected \"{TripletForm.SemiHard}\" or \"{TripletForm.BatchHard}\", found \"{other}\""
+            let loss = tripletLoss config.Triplet config.Margin embeddings sources
             let value = ctx.Optimize("main", loss)
             // Fraction of views whose nearest other view is a copy of the same image.
             let detached = embeddings.detach()
