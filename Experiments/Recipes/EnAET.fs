@@ -74,7 +74,8 @@ let config preset =
     match preset with
     | Smoke -> { paper with MixMatch = MixMatch.config Smoke; TransformBatch = 16; AetRampUpSteps = 10L }
     | Quick ->
-        { paper with MixMatch = { MixMatch.config Quick with Epochs = 3; RampUpSteps = 900L }; TransformBatch = 16; AetRampUpSteps = 900L }
+        let mixMatch = { MixMatch.config Quick with Epochs = 3; RampUpSteps = 900L }
+        { paper with MixMatch = mixMatch; TransformBatch = 16; AetRampUpSteps = mixMatch.RampUpSteps }
     | Paper -> paper
 
 let encoder (preset: Preset) (channels: int64) : Encoder = MixMatch.encoder preset channels

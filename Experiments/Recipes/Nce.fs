@@ -138,11 +138,12 @@ type Step(encoder: Encoder, head: LinearHead, bank: MemoryBank, normaliser: torc
             let negatives = f.mm(noise.t())
             let estimate () = Contrastive.estimateNormaliser bank.Size config.Temperature negatives
             let previous = normaliser.item<float>()
-            if previous <= 0.0 then normaliser.fill_(estimate().ToScalar()) |> ignore
-            elif config.NormaliserMomentum > 0.0 then
-                let m = config.NormaliserMomentum
-                normaliser.fill_((m * previous + (1.0 - m) * estimate ()).ToScalar()) |> ignore
-            let z = normaliser.item<float>()
+            let m = config.NormaliserMomentum
+            let z =
+                if previous <= 0.0 then estimate ()
+                elif m > 0.0 then m * previous + (1.0 - m) * estimate ()
+                else previous
+            normaliser.fill_(z.ToScalar()) |> ignore
             let nce = Contrastive.nce config.Temperature z noiseProbability positive negatives
             let loss =
                 if config.ProximalWeight > 0.0 then nce + config.ProximalWeight * (f - entries).square().sum(1L).mean()
