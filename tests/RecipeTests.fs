@@ -28,7 +28,7 @@ let tests =
             use net = batchNormNet ()
             use x = torch.randn(32L, 5L)
             use _ = torch.no_grad ()
-            use queries = MoCo.perGroup 4 net x
+            use queries = Ssl.Experiments.Views.perGroup 4 net.forward x
             use g = new torch.Generator(11UL)
             use plain = MoCo.shuffledKeys false 4 g net x
             use shuffled = MoCo.shuffledKeys true 4 g net x
@@ -40,10 +40,21 @@ let tests =
             use net = batchNormNet ()
             use x = torch.randn(24L, 5L) * 3.0 + 2.0
             use _ = torch.no_grad ()
-            use y = MoCo.perGroup 3 net x
+            use y = Ssl.Experiments.Views.perGroup 3 net.forward x
             for group in y.chunk(3L, 0L) do
                 let meanAbs = group.mean([| 0L |]).abs().max().item<float32>()
                 Expect.isLessThan meanAbs 1e-4f "per-group mean of the BN output"
+        }
+        test "InfoNCE: shuffled batch-norm groups keep the rows in order and pass gradients back to every row" {
+            use linear = torch.nn.Linear(5L, 3L)
+            use x = torch.randn(16L, 5L, requires_grad = true)
+            use g = new torch.Generator(5UL)
+            use y = Ssl.Experiments.Views.shuffledPerGroup 4 g linear.forward x
+            use expected = linear.forward x
+            Check.close 1e-6 1e-6 "rows" (y.detach()) (expected.detach())
+            y.sum().backward()
+            let rowsWithGradient = x.grad.abs().sum(1L).gt(0.0f.ToScalar()).sum().item<int64>()
+            Expect.equal rowsWithGradient 16L "every row receives a gradient"
         }
         test "MoCo: a batch that does not split into the groups is refused with a message" {
             use net = batchNormNet ()

@@ -81,27 +81,11 @@ type EmbeddingNet(encoder: Encoder, projection: LinearHead) as this =
     member _.Encoder = encoder
     override _.forward(images) = Contrastive.normalize (projection.forward (encoder.forward images))
 
-/// `net` on `groups` equal sub-batches of `x`, each alone through batch norm (one emulated device each).
-let perGroup (groups: int) (net: torch.nn.Module<torch.Tensor, torch.Tensor>) (x: torch.Tensor) =
-    if x.shape[0] % int64 groups <> 0L then
-        invalidArg "batch" $"batch: expected a multiple of {groups} images (one group per emulated device), found {x.shape[0]}"
-    use scope = torch.NewDisposeScope()
-    let outputs = x.chunk(int64 groups, 0L) |> Array.map net.forward
-    torch.cat(outputs, 0L).MoveToOuterDisposeScope()
-
 /// Keys of `x` from the key network run per group, after shuffling the batch across the groups
-/// when `shuffle`; rows come back in the order of `x` (MoCo's batch_shuffle / batch_unshuffle).
+/// when `shuffle` (Views.shuffledPerGroup); rows come back in the order of `x`.
 let shuffledKeys (shuffle: bool) (groups: int) (generator: torch.Generator) (keyNet: torch.nn.Module<torch.Tensor, torch.Tensor>) (x: torch.Tensor) =
-    use scope = torch.NewDisposeScope()
     use _ = torch.no_grad()
-    let keys =
-        if shuffle then
-            let order = torch.randperm(x.shape[0], generator = generator, device = x.device)
-            let shuffled = perGroup groups keyNet (x.index_select(0L, order))
-            shuffled.index_select(0L, order.argsort())
-        else
-            perGroup groups keyNet x
-    keys.MoveToOuterDisposeScope()
+    if shuffle then shuffledPerGroup groups generator keyNet.forward x else perGroup groups keyNet.forward x
 
 /// One MoCo step (Algorithm 1): two views, q from the query network per group, k₊ from the momentum
 /// network per (shuffled) group, InfoNCE against the queue, SGD on the query network, momentum
@@ -119,7 +103,7 @@ type Step(query: EmbeddingNet, key: MomentumCopy, queue: KeyQueue, data: Data, c
             let x = unitPixels data batch ctx.Device
             let xq = view config.Augmentation data ctx.Generator x
             let xk = view config.Augmentation data ctx.Generator x
-            let q = perGroup config.Groups query xq
+            let q = perGroup config.Groups query.forward xq
             let k = shuffledKeys config.ShuffleBn config.Groups ctx.Generator key.Copy xk
             let loss = Contrastive.infoNce config.Temperature q k queue.Keys
             let value = ctx.Optimize("main", loss)
