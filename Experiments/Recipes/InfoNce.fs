@@ -47,7 +47,10 @@ type Config =
 /// at learning rate 1.0 with half an epoch of warm-up (a short run cannot spend 10 epochs warming
 /// up), 10 epochs: the grouped step ran at 1,447 img/s in `ssl bench` (5 + 30 steps, commit 10d7710 plus
 /// this change), and real runs go about 1.6x slower than the bench (MoCo: 839 there, 505-553 in
-/// runs/moco-quick), so about 11 minutes of training. `smoke`: one epoch.
+/// runs/moco-quick), so about 11 minutes of training. Measured (runs/infonce-quick, commit 474b3de,
+/// seed 0): linear probe 0.8292 and kNN 0.8008 against the random-initialised encoder's 0.7866 /
+/// 0.7503 (+4.3 points), 10 labels per class 0.6905; 731 s of training at 819 img/s, the whole
+/// command 12.9 minutes; live tensors flat at 62, RSS 559-612 MB. `smoke`: one epoch.
 let config preset =
     let paper =
         { Width = 32L; ProjectionDim = 128L; Temperature = 0.5; Epochs = 500; BatchSize = 512; LearningRate = 0.6
