@@ -52,8 +52,10 @@ let perGroup (groups: int) (forward: torch.Tensor -> torch.Tensor) (x: torch.Ten
 
 /// `forward` per group after a random shuffle of the rows across the groups (`generator`); the rows
 /// come back in x's order (MoCo's batch_shuffle / batch_unshuffle, He et al. 2020 Sec. 3.3), so
-/// which rows share batch statistics is random. Gradients flow when they are enabled.
+/// which rows share batch statistics is random. Gradients flow when they are enabled. With one
+/// group every row shares the statistics anyway: `forward x`, no shuffle and no draw.
 let shuffledPerGroup (groups: int) (generator: torch.Generator) (forward: torch.Tensor -> torch.Tensor) (x: torch.Tensor) =
+    if groups = 1 then forward x else
     use scope = torch.NewDisposeScope()
     let order = torch.randperm(x.shape[0], generator = generator, device = x.device)
     let shuffled = perGroup groups forward (x.index_select(0L, order))

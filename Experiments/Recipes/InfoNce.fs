@@ -76,7 +76,7 @@ type Step(encoder: Encoder, head: MlpHead, data: Data, config: Config) =
             let x = unitPixels data batch ctx.Device
             let views = torch.cat([| view config.Augmentation data ctx.Generator x; view config.Augmentation data ctx.Generator x |], 0L)
             let embed (v: torch.Tensor) = head.forward (encoder.forward v)
-            let z = Contrastive.normalize (if config.Groups = 1 then embed views else shuffledPerGroup config.Groups ctx.Generator embed views)
+            let z = Contrastive.normalize (shuffledPerGroup config.Groups ctx.Generator embed views)
             let z1, z2 = z.narrow(0L, 0L, int64 batch.Length), z.narrow(0L, int64 batch.Length, int64 batch.Length)
             let loss = Contrastive.infoNceInBatch config.Temperature z1 z2
             let value = ctx.Optimize("main", loss)
