@@ -39,6 +39,18 @@ let tests =
             Expect.sequenceEqual (w.grad.data<double>().ToArray()) [| -8.0; -12.0 |] "gradient of (w.x)^2"
         }
 
+        test "loading libtorch pins glibc's malloc thresholds (a step's tensors are not re-mapped every step)" {
+            TorchRuntime.EnsureLoaded()
+            let userSet =
+                [ "MALLOC_MMAP_THRESHOLD_"; "MALLOC_TRIM_THRESHOLD_"; "GLIBC_TUNABLES" ]
+                |> List.exists (Environment.GetEnvironmentVariable >> String.IsNullOrEmpty >> not)
+            if OperatingSystem.IsLinux() && not userSet then
+                Expect.isTrue Ssl.Host.Runtime.NativeMemory.ThresholdsPinned "mallopt accepted both thresholds"
+                Expect.isTrue (Ssl.Host.Runtime.NativeMemory.PinThresholds()) "a second call reports them pinned"
+            else
+                Expect.isFalse Ssl.Host.Runtime.NativeMemory.ThresholdsPinned "left to the user's settings or the platform"
+        }
+
         test "the built libLibTorchSharp.so loads here: its GLIBCXX_3.4.32 need is weak where the system lacks it" {
             let lib = torchSharpNative ()
             Expect.isTrue (File.Exists lib) $"expected {lib} in the test output"
