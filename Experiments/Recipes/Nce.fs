@@ -61,6 +61,12 @@
 ///   open is that J_NCE's loss falls mostly through the memory bank catching up with the embeddings
 ///   (λ = 50 pins each embedding to its entry), not through the backbone learning; λ below 50 with
 ///   the batch norm is the next thing to measure.
+/// - The cone is stable because Z follows it: with Z tracking eq. 8, every noise entry's h is about
+///   1/m whatever the cone's width, so the m noise terms push with a total weight of about 1 against
+///   the positive term's 1. The paper's Z is a constant; a constant Z makes a narrowing cone raise
+///   every noise entry's P(i|v) and so the push that spreads it. Quick therefore estimates Z as the
+///   moving average over the first epoch (234 steps; the bank then holds real embeddings, where the
+///   paper's one-step estimate against random vectors was far too small) and keeps it fixed after.
 module Ssl.Experiments.Recipes.Nce
 
 open System.Collections.Generic
@@ -92,6 +98,9 @@ type Config =
       /// Z ← μ·Z + (1 − μ)·(this step's estimate, eq. 8) after the first step; 0 keeps the first
       /// step's Z, as the paper and its released code do.
       NormaliserMomentum: float
+      /// With NormaliserMomentum > 0: Z follows the moving average up to this step and stays fixed
+      /// after it, as the paper's Z stays fixed (0: it follows the moving average throughout).
+      NormaliserFreezeStep: int64
       /// λ of the proximal regularisation (Sec. 3.3); 0 leaves it out.
       ProximalWeight: float
       /// A batch norm without parameters on the embedding before the L2 normalisation (not in the
@@ -109,13 +118,15 @@ type Config =
 /// 190 s of training); the memory bank entries are each refreshed 10 times instead of 200. Three
 /// departures, each measured to be needed at this budget (runs/nce-quick and a step-by-step probe,
 /// see the module note): Z follows a moving average of eq. 8 (μ = 0.99, as K. He advises for NCE in
-/// HobbitLong/CMC issue 23) instead of the first step's value; the proximal term of Sec. 3.3 is on,
+/// HobbitLong/CMC issue 23) over the first epoch instead of the first step's value, fixed after
+/// it as the paper's is (see the module note's last point); the proximal term of Sec. 3.3 is on,
 /// at the paper's λ = 50; the learning rate is 0.003. `paper`: width 32, 200 epochs, the released
 /// code's settings (fixed Z, no proximal term). `smoke`: one epoch on the 2,000-image smoke subset
 /// with m = 512.
 let config preset =
     let paper =
         { Width = 32L; EmbeddingDim = 128L; NoiseSamples = 4096L; Temperature = 0.07; MemoryMomentum = 0.5; NormaliserMomentum = 0.0
+          NormaliserFreezeStep = 0L
           ProximalWeight = 0.0; EmbeddingBatchNorm = false
           Epochs = 200; BatchSize = 256; LearningRate = 0.03; WeightDecay = 5e-4; CropScale = (0.2, 1.0); Jitter = 0.4
           FlipProbability = 0.5 }
@@ -123,7 +134,8 @@ let config preset =
     | Smoke -> { paper with Width = 16L; Epochs = 1; BatchSize = 128; NoiseSamples = 512L }
     | Quick ->
         { paper with
-            Width = 16L; Epochs = 10; NormaliserMomentum = 0.99; ProximalWeight = 50.0; LearningRate = 0.003 }
+            Width = 16L; Epochs = 10; NormaliserMomentum = 0.99; NormaliserFreezeStep = 234L; ProximalWeight = 50.0
+            LearningRate = 0.003 }
     | Paper -> paper
 
 let encoder (preset: Preset) (channels: int64) : Encoder = new SmallConvNet(channels, (config preset).Width)
@@ -163,7 +175,8 @@ type Step(encoder: Encoder, head: torch.nn.Module<torch.Tensor, torch.Tensor>, b
             let m = config.NormaliserMomentum
             let z =
                 if previous <= 0.0 then estimate ()
-                elif m > 0.0 then m * previous + (1.0 - m) * estimate ()
+                elif m > 0.0 && (config.NormaliserFreezeStep <= 0L || ctx.GlobalStep < config.NormaliserFreezeStep) then
+                    m * previous + (1.0 - m) * estimate ()
                 else previous
             normaliser.fill_(z.ToScalar()) |> ignore
             let nce = Contrastive.nce config.Temperature z noiseProbability positive negatives
