@@ -15,6 +15,20 @@ let private batchNormNet () =
 [<Tests>]
 let tests =
     testList "recipes" [
+        test "NCE: Z is the first step's estimate, then the moving average until the freeze step, then fixed" {
+            let config = { Nce.config Ssl.Experiments.Recipe.Quick with NormaliserMomentum = 0.9; NormaliserFreezeStep = 10L }
+            let mutable calls = 0
+            let estimate value () = calls <- calls + 1; value
+            Expect.equal (Nce.nextNormaliser config 0L 0.0 (estimate 5.0)) 5.0 "first step: the estimate"
+            Expect.floatClose Accuracy.high (Nce.nextNormaliser config 9L 5.0 (estimate 15.0)) 6.0 "before the freeze: 0.9·5 + 0.1·15"
+            let before = calls
+            Expect.equal (Nce.nextNormaliser config 10L 6.0 (estimate 100.0)) 6.0 "from the freeze step on: unchanged"
+            Expect.equal calls before "no estimate is computed once Z is fixed"
+            let tracking = { config with NormaliserFreezeStep = 0L }
+            Expect.floatClose Accuracy.high (Nce.nextNormaliser tracking 1000L 5.0 (estimate 15.0)) 6.0 "freeze step 0: tracks throughout"
+            let paper = Nce.config Ssl.Experiments.Recipe.Paper
+            Expect.equal (Nce.nextNormaliser paper 1L 5.0 (estimate 15.0)) 5.0 "the paper's Z: fixed after the first step"
+        }
         test "MoCo: shuffled keys come back in the order of the batch (row i is image i's key)" {
             use linear = torch.nn.Linear(5L, 3L)
             use x = torch.randn(16L, 5L)
