@@ -41,10 +41,7 @@ let tests =
 
         test "loading libtorch pins glibc's malloc thresholds (a step's tensors are not re-mapped every step)" {
             TorchRuntime.EnsureLoaded()
-            let userSet =
-                [ "MALLOC_MMAP_THRESHOLD_"; "MALLOC_TRIM_THRESHOLD_"; "GLIBC_TUNABLES" ]
-                |> List.exists (Environment.GetEnvironmentVariable >> String.IsNullOrEmpty >> not)
-            if OperatingSystem.IsLinux() && not userSet then
+            if OperatingSystem.IsLinux() && not Ssl.Host.Runtime.NativeMemory.UserSetThresholds then
                 Expect.isTrue Ssl.Host.Runtime.NativeMemory.ThresholdsPinned "mallopt accepted both thresholds"
                 Expect.isTrue (Ssl.Host.Runtime.NativeMemory.PinThresholds()) "a second call reports them pinned"
             else

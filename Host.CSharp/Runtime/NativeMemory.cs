@@ -40,6 +40,12 @@ public static class NativeMemory
     /// <summary>Whether <see cref="PinThresholds"/> set glibc's thresholds in this process.</summary>
     public static bool ThresholdsPinned { get; private set; }
 
+    /// <summary>The environment variables through which a user sets glibc's malloc thresholds.</summary>
+    public static readonly string[] UserSettings = { "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES" };
+
+    /// <summary>Whether any of <see cref="UserSettings"/> is set: then glibc keeps the user's settings.</summary>
+    public static bool UserSetThresholds => UserSettings.Any(v => !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(v)));
+
     /// <summary>
     /// Pins glibc malloc's mmap threshold (32 MiB) and trim threshold (256 MiB) unless the user set
     /// them (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES); not glibc: nothing.
@@ -48,9 +54,7 @@ public static class NativeMemory
     public static bool PinThresholds()
     {
         if (unavailable || ThresholdsPinned) return ThresholdsPinned;
-        var userSet = new[] { "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES" }
-            .Any(v => !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(v)));
-        if (userSet) return false;
+        if (UserSetThresholds) return false;
         try
         {
             ThresholdsPinned = Mallopt(MMmapThreshold, MmapThresholdBytes) == 1 && Mallopt(MTrimThreshold, TrimThresholdBytes) == 1;
