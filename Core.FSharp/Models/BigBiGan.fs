@@ -60,10 +60,10 @@ type BigBiGanEncoder(channels: int64, latentDim: int64, width: int64) as this =
         if width < 2L || width % 2L <> 0L then invalidArg "width" $"width: expected an even number >= 2, found {width}"
     let features =
         Layers.sequential [
-            "conv1", nn.Conv2d(channels, width / 2L, 4L, stride = 2L, padding = 1L, bias = false) :> nn.Module<Tensor, Tensor>
+            "conv1", SafeConv.layer channels (width / 2L) 4L 2L 1L false
             "bn1", nn.BatchNorm2d(width / 2L)
             "relu1", nn.ReLU()
-            "conv2", nn.Conv2d(width / 2L, width, 4L, stride = 2L, padding = 1L, bias = false)
+            "conv2", SafeConv.layer (width / 2L) width 4L 2L 1L false
             "bn2", nn.BatchNorm2d(width)
             "relu2", nn.ReLU()
             "conv3", Layers.conv3x3 width (2L * width) 1L

@@ -57,7 +57,7 @@ type MaskedConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64
 type internal ContextBlock(channels: int64, kernelSize: int64, mask: ContextMask) as this =
     inherit nn.Module<Tensor, Tensor>("ContextBlock")
     let masked = new MaskedConv2d(channels, channels, kernelSize, mask, false)
-    let mix = nn.Conv2d(channels, channels, 1L)
+    let mix = SafeConv.layer channels channels 1L 1L 0L true
     do this.RegisterComponents()
 
     override _.forward(x) =

@@ -12,13 +12,14 @@ module internal Layers =
     let sequential (layers: (string * nn.Module<Tensor, Tensor>) list) =
         nn.Sequential(layers |> List.map (fun (name, m) -> struct (name, m)) |> Array.ofList)
 
-    /// A 3x3 convolution with zero padding 1 and no bias (a batch norm follows it).
+    /// A 3x3 convolution with zero padding 1 and no bias (a batch norm follows it); SafeConv where
+    /// the channel counts need it.
     let conv3x3 (inputChannels: int64) (outputChannels: int64) (stride: int64) =
-        nn.Conv2d(inputChannels, outputChannels, 3L, stride = stride, padding = 1L, bias = false)
+        SafeConv.layer inputChannels outputChannels 3L stride 1L false
 
     /// conv3x3 → BatchNorm → ReLU, as named layers.
     let convBnRelu (prefix: string) (inputChannels: int64) (outputChannels: int64) =
-        [ $"{prefix}conv", conv3x3 inputChannels outputChannels 1L :> nn.Module<Tensor, Tensor>
+        [ $"{prefix}conv", conv3x3 inputChannels outputChannels 1L
           $"{prefix}bn", nn.BatchNorm2d(outputChannels)
           $"{prefix}relu", nn.ReLU() ]
 
@@ -39,7 +40,8 @@ type Encoder(name: string) =
 /// only): 2·9·(784·C·w + 196·(2w² + 4w²) + 49·(8w² + 16w²)) = 14,112·C·w + 42,336·w² FLOPs:
 /// w = 32 (default): 43,803,648 for 1 channel, 44,706,816 for 3; w = 16: 11,063,808 for 1 channel.
 /// Batch norm, ReLU and pooling add under 0.3 MFLOP. A 96x96 image costs (96/28)² ≈ 11.8 times as
-/// much. Keep w a multiple of 16 (see SafeConv). `inputChannels`: C of the (N, C, H, W) input;
+/// much. A w that is not a multiple of 16 makes its convolutions SafeConv2d (see SafeConv), which pads
+/// the channels to multiples of 16 and costs accordingly. `inputChannels`: C of the (N, C, H, W) input;
 /// H, W at least 4.
 type SmallConvNet(inputChannels: int64, width: int64) as this =
     inherit Encoder("SmallConvNet")
@@ -84,7 +86,7 @@ type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: in
     let shortcut =
         if stride <> 1L || inputChannels <> outputChannels then
             Layers.sequential [
-                "conv", nn.Conv2d(inputChannels, outputChannels, 1L, stride = stride, bias = false)
+                "conv", SafeConv.layer inputChannels outputChannels 1L stride 0L false
                 "bn", nn.BatchNorm2d(outputChannels) ]
         else
             nn.Sequential()
@@ -109,7 +111,7 @@ type ResNet18(inputChannels: int64) as this =
             "block2", new BasicBlock(outC, outC, 1L) ]
     let features =
         Layers.sequential [
-            "stem_conv", Layers.conv3x3 inputChannels 64L 1L :> nn.Module<Tensor, Tensor>
+            "stem_conv", Layers.conv3x3 inputChannels 64L 1L
             "stem_bn", nn.BatchNorm2d(64L)
             "stem_relu", nn.ReLU()
             "stage1", stage 64L 64L 1L
@@ -143,7 +145,7 @@ type internal PreActivationBlock(inputChannels: int64, outputChannels: int64, st
             "conv2", Layers.conv3x3 outputChannels outputChannels 1L ]
     let projection =
         if stride <> 1L || inputChannels <> outputChannels then
-            nn.Conv2d(inputChannels, outputChannels, 1L, stride = stride, bias = false) :> nn.Module<Tensor, Tensor>
+            SafeConv.layer inputChannels outputChannels 1L stride 0L false
         else
             nn.Identity()
     do this.RegisterComponents()
@@ -184,7 +186,7 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64) as this =
                 :> nn.Module<Tensor, Tensor> ]
     let features =
         Layers.sequential [
-            "stem_conv", Layers.conv3x3 inputChannels widths[0] 1L :> nn.Module<Tensor, Tensor>
+            "stem_conv", Layers.conv3x3 inputChannels widths[0] 1L
             "stage1", stage 0
             "stage2", stage 1
             "stage3", stage 2

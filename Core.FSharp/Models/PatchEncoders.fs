@@ -25,7 +25,7 @@ type LayerNormConvNet(inputChannels: int64, width: int64) as this =
     do Layers.checkPositive "inputChannels" inputChannels
     do Layers.checkPositive "width" width
     let convLnRelu (prefix: string) (inC: int64) (outC: int64) =
-        [ $"{prefix}conv", Layers.conv3x3 inC outC 1L :> nn.Module<Tensor, Tensor>
+        [ $"{prefix}conv", Layers.conv3x3 inC outC 1L
           $"{prefix}ln", nn.GroupNorm(1L, outC)
           $"{prefix}relu", nn.ReLU() ]
     let features =

@@ -1,41 +1,64 @@
-/// A float32 convolution whose input gradient is right on every CPU we run on.
+/// A float32 convolution whose forward and input gradient are right on every CPU we run on.
 ///
-/// libtorch 2.10's CPU backward-data of float32 conv2d (the gradient with respect to the input, and
-/// so everything upstream of the layer) is wrong, sometimes NaN, on this project's AVX-512 machines
-/// (AMD EPYC) when the output channel count is not a multiple of 16; forward and weight gradients
-/// are right, and float64 is right. Measured against float64 over 1-128 input and 1-64 output
-/// channels, 3x3 and 5x5 kernels, 1 and 2 threads: every count not a multiple of 16 failed somewhere
-/// (relative errors 0.03-0.6 or NaN), every multiple of 16 was exact to 1e-6. Padding the filters
-/// with zeros up to the next multiple of 16 and dropping the extra outputs gives the same forward
-/// result and a correct input gradient. See docs/conv-backward-bug.md.
+/// libtorch 2.10's CPU float32 conv2d (oneDNN's jit:avx512_core kernels) is wrong, sometimes NaN, on
+/// this project's AVX-512 machines (AMD EPYC) for two families of channel counts, measured against
+/// float64 (docs/conv-backward-bug.md):
+/// - backward-data (the gradient with respect to the input, and so everything upstream of the layer)
+///   when the output channel count is not a multiple of 16 (any count: 1-20, 24 all failed);
+/// - the forward pass when the input channel count is above 16 and not a multiple of 16 (17-31 and
+///   33-47 all failed, relative errors 0.15-0.45 or NaN; 1-16, 32, 48 were right). oneDNN then
+///   reorders the input into a channel-blocked layout padded to 16 ("ap" in ONEDNN_VERBOSE), and
+///   the result changes from call to call: an uninitialised read.
+/// Weight gradients were right in every case measured, and float64 is right. Padding the filters
+/// with zeros up to the next multiple of 16 outputs (dropping the extra outputs), and the input and
+/// the filters with zero channels up to the next multiple of 16 inputs, computes the same function
+/// with right values and gradients.
 module Ssl.Core.Models.SafeConv
 
 open TorchSharp
 open type TorchSharp.torch
 
-/// Output channels are padded to a multiple of this.
+/// Channel counts are padded to a multiple of this.
 [<Literal>]
 let ChannelBlock = 16L
 
+/// Zero output channels to append so libtorch's backward-data is right: up to a multiple of 16.
+let outputPadding (outputs: int64) = (ChannelBlock - outputs % ChannelBlock) % ChannelBlock
+
+/// Zero input channels to append so libtorch's forward is right: none up to 16 inputs, else up to a
+/// multiple of 16.
+let inputPadding (inputs: int64) =
+    if inputs <= ChannelBlock then 0L else (ChannelBlock - inputs % ChannelBlock) % ChannelBlock
+
+/// Whether a convolution from `inputs` to `outputs` channels needs SafeConv on a float32 CPU.
+let needsPadding (inputs: int64) (outputs: int64) = outputPadding outputs > 0L || inputPadding inputs > 0L
+
 /// conv2d(x, weight, bias) with zero filters appended up to a multiple of `ChannelBlock` output
-/// channels (float32 on the CPU only; elsewhere a plain conv2d), the extra outputs dropped.
+/// channels and, above `ChannelBlock` inputs, zero channels appended to x and the filters up to a
+/// multiple of `ChannelBlock` inputs (float32 on the CPU only; elsewhere, or when no padding is
+/// needed, a plain conv2d); the extra outputs dropped.
 /// x: (N, C, H, W); weight: (O, C, k, k); bias: (O) or null → (N, O, H', W').
 let conv2d (stride: int64) (padding: int64) (x: Tensor) (weight: Tensor) (bias: Tensor) : Tensor =
     let outputs = weight.shape[0]
-    let extra = (ChannelBlock - outputs % ChannelBlock) % ChannelBlock
-    if extra = 0L || x.dtype <> ScalarType.Float32 || x.device.``type`` <> DeviceType.CPU then
+    let extraOut = outputPadding outputs
+    let extraIn = inputPadding weight.shape[1]
+    if (extraOut = 0L && extraIn = 0L) || x.dtype <> ScalarType.Float32 || x.device.``type`` <> DeviceType.CPU then
         nn.functional.conv2d(x, weight, bias, strides = [| stride; stride |], padding = [| padding; padding |])
     else
         use scope = NewDisposeScope()
-        let shape = Array.append [| extra |] weight.shape[1..]
-        let paddedWeight = cat([| weight; zeros(shape, dtype = weight.dtype, device = weight.device) |], 0L)
-        let paddedBias =
-            if isNull bias then null
-            else cat([| bias; zeros([| extra |], dtype = bias.dtype, device = bias.device) |], 0L)
-        nn.functional.conv2d(x, paddedWeight, paddedBias, strides = [| stride; stride |], padding = [| padding; padding |])
+        let zerosLike (tensor: Tensor) (dim: int) (count: int64) =
+            let shape = Array.copy tensor.shape
+            shape[dim] <- count
+            zeros(shape, dtype = tensor.dtype, device = tensor.device)
+        let widen (tensor: Tensor) (dim: int) (count: int64) =
+            if count = 0L then tensor else cat([| tensor; zerosLike tensor dim count |], Operators.int64 dim)
+        let paddedWeight = widen (widen weight 1 extraIn) 0 extraOut
+        let paddedBias = if isNull bias then null else widen bias 0 extraOut
+        nn.functional.conv2d(widen x 1 extraIn, paddedWeight, paddedBias, strides = [| stride; stride |], padding = [| padding; padding |])
             .narrow(1L, 0L, outputs).MoveToOuterDisposeScope()
 
-/// nn.Conv2d's parameters (same names: `weight`, `bias`) computed through `SafeConv.conv2d`.
+/// An nn.Conv2d (under the name `conv`: parameters `conv.weight`, `conv.bias`) computed through
+/// `SafeConv.conv2d`.
 /// x: (N, inputChannels, H, W) → (N, outputChannels, H', W').
 type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, stride: int64, padding: int64, bias: bool) as this =
     inherit nn.Module<Tensor, Tensor>("SafeConv2d")
@@ -46,3 +69,13 @@ type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, 
 
     interface ICountsMultiplyAdds with
         member _.MultiplyAdds(_, output) = MultiplyAdds.convolution inputChannels kernelSize output
+
+/// A convolution layer for any channel counts: nn.Conv2d where libtorch's float32 CPU kernels are
+/// right for them (`needsPadding` false: parameters `weight`, `bias`), else SafeConv2d (parameters
+/// `conv.weight`, `conv.bias`). Every convolution of Core's models is made here.
+let layer (inputChannels: int64) (outputChannels: int64) (kernelSize: int64) (stride: int64) (padding: int64) (bias: bool)
+    : nn.Module<Tensor, Tensor> =
+    if needsPadding inputChannels outputChannels then
+        new SafeConv2d(inputChannels, outputChannels, kernelSize, stride, padding, bias)
+    else
+        nn.Conv2d(inputChannels, outputChannels, kernelSize, stride = stride, padding = padding, bias = bias)

@@ -84,7 +84,7 @@ let config preset =
 type ColorizationNet(width: int64, mean: float[], std: float[]) as this =
     inherit Encoder("ColorizationNet")
     let block (name: string) (input: int64) (output: int64) =
-        [ struct ($"{name}conv", nn.Conv2d(input, output, 3L, padding = 1L, bias = false) :> nn.Module<Tensor, Tensor>)
+        [ struct ($"{name}conv", SafeConv.layer input output 3L 1L 1L false)
           struct ($"{name}bn", nn.BatchNorm2d(output))
           struct ($"{name}relu", nn.ReLU()) ]
     let trunk =
