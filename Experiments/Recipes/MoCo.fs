@@ -101,7 +101,8 @@ let config preset =
     | Smoke -> { paper with Width = 16L; QueueSize = 1024L; Momentum = 0.99; Epochs = 1; BatchSize = 128; Groups = 4 }
     | Quick ->
         { paper with
-            QueueSize = 4096L; Momentum = 0.99; Epochs = 6; BatchSize = 128; Groups = 4; LearningRate = 0.03; WarmupEpochs = 0.5 }
+            Width = 40L; QueueSize = 4096L; Momentum = 0.99; Epochs = 6; BatchSize = 128; Groups = 4; LearningRate = 0.03
+            WarmupEpochs = 0.5 }
     | Paper -> paper
 
 let encoder (preset: Preset) (channels: int64) : Encoder = new SmallConvNet(channels, (config preset).Width)
