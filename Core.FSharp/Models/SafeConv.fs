@@ -72,7 +72,9 @@ type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, 
 
 /// A convolution layer for any channel counts: nn.Conv2d where libtorch's float32 CPU kernels are
 /// right for them (`needsPadding` false: parameters `weight`, `bias`), else SafeConv2d (parameters
-/// `conv.weight`, `conv.bias`). Every convolution of Core's models is made here.
+/// `conv.weight`, `conv.bias`). Every convolution of Core's models is made here, or is a SafeConv2d
+/// built directly where its counts always need it (BigBiGAN's generator output, colorization's
+/// 261-bin head).
 let layer (inputChannels: int64) (outputChannels: int64) (kernelSize: int64) (stride: int64) (padding: int64) (bias: bool)
     : nn.Module<Tensor, Tensor> =
     if needsPadding inputChannels outputChannels then
