@@ -76,9 +76,11 @@ let weakAugment (padding: int64) (flipProbability: float) (generator: torch.Gene
     |> fun x -> x.MoveToOuterDisposeScope()
 
 /// The encoder a semi-supervised preset trains: Wide-ResNet-28-2 (the MixMatch and EnAET papers'
-/// network, Berthelot et al. 2019 Sec. 4.1) when `wideResNet`, else SmallConvNet of base `width`.
-let buildEncoder (wideResNet: bool) (width: int64) (channels: int64) : Encoder =
-    if wideResNet then WideResNet.Wrn28x2(channels) :> Encoder else new SmallConvNet(channels, width) :> Encoder
+/// network, Berthelot et al. 2019 Sec. 4.1) when `wideResNet`, else SmallConvNet of base `width`;
+/// `bnMomentum`: their batch norms' running-statistics momentum (PyTorch's convention).
+let buildEncoder (wideResNet: bool) (width: int64) (bnMomentum: float) (channels: int64) : Encoder =
+    if wideResNet then new WideResNet(channels, 28, 2L, bnMomentum) :> Encoder
+    else new SmallConvNet(channels, width, bnMomentum) :> Encoder
 
 let encoderName (wideResNet: bool) (width: int64) = if wideResNet then "WRN-28-2" else $"SmallConvNet{width}"
 

@@ -94,4 +94,30 @@ let tests =
             Expect.equal (S4LExemplar.config Ssl.Experiments.Recipe.Quick).Triplet Exemplar.TripletForm.SemiHard "quick"
             Expect.equal (S4LExemplar.config Ssl.Experiments.Recipe.Paper).Triplet Exemplar.TripletForm.BatchHard "paper"
         }
+        test "MixMatch: only the mixed training pass moves batch-norm statistics, not the guessing pass; momentum 0.001" {
+            let config = MixMatch.config Ssl.Experiments.Recipe.Quick
+            Expect.equal config.BatchNormMomentum 0.001 "the authors' decay 0.999"
+            torch.manual_seed(5L) |> ignore
+            use encoder = Ssl.Experiments.SemiSupervised.buildEncoder false 16L config.BatchNormMomentum 1L
+            use head = new Ssl.Core.Models.LinearHead(encoder.FeatureDim, 10L)
+            encoder.train ()
+            let bns = Ssl.Core.Models.BatchNorms.layers [ encoder :> torch.nn.Module ]
+            Expect.equal (bns |> List.map (fun bn -> bn.momentum.Value) |> List.distinct) [ 0.001 ] "every batch norm"
+            let counts () = bns |> List.map (fun bn -> bn.num_batches_tracked.item<int64>())
+            let before = counts ()
+            let mutable passes = 0
+            let classify (x: torch.Tensor) = passes <- passes + 1; head.forward(encoder.forward x)
+            use g = new torch.Generator(9UL)
+            use labelled = torch.randn(4L, 1L, 28L, 28L)
+            use targets = torch.eye(10L).narrow(0L, 0L, 4L)
+            let unlabelled = [ torch.randn(4L, 1L, 28L, 28L); torch.randn(4L, 1L, 28L, 28L) ]
+            let t = MixMatch.terms config g 0L [ encoder :> torch.nn.Module; head ] classify labelled targets unlabelled
+            Expect.equal passes 2 "one guessing pass, one mixed pass"
+            Expect.equal (counts ()) (before |> List.map ((+) 1L)) "each batch norm counted one pass: the mixed one"
+            Expect.sequenceEqual t.Guesses.shape [| 4L; 10L |] "guesses"
+            let shares = MixMatch.guessShares t.Guesses
+            Expect.equal (List.map fst shares) [ for k in 0 .. 9 -> $"guess_share_{k}" ] "one share per class"
+            Expect.floatClose Accuracy.medium (List.sumBy snd shares) 1.0 "shares sum to 1"
+            for u in unlabelled do u.Dispose()
+        }
     ]

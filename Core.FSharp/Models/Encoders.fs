@@ -17,10 +17,11 @@ module internal Layers =
     let conv3x3 (inputChannels: int64) (outputChannels: int64) (stride: int64) =
         SafeConv.layer inputChannels outputChannels 3L stride 1L false
 
-    /// conv3x3 → BatchNorm → ReLU, as named layers.
-    let convBnRelu (prefix: string) (inputChannels: int64) (outputChannels: int64) =
+    /// conv3x3 → BatchNorm (running-statistics momentum `bnMomentum`, PyTorch's convention) → ReLU,
+    /// as named layers.
+    let convBnRelu (prefix: string) (bnMomentum: float) (inputChannels: int64) (outputChannels: int64) =
         [ $"{prefix}conv", conv3x3 inputChannels outputChannels 1L
-          $"{prefix}bn", nn.BatchNorm2d(outputChannels)
+          $"{prefix}bn", nn.BatchNorm2d(outputChannels, momentum = bnMomentum)
           $"{prefix}relu", nn.ReLU() ]
 
     let checkPositive (name: string) (value: int64) =
@@ -42,23 +43,30 @@ type Encoder(name: string) =
 /// Batch norm, ReLU and pooling add under 0.3 MFLOP. A 96x96 image costs (96/28)² ≈ 11.8 times as
 /// much. A w that is not a multiple of 16 makes its convolutions SafeConv2d (see SafeConv), which pads
 /// the channels to multiples of 16 and costs accordingly. `inputChannels`: C of the (N, C, H, W) input;
-/// H, W at least 4.
-type SmallConvNet(inputChannels: int64, width: int64) as this =
+/// H, W at least 4. `bnMomentum`: the batch norms' running-statistics momentum in (0, 1] (PyTorch's
+/// convention, default 0.1; TensorFlow's decay d is 1 − d here).
+type SmallConvNet(inputChannels: int64, width: int64, bnMomentum: float) as this =
     inherit Encoder("SmallConvNet")
     do Layers.checkPositive "inputChannels" inputChannels
     do Layers.checkPositive "width" width
+    do
+        if not (bnMomentum > 0.0 && bnMomentum <= 1.0) then
+            invalidArg "bnMomentum" $"bnMomentum: expected a value in (0, 1], found {bnMomentum}"
     let features =
         Layers.sequential [
-            yield! Layers.convBnRelu "stem_" inputChannels width
+            yield! Layers.convBnRelu "stem_" bnMomentum inputChannels width
             "pool1", nn.MaxPool2d(2L)
-            yield! Layers.convBnRelu "block2a_" width (2L * width)
-            yield! Layers.convBnRelu "block2b_" (2L * width) (2L * width)
+            yield! Layers.convBnRelu "block2a_" bnMomentum width (2L * width)
+            yield! Layers.convBnRelu "block2b_" bnMomentum (2L * width) (2L * width)
             "pool2", nn.MaxPool2d(2L)
-            yield! Layers.convBnRelu "block3a_" (2L * width) (4L * width)
-            yield! Layers.convBnRelu "block3b_" (4L * width) (4L * width)
+            yield! Layers.convBnRelu "block3a_" bnMomentum (2L * width) (4L * width)
+            yield! Layers.convBnRelu "block3b_" bnMomentum (4L * width) (4L * width)
             "pool", nn.AdaptiveAvgPool2d(1L)
             "flatten", nn.Flatten() ]
     do this.RegisterComponents()
+
+    /// Batch-norm momentum 0.1 (PyTorch's default).
+    new(inputChannels: int64, width: int64) = new SmallConvNet(inputChannels, width, 0.1)
 
     /// The default width, 32.
     new(inputChannels: int64) = new SmallConvNet(inputChannels, 32L)
@@ -164,15 +172,17 @@ type internal PreActivationBlock(inputChannels: int64, outputChannels: int64, st
 /// ReLU slope 0.1, convolutions without bias, He-normal (fan-out) initialisation as in that code.
 /// WRN-28-2 with a 10-class linear head has 1,467,610 parameters (the "1.5M" of the MixMatch
 /// paper); without the head 1,466,320. FeatureDim = 64k.
-/// `inputChannels`: C of the (N, C, H, W) input; `depth` = 6n + 4; `widenFactor` = k.
-type WideResNet(inputChannels: int64, depth: int, widenFactor: int64) as this =
+/// `inputChannels`: C of the (N, C, H, W) input; `depth` = 6n + 4; `widenFactor` = k; `bnMomentum`
+/// in (0, 1] (0.001 unless given).
+type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum: float) as this =
     inherit Encoder("WideResNet")
     do
         Layers.checkPositive "inputChannels" inputChannels
         Layers.checkPositive "widenFactor" widenFactor
         if depth < 10 || (depth - 4) % 6 <> 0 then
             invalidArg "depth" $"depth: expected 6n + 4 with n >= 1 (e.g. 28), found {depth}"
-    let bnMomentum = 0.001
+        if not (bnMomentum > 0.0 && bnMomentum <= 1.0) then
+            invalidArg "bnMomentum" $"bnMomentum: expected a value in (0, 1], found {bnMomentum}"
     let slope = 0.1
     let blocksPerStage = (depth - 4) / 6
     let widths = [| 16L; 16L * widenFactor; 32L * widenFactor; 64L * widenFactor |]
@@ -203,6 +213,9 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64) as this =
                 nn.init.kaiming_normal_(conv.weight, mode = nn.init.FanInOut.FanOut,
                                         nonlinearity = nn.init.NonlinearityType.ReLU) |> ignore
             | _ -> ()
+
+    /// Batch-norm momentum 0.001, as the MixMatch code.
+    new(inputChannels: int64, depth: int, widenFactor: int64) = new WideResNet(inputChannels, depth, widenFactor, 0.001)
 
     /// WRN-28-2, the MixMatch encoder.
     static member Wrn28x2(inputChannels: int64) = new WideResNet(inputChannels, 28, 2L)

@@ -145,12 +145,15 @@ type Step(encoder: Encoder, head: LinearHead, decoders: MlpHead list, ema: EmaCl
         member _.Step(ctx, batch) =
             let x, targets, unlabelled, firstAugmentation, unlabelledIdx = MixMatch.batches config.MixMatch data labelled pool ctx batch
             let classify images = head.forward(encoder.forward images)
-            let t = MixMatch.terms config.MixMatch ctx.Generator ctx.GlobalStep classify x targets unlabelled
+            let t = MixMatch.terms config.MixMatch ctx.Generator ctx.GlobalStep [ encoder :> torch.nn.Module; head ] classify x targets unlabelled
             let count = min (int64 config.TransformBatch) firstAugmentation.shape[0]
             let originals = firstAugmentation.narrow(0L, 0L, count)
             let drawn = families |> List.map (fun (_, _, _, draw) -> draw ctx.Generator originals)
             let images = torch.cat(Array.ofList (originals :: List.map fst drawn), 0L) |> standardise data
-            let features = encoder.forward images
+            // The transformed images' pass trains the encoder but leaves the batch-norm running
+            // statistics, as the guessing pass does (MixMatch.terms): those the EMA classifier is
+            // evaluated with come from the classification pass alone, not from warped images.
+            let features = BatchNorms.withoutRunningUpdates [ encoder :> torch.nn.Module ] (fun () -> encoder.forward images)
             let logits = head.forward features
             let block i (t: Tensor) = t.narrow(0L, int64 i * count, count)
             let original = block 0 features
@@ -172,7 +175,7 @@ type Step(encoder: Encoder, head: LinearHead, decoders: MlpHead list, ema: EmaCl
                   "weight_u", t.ConsistencyWeight; "kl", float (kl.item<float32>()); "weight_aet", ramp ]
                 @ List.map2 (fun (name, _, _, _) (l: Tensor) -> $"aet_{name}", float (l.item<float32>())) families regressions
             let guess = MixMatch.guessAccuracy data unlabelledIdx t.Guesses |> Option.map (fun a -> "guess_acc", a) |> Option.toList
-            readOnlyDict (figures @ guess)
+            readOnlyDict (figures @ guess @ MixMatch.guessShares t.Guesses)
 
 /// `ssl train enaet`: as `ssl train mixmatch`, with the ensemble of AET decoders and the KL term.
 let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
@@ -187,7 +190,7 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult
     use data = loadData request
     let split = drawSplit data perClass request.Seed
     torch.manual_seed(request.Seed) |> ignore
-    let makeEncoder () = buildEncoder mm.WideResNet mm.Width data.Train.Channels
+    let makeEncoder () = buildEncoder mm.WideResNet mm.Width mm.BatchNormMomentum data.Train.Channels
     use encoder = makeEncoder ()
     use head = new LinearHead(encoder.FeatureDim, int64 data.Classes)
     let decoders =

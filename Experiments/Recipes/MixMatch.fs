@@ -38,7 +38,9 @@ open Ssl.Experiments.SemiSupervised
 /// text's default is 100; L_U is already divided by the 10 classes, as on Fashion-MNIST), λ_U ramped
 /// up over 16,000 of 2^20 steps, Adam at 0.002 with a constant rate, weight decay 0.02 applied as
 /// θ ← θ (1 − 0.02·lr) after each step to weights (not biases or norms; AdamW's decoupled form),
-/// EMA decay 0.999, augmentation: translation by up to 4 px and horizontal flips.
+/// EMA decay 0.999, augmentation: translation by up to 4 px and horizontal flips; batch norm with
+/// the code's decay 0.999 (momentum 0.001 in PyTorch's convention), its running statistics updated
+/// by the training pass only, not by the label-guessing pass.
 type Config =
     { /// WRN-28-2 (the paper's) when true, else SmallConvNet of base width `Width`.
       WideResNet: bool
@@ -54,6 +56,8 @@ type Config =
       ConsistencyWeight: float
       RampUpSteps: int64
       EmaMomentum: float
+      /// Running-statistics momentum of the encoder's batch norms (PyTorch's convention).
+      BatchNormMomentum: float
       TranslatePixels: int64
       FlipProbability: float }
 
@@ -76,7 +80,7 @@ let config preset =
     let paper =
         { WideResNet = true; Width = 16L; Epochs = 1140; BatchSize = 64; LearningRate = 0.002; WeightDecay = 0.02; Augmentations = 2
           Temperature = 0.5; Alpha = 0.75; ConsistencyWeight = 75.0; RampUpSteps = 16000L; EmaMomentum = 0.999
-          TranslatePixels = 3L; FlipProbability = 0.5 }
+          BatchNormMomentum = 0.001; TranslatePixels = 3L; FlipProbability = 0.5 }
     match preset with
     | Smoke -> { paper with WideResNet = false; Epochs = 1; RampUpSteps = 10L }
     | Quick -> { paper with WideResNet = false; Epochs = 9; RampUpSteps = 2760L }
@@ -84,7 +88,7 @@ let config preset =
 
 let encoder (preset: Preset) (channels: int64) : Encoder =
     let c = config preset
-    buildEncoder c.WideResNet c.Width channels
+    buildEncoder c.WideResNet c.Width c.BatchNormMomentum channels
 
 /// The optimiser of the paper: Adam, constant rate, decoupled weight decay on weights.
 let optimizer (config: Config) =
@@ -104,17 +108,21 @@ type Terms =
 /// MixMatch (Algorithm 1) on one batch: `classify` maps standardised images to logits (N, C).
 /// `labelled: (B, C, H, W)` one augmentation of the labelled batch, standardised;
 /// `targets: (B, C)` their one-hot labels; `unlabelled`: K augmentations of the same B' unlabelled
-/// images, each (B', C, H, W), standardised. Guessing runs without gradients (the authors' code
-/// stops it); one forward pass classifies the whole mixed batch, so batch norm sees labelled and
-/// unlabelled rows together (what the authors' interleaving emulates across their split passes).
-let terms (config: Config) (generator: torch.Generator) (step: int64) (classify: torch.Tensor -> torch.Tensor)
-          (labelled: torch.Tensor) (targets: torch.Tensor) (unlabelled: torch.Tensor list) : Terms =
+/// images, each (B', C, H, W), standardised; `classifier`: the modules `classify` runs. Guessing runs
+/// without gradients (the authors' code stops it) and leaves the classifier's batch-norm running
+/// statistics as they were (the authors' code discards that pass's updates); one forward pass
+/// classifies the whole mixed batch, so batch norm sees labelled and unlabelled rows together (what
+/// the authors' interleaving emulates across their split passes).
+let terms (config: Config) (generator: torch.Generator) (step: int64) (classifier: torch.nn.Module list)
+          (classify: torch.Tensor -> torch.Tensor) (labelled: torch.Tensor) (targets: torch.Tensor)
+          (unlabelled: torch.Tensor list) : Terms =
     let k = int64 unlabelled.Length
     let count = unlabelled.Head.shape[0]
     let guesses =
         use _ = torch.no_grad()
-        use logits = classify (torch.cat(List.toArray unlabelled, 0L))
-        MixMatch.guessLabels config.Temperature (logits.view(k, count, -1L))
+        BatchNorms.withoutRunningUpdates classifier (fun () ->
+            use logits = classify (torch.cat(List.toArray unlabelled, 0L))
+            MixMatch.guessLabels config.Temperature (logits.view(k, count, -1L)))
     let inputs = torch.cat(Array.ofList (labelled :: unlabelled), 0L)
     let allTargets = torch.cat(Array.ofList (targets :: List.replicate (int k) guesses), 0L)
     let mixedInputs, mixedTargets = MixMatch.mixMatchMixUp config.Alpha generator inputs allTargets
@@ -152,6 +160,14 @@ let guessAccuracy (data: Data) (unlabelledIdx: int64[]) (guesses: torch.Tensor) 
         Some(hits.sum().item<int64>() |> float |> fun h -> h / float (known.sum().item<int64>()))
     else None
 
+/// The batch's guessed class distribution: `guess_share_k` = the mean of q_b over the batch for each
+/// class k, logged only. Epoch means of these are the guesses' class histogram: a class taking
+/// over is the confirmation bias that costs accuracy at 10 labels per class.
+let guessShares (guesses: torch.Tensor) =
+    use shares = guesses.mean([| 0L |]).cpu()
+    let values = shares.data<float32>().ToArray()
+    [ for k in 0 .. values.Length - 1 -> $"guess_share_{k}", float values[k] ]
+
 /// One MixMatch step, then the EMA update.
 type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, labelled: int64[], pool: int64[], config: Config) =
     let modules = readOnlyDict ([ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ] @ ema.Modules)
@@ -162,14 +178,14 @@ type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, la
         member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x, targets, unlabelled, _, unlabelledIdx = batches config data labelled pool ctx batch
-            let t = terms config ctx.Generator ctx.GlobalStep (fun images -> head.forward(encoder.forward images)) x targets unlabelled
+            let t = terms config ctx.Generator ctx.GlobalStep [ encoder :> torch.nn.Module; head ] (fun images -> head.forward(encoder.forward images)) x targets unlabelled
             let value = ctx.Optimize("main", t.Loss)
             ema.Update config.EmaMomentum
             let figures =
                 [ "loss", value; "loss_x", t.SupervisedLoss.item<float32>() |> float
                   "loss_u", t.ConsistencyLoss.item<float32>() |> float; "weight_u", t.ConsistencyWeight ]
             let guess = guessAccuracy data unlabelledIdx t.Guesses |> Option.map (fun a -> "guess_acc", a) |> Option.toList
-            readOnlyDict (figures @ guess)
+            readOnlyDict (figures @ guess @ guessShares t.Guesses)
 
 /// `ssl train mixmatch`: semi-supervised training on `--labels N` per class (default 10) and the
 /// unlabelled rest; eval.test_acc is the EMA classifier's, beside supervised-only on the same labels.
@@ -184,7 +200,7 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult
     use data = loadData request
     let split = drawSplit data perClass request.Seed
     torch.manual_seed(request.Seed) |> ignore
-    let makeEncoder () = buildEncoder config.WideResNet config.Width data.Train.Channels
+    let makeEncoder () = buildEncoder config.WideResNet config.Width config.BatchNormMomentum data.Train.Channels
     use encoder = makeEncoder ()
     use head = new LinearHead(encoder.FeatureDim, int64 data.Classes)
     encoder.``to``(env.Device) |> ignore

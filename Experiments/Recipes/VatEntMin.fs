@@ -70,15 +70,6 @@ let config preset =
 
 let encoder (preset: Preset) (channels: int64) : Encoder = new SmallConvNet(channels, (config preset).Width)
 
-/// Runs `f` with every batch norm of `model` in training mode but not updating its running
-/// statistics (momentum 0 in PyTorch's convention), then restores the momenta.
-let withFrozenStatistics (model: torch.nn.Module) (f: unit -> 'T) : 'T =
-    let norms = model.modules () |> Seq.choose (function :? Modules.BatchNorm as b -> Some b | _ -> None) |> Seq.toArray
-    let momenta = norms |> Array.map (fun b -> b.momentum)
-    for b in norms do b.momentum <- Nullable 0.0
-    try f ()
-    finally Array.iter2 (fun (b: Modules.BatchNorm) m -> b.momentum <- m) norms momenta
-
 /// One step: one clean forward pass of both batches; cross-entropy on the labelled part, entropy
 /// and the VAT loss on all of it.
 type Step(parts: S4L.Parts, config: Config) =
@@ -103,7 +94,7 @@ type Step(parts: S4L.Parts, config: Config) =
             let classLoss = torch.nn.functional.cross_entropy(classLogits, y)
             let entropy = Entropy.entropy logits
             let vat =
-                withFrozenStatistics encoder (fun () ->
+                BatchNorms.withoutRunningUpdates [ encoder :> torch.nn.Module ] (fun () ->
                     Vat.virtualAdversarialLoss config.Xi epsilon config.PowerIterations ctx.Generator classify x logits)
             let loss = classLoss + config.VatWeight * vat + config.EntropyWeight * entropy
             let value = ctx.Optimize("main", loss)

@@ -786,9 +786,75 @@ let private patchEncoderTests =
         }
     ]
 
+// ---- batch-norm running statistics ---------------------------------------------------------------
+
+let private statistics (m: nn.Module) = snapshot (m.buffers ())
+
+let private batchNormTests =
+    testList "batch norms" [
+        test "SmallConvNet's bnMomentum reaches every batch norm: one training pass from 0 gives m · batch mean" {
+            use net = new SmallConvNet(1L, 16L, 0.001)
+            Expect.equal (BatchNorms.layers [ net :> nn.Module; net ]).Length 5 "five batch norms, each once"
+            for bn in BatchNorms.layers [ net :> nn.Module ] do Expect.equal bn.momentum (Nullable 0.001) "momentum"
+            net.train ()
+            use x = randn 40 [| 8L; 1L; 28L; 28L |] + 3.0
+            use _ = net.forward x
+            let stem = BatchNorms.layers [ net :> nn.Module ] |> List.head
+            // The stem's input is x itself through a bias-free conv: its batch mean per channel is
+            // the conv of the batch mean; checking the running mean is 0.001 of it needs no other net.
+            use conv = nn.functional.conv2d(x, (net.named_parameters () |> Seq.head |> fun struct (_, p) -> p :> Tensor), padding = [| 1L; 1L |])
+            use expected = conv.mean([| 0L; 2L; 3L |]) * 0.001
+            Check.close 1e-6 1e-4 "running mean after one pass" stem.running_mean expected
+            use plain = new SmallConvNet(1L, 16L)
+            for bn in BatchNorms.layers [ plain :> nn.Module ] do Expect.equal bn.momentum (Nullable 0.1) "PyTorch's default otherwise"
+            let e = Prop.throws<ArgumentException> (fun () -> (new SmallConvNet(1L, 16L, 0.0)).Dispose())
+            Expect.stringContains e.Message "bnMomentum: expected a value in (0, 1], found 0" "message"
+        }
+        test "withoutRunningUpdates: batch statistics in the pass, running statistics and counters untouched" {
+            use net = new SmallConvNet(1L, 16L)
+            use head = new LinearHead(net.FeatureDim, 10L)
+            net.train ()
+            use x = randn 41 [| 8L; 1L; 28L; 28L |] * 2.0 + 1.0
+            let before = statistics net
+            use inside = BatchNorms.withoutRunningUpdates [ net :> nn.Module; head ] (fun () -> net.forward x)
+            for b, now in Array.zip before (statistics net) do Check.close 0.0 0.0 "buffer after the pass" now b
+            use outside = net.forward x
+            Check.close 1e-6 1e-5 "the same batch-statistics output as a plain training pass" inside outside
+            let changed = Array.zip before (statistics net) |> Array.exists (fun (b, now) -> (use d = b.ne(now).any() in d.item<bool>()))
+            Expect.isTrue changed "a plain training pass does move the statistics (control)"
+        }
+        test "withoutRunningUpdates between a training pass and its backward leaves that backward working" {
+            use net = new SmallConvNet(1L, 16L)
+            net.train ()
+            use x = randn 43 [| 4L; 1L; 28L; 28L |]
+            use scope = torch.NewDisposeScope()
+            let trained = net.forward x
+            let extra = BatchNorms.withoutRunningUpdates [ net :> nn.Module ] (fun () -> net.forward (x * 0.5))
+            (trained.sum() + extra.sum()).backward()
+            expectGradientsReachEveryParameter "after the extra pass" net (fun () -> net.forward x)
+        }
+        test "withoutRunningUpdates restores the statistics when the pass throws, and leaves no tensor alive" {
+            use net = new SmallConvNet(1L, 16L)
+            net.train ()
+            use x = randn 42 [| 4L; 1L; 28L; 28L |]
+            let before = statistics net
+            let e = Prop.throws<InvalidOperationException> (fun () ->
+                BatchNorms.withoutRunningUpdates [ net :> nn.Module ] (fun () ->
+                    use _ = net.forward x
+                    invalidOp "boom"))
+            Expect.equal e.Message "boom" "the pass's own error"
+            for b, now in Array.zip before (statistics net) do Check.close 0.0 0.0 "buffer after the failed pass" now b
+            Check.noLeak "withoutRunningUpdates" (fun () ->
+                BatchNorms.withoutRunningUpdates [ net :> nn.Module ] (fun () ->
+                    use scope = torch.NewDisposeScope()
+                    net.forward x |> ignore))
+        }
+    ]
+
 [<Tests>]
 let tests =
     testList "core.models" [
+        batchNormTests
         safeConvTests
         encoderTests
         headTests
