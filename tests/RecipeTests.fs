@@ -111,7 +111,7 @@ let tests =
             use labelled = torch.randn(4L, 1L, 28L, 28L)
             use targets = torch.eye(10L).narrow(0L, 0L, 4L)
             let unlabelled = [ torch.randn(4L, 1L, 28L, 28L); torch.randn(4L, 1L, 28L, 28L) ]
-            let t = MixMatch.terms config g 0L [ encoder :> torch.nn.Module; head ] classify labelled targets unlabelled
+            let t = MixMatch.terms config g 0L [ encoder :> torch.nn.Module; head ] None classify labelled targets unlabelled
             Expect.equal passes 2 "one guessing pass, one mixed pass"
             Expect.equal (counts ()) (before |> List.map ((+) 1L)) "each batch norm counted one pass: the mixed one"
             Expect.sequenceEqual t.Guesses.shape [| 4L; 10L |] "guesses"

@@ -97,6 +97,39 @@ let guessLabels (temperature: float) (logits: Tensor) : Tensor =
     let averaged = logits.softmax(2L).mean([| 0L |])
     (sharpen temperature averaged).detach().MoveToOuterDisposeScope()
 
+/// Distribution alignment (Berthelot et al. 2020, ReMixMatch, Sec. 3.2): q̃ = Normalize(q · p(y) / p̃(y)),
+/// the predicted class distributions q scaled by the ratio of the labelled data's class marginal
+/// p(y) to the running mean p̃(y) of the model's predictions on unlabelled data, each row then
+/// renormalised; a class the model over-predicts is turned down, one it has stopped predicting is
+/// turned up. `probabilities: (N, C)` rows summing to 1; `target: (C)` p(y) and `running: (C)`
+/// p̃(y), both positive; result `(N, C)`, rows summing to 1, no gradient.
+let alignDistribution (target: Tensor) (running: Tensor) (probabilities: Tensor) : Tensor =
+    expect "probabilities" [| Any; Any |] probabilities
+    expect "target" [| Exactly probabilities.shape[1] |] target
+    expect "running" [| Exactly probabilities.shape[1] |] running
+    use scope = NewDisposeScope()
+    use _ = no_grad ()
+    let scaled = probabilities * (target / running.clamp_min((1e-12).ToScalar())).unsqueeze(0L)
+    (scaled / scaled.sum(1L, keepdim = true)).detach().MoveToOuterDisposeScope()
+
+/// MixMatch's label guess with distribution alignment before sharpening (ReMixMatch's order: align
+/// the prediction, then sharpen): sharpen(alignDistribution(mean_k softmax(logits_k))). Updates
+/// `running` in place first, p̃ ← m·p̃ + (1 − m)·mean over the batch of the (unaligned) predictions
+/// (ReMixMatch keeps the mean over the last 128 batches; an exponential moving average with
+/// m = 1 − 1/128 has that window's time constant). `momentum`: m in [0, 1]; `target`, `running`: (C);
+/// `logits: (K, N, C)`; result `(N, C)`, no gradient.
+let guessLabelsAligned (temperature: float) (momentum: float) (target: Tensor) (running: Tensor) (logits: Tensor) : Tensor =
+    Checks.positive "temperature" temperature
+    if not (momentum >= 0.0 && momentum <= 1.0) then
+        invalidArg "momentum" $"momentum: expected a value in [0, 1], found {momentum}"
+    expect "logits" [| Any; Any; Any |] logits
+    Checks.nonEmpty "logits" logits
+    use scope = NewDisposeScope()
+    use _ = no_grad ()
+    let averaged = logits.softmax(2L).mean([| 0L |])
+    running.mul_(momentum.ToScalar()).add_(averaged.mean([| 0L |]).to_type(running.dtype), alpha = (1.0 - momentum).ToScalar()) |> ignore
+    (sharpen temperature (alignDistribution target running averaged)).detach().MoveToOuterDisposeScope()
+
 /// Cross-entropy against soft targets (Berthelot et al. 2019, eq. 3, the supervised loss L_X on
 /// mixed labelled examples): mean over rows of -Σ_c target_c log softmax(logits)_c.
 /// `logits: (N, C)`; `targets: (N, C)` class distributions; result: scalar ≥ 0.

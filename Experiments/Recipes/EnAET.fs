@@ -127,8 +127,9 @@ let families (config: Config) (channels: int64) =
 /// One EnAET step: MixMatch's terms, the five AET regressions and the KL consistency, one update,
 /// then the EMA. `decoders`: one per family, (N, 2D) → (N, parameters).
 type Step(encoder: Encoder, head: LinearHead, decoders: MlpHead list, ema: EmaClassifier, data: Data, labelled: int64[],
-          pool: int64[], config: Config) =
+          pool: int64[], config: Config, device: torch.Device) =
     let families = families config data.Train.Channels
+    let aligned = if config.MixMatch.DistributionAlignment then Some(MixMatch.alignment data labelled device) else None
     let modules =
         readOnlyDict (
             [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
@@ -141,11 +142,11 @@ type Step(encoder: Encoder, head: LinearHead, decoders: MlpHead list, ema: EmaCl
     interface ITrainingStep with
         member _.Modules = modules
         member _.Optimizers = [| struct ("main", MixMatch.optimizer config.MixMatch, parameters) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
+        member _.State = readOnlyDict [ match aligned with Some a -> "alignment_running", a.Running | None -> () ]
         member _.Step(ctx, batch) =
             let x, targets, unlabelled, firstAugmentation, unlabelledIdx = MixMatch.batches config.MixMatch data labelled pool ctx batch
             let classify images = head.forward(encoder.forward images)
-            let t = MixMatch.terms config.MixMatch ctx.Generator ctx.GlobalStep [ encoder :> torch.nn.Module; head ] classify x targets unlabelled
+            let t = MixMatch.terms config.MixMatch ctx.Generator ctx.GlobalStep [ encoder :> torch.nn.Module; head ] aligned classify x targets unlabelled
             let count = min (int64 config.TransformBatch) firstAugmentation.shape[0]
             let originals = firstAugmentation.narrow(0L, 0L, count)
             let drawn = families |> List.map (fun (_, _, _, draw) -> draw ctx.Generator originals)
@@ -203,7 +204,7 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult
         TrainerOptions(Epochs = mm.Epochs, BatchSize = mm.BatchSize, ExampleCount = int64 split.Unlabelled.Length,
                        Seed = request.Seed, Resume = request.Resume, ConfigDigest = $"enaet {config} labels={perClass}", LogEvery = 50)
     let summary =
-        try Trainer.Run(Step(encoder, head, decoders, ema, data, split.Labelled, split.Unlabelled, config), options, folder, env.Device,
+        try Trainer.Run(Step(encoder, head, decoders, ema, data, split.Labelled, split.Unlabelled, config, env.Device), options, folder, env.Device,
                         ConsoleProgress())
         finally
             for d in decoders do d.Dispose()

@@ -58,6 +58,8 @@ type Config =
       EmaMomentum: float
       /// Running-statistics momentum of the encoder's batch norms (PyTorch's convention).
       BatchNormMomentum: float
+      /// ReMixMatch's distribution alignment of the guesses (not in MixMatch; see `terms`).
+      DistributionAlignment: bool
       TranslatePixels: int64
       FlipProbability: float }
 
@@ -80,10 +82,10 @@ let config preset =
     let paper =
         { WideResNet = true; Width = 16L; Epochs = 1140; BatchSize = 64; LearningRate = 0.002; WeightDecay = 0.02; Augmentations = 2
           Temperature = 0.5; Alpha = 0.75; ConsistencyWeight = 75.0; RampUpSteps = 16000L; EmaMomentum = 0.999
-          BatchNormMomentum = 0.001; TranslatePixels = 3L; FlipProbability = 0.5 }
+          BatchNormMomentum = 0.001; DistributionAlignment = false; TranslatePixels = 3L; FlipProbability = 0.5 }
     match preset with
     | Smoke -> { paper with WideResNet = false; Epochs = 1; RampUpSteps = 10L }
-    | Quick -> { paper with WideResNet = false; Epochs = 9; RampUpSteps = 2760L }
+    | Quick -> { paper with WideResNet = false; Epochs = 9; RampUpSteps = 2760L; DistributionAlignment = true }
     | Paper -> paper
 
 let encoder (preset: Preset) (channels: int64) : Encoder =
@@ -93,6 +95,24 @@ let encoder (preset: Preset) (channels: int64) : Encoder =
 /// The optimiser of the paper: Adam, constant rate, decoupled weight decay on weights.
 let optimizer (config: Config) =
     OptimizerSpec(Kind = OptimizerKind.AdamW, LearningRate = config.LearningRate, WeightDecay = config.WeightDecay, Cosine = false)
+
+/// Distribution alignment's state (Berthelot et al. 2020, ReMixMatch, Sec. 3.2): `Target` p(y), the
+/// labelled set's class marginal, and `Running` p̃(y), the running mean of the guesses' predictions,
+/// both (C), updated in place by `terms`.
+type Alignment =
+    { Target: torch.Tensor
+      Running: torch.Tensor }
+
+/// ReMixMatch's window of 128 batches as an exponential moving average's momentum.
+let alignmentMomentum = 1.0 - 1.0 / 128.0
+
+/// The alignment state for a labelled set: p(y) from its labels, p̃(y) uniform to start with.
+let alignment (data: Data) (labelled: int64[]) (device: torch.Device) =
+    use idx = torch.tensor(labelled)
+    use labels = data.Train.Labels.index_select(0L, idx)
+    use counts = torch.bincount(labels, minlength = int64 data.Classes).to_type(torch.ScalarType.Float32)
+    { Target = (counts / counts.sum()).``to``(device)
+      Running = torch.full([| int64 data.Classes |], (1.0 / float data.Classes).ToScalar(), device = device) }
 
 /// One step's MixMatch loss terms, and the guessed labels that EnAET reuses.
 type Terms =
@@ -112,17 +132,20 @@ type Terms =
 /// without gradients (the authors' code stops it) and leaves the classifier's batch-norm running
 /// statistics as they were (the authors' code discards that pass's updates); one forward pass
 /// classifies the whole mixed batch, so batch norm sees labelled and unlabelled rows together (what
-/// the authors' interleaving emulates across their split passes).
+/// the authors' interleaving emulates across their split passes). With `alignment`, the guesses are
+/// distribution-aligned before sharpening (ReMixMatch's addition, off in MixMatch's own presets).
 let terms (config: Config) (generator: torch.Generator) (step: int64) (classifier: torch.nn.Module list)
-          (classify: torch.Tensor -> torch.Tensor) (labelled: torch.Tensor) (targets: torch.Tensor)
-          (unlabelled: torch.Tensor list) : Terms =
+          (alignment: Alignment option) (classify: torch.Tensor -> torch.Tensor) (labelled: torch.Tensor)
+          (targets: torch.Tensor) (unlabelled: torch.Tensor list) : Terms =
     let k = int64 unlabelled.Length
     let count = unlabelled.Head.shape[0]
     let guesses =
         use _ = torch.no_grad()
         BatchNorms.withoutRunningUpdates classifier (fun () ->
             use logits = classify (torch.cat(List.toArray unlabelled, 0L))
-            MixMatch.guessLabels config.Temperature (logits.view(k, count, -1L)))
+            match alignment with
+            | Some a -> MixMatch.guessLabelsAligned config.Temperature alignmentMomentum a.Target a.Running (logits.view(k, count, -1L))
+            | None -> MixMatch.guessLabels config.Temperature (logits.view(k, count, -1L)))
     let inputs = torch.cat(Array.ofList (labelled :: unlabelled), 0L)
     let allTargets = torch.cat(Array.ofList (targets :: List.replicate (int k) guesses), 0L)
     let mixedInputs, mixedTargets = MixMatch.mixMatchMixUp config.Alpha generator inputs allTargets
@@ -169,16 +192,19 @@ let guessShares (guesses: torch.Tensor) =
     [ for k in 0 .. values.Length - 1 -> $"guess_share_{k}", float values[k] ]
 
 /// One MixMatch step, then the EMA update.
-type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, labelled: int64[], pool: int64[], config: Config) =
+type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, labelled: int64[], pool: int64[], config: Config,
+          device: torch.Device) =
     let modules = readOnlyDict ([ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ] @ ema.Modules)
+    let aligned = if config.DistributionAlignment then Some(alignment data labelled device) else None
     interface ITrainingStep with
         member _.Modules = modules
         member _.Optimizers =
             [| struct ("main", optimizer config, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
+        member _.State = readOnlyDict [ match aligned with Some a -> "alignment_running", a.Running | None -> () ]
         member _.Step(ctx, batch) =
             let x, targets, unlabelled, _, unlabelledIdx = batches config data labelled pool ctx batch
-            let t = terms config ctx.Generator ctx.GlobalStep [ encoder :> torch.nn.Module; head ] (fun images -> head.forward(encoder.forward images)) x targets unlabelled
+            let t = terms config ctx.Generator ctx.GlobalStep [ encoder :> torch.nn.Module; head ] aligned
+                          (fun images -> head.forward(encoder.forward images)) x targets unlabelled
             let value = ctx.Optimize("main", t.Loss)
             ema.Update config.EmaMomentum
             let figures =
@@ -210,7 +236,7 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult
         TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = int64 split.Unlabelled.Length,
                        Seed = request.Seed, Resume = request.Resume, ConfigDigest = $"mixmatch {config} labels={perClass}", LogEvery = 50)
     let summary =
-        Trainer.Run(Step(encoder, head, ema, data, split.Labelled, split.Unlabelled, config), options, folder, env.Device, ConsoleProgress())
+        Trainer.Run(Step(encoder, head, ema, data, split.Labelled, split.Unlabelled, config, env.Device), options, folder, env.Device, ConsoleProgress())
     let testAcc = Supervised.testAccuracy ema.Encoder ema.Head data env.Device
     let supervisedOnly = supervisedOnlyBaseline request data perClass folder env.Device
     finish request env folder data ema.Encoder name makeEncoder summary (Some testAcc) (Some supervisedOnly)

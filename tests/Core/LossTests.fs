@@ -485,6 +485,36 @@ let mixMatchTests =
             Check.close 1e-12 1e-12 "oracle" guess expected
         }
 
+        test "alignDistribution scales by p(y) / running and renormalises; equal marginals change nothing" {
+            use p = torch.tensor([| 0.5; 0.3; 0.2; 0.1; 0.6; 0.3 |], dtype = f64).view(2L, 3L)
+            use uniform = torch.full([| 3L |], (1.0 / 3.0).ToScalar(), dtype = f64)
+            use same = MixMatch.alignDistribution uniform uniform p
+            Check.close 1e-12 1e-12 "running = target: unchanged" same p
+            use running = torch.tensor([| 0.5; 0.25; 0.25 |], dtype = f64)
+            use aligned = MixMatch.alignDistribution uniform running p
+            // Row 1: (0.5/0.5, 0.3/0.25, 0.2/0.25) = (1, 1.2, 0.8), / 3; row 2: (0.2, 2.4, 1.2), / 3.8.
+            use expected = torch.tensor([| 1.0 / 3.0; 0.4; 0.8 / 3.0; 0.2 / 3.8; 2.4 / 3.8; 1.2 / 3.8 |], dtype = f64).view(2L, 3L)
+            Check.close 1e-12 1e-12 "the over-predicted class turned down" aligned expected
+            let e = Prop.throws<ArgumentException> (fun () -> MixMatch.alignDistribution (uniform.narrow(0L, 0L, 2L)) uniform p |> ignore)
+            Expect.stringContains e.Message "target" "names the wrong argument"
+        }
+
+        test "guessLabelsAligned updates the running mean first, then sharpens the aligned mean of K softmaxes" {
+            use g = generator 15
+            use logits = randn g [| 2L; 3L; 4L |] * 2.0
+            use target = torch.full([| 4L |], 0.25.ToScalar(), dtype = f64)
+            use running = torch.tensor([| 0.4; 0.2; 0.2; 0.2 |], dtype = f64)
+            use before = running.clone()
+            use guess = MixMatch.guessLabelsAligned 0.5 0.9 target running logits
+            use averaged = (logits.softmax(2L)[0] + logits.softmax(2L)[1]) / 2.0
+            use expectedRunning = before * 0.9 + averaged.mean([| 0L |]) * 0.1
+            Check.close 1e-6 1e-6 "p̃ ← 0.9 p̃ + 0.1 batch mean" running expectedRunning
+            use expected = MixMatch.sharpen 0.5 (MixMatch.alignDistribution target expectedRunning averaged)
+            Check.close 1e-6 1e-6 "sharpen(align(mean))" guess expected
+            use plain = MixMatch.guessLabels 0.5 logits
+            Expect.isTrue (guess.sub(plain).abs().max().item<float>() > 1e-3) "alignment changed the guess (control)"
+        }
+
         Prop.propSmall "softCrossEntropy and consistencyL2 equal their oracles" (fun (seed: int) ->
             use g = generator seed
             let rnd = Random(seed)
