@@ -152,7 +152,7 @@ type Terms =
 /// statistics as they were (the authors' code discards that pass's updates); one forward pass
 /// classifies the whole mixed batch, so batch norm sees labelled and unlabelled rows together (what
 /// the authors' interleaving emulates across their split passes). With `alignment`, the guesses are
-/// distribution-aligned before sharpening (ReMixMatch's addition, off in MixMatch's own presets).
+/// distribution-aligned before sharpening (ReMixMatch's addition: on in quick and smoke, off in paper).
 let terms (config: Config) (generator: torch.Generator) (step: int64) (classifier: torch.nn.Module list)
           (alignment: Alignment option) (classify: torch.Tensor -> torch.Tensor) (labelled: torch.Tensor)
           (targets: torch.Tensor) (unlabelled: torch.Tensor list) : Terms =
