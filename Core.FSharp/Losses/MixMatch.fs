@@ -83,6 +83,12 @@ let sharpen (temperature: float) (probabilities: Tensor) : Tensor =
     use scope = NewDisposeScope()
     (probabilities.log() / temperature).softmax(1L).MoveToOuterDisposeScope()
 
+/// The mean over K augmentations of softmax(logits): `logits: (K, N, C)`, non-empty; result (N, C).
+let private meanPrediction (logits: Tensor) =
+    expect "logits" [| Any; Any; Any |] logits
+    Checks.nonEmpty "logits" logits
+    logits.softmax(2L).mean([| 0L |])
+
 /// MixMatch's label guess (Berthelot et al. 2019, eq. 6-7): the mean over K augmentations of the
 /// predicted class distributions softmax(logits), then sharpened. Detached: the guess is a
 /// target, and the paper's code stops its gradient.
@@ -90,12 +96,9 @@ let sharpen (temperature: float) (probabilities: Tensor) : Tensor =
 /// of the same N unlabelled images; result: `(N, C)`, rows summing to 1, no gradient.
 let guessLabels (temperature: float) (logits: Tensor) : Tensor =
     Checks.positive "temperature" temperature
-    expect "logits" [| Any; Any; Any |] logits
-    Checks.nonEmpty "logits" logits
     use scope = NewDisposeScope()
     use _ = no_grad ()
-    let averaged = logits.softmax(2L).mean([| 0L |])
-    (sharpen temperature averaged).detach().MoveToOuterDisposeScope()
+    (sharpen temperature (meanPrediction logits)).detach().MoveToOuterDisposeScope()
 
 /// Distribution alignment (Berthelot et al. 2020, ReMixMatch, Sec. 3.2): q̃ = Normalize(q · p(y) / p̃(y)),
 /// the predicted class distributions q scaled by the ratio of the labelled data's class marginal
@@ -122,11 +125,9 @@ let guessLabelsAligned (temperature: float) (momentum: float) (target: Tensor) (
     Checks.positive "temperature" temperature
     if not (momentum >= 0.0 && momentum <= 1.0) then
         invalidArg "momentum" $"momentum: expected a value in [0, 1], found {momentum}"
-    expect "logits" [| Any; Any; Any |] logits
-    Checks.nonEmpty "logits" logits
     use scope = NewDisposeScope()
     use _ = no_grad ()
-    let averaged = logits.softmax(2L).mean([| 0L |])
+    let averaged = meanPrediction logits
     running.mul_(momentum.ToScalar()).add_(averaged.mean([| 0L |]).to_type(running.dtype), alpha = (1.0 - momentum).ToScalar()) |> ignore
     (sharpen temperature (alignDistribution target running averaged)).detach().MoveToOuterDisposeScope()
 

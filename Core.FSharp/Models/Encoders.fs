@@ -27,6 +27,9 @@ module internal Layers =
     let checkPositive (name: string) (value: int64) =
         if value < 1L then invalidArg name $"{name}: expected a positive number, found {value}"
 
+    let checkMomentum (name: string) (value: float) =
+        if not (value > 0.0 && value <= 1.0) then invalidArg name $"{name}: expected a value in (0, 1], found {value}"
+
 /// An image encoder: `forward` maps images (N, C, H, W) to features (N, FeatureDim), pooled
 /// globally over space, so any input size the architecture's strides allow works (28–96 px here).
 [<AbstractClass>]
@@ -49,9 +52,7 @@ type SmallConvNet(inputChannels: int64, width: int64, bnMomentum: float) as this
     inherit Encoder("SmallConvNet")
     do Layers.checkPositive "inputChannels" inputChannels
     do Layers.checkPositive "width" width
-    do
-        if not (bnMomentum > 0.0 && bnMomentum <= 1.0) then
-            invalidArg "bnMomentum" $"bnMomentum: expected a value in (0, 1], found {bnMomentum}"
+    do Layers.checkMomentum "bnMomentum" bnMomentum
     let features =
         Layers.sequential [
             yield! Layers.convBnRelu "stem_" bnMomentum inputChannels width
@@ -181,8 +182,7 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum
         Layers.checkPositive "widenFactor" widenFactor
         if depth < 10 || (depth - 4) % 6 <> 0 then
             invalidArg "depth" $"depth: expected 6n + 4 with n >= 1 (e.g. 28), found {depth}"
-        if not (bnMomentum > 0.0 && bnMomentum <= 1.0) then
-            invalidArg "bnMomentum" $"bnMomentum: expected a value in (0, 1], found {bnMomentum}"
+        Layers.checkMomentum "bnMomentum" bnMomentum
     let slope = 0.1
     let blocksPerStage = (depth - 4) / 6
     let widths = [| 16L; 16L * widenFactor; 32L * widenFactor; 64L * widenFactor |]

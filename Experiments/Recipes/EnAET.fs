@@ -140,7 +140,7 @@ let families (config: Config) (channels: int64) =
 type Step(encoder: Encoder, head: LinearHead, decoders: MlpHead list, ema: EmaClassifier, data: Data, labelled: int64[],
           pool: int64[], config: Config, device: torch.Device) =
     let families = families config data.Train.Channels
-    let aligned = if config.MixMatch.DistributionAlignment then Some(MixMatch.alignment data labelled device) else None
+    let aligned = MixMatch.alignment config.MixMatch data labelled device
     let modules =
         readOnlyDict (
             [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
@@ -153,7 +153,7 @@ type Step(encoder: Encoder, head: LinearHead, decoders: MlpHead list, ema: EmaCl
     interface ITrainingStep with
         member _.Modules = modules
         member _.Optimizers = [| struct ("main", MixMatch.optimizer config.MixMatch, parameters) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict [ match aligned with Some a -> "alignment_running", a.Running | None -> () ]
+        member _.State = MixMatch.alignmentState aligned
         member _.Step(ctx, batch) =
             let x, targets, unlabelled, firstAugmentation, unlabelledIdx = MixMatch.batches config.MixMatch data labelled pool ctx batch
             let classify images = head.forward(encoder.forward images)

@@ -125,13 +125,20 @@ type Alignment =
 /// ReMixMatch's window of 128 batches as an exponential moving average's momentum.
 let alignmentMomentum = 1.0 - 1.0 / 128.0
 
-/// The alignment state for a labelled set: p(y) from its labels, p̃(y) uniform to start with.
-let alignment (data: Data) (labelled: int64[]) (device: torch.Device) =
-    use idx = torch.tensor(labelled)
-    use labels = data.Train.Labels.index_select(0L, idx)
-    use counts = torch.bincount(labels, minlength = int64 data.Classes).to_type(torch.ScalarType.Float32)
-    { Target = (counts / counts.sum()).``to``(device)
-      Running = torch.full([| int64 data.Classes |], (1.0 / float data.Classes).ToScalar(), device = device) }
+/// The alignment state for a labelled set when `config` asks for it: p(y) from the set's labels,
+/// p̃(y) uniform to start with.
+let alignment (config: Config) (data: Data) (labelled: int64[]) (device: torch.Device) : Alignment option =
+    if not config.DistributionAlignment then None
+    else
+        use idx = torch.tensor(labelled)
+        use labels = data.Train.Labels.index_select(0L, idx)
+        use counts = torch.bincount(labels, minlength = int64 data.Classes).to_type(torch.ScalarType.Float32)
+        Some { Target = (counts / counts.sum()).``to``(device)
+               Running = torch.full([| int64 data.Classes |], (1.0 / float data.Classes).ToScalar(), device = device) }
+
+/// The step state a checkpoint keeps for `alignment`: p̃(y), when aligning.
+let alignmentState (alignment: Alignment option) =
+    readOnlyDict [ match alignment with Some a -> "alignment_running", a.Running | None -> () ]
 
 /// One step's MixMatch loss terms, and the guessed labels that EnAET reuses.
 type Terms =
@@ -214,12 +221,12 @@ let guessShares (guesses: torch.Tensor) =
 type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, labelled: int64[], pool: int64[], config: Config,
           device: torch.Device) =
     let modules = readOnlyDict ([ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ] @ ema.Modules)
-    let aligned = if config.DistributionAlignment then Some(alignment data labelled device) else None
+    let aligned = alignment config data labelled device
     interface ITrainingStep with
         member _.Modules = modules
         member _.Optimizers =
             [| struct ("main", optimizer config, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict [ match aligned with Some a -> "alignment_running", a.Running | None -> () ]
+        member _.State = alignmentState aligned
         member _.Step(ctx, batch) =
             let x, targets, unlabelled, _, unlabelledIdx = batches config data labelled pool ctx batch
             let t = terms config ctx.Generator ctx.GlobalStep [ encoder :> torch.nn.Module; head ] aligned

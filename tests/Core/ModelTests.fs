@@ -800,8 +800,8 @@ let private batchNormTests =
             use x = randn 40 [| 8L; 1L; 28L; 28L |] + 3.0
             use _ = net.forward x
             let stem = BatchNorms.layers [ net :> nn.Module ] |> List.head
-            // The stem's input is x itself through a bias-free conv: its batch mean per channel is
-            // the conv of the batch mean; checking the running mean is 0.001 of it needs no other net.
+            // The stem batch norm's input is the bias-free stem conv's output, recomputed here: after
+            // one pass from 0 its running mean is 0.001 of that output's per-channel batch mean.
             use conv = nn.functional.conv2d(x, (net.named_parameters () |> Seq.head |> fun struct (_, p) -> p :> Tensor), padding = [| 1L; 1L |])
             use expected = conv.mean([| 0L; 2L; 3L |]) * 0.001
             Check.close 1e-6 1e-4 "running mean after one pass" stem.running_mean expected
