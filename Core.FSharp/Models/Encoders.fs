@@ -30,6 +30,16 @@ module internal Layers =
     let checkMomentum (name: string) (value: float) =
         if not (value > 0.0 && value <= 1.0) then invalidArg name $"{name}: expected a value in (0, 1], found {value}"
 
+    /// The sub-module of `model` named `layer` (a path as `named_modules` gives it); an unknown name
+    /// is an error that lists the model's layer names.
+    let findLayer (model: nn.Module) (layer: string) : nn.Module<Tensor, Tensor> =
+        let named = model.named_modules () |> Seq.toArray
+        match named |> Array.tryFind (fun struct (name, _) -> name = layer) with
+        | Some(struct (_, (:? nn.Module<Tensor, Tensor> as m))) -> m
+        | _ ->
+            let names = named |> Array.map (fun struct (name, _) -> name) |> String.concat ", "
+            invalidArg "layer" $"layer: expected one of the encoder's layers ({names}), found '{layer}'"
+
 /// An image encoder: `forward` maps images (N, C, H, W) to features (N, FeatureDim), pooled
 /// globally over space, so any input size the architecture's strides allow works (28–96 px here).
 [<AbstractClass>]
@@ -37,6 +47,18 @@ type Encoder(name: string) =
     inherit nn.Module<Tensor, Tensor>(name)
     /// Length of the feature vector `forward` returns.
     abstract FeatureDim: int64
+
+/// An encoder whose last stage can be built afresh, for heads that branch off inside it: EnAET's
+/// transformation decoders read the encoder's map before its last stage and run a last stage of
+/// their own (Wang et al. 2019; the authors' Wide_Resnet_AET_Model is a third WRN block group on
+/// the classifier's second-group output), so the encoder's own last stage stays free to become
+/// invariant to what the decoders must see.
+type IStagedEncoder =
+    /// The sub-module (a path as `named_modules` gives it) whose output the last stage reads.
+    abstract BranchLayer: string
+    /// A new, freshly initialised last stage with the encoder's shapes: the branch layer's output
+    /// (N, C', H', W') → (N, FeatureDim), pooled as the encoder pools.
+    abstract NewLastStage: unit -> nn.Module<Tensor, Tensor>
 
 /// A small VGG-style conv net of base width w: conv-BN-ReLU at w channels, max-pool 2, two
 /// conv-BN-ReLU at 2w, max-pool 2, two conv-BN-ReLU at 4w, global average pool; all convolutions
@@ -53,17 +75,20 @@ type SmallConvNet(inputChannels: int64, width: int64, bnMomentum: float) as this
     do Layers.checkPositive "inputChannels" inputChannels
     do Layers.checkPositive "width" width
     do Layers.checkMomentum "bnMomentum" bnMomentum
+    // The last stage: max-pool, the two 4w blocks, global average pool (also IStagedEncoder's copy).
+    let lastStage () : (string * nn.Module<Tensor, Tensor>) list =
+        [ "pool2", nn.MaxPool2d(2L)
+          yield! Layers.convBnRelu "block3a_" bnMomentum (2L * width) (4L * width)
+          yield! Layers.convBnRelu "block3b_" bnMomentum (4L * width) (4L * width)
+          "pool", nn.AdaptiveAvgPool2d(1L)
+          "flatten", nn.Flatten() ]
     let features =
         Layers.sequential [
             yield! Layers.convBnRelu "stem_" bnMomentum inputChannels width
             "pool1", nn.MaxPool2d(2L)
             yield! Layers.convBnRelu "block2a_" bnMomentum width (2L * width)
             yield! Layers.convBnRelu "block2b_" bnMomentum (2L * width) (2L * width)
-            "pool2", nn.MaxPool2d(2L)
-            yield! Layers.convBnRelu "block3a_" bnMomentum (2L * width) (4L * width)
-            yield! Layers.convBnRelu "block3b_" bnMomentum (4L * width) (4L * width)
-            "pool", nn.AdaptiveAvgPool2d(1L)
-            "flatten", nn.Flatten() ]
+            yield! lastStage () ]
     do this.RegisterComponents()
 
     /// Batch-norm momentum 0.1 (PyTorch's default).
@@ -81,6 +106,11 @@ type SmallConvNet(inputChannels: int64, width: int64, bnMomentum: float) as this
     override _.forward(images) =
         expect "images" [| Any; Exactly inputChannels; Any; Any |] images
         features.call images
+
+    /// The last stage reads block 2's output, (N, 2w, H/2, W/2).
+    interface IStagedEncoder with
+        member _.BranchLayer = "features.block2b_relu"
+        member _.NewLastStage() = Layers.sequential (lastStage ())
 
 /// The basic residual block of He et al. 2016 (two 3x3 conv-BN, identity or 1x1 conv-BN shortcut).
 type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: int64) as this =
@@ -194,25 +224,31 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum
                 $"block{b + 1}",
                 new PreActivationBlock(inC, widths[index + 1], stride, (b = 0 && index = 0), bnMomentum, slope)
                 :> nn.Module<Tensor, Tensor> ]
+    // The last stage: stage 3, the final BN → leaky ReLU, global average pool (also IStagedEncoder's copy).
+    let lastStage () : (string * nn.Module<Tensor, Tensor>) list =
+        [ "stage3", stage 2
+          "final_bn", nn.BatchNorm2d(widths[3], momentum = bnMomentum)
+          "final_relu", nn.LeakyReLU(slope)
+          "pool", nn.AdaptiveAvgPool2d(1L)
+          "flatten", nn.Flatten() ]
     let features =
         Layers.sequential [
             "stem_conv", Layers.conv3x3 inputChannels widths[0] 1L
             "stage1", stage 0
             "stage2", stage 1
-            "stage3", stage 2
-            "final_bn", nn.BatchNorm2d(widths[3], momentum = bnMomentum)
-            "final_relu", nn.LeakyReLU(slope)
-            "pool", nn.AdaptiveAvgPool2d(1L)
-            "flatten", nn.Flatten() ]
-    do
-        this.RegisterComponents()
+            yield! lastStage () ]
+    // He-normal (fan-out) convolutions, as the MixMatch code initialises them.
+    let initialise (m: nn.Module) =
         use _ = torch.no_grad()
-        for m in this.modules() do
+        for m in m.modules() do
             match m with
             | :? Modules.Conv2d as conv ->
                 nn.init.kaiming_normal_(conv.weight, mode = nn.init.FanInOut.FanOut,
                                         nonlinearity = nn.init.NonlinearityType.ReLU) |> ignore
             | _ -> ()
+    do
+        this.RegisterComponents()
+        initialise this
 
     /// Batch-norm momentum 0.001, as the MixMatch code.
     new(inputChannels: int64, depth: int, widenFactor: int64) = new WideResNet(inputChannels, depth, widenFactor, 0.001)
@@ -221,6 +257,14 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum
     static member Wrn28x2(inputChannels: int64) = new WideResNet(inputChannels, 28, 2L)
 
     override _.FeatureDim = widths[3]
+
+    /// The last stage reads stage 2's output, (N, 32k, H/2, W/2).
+    interface IStagedEncoder with
+        member _.BranchLayer = "features.stage2"
+        member _.NewLastStage() =
+            let stage = Layers.sequential (lastStage ())
+            initialise stage
+            stage
 
     /// images: (N, inputChannels, H, W) → features (N, 64k).
     override _.forward(images) =
@@ -239,13 +283,7 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum
 type LayerFeatures(encoder: Encoder, layer: string, pool: int64, inputShape: int64[]) as this =
     inherit Encoder("LayerFeatures")
     do Layers.checkPositive "pool" pool
-    let target =
-        let named = encoder.named_modules () |> Seq.toArray
-        match named |> Array.tryFind (fun struct (name, _) -> name = layer) with
-        | Some(struct (_, (:? nn.Module<Tensor, Tensor> as m))) -> m
-        | _ ->
-            let names = named |> Array.map (fun struct (name, _) -> name) |> String.concat ", "
-            invalidArg "layer" $"layer: expected one of the encoder's layers ({names}), found '{layer}'"
+    let target = Layers.findLayer encoder layer
     let mutable caught: Tensor = null
     // Sequential disposes its intermediate outputs, so the hook keeps its own (detached) handle.
     let hook =
@@ -284,3 +322,31 @@ type LayerFeatures(encoder: Encoder, layer: string, pool: int64, inputShape: int
 
     /// Removes the forward hook from the encoder.
     member _.RemoveHook() = hook.remove ()
+
+/// Catches the output of one inner module of `model` (a path as `named_modules` gives it) on every
+/// forward pass, with its autograd history, for a head that branches off inside an encoder and
+/// trains it (LayerFeatures detaches; this does not). Sequential disposes its intermediate
+/// outputs, so the hook keeps its own handle (an alias of the same tensor). Dispose to remove the
+/// hook.
+type LayerTap(model: nn.Module, layer: string) =
+    let target = Layers.findLayer model layer
+    let mutable caught: Tensor = null
+    let hook =
+        target.register_forward_hook(fun _ _ output ->
+            if not (isNull caught) then caught.Dispose()
+            caught <- output.alias()
+            output)
+
+    /// The layer's output from the latest forward pass (the caller owns it); a second Take without a
+    /// forward pass in between is an error.
+    member _.Take() : Tensor =
+        if isNull caught then invalidOp $"LayerTap: layer '{layer}' has not run since the last Take"
+        let output = caught
+        caught <- null
+        output
+
+    interface System.IDisposable with
+        member _.Dispose() =
+            hook.remove ()
+            if not (isNull caught) then caught.Dispose()
+            caught <- null

@@ -43,3 +43,23 @@ type MlpHead(inputDim: int64, hiddenDim: int64, outputDim: int64) as this =
     override _.forward(features) =
         expect "features" [| Any; Exactly inputDim |] features
         layers.call features
+
+/// A transformation decoder of AET (Zhang et al. 2019) as EnAET builds it (Wang et al. 2019; the
+/// authors' Wide_Resnet_AET_Model): the same `trunk` (a last stage of the encoder's own, see
+/// IStagedEncoder) maps the intermediate maps of the original and of the transformed image to
+/// (N, featureDim) each, one pass each as that code runs them, and a linear layer on the pair
+/// regresses the transformation's `outputDim` parameters. x1, x2: (N, C', H', W') → (N, outputDim).
+type PairRegressor(trunk: nn.Module<Tensor, Tensor>, featureDim: int64, outputDim: int64) as this =
+    inherit nn.Module<Tensor, Tensor, Tensor>("PairRegressor")
+    do
+        Layers.checkPositive "featureDim" featureDim
+        Layers.checkPositive "outputDim" outputDim
+    let fc = nn.Linear(2L * featureDim, outputDim)
+    do this.RegisterComponents()
+
+    override _.forward(original, transformed) =
+        use scope = torch.NewDisposeScope()
+        let a = trunk.call original
+        let b = trunk.call transformed
+        expect "trunk(original)" [| Any; Exactly featureDim |] a
+        (fc.call (torch.cat([| a; b |], 1L))).MoveToOuterDisposeScope()

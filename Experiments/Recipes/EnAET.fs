@@ -8,9 +8,12 @@
 /// transformed copy. The loss (Wang et al. 2019, Sec. 3, as the authors' code computes it in
 /// AET_MultiT/train_AETall_fast.py, with their weights):
 ///   L = L_X + λ_U L_U + Σ_k λ_k ℓ_k + γ · mean_k KL(q ‖ p(y | t_k(x))).
-/// Differences from the paper, said so: each decoder is an MLP on the concatenated pooled features
-/// (the paper's decoders are convolutional blocks on an intermediate feature map, pooled, then a
-/// linear layer with tanh); all networks share one Adam optimiser (the paper trains the decoders
+/// Each decoder branches off inside the encoder, as the authors' Wide_Resnet_AET_Model does: a last
+/// stage of its own (IStagedEncoder.NewLastStage: SmallConvNet's 4w blocks, WRN's third group) reads
+/// the encoder's map before its last stage for the original and for the transformed image, and a
+/// linear layer on the pooled pair regresses the parameters; the encoder's own last stage and the
+/// classifier are left to the classification and KL terms. Differences from the paper, said so:
+/// all networks share one Adam optimiser (the paper trains the decoders
 /// with SGD at 0.1 beside Adam for the classifier, which the engine's one-backward step cannot);
 /// the regression targets are the warp matrices' entries (AET's own parameterisation), not the
 /// paper's (cos θ, sin θ, shifts, scale, shear) code; the five transformations are drawn for a
@@ -136,15 +139,15 @@ let families (config: Config) (channels: int64) =
       "ccbs", config.CcbsWeight, (if channels = 3L then 4L else 3L), ccbs config.EnhanceRange ]
 
 /// One EnAET step: MixMatch's terms, the five AET regressions and the KL consistency, one update,
-/// then the EMA. `decoders`: one per family, (N, 2D) → (N, parameters).
-type Step(encoder: Encoder, head: LinearHead, decoders: MlpHead list, ema: EmaClassifier, data: Data, labelled: int64[],
-          pool: int64[], config: Config, device: torch.Device) =
+/// then the EMA. `decoders`: one per family, reading the maps `tap` catches inside the encoder.
+type Step(encoder: Encoder, head: LinearHead, tap: LayerTap, decoders: PairRegressor list, ema: EmaClassifier, data: Data,
+          labelled: int64[], pool: int64[], config: Config, device: torch.Device) =
     let families = families config data.Train.Channels
     let aligned = MixMatch.alignment config.MixMatch data labelled device
     let modules =
         readOnlyDict (
             [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
-            @ List.map2 (fun (name, _, _, _) (d: MlpHead) -> $"decoder_{name}", (d :> torch.nn.Module)) families decoders
+            @ List.map2 (fun (name, _, _, _) (d: PairRegressor) -> $"decoder_{name}", (d :> torch.nn.Module)) families decoders
             @ ema.Modules)
     let parameters =
         Seq.concat [ yield encoder.named_parameters (); yield head.named_parameters ()
@@ -166,13 +169,16 @@ type Step(encoder: Encoder, head: LinearHead, decoders: MlpHead list, ema: EmaCl
             // statistics, as the guessing pass does (MixMatch.terms): those the EMA classifier is
             // evaluated with come from the classification pass alone, not from warped images.
             let features = BatchNorms.withoutRunningUpdates [ encoder :> torch.nn.Module ] (fun () -> encoder.forward images)
+            // The decoders read the encoder's map before its last stage (IStagedEncoder), as the
+            // authors' code does; the classifier's last stage sees only the KL term's pull.
+            let maps = tap.Take()
             let logits = head.forward features
             let block i (t: Tensor) = t.narrow(0L, int64 i * count, count)
-            let original = block 0 features
+            let original = block 0 maps
             let ramp = min 1.0 (float ctx.GlobalStep / float config.AetRampUpSteps)
             let regressions =
-                List.mapi2 (fun i (decoder: MlpHead) (_, parameters: Tensor) ->
-                    let predicted = decoder.forward(torch.cat([| original; block (i + 1) features |], 1L))
+                List.mapi2 (fun i (decoder: PairRegressor) (_, parameters: Tensor) ->
+                    let predicted = decoder.forward(original, block (i + 1) maps)
                     Transformation.parameterRegression predicted (parameters.to_type(torch.ScalarType.Float32)))
                     decoders drawn
             let guessLogits = t.Guesses.narrow(0L, 0L, count).clamp_min((1e-12).ToScalar()).log()
@@ -205,17 +211,22 @@ let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult
     let makeEncoder () = buildEncoder mm.WideResNet mm.Width mm.BatchNormMomentum data.Train.Channels
     use encoder = makeEncoder ()
     use head = new LinearHead(encoder.FeatureDim, int64 data.Classes)
+    let staged =
+        match box encoder with
+        | :? IStagedEncoder as s -> s
+        | _ -> invalidOp $"enaet: the decoders branch off inside the encoder, which {encoder.GetType().Name} does not offer (IStagedEncoder)"
     let decoders =
         families config data.Train.Channels
-        |> List.map (fun (_, _, count, _) -> new MlpHead(2L * encoder.FeatureDim, 2L * encoder.FeatureDim, count))
+        |> List.map (fun (_, _, count, _) -> new PairRegressor(staged.NewLastStage(), encoder.FeatureDim, count))
     for m in [ encoder :> torch.nn.Module; head ] @ List.map (fun d -> d :> torch.nn.Module) decoders do
         m.``to``(env.Device) |> ignore
+    use tap = new LayerTap(encoder, staged.BranchLayer)
     use ema = new EmaClassifier(encoder, head, makeEncoder, int64 data.Classes)
     let options =
         TrainerOptions(Epochs = mm.Epochs, BatchSize = mm.BatchSize, ExampleCount = int64 split.Unlabelled.Length,
                        Seed = request.Seed, Resume = request.Resume, ConfigDigest = $"enaet {config} labels={perClass}", LogEvery = 50)
     let summary =
-        try Trainer.Run(Step(encoder, head, decoders, ema, data, split.Labelled, split.Unlabelled, config, env.Device), options, folder, env.Device,
+        try Trainer.Run(Step(encoder, head, tap, decoders, ema, data, split.Labelled, split.Unlabelled, config, env.Device), options, folder, env.Device,
                         ConsoleProgress())
         finally
             for d in decoders do d.Dispose()

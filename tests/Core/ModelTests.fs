@@ -182,6 +182,43 @@ let private encoderTests =
             Expect.stringContains e.Message "features.block2b_relu" "lists the layer names"
             Expect.stringContains e.Message "block9" "names the wrong one"
         }
+        test "IStagedEncoder: a new last stage on the tapped branch map is the encoder's own last stage (SmallConvNet, WRN)" {
+            let encoders: Encoder list = [ new SmallConvNet(1L, 16L); new WideResNet(1L, 10, 2L) ]
+            for net in encoders do
+                use net = net
+                net.eval ()
+                let staged = box net :?> IStagedEncoder
+                use stage = staged.NewLastStage()
+                stage.eval ()
+                // The encoder's last-stage weights, by name (features.<name> in the encoder).
+                let own = net.state_dict ()
+                use _ = torch.no_grad ()
+                for kv in stage.state_dict () do kv.Value.copy_(own["features." + kv.Key]) |> ignore
+                use tap = new LayerTap(net, staged.BranchLayer)
+                use x = randn 8 [| 3L; 1L; 28L; 28L |]
+                use direct = net.forward x
+                use map = tap.Take()
+                use viaStage = stage.call map
+                Check.close 1e-5 1e-5 $"{net.GetType().Name}: last stage of the branch map = forward" viaStage direct
+                Expect.isTrue (stage.state_dict().Count > 0 && stage.state_dict().Count < own.Count) "a part of the encoder's state"
+        }
+        test "LayerTap: the caught map keeps its autograd history (a loss on it trains the layers before it, not after); a second Take fails" {
+            use net = new SmallConvNet(1L, 16L)
+            use tap = new LayerTap(net, "features.block2b_relu")
+            use x = randn 9 [| 4L; 1L; 28L; 28L |]
+            use features = net.forward x
+            use map = tap.Take()
+            expectShape "block 2's map" [| 4L; 32L; 14L; 14L |] map
+            Expect.isTrue map.requires_grad "not detached"
+            use loss = map.square().mean()
+            loss.backward ()
+            let grads = dict [ for struct (n, p) in net.named_parameters () -> n, (if isNull p.grad then 0.0f else p.grad.abs().sum().item<float32>()) ]
+            Expect.isTrue (grads["features.stem_conv.weight"] > 0.0f) "the stem gets a gradient"
+            Expect.equal grads["features.block3b_conv.weight"] 0.0f "the last stage gets none"
+            Prop.throws<InvalidOperationException> (fun () -> tap.Take() |> ignore) |> ignore
+            let e = Prop.throws<ArgumentException> (fun () -> (new LayerTap(net, "features.nope") :> IDisposable).Dispose())
+            Expect.stringContains e.Message "features.nope" "names the wrong layer"
+        }
     ]
 
 // ---- heads --------------------------------------------------------------------------------------
@@ -217,6 +254,21 @@ let private headTests =
             use x64 = x.to_type(ScalarType.Float64)
             use w = (randn 7 [| 4L; 2L |]).to_type(ScalarType.Float64)
             Check.gradcheck "MlpHead" 1e-6 1e-5 (fun t -> (head.forward t * w).sum()) x64
+        }
+        test "PairRegressor: one trunk for both maps, a linear layer on the pair; gradients reach trunk and layer" {
+            use trunk =
+                nn.Sequential(struct ("pool", nn.AdaptiveAvgPool2d(1L) :> nn.Module<Tensor, Tensor>),
+                              struct ("flatten", nn.Flatten() :> nn.Module<Tensor, Tensor>), struct ("fc", nn.Linear(3L, 5L) :> nn.Module<Tensor, Tensor>))
+            use regressor = new PairRegressor(trunk, 5L, 8L)
+            Expect.equal (parameterCount regressor) ((3L * 5L + 5L) + (10L * 8L + 8L)) "the trunk's and the pair layer's"
+            use a = (randn 1 [| 4L; 3L; 6L; 6L |]).requires_grad_(true)
+            use b = (randn 2 [| 4L; 3L; 6L; 6L |]).requires_grad_(true)
+            use y = regressor.forward(a, b)
+            expectShape "parameters" [| 4L; 8L |] y
+            expectGradientsReachEveryParameter "PairRegressor" regressor (fun () -> regressor.forward(a, b))
+            // Swapping the pair changes the prediction: the layer sees which map is the original.
+            use swapped = regressor.forward(b, a)
+            Expect.isFalse (torch.allclose(y, swapped)) "ordered pair"
         }
         test "heads name a wrong feature width" {
             use head = new MlpHead(6L, 8L, 4L)
