@@ -15,6 +15,7 @@ let recipes: Recipe list =
       Recipes.InfoNce.recipe
       Recipes.MoCo.recipe
       Recipes.MoCo.noShuffleRecipe
+      Recipes.MoCo.v2Recipe
       Recipes.CpcV2.recipe
       Recipes.BigBiGan.recipe
       Recipes.S4LRotation.recipe

@@ -70,6 +70,13 @@ let tests =
             let rowsWithGradient = x.grad.abs().sum(1L).gt(0.0f.ToScalar()).sum().item<int64>()
             Expect.equal rowsWithGradient 16L "every row receives a gradient"
         }
+        test "MoCo v2 is MoCo v1's preset with the MLP head and tau 0.2, nothing else" {
+            for preset in [ Ssl.Experiments.Recipe.Smoke; Ssl.Experiments.Recipe.Quick; Ssl.Experiments.Recipe.Paper ] do
+                let v1 = MoCo.config preset
+                Expect.equal (MoCo.v2 v1) { v1 with MlpHead = true; Temperature = 0.2 } $"{preset}"
+                Expect.isFalse v1.MlpHead "v1 projects with one fc"
+            Expect.equal MoCo.v2Recipe.Name "moco-v2" "a variant of moco"
+        }
         test "MoCo: a batch that does not split into the groups is refused with a message" {
             use net = batchNormNet ()
             use x = torch.randn(10L, 5L)

@@ -21,11 +21,12 @@ type LinearHead(inputDim: int64, outputDim: int64) as this =
         expect "features" [| Any; Exactly inputDim |] features
         linear.call features
 
-/// The MLP projection head of SimCLR (Chen et al. 2020, Sec. 2.1 and App. B.9) and MoCo v2 (Chen et
-/// al. 2020b): Linear (no bias: batch norm follows) → BatchNorm1d → ReLU → Linear (with bias).
-/// Batch norm needs N ≥ 2 in training mode. Parameters: inputDim·hiddenDim + 2·hiddenDim +
-/// hiddenDim·outputDim + outputDim.
-type MlpHead(inputDim: int64, hiddenDim: int64, outputDim: int64) as this =
+/// The MLP projection head of SimCLR (Chen et al. 2020, Sec. 2.1 and App. B.9): Linear (no bias:
+/// batch norm follows) → BatchNorm1d → ReLU → Linear (with bias). With `batchNorm = false`, MoCo v2's
+/// head (Chen et al. 2020b; the authors' code: Linear → ReLU → Linear, both with bias). Batch norm
+/// needs N ≥ 2 in training mode. Parameters with batch norm: inputDim·hiddenDim + 2·hiddenDim +
+/// hiddenDim·outputDim + outputDim; without: inputDim·hiddenDim + hiddenDim + hiddenDim·outputDim + outputDim.
+type MlpHead(inputDim: int64, hiddenDim: int64, outputDim: int64, batchNorm: bool) as this =
     inherit nn.Module<Tensor, Tensor>("MlpHead")
     do
         Layers.checkPositive "inputDim" inputDim
@@ -33,11 +34,14 @@ type MlpHead(inputDim: int64, hiddenDim: int64, outputDim: int64) as this =
         Layers.checkPositive "outputDim" outputDim
     let layers =
         Layers.sequential [
-            "fc1", nn.Linear(inputDim, hiddenDim, hasBias = false) :> nn.Module<Tensor, Tensor>
-            "bn", nn.BatchNorm1d(hiddenDim)
-            "relu", nn.ReLU()
-            "fc2", nn.Linear(hiddenDim, outputDim) ]
+            "fc1", nn.Linear(inputDim, hiddenDim, hasBias = not batchNorm) :> nn.Module<Tensor, Tensor>
+            if batchNorm then "bn", nn.BatchNorm1d(hiddenDim) :> nn.Module<Tensor, Tensor>
+            "relu", nn.ReLU() :> nn.Module<Tensor, Tensor>
+            "fc2", nn.Linear(hiddenDim, outputDim) :> nn.Module<Tensor, Tensor> ]
     do this.RegisterComponents()
+
+    /// SimCLR's head, with batch norm.
+    new(inputDim: int64, hiddenDim: int64, outputDim: int64) = new MlpHead(inputDim, hiddenDim, outputDim, true)
 
     /// features: (N, inputDim) → projections (N, outputDim).
     override _.forward(features) =

@@ -255,6 +255,14 @@ let private headTests =
             use w = (randn 7 [| 4L; 2L |]).to_type(ScalarType.Float64)
             Check.gradcheck "MlpHead" 1e-6 1e-5 (fun t -> (head.forward t * w).sum()) x64
         }
+        test "MlpHead without batch norm (MoCo v2): Linear-ReLU-Linear with biases" {
+            use head = new MlpHead(6L, 8L, 4L, false)
+            use x = randn 5 [| 3L; 6L |]
+            expectShape "MlpHead" [| 3L; 4L |] (head.forward x)
+            Expect.equal (parameterCount head) (6L * 8L + 8L + 8L * 4L + 4L) "Linear-ReLU-Linear"
+            Expect.isFalse (head.modules () |> Seq.exists (fun m -> m :? Modules.BatchNorm1d)) "no batch norm"
+            expectGradientsReachEveryParameter "MlpHead" head (fun () -> head.forward x)
+        }
         test "PairRegressor: one trunk for both maps, a linear layer on the pair; gradients reach trunk and layer" {
             use trunk =
                 nn.Sequential(struct ("pool", nn.AdaptiveAvgPool2d(1L) :> nn.Module<Tensor, Tensor>),
