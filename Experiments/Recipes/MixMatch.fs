@@ -37,6 +37,11 @@
 /// accuracy within 0.73-0.78, where without it they fell to 0.659); 100 labels per class 0.8544
 /// (runs/mixmatch-da-100, 577 s, 10.1 minutes), the same as without it (0.8563) and still short of
 /// issue 7's 0.88, with the 100-label probe on its own encoder at 0.8631.
+/// Tried and not taken (commit 30a6375): 13 epochs instead of 9, the ramp stretched to a third of
+/// them and the learning rate decayed to 0 on a cosine. 100 labels per class 0.8653 (+1.1,
+/// runs/mixmatch-cos13-100; still short of 0.88), 10 labels per class 0.7223 (−2.3,
+/// runs/mixmatch-cos13-10, 813 s of training at 957 img/s against 609 s), so no better overall and
+/// 40% dearer.
 module Ssl.Experiments.Recipes.MixMatch
 
 open System.Collections.Generic

@@ -210,6 +210,11 @@ let noShuffleRecipe =
 /// with the MLP); the cosine schedule is already v1's here. v2's Gaussian blur is left out: at 28 px
 /// its 10%-of-the-side kernel is 3 px, and solo-learn's CIFAR configuration of MoCo v2 also turns
 /// blur off for small images. Everything else is `moco`'s preset, so the two compare on one budget.
+/// Measured at quick (runs/moco-v2, commit dbd9856, seed 0): linear probe 0.8710 (v1: 0.8672) and
+/// kNN 0.8186 (v1: 0.8313) against 0.8349 / 0.7651 for the random-initialised encoder; 10 labels per
+/// class 0.6994 (v1: 0.6999; supervised-only 0.7057); 642 s of training at 560 img/s. The MLP lifts
+/// the linear probe over issue 6's 0.87 and costs kNN its 0.83: the features under the head are
+/// less clustered by cosine, as v1's crop trials traded the two the other way round.
 let v2 (config: Config) = { config with MlpHead = true; Temperature = 0.2 }
 
 let v2Recipe =
