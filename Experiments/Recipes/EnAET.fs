@@ -183,7 +183,8 @@ type Step(encoder: Encoder, head: LinearHead, tap: LayerTap, decoders: PairRegre
             // evaluated with come from the classification pass alone, not from warped images.
             let features = BatchNorms.withoutRunningUpdates [ encoder :> torch.nn.Module ] (fun () -> encoder.forward images)
             // The decoders read the encoder's map before its last stage (IStagedEncoder), as the
-            // authors' code does; the classifier's last stage sees only the KL term's pull.
+            // authors' code does: the regressions train the layers up to there and the decoders'
+            // own last stages; the encoder's last stage learns from the classification and KL terms.
             let maps = tap.Take()
             let logits = head.forward features
             let block i (t: Tensor) = t.narrow(0L, int64 i * count, count)

@@ -41,7 +41,11 @@
 /// them and the learning rate decayed to 0 on a cosine. 100 labels per class 0.8653 (+1.1,
 /// runs/mixmatch-cos13-100; still short of 0.88), 10 labels per class 0.7223 (−2.3,
 /// runs/mixmatch-cos13-10, 813 s of training at 957 img/s against 609 s), so no better overall and
-/// 40% dearer.
+/// 40% dearer. Longer does not reach 0.88 either: 24 epochs the same way (commit ff4ad9b, a
+/// diagnostic; 1,532 s of training at 924 img/s) fell to 0.8230 at 100 labels per class
+/// (runs/mixmatch-cos24-100), the guesses' accuracy on the pool peaking at 0.869 in the sixth epoch
+/// and sinking to 0.81 by the last: at this encoder's size the model fits its own guesses with
+/// time at 100 labels too, alignment or not.
 module Ssl.Experiments.Recipes.MixMatch
 
 open System.Collections.Generic
