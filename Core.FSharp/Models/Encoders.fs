@@ -271,71 +271,22 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum
         expect "images" [| Any; Exactly inputChannels; Any; Any |] images
         features.call images
 
-/// The features of one inner layer of `encoder`, for asking where a pretext task's best features
-/// sit: Gidaris et al. 2018 (RotNet, Table 1) and Noroozi & Favaro 2016 probe each conv block, and
-/// VISSL's benchmarks fit linear classifiers on several layers at once. `encoder` runs whole; the
-/// output (N, C, H, W) of its sub-module named `layer` (a path as `named_modules` gives it, e.g.
-/// "features.block2b_relu" of SmallConvNet) is caught by a forward hook, average-pooled to
-/// `pool` x `pool` and flattened: FeatureDim = C·pool². `inputShape` = (C, H, W) of one input
-/// image, used once (in eval mode, without gradients) to find C. The features are detached: this
-/// is for probing frozen encoders. An unknown `layer` is an error that lists the encoder's layer
-/// names.
-type LayerFeatures(encoder: Encoder, layer: string, pool: int64, inputShape: int64[]) as this =
-    inherit Encoder("LayerFeatures")
-    do Layers.checkPositive "pool" pool
-    let target = Layers.findLayer encoder layer
-    let mutable caught: Tensor = null
-    // Sequential disposes its intermediate outputs, so the hook keeps its own (detached) handle.
-    let hook =
-        target.register_forward_hook(fun _ _ output ->
-            if not (isNull caught) then caught.Dispose()
-            caught <- output.detach()
-            output)
-    let channels =
-        let wasTraining = encoder.training
-        encoder.eval ()
-        try
-            use _ = torch.no_grad ()
-            use probe = torch.zeros(Array.append [| 1L |] inputShape)
-            use _ = encoder.call probe
-            let c = caught.shape[1]
-            caught.Dispose()
-            caught <- null
-            c
-        finally encoder.train wasTraining
-    do this.RegisterComponents()
-
-    override _.FeatureDim = channels * pool * pool
-
-    /// images: (N, C, H, W) → the layer's output pooled to pool x pool, (N, C'·pool²).
-    override _.forward(images) =
-        use _ = encoder.call images
-        let output = caught
-        caught <- null
-        if isNull output then invalidOp $"LayerFeatures: layer '{layer}' did not run in the encoder's forward pass"
-        use pooled = nn.functional.adaptive_avg_pool2d(output, [| pool; pool |])
-        output.Dispose()
-        pooled.flatten(1L)
-
-    /// The encoder whose layer this reads (what a run exports).
-    member _.Encoder = encoder
-
-    /// Removes the forward hook from the encoder.
-    member _.RemoveHook() = hook.remove ()
-
 /// Catches the output of one inner module of `model` (a path as `named_modules` gives it) on every
-/// forward pass, with its autograd history, for a head that branches off inside an encoder and
-/// trains it (LayerFeatures detaches; this does not). Sequential disposes its intermediate
-/// outputs, so the hook keeps its own handle (an alias of the same tensor). Dispose to remove the
-/// hook.
-type LayerTap(model: nn.Module, layer: string) =
+/// forward pass: with its autograd history, for a head that branches off inside an encoder and
+/// trains it, or detached (`detach`), for probing a frozen encoder (LayerFeatures). Sequential
+/// disposes its intermediate outputs, so the hook keeps its own handle (an alias of the same
+/// tensor, or the detached one). Dispose to remove the hook.
+type LayerTap(model: nn.Module, layer: string, detach: bool) =
     let target = Layers.findLayer model layer
     let mutable caught: Tensor = null
     let hook =
         target.register_forward_hook(fun _ _ output ->
             if not (isNull caught) then caught.Dispose()
-            caught <- output.alias()
+            caught <- (if detach then output.detach() else output.alias())
             output)
+
+    /// A tap that keeps the autograd history.
+    new(model: nn.Module, layer: string) = new LayerTap(model, layer, false)
 
     /// The layer's output from the latest forward pass (the caller owns it); a second Take without a
     /// forward pass in between is an error.
@@ -350,3 +301,43 @@ type LayerTap(model: nn.Module, layer: string) =
             hook.remove ()
             if not (isNull caught) then caught.Dispose()
             caught <- null
+
+/// The features of one inner layer of `encoder`, for asking where a pretext task's best features
+/// sit: Gidaris et al. 2018 (RotNet, Table 1) and Noroozi & Favaro 2016 probe each conv block, and
+/// VISSL's benchmarks fit linear classifiers on several layers at once. `encoder` runs whole; the
+/// output (N, C, H, W) of its sub-module named `layer` (a path as `named_modules` gives it, e.g.
+/// "features.block2b_relu" of SmallConvNet) is caught by a forward hook, average-pooled to
+/// `pool` x `pool` and flattened: FeatureDim = C·pool². `inputShape` = (C, H, W) of one input
+/// image, used once (in eval mode, without gradients) to find C. The features are detached: this
+/// is for probing frozen encoders. An unknown `layer` is an error that lists the encoder's layer
+/// names.
+type LayerFeatures(encoder: Encoder, layer: string, pool: int64, inputShape: int64[]) as this =
+    inherit Encoder("LayerFeatures")
+    do Layers.checkPositive "pool" pool
+    let tap = new LayerTap(encoder, layer, true)
+    let channels =
+        let wasTraining = encoder.training
+        encoder.eval ()
+        try
+            use _ = torch.no_grad ()
+            use probe = torch.zeros(Array.append [| 1L |] inputShape)
+            use _ = encoder.call probe
+            use caught = tap.Take()
+            caught.shape[1]
+        finally encoder.train wasTraining
+    do this.RegisterComponents()
+
+    override _.FeatureDim = channels * pool * pool
+
+    /// images: (N, C, H, W) → the layer's output pooled to pool x pool, (N, C'·pool²).
+    override _.forward(images) =
+        use _ = encoder.call images
+        use output = tap.Take()
+        use pooled = nn.functional.adaptive_avg_pool2d(output, [| pool; pool |])
+        pooled.flatten(1L)
+
+    /// The encoder whose layer this reads (what a run exports).
+    member _.Encoder = encoder
+
+    /// Removes the forward hook from the encoder.
+    member _.RemoveHook() = (tap :> System.IDisposable).Dispose()
