@@ -36,6 +36,25 @@ type LinearTask(seed: int64, ?lr: float, ?poison: bool) =
             let value = ctx.Optimize("main", loss)
             readOnlyDict [ "loss", value ]
 
+/// LinearTask's step with ~1 MiB of small managed garbage per step, recording for each step whether a
+/// no-GC region was open when it began and how many gen-0 collections ran while it was running.
+type GarbageTask(seed: int64) =
+    let inner = LinearTask(seed) :> ITrainingStep
+    let mutable sink : obj = null
+    member val Fenced = ResizeArray<bool>()
+    member val CollectionsInside = ResizeArray<int>()
+    interface ITrainingStep with
+        member _.Modules = inner.Modules
+        member _.Optimizers = inner.Optimizers
+        member _.State = inner.State
+        member this.Step(ctx, batch) =
+            this.Fenced.Add GcFence.Active
+            let before = GC.CollectionCount 0
+            for _ in 1 .. 4096 do sink <- Array.zeroCreate<byte> 256
+            let figures = inner.Step(ctx, batch)
+            this.CollectionsInside.Add(GC.CollectionCount 0 - before)
+            figures
+
 let private optionsWith epochs (stopAfter: int option) resume digest =
     TrainerOptions(Epochs = epochs, BatchSize = 32, ExampleCount = 256L, Seed = 11L, ConfigDigest = digest, LogEvery = 4,
                    Resume = resume, StopAfterEpochs = Option.toNullable stopAfter)
@@ -186,6 +205,33 @@ let trainerTests =
             let fresh = LinearTask(3L)
             let restored = Trainer.Run(fresh, (optionsWith 1 None true "test"), folder, torch.CPU, SilentProgress())
             Expect.equal restored.Epochs 1 "the epoch-0 checkpoint was loaded: nothing left to train"
+        }
+
+        test "no garbage collection runs inside a step (GcFence), and collections run again after training" {
+            let folder = RunFolder(Fixtures.tempDir "fence")
+            let task = GarbageTask(7L)
+            let before = GC.CollectionCount 0
+            // 8 epochs x 8 steps x 1 MiB: unfenced, gen 0 (a few MiB here) would be collected inside steps.
+            Trainer.Run(task, options 8, folder, torch.CPU, SilentProgress()) |> ignore
+            Expect.equal task.Fenced.Count 64 "64 steps"
+            Expect.allEqual task.Fenced true "a no-GC region is open when each step begins"
+            Expect.allEqual task.CollectionsInside 0 "no gen-0 collection inside any step"
+            Expect.isGreaterThan (GC.CollectionCount 0 - before) 0 "collections ran (at renewals and epoch ends)"
+            Expect.isFalse GcFence.Active "the region is closed after training"
+        }
+
+        test "a fence whose budget a step overruns opens a new region at the next boundary" {
+            use fence = new GcFence(1L <<< 20)
+            Expect.isTrue (fence.Renew()) "a region opens"
+            let mutable sink : obj = null
+            for _ in 1 .. 16384 do sink <- Array.zeroCreate<byte> 256 // 4 MiB: the runtime ends the region
+            Expect.isFalse GcFence.Active "the overrun ended the region"
+            Expect.isTrue (fence.Renew()) "renewed at the boundary"
+            Expect.equal fence.Renewals 2 "two regions opened"
+            fence.Close()
+            Expect.isFalse GcFence.Active "closed"
+            fence.Close() // closing twice is harmless
+            Prop.throws<ArgumentOutOfRangeException> (fun () -> new GcFence(1024L) |> ignore) |> ignore
         }
 
         test "a resume with another config is refused" {

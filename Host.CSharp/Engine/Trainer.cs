@@ -31,7 +31,8 @@ public delegate void EpochHook(int epoch, IReadOnlyDictionary<string, double> ep
 
 /// <summary>
 /// The training loop every recipe runs on: one dispose scope per batch, per-step schedules and
-/// seeds, NaN/Inf detection, a checkpoint after every epoch (atomic), resume, metrics.jsonl,
+/// seeds, no garbage collection inside a step (<see cref="GcFence"/>), NaN/Inf detection, a
+/// checkpoint after every epoch (atomic), resume, metrics.jsonl,
 /// TensorBoard scalars and a progress line with rate and ETA.
 /// </summary>
 public static class Trainer
@@ -43,18 +44,20 @@ public static class Trainer
     {
         progress ??= new ConsoleProgress();
         var optimizers = step.Optimizers.ToDictionary(o => o.Name, o => new TrainingOptimizer(o.Name, o.Spec, o.Parameters));
+        using var fence = new GcFence();
         try
         {
-            return Loop(step, options, folder, device, progress, afterEpoch, optimizers);
+            return Loop(step, options, folder, device, progress, afterEpoch, optimizers, fence);
         }
         finally
         {
+            fence.Close();
             foreach (var o in optimizers.Values) o.Dispose();
         }
     }
 
     static TrainSummary Loop(ITrainingStep step, TrainerOptions options, RunFolder folder, Device device, IProgressReporter progress,
-                             EpochHook? afterEpoch, Dictionary<string, TrainingOptimizer> optimizers)
+                             EpochHook? afterEpoch, Dictionary<string, TrainingOptimizer> optimizers, GcFence fence)
     {
         var checkpoint = Path.Combine(folder.CheckpointsDir, CheckpointName);
         var startEpoch = 0;
@@ -93,6 +96,7 @@ public static class Trainer
                 var stepClock = Stopwatch.StartNew();
                 var at = epoch + (double)b / stepsPerEpoch;
                 foreach (var o in optimizers.Values) o.Schedule(at, options.Epochs);
+                fence.Renew();
                 IReadOnlyDictionary<string, double> figures;
                 using (var scope = NewDisposeScope())
                 {
@@ -117,6 +121,7 @@ public static class Trainer
                 }
                 progress.Step(epoch, b, figures, rate);
             }
+            fence.Close();
             trainingSeconds += epochClock.Elapsed.TotalSeconds;
             imagesSeen += epochImages;
             var means = sums.ToDictionary(kv => kv.Key, kv => kv.Value / Math.Max(b, 1));

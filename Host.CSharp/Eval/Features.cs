@@ -16,7 +16,9 @@ public static class Features
         var target = device ?? images.device;
         var m = tensor(mean, float32, target).view(1, c, 1, 1);
         var s = tensor(std, float32, target).view(1, c, 1, 1);
-        var x = images.to(target).to_type(ScalarType.Float32).div_(255.0).sub_(m).div_(s);
+        // A named Scalar, disposed after the call: an implicit one may be finalised mid-call (see GcFence).
+        using var scale = 255.0.ToScalar();
+        var x = images.to(target).to_type(ScalarType.Float32).div_(scale).sub_(m).div_(s);
         return x.MoveToOuterDisposeScope();
     }
 
