@@ -18,8 +18,8 @@ namespace Ssl.Host.Engine;
 /// must not be a floating point number" from <c>add_</c> in <c>BatchNorm.forward</c> (a MixMatch run
 /// of a repro; the same command again ran through) and "Unknown scalar type" from <c>div_</c> in
 /// <c>Features.ToInput</c> (a MixMatch trial, epoch 8). A stress test of batch-norm passes beside a
-/// thread forcing collections never failed (the window is short). TorchSharp's pull requests #1434 and #1496 (open) dispose such Scalars inside
-/// the operators, which keeps them alive for the call.
+/// thread forcing collections never failed (the window is short). TorchSharp's pull requests #1434
+/// and #1496 (open) dispose such Scalars inside the operators, which keeps them alive for the call.
 /// </para>
 /// <para>
 /// Inside the region no collection runs at all, so none can start mid-call; the fence collects when

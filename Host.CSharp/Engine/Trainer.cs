@@ -51,7 +51,6 @@ public static class Trainer
         }
         finally
         {
-            fence.Close();
             foreach (var o in optimizers.Values) o.Dispose();
         }
     }
