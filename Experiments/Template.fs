@@ -146,6 +146,16 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
     let semi = not spec.Traits.LabelBudgets.IsEmpty
     let request = if semi then { request with Labels = Some(defaultArg request.Labels spec.Traits.LabelBudgets.Head) } else request
     let configJson = Configs.toJson config
+    if request.Resume && IO.File.Exists folder.ConfigPath then
+        let before = JsonNode.Parse(IO.File.ReadAllText folder.ConfigPath)
+        let same (key: string) (now: JsonNode) =
+            let was = before[key]
+            (if isNull was then "null" else was.ToJsonString()) = (if isNull now then "null" else now.ToJsonString())
+        let labels = request.Labels |> Option.map (fun n -> JsonValue.Create n :> JsonNode) |> Option.toObj
+        for key, now in [ "config", configJson :> JsonNode; "seed", JsonValue.Create request.Seed; "labels_per_class", labels ] do
+            if not (same key now) then
+                invalidArg "--resume"
+                    $"--resume: {folder.ConfigPath} holds {key} {before[key]}, this command asks for {now}; resume with the run's own settings (--config {folder.ConfigPath}) or use another --out"
     folder.WriteConfig
         {| method = request.Method; preset = Preset.name request.Preset; dataset = request.Dataset
            labels_per_class = Option.toNullable request.Labels; seed = request.Seed; device = env.DeviceName; threads = env.Threads

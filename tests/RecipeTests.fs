@@ -75,7 +75,9 @@ let tests =
                 let v1 = MoCo.config preset
                 Expect.equal (MoCo.v2 v1) { v1 with MlpHead = true; Temperature = 0.2 } $"{preset}"
                 Expect.isFalse v1.MlpHead "v1 projects with one fc"
-            Expect.equal MoCo.v2Recipe.Name "moco-v2" "a variant of moco"
+            let registered = (Ssl.Experiments.Registry.tryFind "moco-v2").Value
+            Expect.equal ((registered.Resolve Ssl.Experiments.Recipe.Quick None []).ToJsonString())
+                ((Ssl.Experiments.Configs.toJson (MoCo.v2 (MoCo.config Ssl.Experiments.Recipe.Quick))).ToJsonString()) "moco-v2 registered as that variant"
         }
         test "MoCo: a batch that does not split into the groups is refused with a message" {
             use net = batchNormNet ()

@@ -243,4 +243,26 @@ let tests =
             Expect.equal lossesB lossesA "every logged loss, bit for bit"
             Expect.equal resultB resultA "every figure of result.json, bit for bit"
         }
+        test "a run's config.json given to --config replays it: the same overrides, losses and figures, bit for bit" {
+            let parent = Fixtures.tempDir "replay"
+            let a, b = Path.Combine(parent, "a"), Path.Combine(parent, "b")
+            let sets = [| "--set"; "BatchSize=64"; "--set"; "LearningRate=0.05"; "--set"; "CropScale=0.7,1" |]
+            Expect.equal (Program.run (Array.append [| "train"; "supervised"; "--preset"; "smoke"; "--out"; a; "--deterministic"; "--seed"; "2" |] sets)) 0 "first run"
+            Expect.equal (Program.run [| "train"; "--config"; Path.Combine(a, "config.json"); "--out"; b; "--deterministic" |]) 0 "replay"
+            let config dir = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))
+            let ca, cb = config a, config b
+            Expect.equal (ca["config"]["BatchSize"].GetValue<int>()) 64 "the override is in config.json"
+            Expect.equal (ca["config"]["CropScale"].ToJsonString()) "[0.7,1]" "a tuple override"
+            Expect.equal (cb["config"].ToJsonString()) (ca["config"].ToJsonString()) "the same resolved config"
+            Expect.equal (cb["overrides"].ToJsonString()) (ca["overrides"].ToJsonString()) "the same overrides listed"
+            Expect.equal (cb["seed"].GetValue<int64>()) 2L "the seed comes from the file"
+            let resultA, lossesA = figures a
+            let resultB, lossesB = figures b
+            Expect.isNonEmpty lossesA "losses logged"
+            Expect.equal lossesB lossesA "every logged loss, bit for bit"
+            Expect.equal resultB resultA "every figure of result.json, bit for bit"
+            Expect.equal (Program.run [| "train"; "--config"; Path.Combine(a, "config.json"); "--out"; a; "--resume"; "--set"; "Epochs=3" |]) 2
+                "--resume with other overrides is refused"
+            Expect.equal ((config a)["config"].ToJsonString()) (ca["config"].ToJsonString()) "and the run's config.json is left as it was"
+        }
     ]
