@@ -8,6 +8,10 @@ let recipes: Recipe list =
     List.collect id
         [ recipes Recipes.Supervised.spec
           recipes Recipes.RotNet.spec
-          recipes Recipes.MoCo.spec ]
+          recipes Recipes.MoCo.spec
+          recipes Recipes.RelativePatch.spec
+          recipes Recipes.Jigsaw.spec
+          recipes Recipes.Exemplar.spec
+          recipes Recipes.S4LExemplar.spec ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)
