@@ -8,6 +8,9 @@ let recipes: Recipe list =
     List.collect id
         [ recipes Recipes.Supervised.spec
           recipes Recipes.RotNet.spec
-          recipes Recipes.MoCo.spec ]
+          recipes Recipes.MoCo.spec
+          recipes Recipes.BigBiGan.spec
+          recipes Recipes.S4LRotation.spec
+          recipes Recipes.VatEntMin.spec ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)
