@@ -8,6 +8,8 @@ let recipes: Recipe list =
     List.collect id
         [ recipes Recipes.Supervised.spec
           recipes Recipes.RotNet.spec
-          recipes Recipes.MoCo.spec ]
+          recipes Recipes.MoCo.spec
+          recipes Recipes.MixMatch.spec
+          recipes Recipes.EnAET.spec ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)
