@@ -8,6 +8,10 @@ let recipes: Recipe list =
     List.collect id
         [ recipes Recipes.Supervised.spec
           recipes Recipes.RotNet.spec
-          recipes Recipes.MoCo.spec ]
+          recipes Recipes.InfoNce.spec
+          recipes Recipes.MoCo.spec
+          recipes Recipes.Nce.spec
+          recipes Recipes.CpcV2.spec
+          recipes Recipes.Colorization.spec ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)
