@@ -54,12 +54,10 @@ let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads
           Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = out; Resume = false
           Config = Some config; Overrides = [] }
     let peak = MachineInfo.MatmulPeakGflops()
-    let shape =
-        use data = Pipeline.loadData { request with Preset = Smoke }
-        [| data.Train.Channels; data.Train.Height; data.Train.Width |]
     let perImage =
-        use encoder = recipe.Encoder config shape[0]
-        FlopCounter.ForwardFlopsPerExample(encoder, shape)
+        use data = Pipeline.loadData { request with Preset = Smoke }
+        use encoder = recipe.Encoder config data
+        FlopCounter.ForwardFlopsPerExample(encoder, [| data.Train.Channels; data.Train.Height; data.Train.Width |])
     if Directory.Exists out then Directory.Delete(out, true)
     StepBenchmark.Active <- StepBenchmark(warmup, steps)
     let measured =

@@ -277,7 +277,7 @@ let eval (args: ParseResults<EvalArgs>) =
     use data = Pipeline.loadData request
     torch.manual_seed(seed) |> ignore
     let trained =
-        try recipe.Encoder recipeConfig data.Train.Channels
+        try recipe.Encoder recipeConfig data
         with :? ArgumentException as e -> raise (DataException(configPath, $"a {recipe.Name} config of this build", e.Message))
     if not randomInit then trained.load(weights) |> ignore
     let encoder: Ssl.Core.Models.Encoder =

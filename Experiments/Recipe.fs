@@ -38,9 +38,9 @@ type Request =
 
     /// A request with the defaults of `ssl train` for everything not given (the C# surface).
     static member Create(method: string, preset: Preset, [<Optional; DefaultParameterValue("fashion-mnist")>] dataset: string,
-                         [<Optional; DefaultParameterValue(0L)>] seed: int64, [<Optional; DefaultParameterValue(null: string)>] out: string,
+                         [<Optional; DefaultParameterValue(0L)>] seed: int64, [<Optional; DefaultParameterValue(null: string)>] folder: string,
                          [<Optional; DefaultParameterValue(0)>] labels: int) =
         { Method = method; Preset = preset; Dataset = dataset; DataRoot = None
           Labels = (if labels > 0 then Some labels else None); Seed = seed; Device = DeviceRequest.Cpu; Threads = 0
-          Deterministic = false; Out = (if isNull out then System.IO.Path.Combine("runs", $"{method}-{Preset.name preset}") else out)
+          Deterministic = false; Out = (if isNull folder then System.IO.Path.Combine("runs", $"{method}-{Preset.name preset}") else folder)
           Resume = false; Config = None; Overrides = [] }

@@ -89,8 +89,9 @@ type Spec<'Config> =
       Traits: Traits
       /// The config of each preset: the paper's defaults, scaled to our data where the config says so.
       Config: Preset -> 'Config
-      /// The one encoder factory (training, baselines, export, `ssl eval`): config, input channels.
-      Encoder: 'Config -> int64 -> Encoder
+      /// The one encoder factory (training, baselines, export, `ssl eval`, `ssl bench`), from the
+      /// config and the data (its channels; its pixel statistics where an encoder holds them).
+      Encoder: 'Config -> Data -> Encoder
       /// The architecture's name in config.json and the baseline cache keys.
       EncoderName: 'Config -> string
       /// The backbone the config chooses (`--set Encoder=...`; the supervised-only baseline trains
@@ -103,14 +104,14 @@ type Spec<'Config> =
       Variants: (string * string * ('Config -> 'Config)) list }
 
 /// A spec with no data check and no variants; the rest as given.
-let spec name paper traits (config: Preset -> 'Config) (encoder: 'Config -> int64 -> Encoder) (backbone: 'Config -> Backbone option)
+let spec name paper traits (config: Preset -> 'Config) (encoder: 'Config -> Data -> Encoder) (backbone: 'Config -> Backbone option)
          (encoderName: 'Config -> string) (build: Context<'Config> -> Training) =
     { Name = name; Paper = paper; Traits = traits; Config = config; Encoder = encoder; EncoderName = encoderName
       Backbone = backbone; CheckData = (fun _ _ -> ()); Build = build; Variants = [] }
 
 /// A spec whose encoder is the Backbone its config names (`backbone` reads it), at default batch-norm momentum.
 let backboneSpec name paper traits (config: Preset -> 'Config) (backbone: 'Config -> Backbone) build =
-    spec name paper traits config (fun c channels -> instantiate None channels (backbone c)) (backbone >> Some)
+    spec name paper traits config (fun c data -> instantiate None data.Train.Channels (backbone c)) (backbone >> Some)
         (backbone >> Backbone.name) build
 
 /// A recipe as the command line, `repro` and `bench` see it, whatever its config type.
@@ -124,8 +125,8 @@ type Recipe =
       /// Every settable field: (dotted path, expected type).
       Fields: (string * string) list
       Run: Request -> RunEnvironment -> RunFolder -> RunResult
-      /// The encoder of a resolved config, for `channels` input channels (`ssl eval`, `ssl bench`).
-      Encoder: JsonObject -> int64 -> Encoder }
+      /// The encoder of a resolved config for the data (`ssl eval`, `ssl bench`).
+      Encoder: JsonObject -> Data -> Encoder }
 
 /// Square images of at least `size` pixels, or an invalidArg naming --dataset and what `what` needs.
 let requireSquare (what: string) (data: Data) =
@@ -174,7 +175,7 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
             Some split
         else None
     torch.manual_seed(request.Seed) |> ignore
-    let newEncoder () = spec.Encoder config data.Train.Channels
+    let newEncoder () = spec.Encoder config data
     let context =
         { Request = request; Env = env; Folder = folder; Data = data; Config = config; Split = split; NewEncoder = newEncoder }
     let t = spec.Build context
@@ -222,7 +223,7 @@ let private recipe (spec: Spec<'Config>) (name: string) (paper: string) (variant
       Resolve = resolve spec variant
       Fields = Configs.fields typeof<'Config>
       Run = fun request env folder -> run spec (typed request) request env folder
-      Encoder = fun json channels -> spec.Encoder (Configs.ofJson<'Config> $"{name} config" json) channels }
+      Encoder = fun json data -> spec.Encoder (Configs.ofJson<'Config> $"{name} config" json) data }
 
 /// The recipes of a spec: its own and one per variant.
 let recipes (spec: Spec<'Config>) : Recipe list =

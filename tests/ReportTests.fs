@@ -36,10 +36,17 @@ let private fakeRun (runsDir: string) (name: string) (methodName: string) (label
                        [ for s in 1 .. 20 -> $$"""{"epoch":{{(s - 1) / 10}},"step":{{s}},"loss":{{2.0 / float s}}}""" ])
     dir
 
-let private dummyRecipe name : Recipe =
-    { Name = name; Paper = "test"; Presets = [ Smoke; Quick ]
+/// A registered-looking recipe for planning tests: the traits of `name`'s kind, nothing runnable.
+let private dummyRecipe name : Template.Recipe =
+    let traits =
+        match name with
+        | "mixmatch" -> Template.semiSupervised
+        | "colorization" -> { Template.selfSupervised with Colour = true }
+        | _ -> Template.selfSupervised
+    { Name = name; Paper = "test"; Traits = traits; Presets = [ Smoke; Quick ]
+      Resolve = (fun _ _ _ -> JsonObject()); Fields = []
       Run = (fun _ _ _ -> failwith "not run")
-      Encoder = fun _ c -> new SmallConvNet(c, 16L) }
+      Encoder = fun _ data -> new SmallConvNet(data.Train.Channels, 16L) }
 
 let private rowOf (table: string) (run: string) =
     table.Split('\n') |> Array.find (fun l -> l.StartsWith $"| {run} |")
@@ -251,8 +258,9 @@ let tests =
             Expect.equal (Program.run [| "train"; "--config"; Path.Combine(a, "config.json"); "--out"; b; "--deterministic" |]) 0 "replay"
             let config dir = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))
             let ca, cb = config a, config b
-            Expect.equal (ca["config"]["BatchSize"].GetValue<int>()) 64 "the override is in config.json"
-            Expect.equal (ca["config"]["CropScale"].ToJsonString()) "[0.7,1]" "a tuple override"
+            let field (key: string) (node: System.Text.Json.Nodes.JsonNode) = node[key]
+            Expect.equal ((ca |> field "config" |> field "BatchSize").GetValue<int>()) 64 "the override is in config.json"
+            Expect.equal ((ca |> field "config" |> field "CropScale").ToJsonString()) "[0.7,1]" "a tuple override"
             Expect.equal (cb["config"].ToJsonString()) (ca["config"].ToJsonString()) "the same resolved config"
             Expect.equal (cb["overrides"].ToJsonString()) (ca["overrides"].ToJsonString()) "the same overrides listed"
             Expect.equal (cb["seed"].GetValue<int64>()) 2L "the seed comes from the file"
@@ -263,6 +271,6 @@ let tests =
             Expect.equal resultB resultA "every figure of result.json, bit for bit"
             Expect.equal (Program.run [| "train"; "--config"; Path.Combine(a, "config.json"); "--out"; a; "--resume"; "--set"; "Epochs=3" |]) 2
                 "--resume with other overrides is refused"
-            Expect.equal ((config a)["config"].ToJsonString()) (ca["config"].ToJsonString()) "and the run's config.json is left as it was"
+            Expect.equal ((config a |> field "config").ToJsonString()) (ca["config"].ToJsonString()) "and the run's config.json is left as it was"
         }
     ]

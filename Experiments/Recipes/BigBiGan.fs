@@ -260,7 +260,7 @@ let build (c: Context<Config>) =
 let spec =
     { Template.spec "bigbigan" "Donahue & Simonyan 2019, Large Scale Adversarial Representation Learning"
         { selfSupervised with SupervisedOnly = NotReported } config
-        (fun config channels -> new PooledEncoder(new BigBiGanEncoder(channels, config.LatentDim, config.Width)) :> Encoder)
+        (fun config data -> new PooledEncoder(new BigBiGanEncoder(data.Train.Channels, config.LatentDim, config.Width)) :> Encoder)
         (fun _ -> None) (fun config -> $"BigBiGanPooled{config.Width}-{config.LatentDim}") build with
         CheckData = fun config data ->
             if config.Width % 32L <> 0L then

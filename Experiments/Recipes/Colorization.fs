@@ -116,12 +116,10 @@ type ColorizationNet(width: int64, mean: float[], std: float[]) as this =
         let lightness = (Color.rgbToLab rgb).narrow(1L, 0L, 1L)
         this.Dense(lightness).mean([| 2L; 3L |]).MoveToOuterDisposeScope()
 
-/// The spec's encoder: identity input statistics, which a checkpoint's `input_mean` and `input_std`
-/// buffers replace (`ssl eval`). The template's random-init baseline builds it too, so reads
-/// standardised pixels as [0, 1] ones until a recipe can build that one (with the data's statistics).
-let private newEncoder (config: Config) (channels: int64) : Encoder =
-    if channels <> 3L then invalidArg "channels" $"colorization: expected 3-channel (colour) images, found {channels}"
-    new ColorizationNet(config.Width, [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |])
+/// The spec's encoder, holding the data's pixel statistics (to undo the standardisation before Lab).
+let private newEncoder (config: Config) (data: Data) : Encoder =
+    if data.Train.Channels <> 3L then invalidArg "--dataset" $"--dataset: colorization expects 3-channel (colour) images, found {data.Train.Channels}"
+    new ColorizationNet(config.Width, data.Mean, data.Std)
 
 /// Lab of [0, 1] RGB pixels, and their ab average-pooled to the prediction's quarter resolution.
 let labAndTargets (pixels: Tensor) =

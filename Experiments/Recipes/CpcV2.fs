@@ -175,6 +175,6 @@ let private checkData (config: Config) (data: Data) =
 
 let spec =
     { Ssl.Experiments.Template.spec "cpc-v2" "Hénaff et al. 2019, Data-Efficient Image Recognition with Contrastive Predictive Coding"
-        selfSupervised config (fun c channels -> gridEncoder c channels :> Encoder) (fun _ -> None)
+        selfSupervised config (fun c data -> gridEncoder c data.Train.Channels :> Encoder) (fun _ -> None)
         (fun c -> $"PatchGrid(LayerNormConvNet{c.Width}, patch={c.PatchSize}, stride={c.Stride})") build with
         CheckData = checkData }

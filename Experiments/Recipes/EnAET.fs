@@ -181,4 +181,4 @@ let build (c: Context<Config>) =
 let spec =
     Ssl.Experiments.Template.spec "enaet"
         "Wang et al. 2019, EnAET: A Self-Trained Framework for Semi-Supervised and Supervised Learning with Ensemble Transformations"
-        semiSupervised config (fun c -> MixMatch.encoder c.MixMatch) (fun c -> Some c.MixMatch.Encoder) (fun c -> name c.MixMatch.Encoder) build
+        semiSupervised config (fun c data -> MixMatch.encoder c.MixMatch data.Train.Channels) (fun c -> Some c.MixMatch.Encoder) (fun c -> name c.MixMatch.Encoder) build

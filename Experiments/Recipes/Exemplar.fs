@@ -41,6 +41,11 @@ let tripletLoss (form: string) (margin: float) (embeddings: torch.Tensor) (sourc
     | TripletForm.SemiHard -> Triplet.semiHard margin embeddings sources
     | other -> invalidArg "Triplet" $"Triplet: expected \"{TripletForm.SemiHard}\" or \"{TripletForm.BatchHard}\", found \"{other}\""
 
+/// Refuses a `Triplet` field that names no form, before anything is trained (`--set Triplet=...`).
+let checkTriplet (form: string) =
+    if form <> TripletForm.BatchHard && form <> TripletForm.SemiHard then
+        invalidArg "Triplet" $"Triplet: expected \"{TripletForm.SemiHard}\" or \"{TripletForm.BatchHard}\", found \"{form}\""
+
 /// S4L-Exemplar's choices (Sec. 3.1 and 4: 8 copies per image, a triplet loss on a 1000-d
 /// representation, SGD with momentum); cosine decay with one warm-up epoch like the other recipes.
 type Config =
@@ -126,5 +131,6 @@ let build (c: Context<Config>) =
         Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; projection ] }
 
 let spec =
-    backboneSpec "exemplar" "Dosovitskiy et al. 2014, Exemplar CNN; triplet form of S4L-Exemplar, Zhai et al. 2019"
-        selfSupervised config (fun c -> c.Encoder) build
+    { backboneSpec "exemplar" "Dosovitskiy et al. 2014, Exemplar CNN; triplet form of S4L-Exemplar, Zhai et al. 2019"
+        selfSupervised config (fun c -> c.Encoder) build with
+        CheckData = fun c _ -> checkTriplet c.Triplet }

@@ -198,4 +198,4 @@ let build (c: Context<Config>) =
 
 let spec =
     Ssl.Experiments.Template.spec "mixmatch" "Berthelot et al. 2019, MixMatch: A Holistic Approach to Semi-Supervised Learning"
-        semiSupervised config encoder (fun c -> Some c.Encoder) (fun c -> name c.Encoder) build
+        semiSupervised config (fun c data -> encoder c data.Train.Channels) (fun c -> Some c.Encoder) (fun c -> name c.Encoder) build

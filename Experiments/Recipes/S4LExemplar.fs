@@ -135,5 +135,6 @@ let build (c: Context<Config>) =
     { t with Owned = t.Owned @ [ embeddingHead ] }
 
 let spec =
-    backboneSpec "s4l-exemplar" "Zhai et al. 2019, S4L: Self-Supervised Semi-Supervised Learning (S4L-Exemplar)"
-        semiSupervised config (fun c -> c.Encoder) build
+    { backboneSpec "s4l-exemplar" "Zhai et al. 2019, S4L: Self-Supervised Semi-Supervised Learning (S4L-Exemplar)"
+        semiSupervised config (fun c -> c.Encoder) build with
+        CheckData = fun c _ -> Exemplar.checkTriplet c.Triplet }

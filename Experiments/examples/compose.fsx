@@ -26,7 +26,7 @@ let out =
     | _ -> Path.Combine(Path.GetTempPath(), "ssl-compose", string (System.Guid.NewGuid()))
 
 let env = DeviceSetup.Configure(DeviceRequest.Cpu, threads = 0, seed = 0L, deterministic = true)
-let request = Request.Create("rotnet+wrn", Smoke, out = out)
+let request = Request.Create("rotnet+wrn", Smoke, folder = out)
 
 // The smoke subset (2,000 train / 1,000 test images), cut further to keep the script under a minute:
 // WRN-28-2 costs about 30 times SmallConvNet-16 per image.

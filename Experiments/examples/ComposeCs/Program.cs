@@ -13,7 +13,7 @@ using TorchSharp;
 
 var output = args.Length == 1 ? args[0] : System.IO.Path.Combine(System.IO.Path.GetTempPath(), "ssl-compose-cs", Guid.NewGuid().ToString("N"));
 var env = DeviceSetup.Configure(DeviceRequest.Cpu, threads: 0, seed: 0L, deterministic: true);
-var request = Recipe.Request.Create("rotnet+wrn", Recipe.Preset.Smoke, out: output);
+var request = Recipe.Request.Create("rotnet+wrn", Recipe.Preset.Smoke, "fashion-mnist", 0L, output);  // the rest: ssl train's defaults
 
 // The smoke subset cut to 384 training and 500 test images: WRN-28-2 costs ~30x SmallConvNet-16.
 using var smoke = Pipeline.loadData(request);
