@@ -66,10 +66,13 @@ let parts (c: Context<'Config>) =
     { Data = c.Data; Split = c.LabelSplit; Encoder = encoder; Classifier = new LinearHead(encoder.FeatureDim, int64 c.Data.Classes) }
 
 /// The training of a semi-supervised recipe: an epoch is one pass over the unlabelled pool in
-/// batches of `unlabelledBatch`; the classifier's test accuracy is the method's own figure.
-let trainingOf (c: Context<'Config>) (p: Parts) (step: Ssl.Host.Engine.ITrainingStep) (epochs: int) (unlabelledBatch: int) =
+/// batches of `unlabelledBatch`; the classifier's test accuracy is the method's own figure; `owned`:
+/// what the recipe built beside the parts, disposed after them.
+let trainingOf (c: Context<'Config>) (p: Parts) (step: Ssl.Host.Engine.ITrainingStep) (epochs: int) (unlabelledBatch: int)
+               (owned: System.IDisposable list) =
     { training step epochs unlabelledBatch p.Encoder c with
-        Examples = int64 p.Split.Unlabelled.Length; Classifier = Some(p.Encoder, p.Classifier); Owned = [ p.Encoder; p.Classifier ] }
+        Examples = int64 p.Split.Unlabelled.Length; Classifier = Some(p.Encoder, p.Classifier)
+        Owned = [ p.Encoder :> System.IDisposable; p.Classifier ] @ owned }
 
 /// The images at `indices` as float32 (N, C, H, W) in [0, 1] on `device` (not yet standardised, so
 /// warps fill with black and photometric transforms see [0, 1] values).

@@ -46,9 +46,7 @@ let config preset =
 /// One SGD step of cross-entropy on a batch of the labelled `examples` (indices into the training set).
 type Step(encoder: Encoder, head: LinearHead, data: Data, examples: int64[], config: Config) =
     let modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, Nesterov = true,
-                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
+    let spec = nesterov config.LearningRate config.WeightDecay config.WarmupEpochs
     interface ITrainingStep with
         member _.Modules = modules
         member _.Optimizers =

@@ -85,7 +85,7 @@ let tests =
             use g = new torch.Generator(1UL)
             Expect.throws (fun () -> MoCo.shuffledKeys true 4 g net x |> ignore) "10 images in 4 groups"
         }
-        test "Exemplar.tripletLoss computes the loss its form names and refuses an unknown form by name" {
+        test "Exemplar.tripletLoss computes the loss its form names; --set refuses an unknown form, listing the forms" {
             torch.manual_seed(5L) |> ignore
             use embeddings = torch.nn.functional.normalize(torch.randn(12L, 6L), dim = 1L)
             use sources = torch.arange(4L, dtype = torch.ScalarType.Int64).repeat(3L)
@@ -96,8 +96,9 @@ let tests =
             Check.close 0.0 0.0 "semi-hard" semi semiCore
             Check.close 0.0 0.0 "batch-hard" hard hardCore
             Expect.isGreaterThan (abs (semi.item<float32>() - hard.item<float32>())) 1e-4f "the two forms differ on this batch"
-            let error = Expect.throwsC (fun () -> Exemplar.tripletLoss "hardest" 0.5 embeddings sources |> ignore) id
-            Expect.stringContains error.Message "hardest" "names the unknown form"
+            let error = Expect.throwsC (fun () -> Ssl.Experiments.Configs.applyOverrides [ "Triplet=hardest" ] (Exemplar.config Ssl.Experiments.Recipe.Quick) |> ignore) id
+            Expect.stringContains error.Message "'hardest'" "names the unknown form"
+            Expect.stringContains error.Message "BatchHard|SemiHard" "and the forms"
         }
         test "S4L-Exemplar: quick uses the semi-hard loss (batch-hard collapsed there), paper keeps S4L's batch-hard" {
             Expect.equal (S4LExemplar.config Ssl.Experiments.Recipe.Quick).Triplet Exemplar.TripletForm.SemiHard "quick"

@@ -173,10 +173,8 @@ let build (c: Context<Config>) =
     let tap = new LayerTap(p.Encoder, staged.BranchLayer)
     let ema = new EmaClassifier(p.Encoder, p.Classifier, c.NewEncoder, int64 c.Data.Classes)
     let step = Step(p.Encoder, p.Classifier, tap, decoders, ema, c.Data, p.Split.Labelled, p.Split.Unlabelled, config, c.Device)
-    let t = trainingOf c p step config.MixMatch.Epochs config.MixMatch.BatchSize
-    { t with
-        Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head)
-        Owned = t.Owned @ [ for d in decoders -> d :> System.IDisposable ] @ [ tap; ema ] }
+    let t = trainingOf c p step config.MixMatch.Epochs config.MixMatch.BatchSize ([ for d in decoders -> d :> System.IDisposable ] @ [ tap; ema ])
+    { t with Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head) }
 
 let spec =
     Ssl.Experiments.Template.spec "enaet"

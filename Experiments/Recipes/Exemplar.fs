@@ -25,26 +25,17 @@ open Ssl.Experiments.Template
 /// (google-research/s4l semi_supervised/exemplar.py; Core's Triplet.batchHardSoftMargin).
 /// `SemiHard`: Kolesnikov, Zhai & Beyer 2019's (google/revisiting-self-supervised
 /// self_supervision/exemplar.py, margin 0.5; Core's Triplet.semiHard).
-[<RequireQualifiedAccess>]
-module TripletForm =
-    [<Literal>]
-    let BatchHard = "batch-hard-soft-margin"
-    [<Literal>]
-    let SemiHard = "semi-hard"
+type TripletForm =
+    | BatchHard
+    | SemiHard
 
-/// The triplet loss `form` (a TripletForm) names, on L2-normalised `embeddings` (N, D) whose rows with
-/// equal `sources` (N) are copies of one image; `margin` is the semi-hard loss's (batch-hard has a
-/// soft margin). Exemplar and S4L-Exemplar both select their loss here.
-let tripletLoss (form: string) (margin: float) (embeddings: torch.Tensor) (sources: torch.Tensor) =
+/// The triplet loss `form` names, on L2-normalised `embeddings` (N, D) whose rows with equal
+/// `sources` (N) are copies of one image; `margin` is the semi-hard loss's (batch-hard has a soft
+/// margin). Exemplar and S4L-Exemplar both select their loss here.
+let tripletLoss (form: TripletForm) (margin: float) (embeddings: torch.Tensor) (sources: torch.Tensor) =
     match form with
-    | TripletForm.BatchHard -> Triplet.batchHardSoftMargin embeddings sources
-    | TripletForm.SemiHard -> Triplet.semiHard margin embeddings sources
-    | other -> invalidArg "Triplet" $"Triplet: expected \"{TripletForm.SemiHard}\" or \"{TripletForm.BatchHard}\", found \"{other}\""
-
-/// Refuses a `Triplet` field that names no form, before anything is trained (`--set Triplet=...`).
-let checkTriplet (form: string) =
-    if form <> TripletForm.BatchHard && form <> TripletForm.SemiHard then
-        invalidArg "Triplet" $"Triplet: expected \"{TripletForm.SemiHard}\" or \"{TripletForm.BatchHard}\", found \"{form}\""
+    | BatchHard -> Triplet.batchHardSoftMargin embeddings sources
+    | SemiHard -> Triplet.semiHard margin embeddings sources
 
 /// S4L-Exemplar's choices (Sec. 3.1 and 4: 8 copies per image, a triplet loss on a 1000-d
 /// representation, SGD with momentum); cosine decay with one warm-up epoch like the other recipes.
@@ -55,8 +46,7 @@ type Config =
       /// Source images per batch; a step sees ImagesPerBatch x Copies augmented images.
       [<Range(1.0)>] ImagesPerBatch: int
       [<Range(1.0)>] EmbeddingDim: int64
-      /// TripletForm.SemiHard or TripletForm.BatchHard.
-      Triplet: string
+      Triplet: TripletForm
       /// The semi-hard loss's margin (on squared distances of unit vectors).
       [<Range(0.0)>] Margin: float
       CropScale: float * float
@@ -78,7 +68,7 @@ type Config =
 /// (the engine's images_per_s counts source images, not views); `smoke`: one epoch of the smoke subset.
 let config preset =
     let paper =
-        { Encoder = SmallConvNet 32L; Copies = 8; ImagesPerBatch = 64; EmbeddingDim = 1000L; Triplet = TripletForm.SemiHard; Margin = 0.5
+        { Encoder = SmallConvNet 32L; Copies = 8; ImagesPerBatch = 64; EmbeddingDim = 1000L; Triplet = SemiHard; Margin = 0.5
           CropScale = (0.2, 1.0); RotationDegrees = 20.0; Brightness = 0.4; Contrast = 0.4; FlipProbability = 0.5; Epochs = 100
           LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 1.0; ProbeLayer = "branch"; ProbePool = 3L }
     let small = { paper with Encoder = SmallConvNet 16L; ImagesPerBatch = 32 }
@@ -100,9 +90,7 @@ let augment (config: Config) (data: Data) (generator: torch.Generator) (pixels: 
 /// One step: `Copies` augmented views of each source image, embedded and L2-normalised, the
 /// triplet loss (Config.Triplet) with the source image as the label.
 type Step(encoder: Encoder, projection: LinearHead, data: Data, config: Config) =
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, Nesterov = true,
-                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
+    let spec = nesterov config.LearningRate config.WeightDecay config.WarmupEpochs
     interface ITrainingStep with
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "projection", (projection :> torch.nn.Module) ]
         member _.Optimizers =
@@ -117,12 +105,7 @@ type Step(encoder: Encoder, projection: LinearHead, data: Data, config: Config) 
             let embeddings = torch.nn.functional.normalize(projection.forward(encoder.forward views), dim = 1L)
             let loss = tripletLoss config.Triplet config.Margin embeddings sources
             let value = ctx.Optimize("main", loss)
-            // Fraction of views whose nearest other view is a copy of the same image.
-            let detached = embeddings.detach()
-            let self = torch.eye(detached.shape[0], dtype = torch.ScalarType.Bool, device = ctx.Device)
-            let nearest = torch.cdist(detached, detached).masked_fill(self, System.Double.PositiveInfinity).argmin(1L)
-            let retrieval = sources.index_select(0L, nearest).eq(sources).to_type(torch.ScalarType.Float32).mean().item<float32>()
-            readOnlyDict [ "loss", value; "copy_retrieval_acc", float retrieval ]
+            readOnlyDict [ "loss", value; "copy_retrieval_acc", Triplet.nearestSameLabel embeddings sources ]
 
 let build (c: Context<Config>) =
     let encoder = c.NewEncoder()
@@ -131,6 +114,5 @@ let build (c: Context<Config>) =
         Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; projection ] }
 
 let spec =
-    { backboneSpec "exemplar" "Dosovitskiy et al. 2014, Exemplar CNN; triplet form of S4L-Exemplar, Zhai et al. 2019"
-        selfSupervised config (fun c -> c.Encoder) build with
-        CheckData = fun c _ -> checkTriplet c.Triplet }
+    backboneSpec "exemplar" "Dosovitskiy et al. 2014, Exemplar CNN; triplet form of S4L-Exemplar, Zhai et al. 2019"
+        selfSupervised config (fun c -> c.Encoder) build

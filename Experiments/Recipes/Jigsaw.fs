@@ -70,9 +70,7 @@ let normaliseTiles (tiles: torch.Tensor) =
 /// One step: a puzzle per image, the nine tiles through the shared encoder in one batch, their
 /// features concatenated in the shuffled order and classified into the permutation set.
 type Step(encoder: Encoder, classifier: MlpHead, permutations: torch.Tensor, data: Data, config: Config) =
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, Nesterov = true,
-                      WeightDecay = config.WeightDecay)
+    let spec = nesterov config.LearningRate config.WeightDecay 0.0
     interface ITrainingStep with
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "classifier", (classifier :> torch.nn.Module) ]
         member _.Optimizers =

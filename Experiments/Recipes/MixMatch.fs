@@ -193,8 +193,8 @@ let build (c: Context<Config>) =
     let ema = new EmaClassifier(p.Encoder, p.Classifier, c.NewEncoder, int64 c.Data.Classes)
     let split = p.Split
     let t = trainingOf c p (Step(p.Encoder, p.Classifier, ema, c.Data, split.Labelled, split.Unlabelled, c.Config, c.Device))
-                c.Config.Epochs c.Config.BatchSize
-    { t with Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head); Owned = t.Owned @ [ ema ] }
+                c.Config.Epochs c.Config.BatchSize [ ema ]
+    { t with Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head) }
 
 let spec =
     Ssl.Experiments.Template.spec "mixmatch" "Berthelot et al. 2019, MixMatch: A Holistic Approach to Semi-Supervised Learning"

@@ -59,9 +59,7 @@ let config preset =
 /// One step: a (centre, neighbour) pair per image, both through the shared encoder in one batch,
 /// the concatenated pair features classified into the 8 neighbour positions.
 type Step(encoder: Encoder, classifier: MlpHead, data: Data, config: Config) =
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, Nesterov = true,
-                      WeightDecay = config.WeightDecay)
+    let spec = nesterov config.LearningRate config.WeightDecay 0.0
     interface ITrainingStep with
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "classifier", (classifier :> torch.nn.Module) ]
         member _.Optimizers =

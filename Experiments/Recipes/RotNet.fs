@@ -46,9 +46,7 @@ let config preset =
 
 /// One step: the batch in all four rotations, a linear rotation classifier on the encoder's features.
 type Step(encoder: Encoder, head: LinearHead, data: Data, config: Config) =
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, Nesterov = true,
-                      WeightDecay = config.WeightDecay)
+    let spec = nesterov config.LearningRate config.WeightDecay 0.0
     interface ITrainingStep with
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
         member _.Optimizers =

@@ -3,9 +3,8 @@
 /// augmented into 8 copies (Inception crop, flip, HSV noise, as Exemplar); the loss is the class
 /// cross-entropy on all labelled copies plus w·L_exemplar (eq. 1, w = 1), a triplet loss on the
 /// L2-normalised output of a linear embedding layer, averaged over the two batches, copies of one
-/// image being positives (google-research/s4l, semi_supervised/exemplar.py). S4L's triplet loss is
-/// batch-hard with soft margin; the quick preset uses Exemplar's semi-hard one, as batch-hard
-/// collapsed here. Left out: the paper's later stages (Sec. 5: Mix Of All Models, pseudo-labels).
+/// image being positives (google-research/s4l, semi_supervised/exemplar.py). Left out: the paper's
+/// later stages (Sec. 5: Mix Of All Models, pseudo-labels).
 /// Measured runs: docs/experiments/s4l-exemplar.md.
 module Ssl.Experiments.Recipes.S4LExemplar
 
@@ -39,7 +38,7 @@ type Config =
       [<Range(1.0)>] EmbeddingDim: int64
       /// w of eq. 1.
       [<Range(0.0)>] TripletWeight: float
-      /// Exemplar.TripletForm.BatchHard (S4L's code) or Exemplar.TripletForm.SemiHard.
+      /// Exemplar.BatchHard (S4L's code) or Exemplar.SemiHard.
       Triplet: string
       /// Margin of the semi-hard loss.
       [<Range(0.0)>] Margin: float
@@ -57,38 +56,20 @@ type Config =
 let config preset =
     let quick =
         { Encoder = SmallConvNet 16L; Epochs = 1; LabelledBatch = 24; UnlabelledBatch = 24; Copies = 8; EmbeddingDim = 128L
-          TripletWeight = 1.0; Triplet = Exemplar.TripletForm.SemiHard; Margin = 0.5; CropScale = (0.25, 1.0); FlipProbability = 0.5
+          TripletWeight = 1.0; Triplet = Exemplar.SemiHard; Margin = 0.5; CropScale = (0.25, 1.0); FlipProbability = 0.5
           LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 0.05 }
     match preset with
     | Smoke -> { quick with LabelledBatch = 32; UnlabelledBatch = 32; Copies = 4 }
     | Quick -> quick
     | Paper ->
-        { quick with Encoder = SmallConvNet 32L; Epochs = 30; LabelledBatch = 256; UnlabelledBatch = 256; Triplet = Exemplar.TripletForm.BatchHard }
-
-/// The HSV noise of S4L's Exemplar preprocessing (google-research/s4l, preprocess.py
-/// get_hsvnoise_preprocess): per image v' = clamp(v^(2^a)·2^b + c, 0, 1) with a ~ U(-2, 2),
-/// b ~ U(-0.5, 0.5), c ~ U(-0.1, 0.1) on saturation and value, and a hue shift. A grey image is its
-/// value channel; on colour images we apply the value noise to every channel and leave hue and
-/// saturation alone. images: (N, C, H, W) in [0, 1] → same shape.
-let valueNoise (generator: torch.Generator) (images: torch.Tensor) =
-    use scope = torch.NewDisposeScope()
-    let n = images.shape[0]
-    let uniform (low: float) (high: float) =
-        torch.rand([| n; 1L; 1L; 1L |], dtype = images.dtype, device = images.device, generator = generator) * (high - low) + low
-    let powerOfTwo (exponent: torch.Tensor) = (exponent * log 2.0).exp()
-    let power = powerOfTwo (uniform -2.0 2.0)
-    let scale = powerOfTwo (uniform -0.5 0.5)
-    let shift = uniform -0.1 0.1
-    (images.clamp_min(0.0).pow(power) * scale + shift).clamp(0.0.ToScalar(), 1.0.ToScalar()).MoveToOuterDisposeScope()
+        { quick with Encoder = SmallConvNet 32L; Epochs = 30; LabelledBatch = 256; UnlabelledBatch = 256; Triplet = Exemplar.BatchHard }
 
 /// One step: `Copies` augmented copies of every labelled and unlabelled image through the encoder at
 /// once; class cross-entropy on the labelled copies; the triplet loss (Config.Triplet) on the
 /// L2-normalised embeddings of each batch, copies of the same image being positives.
 type Step(parts: Parts, embeddingHead: LinearHead, config: Config) =
     let encoder, classifier, data, split = parts.Encoder, parts.Classifier, parts.Data, parts.Split
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, Nesterov = true,
-                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
+    let spec = nesterov config.LearningRate config.WeightDecay config.WarmupEpochs
     let copies = int64 config.Copies
     interface ITrainingStep with
         member _.Modules =
@@ -107,7 +88,7 @@ type Step(parts: Parts, embeddingHead: LinearHead, config: Config) =
                 images.repeat_interleave(copies, dim = 0L)
                 |> Geometric.randomResizedCrop config.CropScale (3.0 / 4.0, 4.0 / 3.0) (h, w) ctx.Generator
                 |> Geometric.randomHorizontalFlip config.FlipProbability ctx.Generator
-                |> valueNoise ctx.Generator
+                |> Photometric.valueNoise ctx.Generator
                 |> standardise data
             let labelled = exemplars labelledIdx
             let unlabelled = exemplars (batch |> Array.map (fun i -> split.Unlabelled[int i]))
@@ -131,10 +112,8 @@ type Step(parts: Parts, embeddingHead: LinearHead, config: Config) =
 let build (c: Context<Config>) =
     let parts = parts c
     let embeddingHead = new LinearHead(parts.Encoder.FeatureDim, c.Config.EmbeddingDim)
-    let t = trainingOf c parts (Step(parts, embeddingHead, c.Config)) c.Config.Epochs c.Config.UnlabelledBatch
-    { t with Owned = t.Owned @ [ embeddingHead ] }
+    trainingOf c parts (Step(parts, embeddingHead, c.Config)) c.Config.Epochs c.Config.UnlabelledBatch [ embeddingHead ]
 
 let spec =
-    { backboneSpec "s4l-exemplar" "Zhai et al. 2019, S4L: Self-Supervised Semi-Supervised Learning (S4L-Exemplar)"
-        semiSupervised config (fun c -> c.Encoder) build with
-        CheckData = fun c _ -> Exemplar.checkTriplet c.Triplet }
+    backboneSpec "s4l-exemplar" "Zhai et al. 2019, S4L: Self-Supervised Semi-Supervised Learning (S4L-Exemplar)"
+        semiSupervised config (fun c -> c.Encoder) build

@@ -58,9 +58,7 @@ let config preset =
 /// class cross-entropy on the upright labelled images, rotation cross-entropy on everything.
 type Step(parts: SemiSupervised.Parts, rotationHead: LinearHead, config: Config) =
     let encoder, classifier, data, split = parts.Encoder, parts.Classifier, parts.Data, parts.Split
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, Nesterov = true,
-                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
+    let spec = nesterov config.LearningRate config.WeightDecay config.WarmupEpochs
     interface ITrainingStep with
         member _.Modules =
             readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "classifier", (classifier :> torch.nn.Module)
@@ -98,8 +96,7 @@ type Step(parts: SemiSupervised.Parts, rotationHead: LinearHead, config: Config)
 let build (c: Context<Config>) =
     let parts = SemiSupervised.parts c
     let rotationHead = new LinearHead(parts.Encoder.FeatureDim, 4L)
-    let t = SemiSupervised.trainingOf c parts (Step(parts, rotationHead, c.Config)) c.Config.Epochs c.Config.UnlabelledBatch
-    { t with Owned = t.Owned @ [ rotationHead ] }
+    SemiSupervised.trainingOf c parts (Step(parts, rotationHead, c.Config)) c.Config.Epochs c.Config.UnlabelledBatch [ rotationHead ]
 
 let spec =
     { backboneSpec "s4l-rotation" "Zhai et al. 2019, S4L: Self-Supervised Semi-Supervised Learning (S4L-Rotation)"

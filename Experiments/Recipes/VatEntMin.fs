@@ -67,9 +67,7 @@ let config preset =
 /// and the VAT loss on all of it.
 type Step(parts: SemiSupervised.Parts, config: Config) =
     let encoder, classifier, data, split = parts.Encoder, parts.Classifier, parts.Data, parts.Split
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, Nesterov = true,
-                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
+    let spec = nesterov config.LearningRate config.WeightDecay config.WarmupEpochs
     let epsilon = config.EpsilonPixels / Array.average data.Std
     let classify (x: torch.Tensor) = classifier.forward(encoder.forward x)
     interface ITrainingStep with
@@ -97,7 +95,7 @@ type Step(parts: SemiSupervised.Parts, config: Config) =
 /// `--labels N` per class (default 10), the rest the unlabelled pool.
 let build (c: Context<Config>) =
     let parts = SemiSupervised.parts c
-    SemiSupervised.trainingOf c parts (Step(parts, c.Config)) c.Config.Epochs c.Config.UnlabelledBatch
+    SemiSupervised.trainingOf c parts (Step(parts, c.Config)) c.Config.Epochs c.Config.UnlabelledBatch []
 
 let spec =
     backboneSpec "vat-entmin" "Miyato et al. 2018 (VAT) + Grandvalet & Bengio 2005 (EntMin), the baseline of Zhai et al. 2019 (S4L)"
