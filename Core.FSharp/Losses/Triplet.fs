@@ -86,4 +86,4 @@ let nearestSameLabel (embeddings: Tensor) (labels: Tensor) : float =
     let detached = embeddings.detach()
     let self = eye(detached.shape[0], dtype = ScalarType.Bool, device = detached.device)
     let nearest = cdist(detached, detached).masked_fill(self, System.Double.PositiveInfinity).argmin(1L)
-    float (labels.index_select(0L, nearest).eq(labels).to_type(ScalarType.Float32).mean().item<float32>())
+    System.Convert.ToDouble(labels.index_select(0L, nearest).eq(labels).to_type(ScalarType.Float32).mean().item<float32>())

@@ -38,8 +38,8 @@ type Config =
       [<Range(1.0)>] EmbeddingDim: int64
       /// w of eq. 1.
       [<Range(0.0)>] TripletWeight: float
-      /// Exemplar.BatchHard (S4L's code) or Exemplar.SemiHard.
-      Triplet: string
+      /// BatchHard (S4L's code) or SemiHard (Exemplar.TripletForm).
+      Triplet: Exemplar.TripletForm
       /// Margin of the semi-hard loss.
       [<Range(0.0)>] Margin: float
       /// Area range of the crop: (0.25, 1) where the paper's (0.05, 1), as a 5% crop of a 28 px garment shows little of it.
