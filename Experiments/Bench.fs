@@ -16,6 +16,7 @@ open Ssl.Host.Engine
 open Ssl.Host.Runs
 open Ssl.Host.Runtime
 open Ssl.Experiments.Recipe
+open Ssl.Experiments.Template
 
 /// One method's figures (bench.json holds a list of them).
 type BenchRecord =
@@ -46,17 +47,17 @@ type BenchRecord =
 /// Benchmarks one recipe in this process and returns its record.
 let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads: int) (dataset: string) (out: string) =
     let env = DeviceSetup.Configure(DeviceRequest.Cpu, threads, 0L, false)
-    let labels = if Repro.semiSupervised.Contains recipe.Name then Some(List.head Repro.semiSupervisedLabels) else None
+    let labels = List.tryHead recipe.Traits.LabelBudgets
+    let config = recipe.Resolve preset None []
     let request: Request =
         { Method = recipe.Name; Preset = preset; Dataset = dataset; DataRoot = None; Labels = labels; Seed = 0L
-          Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = out; Resume = false }
+          Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = out; Resume = false
+          Config = Some config; Overrides = [] }
     let peak = MachineInfo.MatmulPeakGflops()
-    let shape =
-        use data = Pipeline.loadData { request with Preset = Smoke }
-        [| data.Train.Channels; data.Train.Height; data.Train.Width |]
     let perImage =
-        use encoder = recipe.Encoder preset shape[0]
-        FlopCounter.ForwardFlopsPerExample(encoder, shape)
+        use data = Pipeline.loadData { request with Preset = Smoke }
+        use encoder = recipe.Encoder config data
+        FlopCounter.ForwardFlopsPerExample(encoder, [| data.Train.Channels; data.Train.Height; data.Train.Width |])
     if Directory.Exists out then Directory.Delete(out, true)
     StepBenchmark.Active <- StepBenchmark(warmup, steps)
     let measured =
@@ -141,7 +142,7 @@ let run (only: string list option) (preset: Preset) (warmup: int) (steps: int) (
 /// `<out>/synthetic-colour` (2 classes x 1,000 PNGs of 32x32).
 let runMethod (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads: int) (colourDataset: string option) (out: string) =
     let dataset =
-        match colourOnly.Contains recipe.Name, colourDataset with
+        match recipe.Traits.Colour, colourDataset with
         | false, _ -> "fashion-mnist"
         | true, Some d -> d
         | true, None ->

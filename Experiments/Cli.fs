@@ -36,8 +36,10 @@ type InfoArgs =
             | Deterministic -> "fixed threads, seeded generators, no TF32: CPU runs repeat exactly."
 
 type TrainArgs =
-    | [<MainCommand; ExactlyOnce>] Method of method: string
+    | [<MainCommand; Unique>] Method of method: string
     | Preset of preset: string
+    | [<AltCommandLine("-s")>] Set of assignment: string
+    | Config of file: string
     | [<AltCommandLine("-d")>] Dataset of name: string
     | Data_Root of dir: string
     | Labels of perClass: int
@@ -51,8 +53,10 @@ type TrainArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Method _ -> "recipe to train (see `ssl methods`)."
+            | Method _ -> "recipe to train (see `ssl methods`); may be left out with --config of a run's config.json."
             | Preset _ -> "smoke (under a minute), quick (real numbers on 2 cores, default) or paper (the paper's schedule)."
+            | Set _ -> "override a config field, Field=value (repeatable; Nested.Field=value; tuples a,b; see `ssl config <method>`)."
+            | Config _ -> "start from this JSON config: a run's config.json (replays it) or a config object as `ssl config` prints."
             | Dataset _ -> "data set: fashion-mnist (default), mnist, cifar10, cifar100, stl10, or an image-folder path."
             | Data_Root _ -> "folder holding the data set's files (default: $SSL_DATA, then /usr/share/datasets)."
             | Labels _ -> "labels per class (few-label and semi-supervised runs), drawn with the seed."
@@ -62,6 +66,20 @@ type TrainArgs =
             | Deterministic -> "fixed threads, seeded generators, no TF32: CPU runs repeat exactly."
             | Out _ -> "run folder (default runs/<method>-<preset>)."
             | Resume -> "continue from the run folder's last checkpoint."
+
+type ConfigArgs =
+    | [<MainCommand; ExactlyOnce>] Method of method: string
+    | Preset of preset: string
+    | [<AltCommandLine("-s")>] Set of assignment: string
+    | Fields
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Method _ -> "recipe whose config to print (see `ssl methods`)."
+            | Preset _ -> "smoke, quick (default) or paper."
+            | Set _ -> "override a config field, Field=value (repeatable)."
+            | Fields -> "list the settable fields and their types instead."
 
 type EvalArgs =
     | [<MainCommand; ExactlyOnce>] Run_Dir of dir: string
@@ -143,6 +161,7 @@ type BenchArgs =
 type SslArgs =
     | [<SubCommand; CliPrefix(CliPrefix.None)>] Methods
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
+    | [<CliPrefix(CliPrefix.None)>] Config of ParseResults<ConfigArgs>
     | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalArgs>
     | [<CliPrefix(CliPrefix.None)>] Data of ParseResults<DataArgs>
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
@@ -156,6 +175,7 @@ type SslArgs =
             match a with
             | Methods -> "list the registered recipes and their presets."
             | Train _ -> "train a recipe, evaluate it beside its baselines, write the run folder."
+            | Config _ -> "print a recipe's resolved config as JSON (what --config accepts back)."
             | Eval _ -> "evaluate a trained run's encoder again with one protocol (linear, knn, finetune)."
             | Data _ -> "read a data set, print its statistics, optionally save a PNG grid of samples."
             | Info _ -> "set up the device and print it with threads, seed and library versions."

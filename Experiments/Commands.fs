@@ -5,6 +5,7 @@ open System
 open System.Diagnostics
 open System.IO
 open System.Text.Json
+open System.Text.Json.Nodes
 open Argu
 open Spectre.Console
 open TorchSharp
@@ -16,17 +17,17 @@ open Ssl.Host.Runtime
 open Ssl.Experiments.Cli
 
 let methods () =
-    let table = Table().AddColumns("recipe", "paper", "presets")
-    for name in Recipe.contractNames do
-        match Registry.tryFind name with
-        | Some r -> table.AddRow(r.Name, Markup.Escape r.Paper, r.Presets |> List.map Recipe.Preset.name |> String.concat ", ") |> ignore
-        | None -> table.AddRow(name, "[grey]not implemented yet[/]", "-") |> ignore
-    let variants = Registry.recipes |> List.filter (fun r -> not (List.contains r.Name Recipe.contractNames))
-    for r in variants do
-        table.AddRow(r.Name, Markup.Escape r.Paper, r.Presets |> List.map Recipe.Preset.name |> String.concat ", ") |> ignore
+    let table = Table().AddColumns("recipe", "paper", "presets", "traits")
+    for r in Registry.recipes do
+        let traits =
+            [ if r.Traits.Colour then "colour images"
+              if not r.Traits.LabelBudgets.IsEmpty then
+                  let budgets = r.Traits.LabelBudgets |> List.map string |> String.concat ", "
+                  $"semi-supervised ({budgets} labels/class)" ]
+            |> String.concat "; "
+        table.AddRow(r.Name, Markup.Escape r.Paper, r.Presets |> List.map Recipe.Preset.name |> String.concat ", ", traits) |> ignore
     AnsiConsole.Write table
-    let implemented = Recipe.contractNames |> List.filter (fun n -> (Registry.tryFind n).IsSome) |> List.length
-    AnsiConsole.MarkupLine $"{implemented} of {Recipe.contractNames.Length} recipes registered, and {variants.Length} ablation variant(s)."
+    AnsiConsole.MarkupLine $"{Registry.recipes.Length} recipes registered; `ssl config <recipe>` prints one's config, `--set Field=value` changes it."
     0
 
 let private formatAcc (v: Nullable<float>) = if v.HasValue then $"{v.Value:P2}" else "-"
@@ -46,42 +47,103 @@ let private report (folder: Ssl.Host.Runs.RunFolder) (r: Ssl.Host.Runs.RunResult
     for png in IO.Directory.GetFiles(folder.PlotsDir, "*.png") |> Array.sort do
         AnsiConsole.MarkupLine $"plot:   {Markup.Escape png}"
 
+/// A registered recipe by name, or a usage error listing them.
+let private findRecipe (flag: string) (name: string) =
+    match Registry.tryFind name with
+    | Some r -> r
+    | None ->
+        let known = Registry.recipes |> List.map (fun r -> r.Name) |> String.concat ", "
+        invalidArg flag $"{flag}: expected one of {known} (see `ssl methods`), found '{name}'"
+
+let private parsePreset (recipe: Template.Recipe) (text: string) =
+    match Recipe.Preset.tryParse text with
+    | Some p when List.contains p recipe.Presets -> p
+    | _ ->
+        let known = recipe.Presets |> List.map Recipe.Preset.name |> String.concat ", "
+        invalidArg "--preset" $"--preset: expected one of {known} for {recipe.Name}, found '{text}'"
+
+/// A `--config` file: a run's config.json (its "config" object and the run's method, preset, data
+/// set, labels, seed and overrides) or a bare config object. Returns (run fields, config).
+let private readConfigFile (path: string) : JsonObject * JsonObject =
+    if not (IO.File.Exists path) then
+        raise (DataException(path, "a JSON config (a run's config.json, or what `ssl config` prints)", "no such file"))
+    let root =
+        try JsonNode.Parse(IO.File.ReadAllText path)
+        with :? JsonException as e -> raise (DataException(path, "JSON", e.Message))
+    match root with
+    | :? JsonObject as o ->
+        match (if o.ContainsKey "config" then Some o["config"] else None) with
+        | Some(:? JsonObject as config) -> o, config
+        | Some _ -> raise (DataException(path, "\"config\": a JSON object", o["config"].ToJsonString()))
+        | None -> JsonObject(), o
+    | _ -> raise (DataException(path, "a JSON object", if isNull root then "null" else root.ToJsonString()))
+
+let private field (o: JsonObject) (key: string) : JsonNode option =
+    if o.ContainsKey key && not (isNull o[key]) then Some o[key] else None
+
 let train (args: ParseResults<TrainArgs>) =
-    let name = args.GetResult TrainArgs.Method
-    let recipe =
-        match Registry.tryFind name with
-        | Some r -> r
-        | None ->
-            let known = Registry.recipes |> List.map (fun r -> r.Name) |> String.concat ", "
-            invalidArg "method" $"method: expected one of {known} (see `ssl methods`), found '{name}'"
-    let presetText = args.GetResult(TrainArgs.Preset, defaultValue = "quick")
+    let file = args.TryGetResult TrainArgs.Config |> Option.map (fun p -> p, readConfigFile p)
+    let run = file |> Option.map (fun (_, (r, _)) -> r) |> Option.defaultWith (fun () -> JsonObject())
+    let fromFile key = field run key
+    let name =
+        match args.TryGetResult TrainArgs.Method, fromFile "method" with
+        | Some n, Some m when m.GetValue<string>() <> n ->
+            invalidArg "method" $"method: {n} given, but --config {fst file.Value} is a config of {m.GetValue<string>()}"
+        | Some n, _ -> n
+        | None, Some m -> m.GetValue<string>()
+        | None, None -> invalidArg "method" "method: expected a recipe name (see `ssl methods`), or --config with a run's config.json"
+    let recipe = findRecipe "method" name
     let preset =
-        match Recipe.Preset.tryParse presetText with
-        | Some p when List.contains p recipe.Presets -> p
-        | _ ->
-            let known = recipe.Presets |> List.map Recipe.Preset.name |> String.concat ", "
-            invalidArg "--preset" $"--preset: expected one of {known} for {name}, found '{presetText}'"
-    let labels = args.TryGetResult TrainArgs.Labels
+        args.TryGetResult TrainArgs.Preset
+        |> Option.orElse (fromFile "preset" |> Option.map (fun p -> p.GetValue<string>()))
+        |> Option.defaultValue "quick"
+        |> parsePreset recipe
+    let labels = args.TryGetResult TrainArgs.Labels |> Option.orElse (fromFile "labels_per_class" |> Option.map (fun n -> n.GetValue<int>()))
     match labels with
     | Some n when n <= 0 -> invalidArg "--labels" $"--labels: expected a positive number of labels per class, found {n}"
     | _ -> ()
+    let sets = args.GetResults TrainArgs.Set
+    let recorded = fromFile "overrides" |> Option.map (fun o -> [ for v in o.AsArray() -> v.GetValue<string>() ]) |> Option.defaultValue []
+    let config = recipe.Resolve preset (file |> Option.map (fun (_, (_, c)) -> c)) sets
     let request: Recipe.Request =
         { Method = name; Preset = preset
-          Dataset = args.GetResult(TrainArgs.Dataset, defaultValue = "fashion-mnist")
+          Dataset = args.TryGetResult TrainArgs.Dataset |> Option.orElse (fromFile "dataset" |> Option.map (fun d -> d.GetValue<string>()))
+                    |> Option.defaultValue "fashion-mnist"
           DataRoot = args.TryGetResult TrainArgs.Data_Root
           Labels = labels
-          Seed = args.GetResult(TrainArgs.Seed, defaultValue = 0L)
+          Seed = args.TryGetResult TrainArgs.Seed |> Option.orElse (fromFile "seed" |> Option.map (fun s -> s.GetValue<int64>()))
+                 |> Option.defaultValue 0L
           Device = DeviceSetup.Parse(args.GetResult(TrainArgs.Device, defaultValue = "cpu"))
           Threads = args.GetResult(TrainArgs.Threads, defaultValue = 0)
           Deterministic = args.Contains TrainArgs.Deterministic
           Out = args.GetResult(TrainArgs.Out, defaultValue = IO.Path.Combine("runs", $"{name}-{Recipe.Preset.name preset}"))
-          Resume = args.Contains TrainArgs.Resume }
+          Resume = args.Contains TrainArgs.Resume
+          Config = Some config
+          Overrides = recorded @ sets }
     let env = DeviceSetup.Configure(request.Device, request.Threads, request.Seed, request.Deterministic)
     for note in env.Notes do AnsiConsole.MarkupLine $"[yellow]{Markup.Escape note}[/]"
     let folder = Ssl.Host.Runs.RunFolder(request.Out)
-    AnsiConsole.MarkupLine $"training [bold]{name}[/] ({Recipe.Preset.name preset}) on {request.Dataset}, {env.DeviceName}, {env.Threads} threads, seed {request.Seed} -> {Markup.Escape folder.Root}"
+    let changed = if request.Overrides.IsEmpty then "" else " with " + String.concat " " request.Overrides
+    AnsiConsole.MarkupLine $"training [bold]{name}[/] ({Recipe.Preset.name preset}{Markup.Escape changed}) on {request.Dataset}, {env.DeviceName}, {env.Threads} threads, seed {request.Seed} -> {Markup.Escape folder.Root}"
     let result = recipe.Run request env folder
     report folder result
+    0
+
+/// `ssl config <method>`: the resolved config as JSON that `ssl train --config` reads back, or its fields.
+let config (args: ParseResults<ConfigArgs>) =
+    let recipe = findRecipe "method" (args.GetResult ConfigArgs.Method)
+    let preset = parsePreset recipe (args.GetResult(ConfigArgs.Preset, defaultValue = "quick"))
+    let sets = args.GetResults ConfigArgs.Set
+    let resolved = recipe.Resolve preset None sets
+    if args.Contains ConfigArgs.Fields then
+        for path, kind in recipe.Fields do printfn "%s: %s = %s" path kind ((resolved :> JsonNode) |> fun n -> (path.Split('.') |> Array.fold (fun (n: JsonNode) k -> n[k]) n).ToJsonString())
+    else
+        let document = JsonObject()
+        document["method"] <- JsonValue.Create recipe.Name
+        document["preset"] <- JsonValue.Create(Recipe.Preset.name preset)
+        document["overrides"] <- JsonArray(sets |> List.map (fun s -> JsonValue.Create s :> JsonNode) |> Array.ofList)
+        document["config"] <- resolved
+        printfn "%s" (document.ToJsonString(JsonSerializerOptions(WriteIndented = true)))
     0
 
 let private parseSplit (text: string) =
@@ -185,6 +247,10 @@ let eval (args: ParseResults<EvalArgs>) =
         match Registry.tryFind (text "method") with
         | Some r -> r
         | None -> raise (DataException(configPath, "a method registered in this build", text "method"))
+    let recipeConfig =
+        match JsonNode.Parse(IO.File.ReadAllText configPath)["config"] with
+        | :? JsonObject as c -> c
+        | _ -> raise (DataException(configPath, "a \"config\" object (a config.json written by `ssl train`)", "none"))
     let preset =
         match Recipe.Preset.tryParse (text "preset") with
         | Some p -> p
@@ -201,7 +267,8 @@ let eval (args: ParseResults<EvalArgs>) =
                                     threads = args.GetResult(EvalArgs.Threads, defaultValue = 0), seed = seed)
     let request: Recipe.Request =
         { Method = recipe.Name; Preset = preset; Dataset = text "dataset"; DataRoot = None; Labels = labels; Seed = seed
-          Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = dir; Resume = false }
+          Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = dir; Resume = false
+          Config = Some recipeConfig; Overrides = [] }
     let layer = args.TryGetResult EvalArgs.Layer
     let pool = args.GetResult(EvalArgs.Pool, defaultValue = 2)
     let randomInit = args.Contains EvalArgs.Random_Init
@@ -209,7 +276,9 @@ let eval (args: ParseResults<EvalArgs>) =
     if pool < 1 then invalidArg "--pool" $"--pool: expected a positive size, found {pool}"
     use data = Pipeline.loadData request
     torch.manual_seed(seed) |> ignore
-    let trained = recipe.Encoder preset data.Train.Channels
+    let trained =
+        try recipe.Encoder recipeConfig data
+        with :? ArgumentException as e -> raise (DataException(configPath, $"a {recipe.Name} config of this build", e.Message))
     if not randomInit then trained.load(weights) |> ignore
     let encoder: Ssl.Core.Models.Encoder =
         match layer with
@@ -225,11 +294,11 @@ let eval (args: ParseResults<EvalArgs>) =
         match protocol with
         | "finetune" ->
             let folder = Ssl.Host.Runs.RunFolder(IO.Path.Combine(dir, "finetune" + (labels |> Option.map (sprintf "-%d") |> Option.defaultValue "")))
-            let tuned, head, _ =
-                Recipes.Supervised.trainWith encoder (Recipes.Supervised.fineTuneConfig preset) data examples seed false folder env.Device (ConsoleProgress())
-            use tuned = tuned
+            let head, _ =
+                SupervisedTraining.trainWith encoder (SupervisedTraining.fineTuneConfig preset) data examples seed false folder env.Device (ConsoleProgress())
+            use tuned = encoder
             use head = head
-            Recipes.Supervised.testAccuracy tuned head data env.Device
+            SupervisedTraining.testAccuracy tuned head data env.Device
         | _ ->
             use encoder = encoder
             let trainFeatures, testFeatures = Pipeline.extract encoder data env.Device
@@ -290,9 +359,7 @@ let bench (args: ParseResults<BenchArgs>) =
     | Some name ->
         match Registry.tryFind name with
         | Some recipe -> Bench.runMethod recipe preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) out
-        | None ->
-            let known = Registry.recipes |> List.map (fun r -> r.Name) |> String.concat ", "
-            invalidArg "--method" $"--method: expected one of {known}, found '{name}'"
+        | None -> findRecipe "--method" name |> ignore; 2
     | None ->
         let only = args.TryGetResult BenchArgs.Only |> Option.map (Repro.parseOnly Registry.recipes)
         Bench.run only preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) out (args.TryGetResult BenchArgs.Readme)

@@ -13,6 +13,7 @@ let run (argv: string[]) =
         match args.GetSubCommand() with
         | Methods -> Commands.methods ()
         | Train a -> Commands.train a
+        | Config a -> Commands.config a
         | Eval a -> Commands.eval a
         | Data a -> Commands.data a
         | Info a -> Commands.info a

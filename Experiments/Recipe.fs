@@ -1,8 +1,8 @@
-/// What a recipe is and what a run asks of it (DESIGN.md, Command line contract).
+/// What a run asks of a recipe (DESIGN.md, Command line contract).
 module Ssl.Experiments.Recipe
 
-open Ssl.Core.Models
-open Ssl.Host.Runs
+open System.Runtime.InteropServices
+open System.Text.Json.Nodes
 open Ssl.Host.Runtime
 
 /// `smoke` proves the wiring in under a minute (tests use it); `quick` gives real numbers on
@@ -30,30 +30,17 @@ type Request =
       Threads: int
       Deterministic: bool
       Out: string
-      Resume: bool }
+      Resume: bool
+      /// The recipe's resolved config (Configs.toJson of its record); None = the preset's own.
+      Config: JsonObject option
+      /// The `--set` overrides the config holds, as given (config.json lists them).
+      Overrides: string list }
 
-/// A registered recipe: its contract name, its paper, its presets and how it runs.
-type Recipe =
-    { Name: string
-      Paper: string
-      Presets: Preset list
-      Run: Request -> RunEnvironment -> RunFolder -> RunResult
-      /// The encoder architecture a preset trains, for an input of the given channel count
-      /// (`ssl eval` rebuilds it and loads the run's exported weights into it).
-      Encoder: Preset -> int64 -> Encoder }
-
-/// The recipe names of the command-line contract (DESIGN.md), in roadmap order.
-let contractNames =
-    [ "supervised"; "rotnet"; "relative-patch"; "jigsaw"; "colorization"; "exemplar"
-      "nce"; "infonce"; "moco"; "cpc-v2"; "bigbigan"
-      "s4l-rotation"; "s4l-exemplar"; "vat-entmin"; "mixmatch"; "enaet" ]
-
-/// The recipes that need colour (3-channel) images: they refuse grey data sets such as Fashion-MNIST,
-/// so `ssl repro` runs them only on a colour data set it is given and `ssl bench` times them on one
-/// (the one place that says so).
-let colourOnly = set [ "colorization" ]
-
-/// Whether `name` is a contract name, or a registered variant of one (an ablation the paper
-/// reports, named `<contract name>-<variant>`, e.g. `moco-no-shuffle`).
-let isContractOrVariant (name: string) =
-    contractNames |> List.exists (fun c -> name = c || name.StartsWith(c + "-"))
+    /// A request with the defaults of `ssl train` for everything not given (the C# surface).
+    static member Create(method: string, preset: Preset, [<Optional; DefaultParameterValue("fashion-mnist")>] dataset: string,
+                         [<Optional; DefaultParameterValue(0L)>] seed: int64, [<Optional; DefaultParameterValue(null: string)>] folder: string,
+                         [<Optional; DefaultParameterValue(0)>] labels: int) =
+        { Method = method; Preset = preset; Dataset = dataset; DataRoot = None
+          Labels = (if labels > 0 then Some labels else None); Seed = seed; Device = DeviceRequest.Cpu; Threads = 0
+          Deterministic = false; Out = (if isNull folder then System.IO.Path.Combine("runs", $"{method}-{Preset.name preset}") else folder)
+          Resume = false; Config = None; Overrides = [] }

@@ -1,27 +1,26 @@
-/// The one place recipes are registered: `ssl methods` and `ssl train` read it.
+/// The one place recipes are registered: `ssl methods`, `ssl train`, `repro` and `bench` read it,
+/// in this order. A spec's variants (`<name>-<suffix>`) follow it.
 module Ssl.Experiments.Registry
 
-open Ssl.Experiments.Recipe
+open Ssl.Experiments.Template
 
-/// Recipes that are implemented. A name joins this list only together with its recipe file.
 let recipes: Recipe list =
-    [ Recipes.Supervised.recipe
-      Recipes.RotNet.recipe
-      Recipes.RelativePatch.recipe
-      Recipes.Jigsaw.recipe
-      Recipes.Colorization.recipe
-      Recipes.Exemplar.recipe
-      Recipes.Nce.recipe
-      Recipes.InfoNce.recipe
-      Recipes.MoCo.recipe
-      Recipes.MoCo.noShuffleRecipe
-      Recipes.MoCo.v2Recipe
-      Recipes.CpcV2.recipe
-      Recipes.BigBiGan.recipe
-      Recipes.S4LRotation.recipe
-      Recipes.S4LExemplar.recipe
-      Recipes.VatEntMin.recipe
-      Recipes.MixMatch.recipe
-      Recipes.EnAET.recipe ]
+    List.collect id
+        [ recipes Recipes.Supervised.spec
+          recipes Recipes.RotNet.spec
+          recipes Recipes.InfoNce.spec
+          recipes Recipes.MoCo.spec
+          recipes Recipes.Nce.spec
+          recipes Recipes.CpcV2.spec
+          recipes Recipes.RelativePatch.spec
+          recipes Recipes.Jigsaw.spec
+          recipes Recipes.Colorization.spec
+          recipes Recipes.Exemplar.spec
+          recipes Recipes.BigBiGan.spec
+          recipes Recipes.MixMatch.spec
+          recipes Recipes.EnAET.spec
+          recipes Recipes.S4LRotation.spec
+          recipes Recipes.S4LExemplar.spec
+          recipes Recipes.VatEntMin.spec ]
 
 let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)

@@ -69,11 +69,11 @@ let private lossCurve (dir: string) (result: RunResult) =
             |> Seq.toArray
         Array.map fst points, Array.map snd points
 
-/// Where a recipe name sits in the contract order (unknown names go last, by name).
+/// Where a recipe name sits in the registry's order (unknown names go last, by name).
 let private contractRank (name: string) =
-    match List.tryFindIndex ((=) name) Recipe.contractNames with
+    match Registry.recipes |> List.tryFindIndex (fun r -> r.Name = name) with
     | Some i -> i
-    | None -> Recipe.contractNames.Length
+    | None -> Registry.recipes.Length
 
 /// Reads every direct sub-folder of `runsDir` that holds a result.json, in the contract's order of
 /// methods, then by labels per class. A result.json that cannot be read is an error naming it.

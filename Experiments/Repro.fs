@@ -12,11 +12,7 @@ open System.Text.Json.Nodes
 open Ssl.Host.Runs
 open Ssl.Host.Runtime
 open Ssl.Experiments.Recipe
-
-/// The semi-supervised recipes (the one place that says so): reproduced at each of `semiSupervisedLabels`
-/// labels per class, into `<runs>/<method>-<N>/`.
-let semiSupervised = set [ "s4l-rotation"; "s4l-exemplar"; "vat-entmin"; "mixmatch"; "enaet" ]
-let semiSupervisedLabels = [ 10; 100 ]
+open Ssl.Experiments.Template
 
 /// One planned `ssl train` run.
 type PlannedRun =
@@ -43,15 +39,16 @@ let parseOnly (recipes: Recipe list) (text: string) =
     | unknown ->
         invalidArg "--only" $"""--only: expected registered recipes ({String.concat ", " known}), found {String.concat ", " unknown}"""
 
-/// The runs for the given recipes (all registered ones, or `only`), in registry order. Colour-only
-/// recipes (`Recipe.colourOnly`) train on `colourDataset` (a data-set name or image-folder path);
+/// The runs for the given recipes (all registered ones, or `only`), in registry order: a
+/// semi-supervised recipe once per label budget of its traits, into `<runs>/<method>-<N>/`.
+/// Colour-only recipes (Traits.Colour) train on `colourDataset` (a data-set name or image-folder path);
 /// without one they are planned as not run, with the reason.
 let plan (recipes: Recipe list) (only: string list option) (runsDir: string) (preset: Preset) (colourDataset: string option)
     : PlannedRun list =
     [ for r in recipes do
           if only |> Option.forall (List.contains r.Name) && List.contains preset r.Presets then
-              let labelsList = if semiSupervised.Contains r.Name then List.map Some semiSupervisedLabels else [ None ]
-              let colour = colourOnly.Contains r.Name
+              let labelsList = if r.Traits.LabelBudgets.IsEmpty then [ None ] else List.map Some r.Traits.LabelBudgets
+              let colour = r.Traits.Colour
               for labels in labelsList do
                   let folder = match labels with Some n -> $"{r.Name}-{n}" | None -> r.Name
                   let dir = Path.Combine(runsDir, folder)

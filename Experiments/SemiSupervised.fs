@@ -1,10 +1,9 @@
-/// What the semi-supervised recipes (MixMatch, EnAET) share: the few-label split of DESIGN.md, a
-/// labelled batch drawn beside every unlabelled batch the engine hands out, MixMatch's weak
-/// augmentation, the classifier's EMA copy, and the supervised-only baseline on the same labels.
-///
-/// The engine's epoch runs over the unlabelled pool (ExampleCount = pool size, the step's `batch`
-/// indexes the pool); each step also draws `size` labelled examples with the step's generator, as
-/// the papers' code does by cycling a shuffled labelled loader beside the unlabelled one.
+/// What the semi-supervised recipes (S4L-Rotation, S4L-Exemplar, VAT + EntMin, MixMatch, EnAET)
+/// share on top of the template's few-label split (Template.semiSupervised: `--labels N` per class,
+/// default 10): a labelled batch drawn beside every unlabelled batch the engine hands out (the
+/// engine's epoch runs over the unlabelled pool; the step's `batch` indexes the pool), as the papers'
+/// code cycles a shuffled labelled loader beside the unlabelled one; the classifier and its EMA
+/// copy; MixMatch's weak augmentation and S4L's light one.
 module Ssl.Experiments.SemiSupervised
 
 open System.IO
@@ -16,34 +15,64 @@ open Ssl.Host.Eval
 open Ssl.Host.Runs
 open Ssl.Experiments.Recipe
 open Ssl.Experiments.Pipeline
+open Ssl.Experiments.Template
 
 type private Tensor = torch.Tensor
 
-/// Labels per class when `--labels` is absent: 10, the harder of the two budgets issue 7 measures.
-let defaultLabelsPerClass = 10
-
-/// The run's labels per class: `--labels N`, else `defaultLabelsPerClass`.
-let labelsPerClass (request: Request) = defaultArg request.Labels defaultLabelsPerClass
-
-/// The few-label split of DESIGN.md: `perClass` labelled examples of every class drawn with `seed`
-/// (the same split the supervised-only baseline trains on); the rest is the unlabelled pool.
-let drawSplit (data: Data) (perClass: int) (seed: int64) =
-    let split = LabelSplitter.Draw(data.Train, perClass, seed)
-    if split.Unlabelled.Length = 0 then
-        invalidArg "--labels" $"--labels: expected fewer labels per class than the training set holds, found {perClass} (nothing left unlabelled)"
-    split
-
-/// `size` labelled examples for one step, drawn with the step's generator: a random subset when the
-/// labelled set holds at least `size` examples, otherwise `size` draws with replacement.
-/// Result: indices into the training set.
+/// `size` labelled examples for one step (indices into the training set), drawn without
+/// replacement with the step's generator, in several rounds when the labelled set is smaller than
+/// `size`, so every step sees a fresh labelled batch while the engine's sampler walks the pool.
 let labelledBatch (generator: torch.Generator) (labelled: int64[]) (size: int) : int64[] =
-    use scope = torch.NewDisposeScope()
-    let count = int64 labelled.Length
-    let picks =
-        if count >= int64 size then
-            torch.randperm(count, generator = generator, device = generator.device).narrow(0L, 0L, int64 size)
-        else Draw.integers generator 0L (count - 1L) [| int64 size |] generator.device
-    picks.cpu().data<int64>().ToArray() |> Array.map (fun i -> labelled[int i])
+    let n = int64 labelled.Length
+    let rounds = (int64 size + n - 1L) / n
+    let order =
+        Array.init (int rounds) (fun _ ->
+            use permutation = torch.randperm(n, generator = generator, device = generator.device)
+            permutation.cpu().data<int64>().ToArray())
+        |> Array.concat
+    Array.init size (fun i -> labelled[int order[i]])
+
+/// Labels of the training examples at `indices`, on `device`.
+let labelsOf (data: Data) (device: torch.Device) (indices: int64[]) =
+    use idx = torch.tensor(indices)
+    use labels = data.Train.Labels.index_select(0L, idx)
+    labels.``to``(device)
+
+/// Fraction of rows where argmax(logits) equals `labels`.
+let accuracy (logits: Tensor) (labels: Tensor) =
+    use correct = logits.argmax(1L).eq(labels).to_type(torch.ScalarType.Float32)
+    float (correct.mean().item<float32>())
+
+/// The light augmentation of the supervised-only baseline (SupervisedTraining.Config: random resized
+/// crop of scale (0.8, 1), horizontal flip with p = 0.5), standing in for the Inception crop and flip
+/// that S4L applies to both batches, so the S4L recipes and their baseline see the same labelled
+/// views. images: (N, C, H, W) → same shape.
+let lightAugment (generator: torch.Generator) (images: Tensor) =
+    let supervised = SupervisedTraining.config Quick
+    images
+    |> Geometric.randomResizedCrop supervised.CropScale (3.0 / 4.0, 4.0 / 3.0) (images.shape[2], images.shape[3]) generator
+    |> Geometric.randomHorizontalFlip supervised.FlipProbability generator
+
+/// The encoder, the linear classifier and the split a semi-supervised recipe trains.
+type Parts =
+    { Data: Data
+      Split: LabelSplit
+      Encoder: Encoder
+      Classifier: LinearHead }
+
+/// A new encoder (the spec's factory) and linear classifier over the run's classes, with its split.
+let parts (c: Context<'Config>) =
+    let encoder = c.NewEncoder()
+    { Data = c.Data; Split = c.LabelSplit; Encoder = encoder; Classifier = new LinearHead(encoder.FeatureDim, int64 c.Data.Classes) }
+
+/// The training of a semi-supervised recipe: an epoch is one pass over the unlabelled pool in
+/// batches of `unlabelledBatch`; the classifier's test accuracy is the method's own figure; `owned`:
+/// what the recipe built beside the parts, disposed after them.
+let trainingOf (c: Context<'Config>) (p: Parts) (step: Ssl.Host.Engine.ITrainingStep) (epochs: int) (unlabelledBatch: int)
+               (owned: System.IDisposable list) =
+    { training step epochs unlabelledBatch p.Encoder c with
+        Examples = int64 p.Split.Unlabelled.Length; Classifier = Some(p.Encoder, p.Classifier)
+        Owned = [ p.Encoder :> System.IDisposable; p.Classifier ] @ owned }
 
 /// The images at `indices` as float32 (N, C, H, W) in [0, 1] on `device` (not yet standardised, so
 /// warps fill with black and photometric transforms see [0, 1] values).
@@ -75,15 +104,6 @@ let weakAugment (padding: int64) (flipProbability: float) (generator: torch.Gene
     |> Geometric.randomHorizontalFlip flipProbability generator
     |> fun x -> x.MoveToOuterDisposeScope()
 
-/// The encoder a semi-supervised preset trains: Wide-ResNet-28-2 (the MixMatch and EnAET papers'
-/// network, Berthelot et al. 2019 Sec. 4.1) when `wideResNet`, else SmallConvNet of base `width`;
-/// `bnMomentum`: their batch norms' running-statistics momentum (PyTorch's convention).
-let buildEncoder (wideResNet: bool) (width: int64) (bnMomentum: float) (channels: int64) : Encoder =
-    if wideResNet then new WideResNet(channels, 28, 2L, bnMomentum) :> Encoder
-    else new SmallConvNet(channels, width, bnMomentum) :> Encoder
-
-let encoderName (wideResNet: bool) (width: int64) = if wideResNet then "WRN-28-2" else $"SmallConvNet{width}"
-
 /// A classifier (encoder + linear head) and its exponential moving average (Berthelot et al. 2019,
 /// Sec. 4: an EMA of the weights with decay 0.999 is what MixMatch evaluates). The copies are built
 /// fresh and filled by `MomentumCopy`; buffers (batch-norm statistics) follow the online network.
@@ -104,8 +124,3 @@ type EmaClassifier(encoder: Encoder, head: LinearHead, makeEncoder: unit -> Enco
         member _.Dispose() =
             encoderCopy.Dispose()
             headCopy.Dispose()
-
-/// The supervised-only baseline on the same labels (Supervised.supervisedOnlyCached at the supervised
-/// recipe's width, the same split), cached beside the runs, so every recipe shares one figure.
-let supervisedOnlyBaseline (request: Request) (data: Data) (perClass: int) (folder: RunFolder) (device: torch.Device) =
-    Recipes.Supervised.supervisedOnlyCached request (Recipes.Supervised.config request.Preset).Width data perClass folder device

@@ -75,7 +75,9 @@ let tests =
                 let v1 = MoCo.config preset
                 Expect.equal (MoCo.v2 v1) { v1 with MlpHead = true; Temperature = 0.2 } $"{preset}"
                 Expect.isFalse v1.MlpHead "v1 projects with one fc"
-            Expect.equal MoCo.v2Recipe.Name "moco-v2" "a variant of moco"
+            let registered = (Ssl.Experiments.Registry.tryFind "moco-v2").Value
+            Expect.equal ((registered.Resolve Ssl.Experiments.Recipe.Quick None []).ToJsonString())
+                ((Ssl.Experiments.Configs.toJson (MoCo.v2 (MoCo.config Ssl.Experiments.Recipe.Quick))).ToJsonString()) "moco-v2 registered as that variant"
         }
         test "MoCo: a batch that does not split into the groups is refused with a message" {
             use net = batchNormNet ()
@@ -83,7 +85,7 @@ let tests =
             use g = new torch.Generator(1UL)
             Expect.throws (fun () -> MoCo.shuffledKeys true 4 g net x |> ignore) "10 images in 4 groups"
         }
-        test "Exemplar.tripletLoss computes the loss its form names and refuses an unknown form by name" {
+        test "Exemplar.tripletLoss computes the loss its form names; --set refuses an unknown form, listing the forms" {
             torch.manual_seed(5L) |> ignore
             use embeddings = torch.nn.functional.normalize(torch.randn(12L, 6L), dim = 1L)
             use sources = torch.arange(4L, dtype = torch.ScalarType.Int64).repeat(3L)
@@ -94,8 +96,9 @@ let tests =
             Check.close 0.0 0.0 "semi-hard" semi semiCore
             Check.close 0.0 0.0 "batch-hard" hard hardCore
             Expect.isGreaterThan (abs (semi.item<float32>() - hard.item<float32>())) 1e-4f "the two forms differ on this batch"
-            let error = Expect.throwsC (fun () -> Exemplar.tripletLoss "hardest" 0.5 embeddings sources |> ignore) id
-            Expect.stringContains error.Message "hardest" "names the unknown form"
+            let error = Expect.throwsC (fun () -> Ssl.Experiments.Configs.applyOverrides [ "Triplet=hardest" ] (Exemplar.config Ssl.Experiments.Recipe.Quick) |> ignore) id
+            Expect.stringContains error.Message "'hardest'" "names the unknown form"
+            Expect.stringContains error.Message "BatchHard|SemiHard" "and the forms"
         }
         test "S4L-Exemplar: quick uses the semi-hard loss (batch-hard collapsed there), paper keeps S4L's batch-hard" {
             Expect.equal (S4LExemplar.config Ssl.Experiments.Recipe.Quick).Triplet Exemplar.TripletForm.SemiHard "quick"
@@ -105,7 +108,7 @@ let tests =
             let config = MixMatch.config Ssl.Experiments.Recipe.Quick
             Expect.equal config.BatchNormMomentum 0.001 "the authors' decay 0.999"
             torch.manual_seed(5L) |> ignore
-            use encoder = Ssl.Experiments.SemiSupervised.buildEncoder false 16L config.BatchNormMomentum 1L
+            use encoder = Ssl.Experiments.Backbone.instantiate (Some config.BatchNormMomentum) 1L (Ssl.Experiments.Backbone.SmallConvNet 16L)
             use head = new Ssl.Core.Models.LinearHead(encoder.FeatureDim, 10L)
             encoder.train ()
             let bns = Ssl.Core.Models.BatchNorms.layers [ encoder :> torch.nn.Module ]

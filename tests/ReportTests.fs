@@ -36,10 +36,17 @@ let private fakeRun (runsDir: string) (name: string) (methodName: string) (label
                        [ for s in 1 .. 20 -> $$"""{"epoch":{{(s - 1) / 10}},"step":{{s}},"loss":{{2.0 / float s}}}""" ])
     dir
 
-let private dummyRecipe name : Recipe =
-    { Name = name; Paper = "test"; Presets = [ Smoke; Quick ]
+/// A registered-looking recipe for planning tests: the traits of `name`'s kind, nothing runnable.
+let private dummyRecipe name : Template.Recipe =
+    let traits =
+        match name with
+        | "mixmatch" -> Template.semiSupervised
+        | "colorization" -> { Template.selfSupervised with Colour = true }
+        | _ -> Template.selfSupervised
+    { Name = name; Paper = "test"; Traits = traits; Presets = [ Smoke; Quick ]
+      Resolve = (fun _ _ _ -> JsonObject()); Fields = []
       Run = (fun _ _ _ -> failwith "not run")
-      Encoder = fun _ c -> new SmallConvNet(c, 16L) }
+      Encoder = fun _ data -> new SmallConvNet(data.Train.Channels, 16L) }
 
 let private rowOf (table: string) (run: string) =
     table.Split('\n') |> Array.find (fun l -> l.StartsWith $"| {run} |")
@@ -242,5 +249,28 @@ let tests =
             Expect.isNonEmpty lossesA "losses logged"
             Expect.equal lossesB lossesA "every logged loss, bit for bit"
             Expect.equal resultB resultA "every figure of result.json, bit for bit"
+        }
+        test "a run's config.json given to --config replays it: the same overrides, losses and figures, bit for bit" {
+            let parent = Fixtures.tempDir "replay"
+            let a, b = Path.Combine(parent, "a"), Path.Combine(parent, "b")
+            let sets = [| "--set"; "BatchSize=64"; "--set"; "LearningRate=0.05"; "--set"; "CropScale=0.7,1" |]
+            Expect.equal (Program.run (Array.append [| "train"; "supervised"; "--preset"; "smoke"; "--out"; a; "--deterministic"; "--seed"; "2" |] sets)) 0 "first run"
+            Expect.equal (Program.run [| "train"; "--config"; Path.Combine(a, "config.json"); "--out"; b; "--deterministic" |]) 0 "replay"
+            let config dir = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))
+            let ca, cb = config a, config b
+            let field (key: string) (node: System.Text.Json.Nodes.JsonNode) = node[key]
+            Expect.equal ((ca |> field "config" |> field "BatchSize").GetValue<int>()) 64 "the override is in config.json"
+            Expect.equal ((ca |> field "config" |> field "CropScale").ToJsonString()) "[0.7,1]" "a tuple override"
+            Expect.equal (cb["config"].ToJsonString()) (ca["config"].ToJsonString()) "the same resolved config"
+            Expect.equal (cb["overrides"].ToJsonString()) (ca["overrides"].ToJsonString()) "the same overrides listed"
+            Expect.equal (cb["seed"].GetValue<int64>()) 2L "the seed comes from the file"
+            let resultA, lossesA = figures a
+            let resultB, lossesB = figures b
+            Expect.isNonEmpty lossesA "losses logged"
+            Expect.equal lossesB lossesA "every logged loss, bit for bit"
+            Expect.equal resultB resultA "every figure of result.json, bit for bit"
+            Expect.equal (Program.run [| "train"; "--config"; Path.Combine(a, "config.json"); "--out"; a; "--resume"; "--set"; "Epochs=3" |]) 2
+                "--resume with other overrides is refused"
+            Expect.equal ((config a |> field "config").ToJsonString()) (ca["config"].ToJsonString()) "and the run's config.json is left as it was"
         }
     ]

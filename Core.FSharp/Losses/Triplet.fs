@@ -73,3 +73,17 @@ let semiHard (margin: float) (embeddings: Tensor) (labels: Tensor) : Tensor =
     let pairLoss = (distances - chosen + margin).clamp_min(0.0).masked_fill(counted.logical_not(), 0.0)
     let pairs = positivePair.sum().to_type(embeddings.dtype).clamp_min(1.0)
     (pairLoss.sum() / pairs).MoveToOuterDisposeScope()
+
+/// The fraction of rows whose nearest other row (Euclidean) has the same label: how often a copy
+/// of an image finds another copy of it first (Exemplar's retrieval figure). Not a loss: no
+/// gradient. `embeddings: (N, D)`, N ≥ 2; `labels: (N)` integers; result in [0, 1].
+let nearestSameLabel (embeddings: Tensor) (labels: Tensor) : float =
+    expect "embeddings" [| Any; Any |] embeddings
+    expect "labels" [| Exactly embeddings.shape[0] |] labels
+    if embeddings.shape[0] < 2L then invalidArg "embeddings" $"embeddings: expected at least 2 rows, found {embeddings.shape[0]}"
+    use scope = NewDisposeScope()
+    use _ = no_grad ()
+    let detached = embeddings.detach()
+    let self = eye(detached.shape[0], dtype = ScalarType.Bool, device = detached.device)
+    let nearest = cdist(detached, detached).masked_fill(self, System.Double.PositiveInfinity).argmin(1L)
+    System.Convert.ToDouble(labels.index_select(0L, nearest).eq(labels).to_type(ScalarType.Float32).mean().item<float32>())

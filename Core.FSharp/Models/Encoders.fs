@@ -148,17 +148,20 @@ type ResNet18(inputChannels: int64) as this =
         Layers.sequential [
             "block1", new BasicBlock(inC, outC, stride) :> nn.Module<Tensor, Tensor>
             "block2", new BasicBlock(outC, outC, 1L) ]
+    // The last stage: stage 4, global average pool (also IStagedEncoder's copy).
+    let lastStage () : (string * nn.Module<Tensor, Tensor>) list =
+        [ "stage4", stage 256L 512L 2L
+          "pool", nn.AdaptiveAvgPool2d(1L)
+          "flatten", nn.Flatten() ]
     let features =
-        Layers.sequential [
-            "stem_conv", Layers.conv3x3 inputChannels 64L 1L
-            "stem_bn", nn.BatchNorm2d(64L)
-            "stem_relu", nn.ReLU()
-            "stage1", stage 64L 64L 1L
-            "stage2", stage 64L 128L 2L
-            "stage3", stage 128L 256L 2L
-            "stage4", stage 256L 512L 2L
-            "pool", nn.AdaptiveAvgPool2d(1L)
-            "flatten", nn.Flatten() ]
+        Layers.sequential (
+            [ "stem_conv", Layers.conv3x3 inputChannels 64L 1L
+              "stem_bn", nn.BatchNorm2d(64L)
+              "stem_relu", nn.ReLU()
+              "stage1", stage 64L 64L 1L
+              "stage2", stage 64L 128L 2L
+              "stage3", stage 128L 256L 2L ]
+            @ lastStage ())
     do this.RegisterComponents()
 
     override _.FeatureDim = 512L
@@ -167,6 +170,11 @@ type ResNet18(inputChannels: int64) as this =
     override _.forward(images) =
         expect "images" [| Any; Exactly inputChannels; Any; Any |] images
         features.call images
+
+    /// The last stage reads stage 3's output, (N, 256, H/4, W/4).
+    interface IStagedEncoder with
+        member _.BranchLayer = "features.stage3"
+        member _.NewLastStage() = Layers.sequential (lastStage ())
 
 /// The pre-activation block of the MixMatch Wide-ResNet (Berthelot et al. 2019, official code):
 /// BN → leaky ReLU → conv3x3(stride) → BN → leaky ReLU → conv3x3, added to the shortcut. The

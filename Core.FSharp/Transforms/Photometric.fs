@@ -251,3 +251,20 @@ let cutout (size: int64) (generator: Generator) (images: Tensor) : Tensor =
     let ys = Draw.integers generator 0L (images.shape[2] - 1L) [| count |] images.device
     let xs = Draw.integers generator 0L (images.shape[3] - 1L) [| count |] images.device
     (cutoutAt size (stack([| ys; xs |], 1L)) images).MoveToOuterDisposeScope()
+
+/// The HSV noise of S4L's Exemplar preprocessing (google-research/s4l, preprocess.py
+/// get_hsvnoise_preprocess): per image v' = clamp(v^(2^a)·2^b + c, 0, 1) with a ~ U(-2, 2),
+/// b ~ U(-0.5, 0.5), c ~ U(-0.1, 0.1) on saturation and value, and a hue shift. A grey image is its
+/// value channel; on colour images we apply the value noise to every channel and leave hue and
+/// saturation alone. images: (N, C, H, W) in [0, 1] → same shape.
+let valueNoise (generator: Generator) (images: Tensor) : Tensor =
+    expectImages images
+    use scope = NewDisposeScope()
+    let n = images.shape[0]
+    let uniform (low: float) (high: float) =
+        rand([| n; 1L; 1L; 1L |], dtype = images.dtype, device = images.device, generator = generator) * (high - low) + low
+    let powerOfTwo (exponent: Tensor) = (exponent * log 2.0).exp()
+    let power = powerOfTwo (uniform -2.0 2.0)
+    let scale = powerOfTwo (uniform -0.5 0.5)
+    let shift = uniform -0.1 0.1
+    (images.clamp_min(0.0).pow(power) * scale + shift).clamp(0.0.ToScalar(), 1.0.ToScalar()).MoveToOuterDisposeScope()

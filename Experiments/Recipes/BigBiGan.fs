@@ -6,48 +6,22 @@
 /// (Core.Losses.Adversarial.bigBiGan): D minimises the sum of the three hinge losses, E and G the
 /// three raw scores with the label's sign; D and E+G are updated alternately, each by its own Adam.
 ///
-/// What this recipe does about the paper's choices, at 28x28 grey and on a 2-core CPU:
+/// Our choices, at 28x28 grey on a 2-core CPU:
 /// - Networks: Core's small DCGAN-style G and conv E and D (Models/BigBiGan.fs) instead of BigGAN
-///   and RevNet. Spectral normalisation on every layer of D (as in BigGAN's D); none on E (the paper
-///   has none there) and none on G (BigGAN's G has it; Core's small G keeps batch norm only).
-/// - E is the paper's non-deterministic encoder: it predicts μ and σ of a Gaussian and the real
-///   pair's latent is the reparameterised sample ẑ = μ + σ·ε, so gradients reach E through it.
-///   Reconstructions use μ: G(μ(x)).
-/// - The evaluated representation is E's average-pooled trunk (2·width features, the "avepool"
-///   features the paper trains its linear classifiers on, Sec. 3 and Table 2); result.json's
-///   `extra.mu_linear_probe_acc` adds the linear probe on μ for comparison. The random-initialised
-///   baseline is the same pooled trunk, untrained.
-/// - Pixels: real images are standardised as in every recipe (Features.ToInput); G's tanh output
-///   in [-1, 1] is mapped to [0, 1] pixels and standardised with the same statistics, so D and E
-///   see real and generated images on one scale, the scale the protocols evaluate E on.
-/// - Optimisation: BigGAN's Adam (Brock et al. 2019, App. C: β1 = 0, β2 = 0.999, constant rates),
-///   which BigBiGAN keeps; learning rate 2e-4 for D and for E+G, one D step per E+G step. (BigGAN's
-///   128 px ImageNet schedule uses G at 5e-5 with two D steps per G step; at this scale and budget
-///   equal rates and single steps train stably, see the logged d_acc.)
-/// - Logged per step (the step's figures, in metrics.jsonl every 50 steps and as epoch means):
-///   d_loss, eg_loss; d_acc, D's accuracy on the joint score (the fraction of the batch's 2N pairs
-///   with s_xz > 0 for a real and < 0 for a fake pair, scored before D's update) and d_acc_x, the
-///   same on the image score s_x; the means of s_x, s_z, s_xz over real and over fake pairs.
-///   "D pinned" would read d_acc = 1 for whole epochs.
-/// - Written: plots/samples.png (G(z), 100 fixed draws of the prior, also every epoch as
-///   plots/samples-epoch-<e>.png) and plots/reconstructions.png (rows of test inputs x, each followed
-///   by its row of G(μ(x))). Reconstruction class agreement: a classifier trained by the supervised
-///   recipe (the "judge", cached per data set and preset in runs/.cache, seed 0 for every run)
-///   labels x and G(μ(x)) for every test image; `extra.reconstruction_class_agreement` is the
-///   fraction of equal labels (chance: 1 / classes, in `extra.chance`).
-///
-/// Measured, quick preset (4 epochs), seeds 0 / 1 / 2 (runs/bigbigan-quick-4ep, -s1, -s2, commit
-/// f97e052; result.json): E's pooled linear probe 0.7881 / 0.7590 / 0.7757 against the
-/// random-initialised trunk's 0.7736 / 0.7550 / 0.7656 (+1.45 / +0.40 / +1.01 points); kNN 0.7100 /
-/// 0.6552 / 0.6802, below random-init's 0.7317 / 0.6952 / 0.7262; reconstruction class agreement
-/// 0.270 / 0.138 / 0.202 (chance 0.1, judge 0.887); epoch-mean d_acc 0.58-0.68 every epoch of every
-/// seed (highest single logged step 0.97), no NaN, live tensors flat at 188, peak RSS 703-774 MiB.
-/// Samples (plots/samples.png), by eye: seeds 0 and 2 show tops, dresses, trousers, sneakers and
-/// bags, blurred, with transposed-convolution checkerboards; seed 1's are blocky blobs, few of them
-/// recognisable (also at 5 epochs). Whole command 16.7 / 17.9 / 18.9 minutes (training 921 / 1,018 /
-/// 1,083 s; seeds 1 and 2 shared the machine with builds for a few minutes). The 5-epoch runs
-/// (commit bba533e, 23 minutes each) gave 0.7811 / 0.7616 / 0.7750 and agreement 0.321 / 0.275 /
-/// 0.323. Not yet tried: more epochs or a higher learning rate for E (kNN below random).
+///   and RevNet; spectral normalisation on every layer of D (as BigGAN's D), none on E or G.
+/// - E is the paper's non-deterministic encoder: it predicts μ and σ and the real pair's latent is
+///   ẑ = μ + σ·ε (reparameterised); reconstructions use μ: G(μ(x)).
+/// - Evaluated: E's average-pooled trunk (2·width features, the paper's "avepool" features, Table 2);
+///   `extra.mu_linear_probe_acc` adds the linear probe on μ.
+/// - Pixels: G's tanh output in [-1, 1] is mapped to [0, 1] and standardised like real images, so D
+///   and E see both on the scale the protocols evaluate E on.
+/// - Logged per step: d_loss, eg_loss; d_acc (D's accuracy on s_xz over the 2N pairs, before D's
+///   update), d_acc_x (the same on s_x); the means of s_x, s_z, s_xz over real and fake pairs.
+/// - Written: plots/samples.png (G of 100 fixed prior draws; also plots/samples-epoch-<e>.png) and
+///   plots/reconstructions.png (rows of test inputs, each followed by G(μ(x))). A classifier trained
+///   by the supervised recipe (the "judge", cached in runs/.cache, seed 0) labels x and G(μ(x)):
+///   `extra.reconstruction_class_agreement` is the fraction of equal labels (chance in `extra.chance`).
+/// Measured runs: docs/experiments/bigbigan.md.
 module Ssl.Experiments.Recipes.BigBiGan
 
 open System
@@ -61,30 +35,33 @@ open Ssl.Host.Engine
 open Ssl.Host.Eval
 open Ssl.Host.Runs
 open Ssl.Host.Runtime
+open Ssl.Experiments
 open Ssl.Experiments.Recipe
+open Ssl.Experiments.Backbone
+open Ssl.Experiments.Configs
 open Ssl.Experiments.Pipeline
+open Ssl.Experiments.Template
 
-/// The schedule and sizes. Paper (Sec. 3, App.): batch 2048, 120-d latent, Adam β1 = 0,
-/// β2 = 0.999, rate 2e-4, about 500K steps on ImageNet.
+/// Paper (Sec. 3, App.): batch 2048, 120-d latent, about 500K steps on ImageNet.
 type Config =
-    { /// Base width w of G, E and D; a multiple of 32 so every convolution and transposed
-      /// convolution has a multiple of 16 output (or, for a transposed one, input) channels (SafeConv).
-      Width: int64
+    { /// Base width w of G, E and D; a multiple of 32 so every (transposed) convolution has a
+      /// multiple of 16 output (input) channels (SafeConv).
+      [<Range(32.0)>] Width: int64
       /// Dimension of z (and of μ, σ).
-      LatentDim: int64
-      Epochs: int
-      BatchSize: int
-      DiscriminatorLearningRate: float
-      EncoderGeneratorLearningRate: float
-      Beta1: float
-      Beta2: float
+      [<Range(1.0)>] LatentDim: int64
+      [<Range(1.0)>] Epochs: int
+      [<Range(1.0)>] BatchSize: int
+      /// BigGAN's Adam (Brock et al. 2019, App. C), which BigBiGAN keeps: rate 2e-4, β1 = 0,
+      /// β2 = 0.999, constant; one D step per E+G step at equal rates (stable here, see d_acc).
+      [<Range(0.0)>] DiscriminatorLearningRate: float
+      [<Range(0.0)>] EncoderGeneratorLearningRate: float
+      [<Range(0.0, 1.0)>] Beta1: float
+      [<Range(0.0, 1.0)>] Beta2: float
       /// Epochs of the supervised judge that labels x and G(μ(x)).
-      JudgeEpochs: int }
+      [<Range(1.0)>] JudgeEpochs: int }
 
-/// `quick`: width 32, 64-d latent, batch 128, 4 epochs (240,000 images) to fit 20 minutes on 2 idle
-/// cores (5 epochs took 1,253 s of training at 239 img/s and 23.3 minutes in all, runs/bigbigan-quick-s2);
-/// `paper`: the paper's batch, latent size and rates on wider
-/// nets for 100 epochs; `smoke`: one epoch of the smoke subset.
+/// `quick`: width 32, 64-d latent, batch 128, 4 epochs, to fit 20 minutes on 2 idle cores;
+/// `paper`: the paper's batch, latent size and rates on wider nets for 100 epochs; `smoke`: one epoch.
 let config preset =
     let paper =
         { Width = 64L; LatentDim = 120L; Epochs = 100; BatchSize = 2048; DiscriminatorLearningRate = 2e-4
@@ -101,10 +78,6 @@ type PooledEncoder(encoder: BigBiGanEncoder) as this =
     do this.RegisterComponents()
     override _.FeatureDim = trunk.PooledDim
     override _.forward(images) = trunk.Pooled images
-
-let private newEncoder (channels: int64) (config: Config) = new BigBiGanEncoder(channels, config.LatentDim, config.Width)
-
-let encoder (preset: Preset) (channels: int64) : Encoder = new PooledEncoder(newEncoder channels (config preset))
 
 /// Maps G's tanh output (N, C, H, W) in [-1, 1] to the standardised input scale of real images.
 type private Standardiser(mean: float[], std: float[], device: torch.Device) =
@@ -201,12 +174,12 @@ let private saveReconstructions (gan: BigBiGan) (standardiser: Standardiser) (da
 /// The judge: encoder + linear head trained by the supervised recipe on every training label
 /// (seed 0, `judgeEpochs`), its weights cached in runs/.cache so every seed's run uses the same one.
 let private judge (request: Request) (data: Data) (judgeEpochs: int) (folder: RunFolder) (device: torch.Device) =
-    let supervised = { Supervised.config request.Preset with Epochs = judgeEpochs }
+    let supervised = { SupervisedTraining.config request.Preset with Epochs = judgeEpochs }
     let cacheDir = Path.Combine(Path.GetDirectoryName(Path.GetFullPath request.Out), ".cache",
                                 $"bigbigan-judge-{data.Name}-{Preset.name request.Preset}-{judgeEpochs}ep")
     let encoderPath, headPath = Path.Combine(cacheDir, "encoder.bin"), Path.Combine(cacheDir, "head.bin")
     if File.Exists encoderPath && File.Exists headPath then
-        let encoder: Encoder = new SmallConvNet(data.Train.Channels, supervised.Width)
+        let encoder = instantiate None data.Train.Channels supervised.Encoder
         let head = new LinearHead(encoder.FeatureDim, int64 data.Classes)
         encoder.load(encoderPath) |> ignore
         head.load(headPath) |> ignore
@@ -215,8 +188,11 @@ let private judge (request: Request) (data: Data) (judgeEpochs: int) (folder: Ru
         encoder, head
     else
         let all = Array.init (int data.Train.Count) int64
-        let encoder, head, _ =
-            Supervised.train supervised data all 0L false (RunFolder(Path.Combine(folder.Root, "judge"))) device (SilentProgress())
+        torch.manual_seed(0L) |> ignore
+        let encoder = instantiate None data.Train.Channels supervised.Encoder
+        let head, _ =
+            SupervisedTraining.trainWith encoder supervised data all 0L false (RunFolder(Path.Combine(folder.Root, "judge"))) device
+                (SilentProgress())
         Directory.CreateDirectory cacheDir |> ignore
         for (m: torch.nn.Module, path) in [ encoder :> torch.nn.Module, encoderPath; head, headPath ] do
             m.save(path + ".tmp") |> ignore
@@ -246,63 +222,48 @@ let private reconstructionFigures (gan: BigBiGan) (standardiser: Standardiser) (
     let fraction k = float k / float data.Test.Count
     fraction agree, fraction reconstructedRight, fraction originalRight
 
-/// `ssl train bigbigan`: adversarial training of G, E and D on the unlabelled training images,
-/// the sample and reconstruction grids, reconstruction class agreement, then every protocol on
-/// E's pooled features.
-let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
-    let config = config request.Preset
-    if config.Width % 32L <> 0L then invalidArg "Width" $"Width: expected a multiple of 32 (SafeConv channel rule), found {config.Width}"
-    folder.WriteConfig {| method = "bigbigan"; preset = Preset.name request.Preset; dataset = request.Dataset; seed = request.Seed
-                          device = env.DeviceName; threads = env.Threads; deterministic = env.Deterministic
-                          encoder = $"BigBiGanEncoder(width={config.Width}, latent={config.LatentDim}) average-pooled trunk"
-                          config = config |}
-    use data = loadData request
-    if data.Train.Height <> data.Train.Width || (data.Train.Height <> 28L && data.Train.Height <> 32L) then
-        invalidArg "--dataset" $"--dataset: BigBiGAN's networks take 28x28 or 32x32 images, found {data.Train.Height}x{data.Train.Width}"
-    torch.manual_seed(request.Seed) |> ignore
-    use gan = new BigBiGan(data.Train.Channels, data.Train.Height, config.LatentDim, config.Width)
-    gan.``to``(env.Device) |> ignore
-    use standardiser = new Standardiser(data.Mean, data.Std, env.Device)
+/// The linear probe on μ (E's mean), beside the pooled trunk's.
+let private muProbe (gan: BigBiGan) (c: Context<Config>) =
+    let muTrain, muTest = extract gan.Encoder c.Data c.Device
+    use muTrain = muTrain
+    use muTest = muTest
+    let budget = evalBudget c.Request.Preset
+    LinearProbe.Evaluate(muTrain, c.Data.Train.Labels, muTest, c.Data.Test.Labels, c.Data.Classes, c.Seed, budget.ProbeIterations).TestAccuracy
+
+/// G, E and D on the unlabelled training images; after training the sample and reconstruction
+/// grids and the judge's figures; the protocols read E's pooled trunk.
+let build (c: Context<Config>) =
+    let config, data = c.Config, c.Data
+    let gan = new BigBiGan(data.Train.Channels, data.Train.Height, config.LatentDim, config.Width)
+    let standardiser = new Standardiser(data.Mean, data.Std, c.Device)
     let fixedPrior =
-        use g = new torch.Generator(uint64 (Seeds.Derive(request.Seed, 77L)), env.Device)
+        use g = new torch.Generator(uint64 (Seeds.Derive(c.Seed, 77L)), c.Device)
         gan.SamplePrior(100L, g)
-    use fixedPrior = fixedPrior
     let saveSamples (name: string) =
         use pixels = samples gan standardiser fixedPrior
-        ImageGrid.SavePng(pixels, Path.Combine(folder.PlotsDir, name), columns = 10)
-    let options =
-        TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
-                       Resume = request.Resume, ConfigDigest = $"bigbigan {config}", LogEvery = 50)
-    let afterEpoch = EpochHook(fun epoch _ -> saveSamples $"samples-epoch-{epoch + 1}.png")
-    let summary = Trainer.Run(Step(gan, data, standardiser, config), options, folder, env.Device, ConsoleProgress(), afterEpoch)
-    saveSamples "samples.png"
-    saveReconstructions gan standardiser data env.Device (Path.Combine(folder.PlotsDir, "reconstructions.png"))
-    let judgeEncoder, judgeHead = judge request data config.JudgeEpochs folder env.Device
-    use judgeEncoder = judgeEncoder
-    use judgeHead = judgeHead
-    let agreement, reconstructionAcc, judgeAcc = reconstructionFigures gan standardiser judgeEncoder judgeHead data env.Device
-    let muProbe =
-        let muTrain, muTest = extract gan.Encoder data env.Device
-        use muTrain = muTrain
-        use muTest = muTest
-        let budget = evalBudget request.Preset
-        LinearProbe.Evaluate(muTrain, data.Train.Labels, muTest, data.Test.Labels, data.Classes, request.Seed, budget.ProbeIterations).TestAccuracy
-    // The wrapper shares E's modules; `gan` owns and disposes them.
-    let pooled = new PooledEncoder(gan.Encoder)
-    let makeEncoder () : Encoder = new PooledEncoder(newEncoder data.Train.Channels config)
-    let result =
-        finish request env folder data pooled $"BigBiGanPooled{config.Width}-{config.LatentDim}" makeEncoder summary None None
-    let extra =
+        ImageGrid.SavePng(pixels, Path.Combine(c.Folder.PlotsDir, name), columns = 10)
+    let extra () =
+        saveSamples "samples.png"
+        saveReconstructions gan standardiser data c.Device (Path.Combine(c.Folder.PlotsDir, "reconstructions.png"))
+        let judgeEncoder, judgeHead = judge c.Request data config.JudgeEpochs c.Folder c.Device
+        use judgeEncoder = judgeEncoder
+        use judgeHead = judgeHead
+        let agreement, reconstructionAcc, judgeAcc = reconstructionFigures gan standardiser judgeEncoder judgeHead data c.Device
         [ "reconstruction_class_agreement", agreement; "reconstruction_label_acc", reconstructionAcc
-          "judge_test_acc", judgeAcc; "chance", 1.0 / float data.Classes; "mu_linear_probe_acc", muProbe ]
-        |> List.map (fun (k, v) -> KeyValuePair(k, Nullable v))
-    let result = result.WithExtra extra
-    folder.WriteResult result
-    result
+          "judge_test_acc", judgeAcc; "chance", 1.0 / float data.Classes; "mu_linear_probe_acc", muProbe gan c ]
+    // The pooled wrapper shares E's modules; `gan` owns and disposes them.
+    { training (Step(gan, data, standardiser, config)) config.Epochs config.BatchSize (new PooledEncoder(gan.Encoder)) c with
+        AfterEpoch = EpochHook(fun epoch _ -> saveSamples $"samples-epoch-{epoch + 1}.png")
+        Extra = extra
+        Owned = [ gan; standardiser; fixedPrior ] }
 
-let recipe =
-    { Name = "bigbigan"
-      Paper = "Donahue & Simonyan 2019, Large Scale Adversarial Representation Learning"
-      Presets = [ Smoke; Quick; Paper ]
-      Run = run
-      Encoder = encoder }
+let spec =
+    { Template.spec "bigbigan" "Donahue & Simonyan 2019, Large Scale Adversarial Representation Learning"
+        { selfSupervised with SupervisedOnly = NotReported } config
+        (fun config data -> new PooledEncoder(new BigBiGanEncoder(data.Train.Channels, config.LatentDim, config.Width)) :> Encoder)
+        (fun _ -> None) (fun config -> $"BigBiGanPooled{config.Width}-{config.LatentDim}") build with
+        CheckData = fun config data ->
+            if config.Width % 32L <> 0L then
+                invalidArg "Width" $"Width: expected a multiple of 32 (SafeConv channel rule), found {config.Width}"
+            if data.Train.Height <> data.Train.Width || (data.Train.Height <> 28L && data.Train.Height <> 32L) then
+                invalidArg "--dataset" $"--dataset: BigBiGAN's networks take 28x28 or 32x32 images, found {data.Train.Height}x{data.Train.Width}" }

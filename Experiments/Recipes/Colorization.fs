@@ -6,8 +6,8 @@
 /// λ = 1/2, p̃ the empirical bin distribution smoothed by a Gaussian of sigma 5 in ab, normalised so
 /// that E_p̃[w] = 1); colours are decoded by the annealed mean (eq. 5, T = 0.38).
 ///
-/// Colour only: Fashion-MNIST and MNIST are grey, there is nothing to predict, and the recipe
-/// refuses them. It runs on CIFAR-10/100 and STL-10 binaries and on image folders (3 channels).
+/// Colour only (Traits.Colour): on grey data there is nothing to predict. CIFAR-10/100, STL-10 or
+/// colour image folders.
 /// The bins are Core's sRGB gamut at grid size 10: 261 bins, not the paper's 313 (see
 /// Color.abGamut). The output convolution has 261 channels, not a multiple of 16: it is a SafeConv2d
 /// (libtorch's float32 conv input gradient is wrong otherwise, docs/conv-backward-bug.md).
@@ -22,11 +22,8 @@
 /// Per-pixel accuracy: the paper's "raw accuracy (AuC)" (Sec. 3.1, Table 1): the fraction of pixels
 /// whose predicted ab lies within an L2 distance t of the truth, swept over t = 0..150 and the area
 /// under that curve normalised to [0, 1]; reported beside the same figure for predicting grey
-/// (ab = 0), the paper's "Gray" row. Written to colorization.json and metrics.jsonl.
-///
-/// Status (issue 5): tested on a generated colour image folder only (tests/Fixtures.fs); this
-/// machine has no colour data set (no CIFAR or STL files, no network), so no quick figure exists.
-/// result.json has no supervised-only figure for this recipe (null).
+/// (ab = 0), the paper's "Gray" row. Written to colorization.json, metrics.jsonl and result.json.
+/// No supervised-only figure (null in result.json). Measured runs: docs/experiments/colorization.md.
 module Ssl.Experiments.Recipes.Colorization
 
 open System.Collections.Generic
@@ -40,31 +37,36 @@ open Ssl.Core.Transforms
 open Ssl.Host.Data
 open Ssl.Host.Engine
 open Ssl.Host.Runs
-open Ssl.Host.Runtime
 open Ssl.Experiments.Recipe
+open Ssl.Experiments.Configs
 open Ssl.Experiments.Pipeline
+open Ssl.Experiments.Template
 
 /// The paper's loss and decoding parameters (Sec. 2.1-2.2: 5 neighbours, sigma 5, λ = 0.5, smoothing
 /// sigma 5, T = 0.38, grid size 10; Adam with β1 = 0.9, β2 = 0.99, learning rate 3e-5 and weight
 /// decay 1e-3 on a VGG-style net trained for 450k iterations of batch 40). Here Adam at 1e-3 (our
 /// net is small and trained from scratch in minutes) with cosine decay.
 type Config =
-    { /// SmallConvNet base width of the trunk.
-      Width: int64
-      GridSize: float
-      Neighbours: int
-      Sigma: float
-      Lambda: float
-      PriorSigma: float
-      Temperature: float
+    { /// SmallConvNet base width of the trunk (the paper's net is VGG-style).
+      [<Range(1.0)>] Width: int64
+      /// Side of the ab grid the bins are cut at (the paper's 10).
+      [<Range(1.0)>] GridSize: float
+      /// Soft encoding: the nearest bins each pixel's ab is spread over, with a Gaussian of Sigma.
+      [<Range(1.0)>] Neighbours: int
+      [<Range(0.0)>] Sigma: float
+      /// Class rebalancing: the uniform share λ, and the smoothing Gaussian of p̃ in ab.
+      [<Range(0.0, 1.0)>] Lambda: float
+      [<Range(0.0)>] PriorSigma: float
+      /// The annealed mean's temperature T (eq. 5).
+      [<Range(0.0)>] Temperature: float
       /// Training images whose colours estimate the empirical prior p̃.
-      PriorImages: int
+      [<Range(1.0)>] PriorImages: int
       /// Test images the per-pixel accuracy is measured on.
-      MetricImages: int
-      Epochs: int
-      BatchSize: int
-      LearningRate: float
-      WeightDecay: float }
+      [<Range(1.0)>] MetricImages: int
+      [<Range(1.0)>] Epochs: int
+      [<Range(1.0)>] BatchSize: int
+      [<Range(0.0)>] LearningRate: float
+      [<Range(0.0)>] WeightDecay: float }
 
 /// `paper`: width 32, 30 epochs (CIFAR-10 has 50,000 images); `quick`: width 16, 10 epochs;
 /// `smoke`: one epoch of the smoke subset.
@@ -114,9 +116,10 @@ type ColorizationNet(width: int64, mean: float[], std: float[]) as this =
         let lightness = (Color.rgbToLab rgb).narrow(1L, 0L, 1L)
         this.Dense(lightness).mean([| 2L; 3L |]).MoveToOuterDisposeScope()
 
-let encoder (preset: Preset) (channels: int64) : Encoder =
-    if channels <> 3L then invalidArg "channels" $"colorization: expected 3-channel (colour) images, found {channels}"
-    new ColorizationNet((config preset).Width, [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |])
+/// The spec's encoder, holding the data's pixel statistics (to undo the standardisation before Lab).
+let private newEncoder (config: Config) (data: Data) : Encoder =
+    if data.Train.Channels <> 3L then invalidArg "--dataset" $"--dataset: colorization expects 3-channel (colour) images, found {data.Train.Channels}"
+    new ColorizationNet(config.Width, data.Mean, data.Std)
 
 /// Lab of [0, 1] RGB pixels, and their ab average-pooled to the prediction's quarter resolution.
 let labAndTargets (pixels: Tensor) =
@@ -223,45 +226,28 @@ let colourReport (config: Config) (net: ColorizationNet) (head: SafeConv.SafeCon
     head.train()
     aucOf predictedCounts, aucOf greyCounts, count
 
-/// `ssl train colorization`: pre-train on the training images' colours, report the per-pixel
-/// accuracy and the colour PNG, then every protocol on the colour data set.
-let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
-    let config = config request.Preset
-    use data = loadData request
-    if data.Train.Channels <> 3L then
-        invalidArg "--dataset"
-            $"--dataset: colorization predicts colour from lightness and needs colour (3-channel) images such as cifar10, cifar100, stl10 or an image folder; '{request.Dataset}' has {data.Train.Channels} channel(s)"
-    folder.WriteConfig {| method = "colorization"; preset = Preset.name request.Preset; dataset = request.Dataset; seed = request.Seed
-                          device = env.DeviceName; threads = env.Threads; deterministic = env.Deterministic
-                          encoder = $"ColorizationNet(width={config.Width})"; config = config |}
-    torch.manual_seed(request.Seed) |> ignore
-    use bins = (Color.abGamut config.GridSize 64).to_type(ScalarType.Float32).``to``(env.Device)
-    let priorCount = min (int64 config.PriorImages) data.Train.Count
+let build (c: Context<Config>) =
+    let config = c.Config
+    let bins = (Color.abGamut config.GridSize 64).to_type(ScalarType.Float32).``to``(c.Device)
+    let priorCount = min (int64 config.PriorImages) c.Data.Train.Count
     let weights, prior =
-        use pixels = Ssl.Host.Eval.Features.ToInput(data.Train.Images.narrow(0L, 0L, priorCount), [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |], env.Device)
-        rebalancingWeights config bins pixels env.Device
-    use weights = weights
-    use prior = prior
-    use net = new ColorizationNet(config.Width, data.Mean, data.Std)
-    use head = new SafeConv.SafeConv2d(net.FeatureDim, bins.shape[0], 1L, 1L, 0L, true)
-    net.``to``(env.Device) |> ignore
-    head.``to``(env.Device) |> ignore
-    let options =
-        TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
-                       Resume = request.Resume, ConfigDigest = $"colorization {config}", LogEvery = 50)
-    let summary = Trainer.Run(Step(net, head, bins, weights, data, config), options, folder, env.Device, ConsoleProgress())
-    let auc, greyAuc, measured = colourReport config net head bins data folder env.Device
-    let figures =
-        dict [ "per_pixel_auc", box auc; "grey_per_pixel_auc", box greyAuc; "metric_images", box measured
-               "bins", box bins.shape[0]; "prior_max", box (prior.max().item<float32>()) ]
-    folder.AppendMetrics(readOnlyDict [ for kv in figures -> kv.Key, kv.Value ])
-    RunFolder.WriteAtomically(Path.Combine(folder.Root, "colorization.json"), System.Text.Json.JsonSerializer.Serialize(figures, RunFolder.Json))
-    let makeEncoder () : Encoder = new ColorizationNet(config.Width, data.Mean, data.Std)
-    finish request env folder data net $"ColorizationNet{config.Width}" makeEncoder summary None None
+        use pixels = Ssl.Host.Eval.Features.ToInput(c.Data.Train.Images.narrow(0L, 0L, priorCount), [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |], c.Device)
+        rebalancingWeights config bins pixels c.Device
+    let net = new ColorizationNet(config.Width, c.Data.Mean, c.Data.Std)
+    let head = new SafeConv.SafeConv2d(net.FeatureDim, bins.shape[0], 1L, 1L, 0L, true)
+    // The per-pixel accuracy and the colour PNG, into metrics.jsonl, colorization.json and result.json.
+    let report () =
+        let auc, greyAuc, measured = colourReport config net head bins c.Data c.Folder c.Device
+        let figures =
+            dict [ "per_pixel_auc", box auc; "grey_per_pixel_auc", box greyAuc; "metric_images", box measured
+                   "bins", box bins.shape[0]; "prior_max", box (prior.max().item<float32>()) ]
+        c.Folder.AppendMetrics(readOnlyDict [ for kv in figures -> kv.Key, kv.Value ])
+        RunFolder.WriteAtomically(Path.Combine(c.Folder.Root, "colorization.json"), System.Text.Json.JsonSerializer.Serialize(figures, RunFolder.Json))
+        [ for kv in figures -> kv.Key, System.Convert.ToDouble kv.Value ]
+    { training (Step(net, head, bins, weights, c.Data, config)) config.Epochs config.BatchSize net c with
+        Extra = report; Owned = [ bins; weights; prior; net; head ] }
 
-let recipe =
-    { Name = "colorization"
-      Paper = "Zhang et al. 2016, Colorful Image Colorization"
-      Presets = [ Smoke; Quick; Paper ]
-      Run = run
-      Encoder = encoder }
+let spec =
+    Ssl.Experiments.Template.spec "colorization" "Zhang et al. 2016, Colorful Image Colorization"
+        { selfSupervised with Colour = true; SupervisedOnly = NotReported } config newEncoder (fun _ -> None)
+        (fun c -> $"ColorizationNet{c.Width}") build

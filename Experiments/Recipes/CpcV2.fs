@@ -19,7 +19,7 @@
 ///
 /// The evaluated encoder is `PatchGridEncoder`: the patch encoder's features mean-pooled over the
 /// same grid of an image (Sec. 4.1's linear classification reads the mean-pooled patch features);
-/// its random-initialised twin is the random-init baseline.
+/// its random-initialised twin is the random-init baseline. Measured runs: docs/experiments/cpc-v2.md.
 module Ssl.Experiments.Recipes.CpcV2
 
 open System.Collections.Generic
@@ -29,12 +29,11 @@ open type TorchSharp.torch
 open Microsoft.FSharp.Core.Operators
 open Ssl.Core.Models
 open Ssl.Core.Transforms
-open Ssl.Host.Data
 open Ssl.Host.Engine
-open Ssl.Host.Runs
-open Ssl.Host.Runtime
 open Ssl.Experiments.Recipe
+open Ssl.Experiments.Configs
 open Ssl.Experiments.Pipeline
+open Ssl.Experiments.Template
 
 /// The paper's ImageNet setting: 64-px patches at stride 32 of 256-px images (a 7 x 7 grid, see
 /// `Patches.patchGrid`), predictions up to 5 rows ahead in 4 directions. Scaled to 28 x 28 grey
@@ -43,41 +42,32 @@ open Ssl.Experiments.Pipeline
 /// grid is 3 rows past its middle; 2 rows is the same share of a 5-row grid), context network of 3
 /// residual blocks so the last row used sees every row above. Adam (as the paper) at 1e-3 for the
 /// short schedules here; batch 32 images = 800 patches, each prediction against 800 candidates.
-/// Cost per image, in multiply-adds of the forward pass: the patch encoder 25 x 377,856 = 9.4 M;
-/// the InfoNCE logits 4 directions x (20 + 15 predictions) x 800 candidates x 64 = 7.2 M (they grow
-/// with the batch, so the batch stays small).
+/// Forward cost per image: patch encoder 25 x 377,856 = 9.4 M multiply-adds; InfoNCE logits
+/// 4 directions x (20 + 15 predictions) x 800 candidates x 64 = 7.2 M (they grow with the batch).
 type Config =
-    { /// LayerNormConvNet base width (features 4w).
-      Width: int64
-      PatchSize: int64
-      Stride: int64
+    { /// LayerNormConvNet base width (features 4w); the paper's is ResNet-161.
+      [<Range(1.0)>] Width: int64
+      [<Range(1.0)>] PatchSize: int64
+      [<Range(1.0)>] Stride: int64
       /// Predict the patches 1 .. MaxOffset rows ahead.
-      MaxOffset: int
+      [<Range(1.0)>] MaxOffset: int
       /// 1: top-down only; 2: and bottom-up; 4: and both horizontal directions.
-      Directions: int
-      ContextDim: int64
-      ContextBlocks: int
-      Epochs: int
-      BatchSize: int
-      LearningRate: float
-      WeightDecay: float
+      [<Range(1.0, 4.0)>] Directions: int
+      [<Range(1.0)>] ContextDim: int64
+      [<Range(1.0)>] ContextBlocks: int
+      [<Range(1.0)>] Epochs: int
+      [<Range(1.0)>] BatchSize: int
+      [<Range(0.0)>] LearningRate: float
+      [<Range(0.0)>] WeightDecay: float
       /// Whole-image random resized crop before cutting the grid.
       CropScale: float * float
       /// Per-patch brightness and contrast jitter strength.
-      PatchJitter: float
-      PatchFlipProbability: float }
+      [<Range(0.0)>] PatchJitter: float
+      [<Range(0.0, 1.0)>] PatchFlipProbability: float }
 
-/// `quick`: width 16 (64-d patch features) for 3 epochs (180,000 images, 4.5 M patches).
-/// Measured at 4 epochs (runs/cpc-v2-quick, commit 10d7710, seed 0): linear probe 0.8314 and kNN
-/// 0.770 against the random-initialised grid encoder's 0.7663 / 0.7107 (+6.5 points), 10 labels
-/// per class 0.6559; InfoNCE's prediction accuracy rose 0.10 → 0.24 by epoch (loss 8.47 → 6.25);
-/// live tensors flat at 267, RSS 417-428 MB. But the whole command took 18.3 minutes: 763 s of
-/// training (199 img/s in the first epoch while builds shared the machine, 456 img/s alone in the
-/// last two) and 5.5 minutes of evaluation (every protocol encodes 25 patches per image, twice with
-/// the random-initialised baseline). Measured at 3 epochs (runs/cpc-v2-quick3, commit 2af045a):
-/// linear probe 0.8293 and kNN 0.7662 against 0.7663 / 0.7107 (+6.3 points), 10 labels per class
-/// 0.6727; 539 s of training (258 img/s in the first epoch, 414 after), 12.0 minutes in all. `paper`: the same geometry at width 32 for 200 epochs; `smoke`: one
-/// epoch on the smoke subset.
+/// `quick`: width 16 (64-d patch features) for 3 epochs (180,000 images, 4.5 M patches), 12 minutes
+/// in all on 2 cores (every protocol encodes 25 patches per image). `paper`: the same geometry at
+/// width 32 for 200 epochs; `smoke`: one epoch on the smoke subset.
 let config preset =
     let quick =
         { Width = 16L; PatchSize = 8L; Stride = 5L; MaxOffset = 2; Directions = 4; ContextDim = 64L; ContextBlocks = 3
@@ -88,10 +78,8 @@ let config preset =
     | Quick -> quick
     | Paper -> { quick with Width = 32L; ContextDim = 128L; Epochs = 200 }
 
-let private gridEncoder (config: Config) (channels: int64) : Encoder =
+let private gridEncoder (config: Config) (channels: int64) =
     new PatchGridEncoder(new LayerNormConvNet(channels, config.Width), config.PatchSize, config.Stride)
-
-let encoder (preset: Preset) (channels: int64) : Encoder = gridEncoder (config preset) channels
 
 /// CPC's InfoNCE (Hénaff et al. 2019, eq. 1): each prediction scores every candidate by a dot
 /// product, and cross-entropy picks out its own target.
@@ -171,35 +159,22 @@ type Step(encoder: PatchGridEncoder, predictors: Predictors, data: Data, config:
             let value = ctx.Optimize("main", loss)
             readOnlyDict [ "loss", value; "prediction_acc", float (accuracy.item<float32>()) ]
 
-/// `ssl train cpc-v2`: pre-train on the unlabelled training images, then every protocol.
-let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
-    let config = config request.Preset
-    let encoderName = $"PatchGrid(LayerNormConvNet{config.Width}, patch={config.PatchSize}, stride={config.Stride})"
-    folder.WriteConfig {| method = "cpc-v2"; preset = Preset.name request.Preset; dataset = request.Dataset; seed = request.Seed
-                          device = env.DeviceName; threads = env.Threads; deterministic = env.Deterministic
-                          encoder = encoderName; config = config |}
-    use data = loadData request
+let build (c: Context<Config>) =
+    let config = c.Config
+    let encoder = gridEncoder config c.Data.Train.Channels
+    let predictors = new Predictors(config.Directions, encoder.FeatureDim, config.ContextDim, config.ContextBlocks, config.MaxOffset)
+    { training (Step(encoder, predictors, c.Data, config)) config.Epochs config.BatchSize encoder c with
+        Owned = [ encoder; predictors ] }
+
+let private checkData (config: Config) (data: Data) =
     if data.Train.Height <> data.Train.Width then
         invalidArg "--dataset" $"--dataset: CPC v2 turns the patch grid by quarter turns and needs square images, found {data.Train.Height}x{data.Train.Width}"
-    if data.Train.Height < config.PatchSize + int64 config.MaxOffset * config.Stride then
-        invalidArg "--dataset" $"--dataset: CPC v2 needs images of at least {config.PatchSize + int64 config.MaxOffset * config.Stride} px for its grid, found {data.Train.Height}"
-    torch.manual_seed(request.Seed) |> ignore
-    use encoder = new PatchGridEncoder(new LayerNormConvNet(data.Train.Channels, config.Width), config.PatchSize, config.Stride)
-    use predictors = new Predictors(config.Directions, encoder.FeatureDim, config.ContextDim, config.ContextBlocks, config.MaxOffset)
-    encoder.``to``(env.Device) |> ignore
-    predictors.``to``(env.Device) |> ignore
-    let options =
-        TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
-                       Resume = request.Resume, ConfigDigest = $"cpc-v2 {config}", LogEvery = 50)
-    let summary = Trainer.Run(Step(encoder, predictors, data, config), options, folder, env.Device, ConsoleProgress())
-    let perClass = defaultArg request.Labels 10
-    let supervisedOnly =
-        Supervised.supervisedOnlyCached request (Supervised.config request.Preset).Width data perClass folder env.Device
-    finish request env folder data encoder encoderName (fun () -> gridEncoder config data.Train.Channels) summary None (Some supervisedOnly)
+    let least = config.PatchSize + int64 config.MaxOffset * config.Stride
+    if data.Train.Height < least then
+        invalidArg "--dataset" $"--dataset: CPC v2 needs images of at least {least} px for its grid, found {data.Train.Height}"
 
-let recipe =
-    { Name = "cpc-v2"
-      Paper = "Hénaff et al. 2019, Data-Efficient Image Recognition with Contrastive Predictive Coding"
-      Presets = [ Smoke; Quick; Paper ]
-      Run = run
-      Encoder = encoder }
+let spec =
+    { Ssl.Experiments.Template.spec "cpc-v2" "Hénaff et al. 2019, Data-Efficient Image Recognition with Contrastive Predictive Coding"
+        selfSupervised config (fun c data -> gridEncoder c data.Train.Channels :> Encoder) (fun _ -> None)
+        (fun c -> $"PatchGrid(LayerNormConvNet{c.Width}, patch={c.PatchSize}, stride={c.Stride})") build with
+        CheckData = checkData }

@@ -6,7 +6,7 @@
 /// the other view of its image, 2N − 2 negatives. SimCLR's MLP projection head (Sec. 2.1) sits on
 /// the encoder; the representation evaluated is the encoder's, before the head (Sec. 4.2).
 /// Unlike MoCo, the dictionary is the current batch, encoded by the same network with gradients,
-/// so it is consistent but only as large as the batch.
+/// so it is consistent but only as large as the batch. Measured runs: docs/experiments/infonce.md.
 module Ssl.Experiments.Recipes.InfoNce
 
 open System.Collections.Generic
@@ -14,53 +14,45 @@ open TorchSharp
 open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Host.Engine
-open Ssl.Host.Runs
-open Ssl.Host.Runtime
 open Ssl.Experiments.Recipe
+open Ssl.Experiments.Backbone
+open Ssl.Experiments.Configs
 open Ssl.Experiments.Pipeline
+open Ssl.Experiments.Template
 open Ssl.Experiments.Views
 
 /// SimCLR's CIFAR-10 settings (App. B.9: ResNet-50 adapted to 32 px, batch 256 to 4,096, LARS,
-/// learning rate 0.3 · B/256 with square-root scaling tried, weight decay 1e-6, 10 warm-up epochs,
-/// cosine decay; τ = 0.5 best on CIFAR-10, Table 5/B.2) and its augmentation (random resized crop,
-/// flip, colour distortion; no blur on CIFAR). The projection head is SimCLR's two-layer MLP with
-/// the hidden width of the encoder's output and a 128-d output.
+/// learning rate 0.3 · B/256, weight decay 1e-6, 10 warm-up epochs, cosine decay; τ = 0.5 best on
+/// CIFAR-10, Table 5/B.2) and its augmentation (random resized crop, flip, colour distortion; no blur).
 type Config =
-    { Width: int64
-      ProjectionDim: int64
-      Temperature: float
-      Epochs: int
-      BatchSize: int
-      LearningRate: float
-      WeightDecay: float
-      WarmupEpochs: float
+    { /// SimCLR's is ResNet-50; `paper` takes ResNet-18 in its CIFAR form (solo-learn's and
+      /// lightly's CIFAR tables); quick and smoke SmallConvNet.
+      Encoder: Backbone
+      /// Output of SimCLR's two-layer MLP head (hidden layer as wide as the encoder's features).
+      [<Range(1.0)>] ProjectionDim: int64
+      [<Range(0.0)>] Temperature: float
+      [<Range(1.0)>] Epochs: int
+      [<Range(1.0)>] BatchSize: int
+      [<Range(0.0)>] LearningRate: float
+      [<Range(0.0)>] WeightDecay: float
+      [<Range(0.0)>] WarmupEpochs: float
       /// Batch-norm groups: the 2N views are shuffled across this many equal groups, each normalised
-      /// with its own statistics (Views.shuffledPerGroup), so the two views of an image rarely share
-      /// statistics. 1 is SimCLR's global batch norm (Sec. 2.2); more groups run faster on a CPU.
-      Groups: int
+      /// with its own statistics (Views.shuffledPerGroup). 1 is SimCLR's global batch norm (Sec. 2.2).
+      [<Range(1.0)>] Groups: int
       Augmentation: Augmentation }
 
-/// `paper`: the CIFAR-10 settings for 500 epochs at batch 512 (SimCLR's 1,000 epochs at 4,096 are a
-/// TPU budget), global batch norm. `quick` (15 minutes on 2 cores): SmallConvNet width 16, batch 256
-/// (512 views) in 16 shuffled batch-norm groups of 32 views (one 512-view batch ran at 27% of the
-/// matmul peak, MoCo's 32-image groups at 66%; SimCLR itself normalises over all devices), SGD-LARS
-/// at learning rate 1.0 with half an epoch of warm-up (a short run cannot spend 10 epochs warming
-/// up), 10 epochs: the grouped step ran at 1,447 img/s in `ssl bench` (5 + 30 steps, commit 10d7710 plus
-/// this change), and real runs go about 1.6x slower than the bench (MoCo: 839 there, 505-553 in
-/// runs/moco-quick), so about 11 minutes of training. Measured (runs/infonce-quick, commit 474b3de,
-/// seed 0): linear probe 0.8292 and kNN 0.8008 against the random-initialised encoder's 0.7866 /
-/// 0.7503 (+4.3 points), 10 labels per class 0.6905; 731 s of training at 819 img/s, the whole
-/// command 12.9 minutes; live tensors flat at 62, RSS 559-612 MB. `smoke`: one epoch.
+/// `paper`: ResNet-18 with the CIFAR-10 settings for 500 epochs at batch 512 (SimCLR's 1,000 at 4,096 are a TPU
+/// budget), global batch norm. `quick` (15 minutes on 2 cores): SmallConvNet-16, batch 256 (512
+/// views) in 16 shuffled batch-norm groups of 32 views (faster on a CPU than one 512-view batch),
+/// LARS at learning rate 1.0 with half an epoch of warm-up, 10 epochs. `smoke`: one epoch.
 let config preset =
     let paper =
-        { Width = 32L; ProjectionDim = 128L; Temperature = 0.5; Epochs = 500; BatchSize = 512; LearningRate = 0.6
+        { Encoder = ResNet18; ProjectionDim = 128L; Temperature = 0.5; Epochs = 500; BatchSize = 512; LearningRate = 0.6
           WeightDecay = 1e-6; WarmupEpochs = 10.0; Groups = 1; Augmentation = { mocoAugmentation with ColourJitter = (0.8, 0.2) } }
     match preset with
-    | Smoke -> { paper with Width = 16L; Epochs = 1; BatchSize = 128; WarmupEpochs = 0.0; Groups = 8 }
-    | Quick -> { paper with Width = 16L; Epochs = 10; BatchSize = 256; LearningRate = 1.0; WarmupEpochs = 0.5; Groups = 16 }
+    | Smoke -> { paper with Encoder = SmallConvNet 16L; Epochs = 1; BatchSize = 128; WarmupEpochs = 0.0; Groups = 8 }
+    | Quick -> { paper with Encoder = SmallConvNet 16L; Epochs = 10; BatchSize = 256; LearningRate = 1.0; WarmupEpochs = 0.5; Groups = 16 }
     | Paper -> paper
-
-let encoder (preset: Preset) (channels: int64) : Encoder = new SmallConvNet(channels, (config preset).Width)
 
 /// One step: two views of the batch through encoder and head, NT-Xent over the 2N embeddings.
 type Step(encoder: Encoder, head: MlpHead, data: Data, config: Config) =
@@ -87,30 +79,11 @@ type Step(encoder: Encoder, head: MlpHead, data: Data, config: Config) =
             let accuracy = similarities.argmax(1L).eq(self + int64 batch.Length).to_type(torch.ScalarType.Float32).mean().item<float32>()
             readOnlyDict [ "loss", value; "instance_acc", float accuracy ]
 
-/// `ssl train infonce`: pre-train on the unlabelled training images, then every protocol.
-let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
-    let config = config request.Preset
-    folder.WriteConfig {| method = "infonce"; preset = Preset.name request.Preset; dataset = request.Dataset; seed = request.Seed
-                          device = env.DeviceName; threads = env.Threads; deterministic = env.Deterministic
-                          encoder = $"SmallConvNet(width={config.Width})"; config = config |}
-    use data = loadData request
-    torch.manual_seed(request.Seed) |> ignore
-    use encoder = new SmallConvNet(data.Train.Channels, config.Width)
-    use head = new MlpHead(encoder.FeatureDim, encoder.FeatureDim, config.ProjectionDim)
-    encoder.``to``(env.Device) |> ignore
-    head.``to``(env.Device) |> ignore
-    let options =
-        TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
-                       Resume = request.Resume, ConfigDigest = $"infonce {config}", LogEvery = 50)
-    let summary = Trainer.Run(Step(encoder, head, data, config), options, folder, env.Device, ConsoleProgress())
-    let perClass = defaultArg request.Labels 10
-    let supervisedOnly = Supervised.supervisedOnlyCached request (Supervised.config request.Preset).Width data perClass folder env.Device
-    let makeEncoder () : Encoder = new SmallConvNet(data.Train.Channels, config.Width)
-    finish request env folder data encoder $"SmallConvNet{config.Width}" makeEncoder summary None (Some supervisedOnly)
+let build (c: Context<Config>) =
+    let encoder = c.NewEncoder()
+    let head = new MlpHead(encoder.FeatureDim, encoder.FeatureDim, c.Config.ProjectionDim)
+    { training (Step(encoder, head, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with Owned = [ encoder; head ] }
 
-let recipe =
-    { Name = "infonce"
-      Paper = "van den Oord et al. 2018 (InfoNCE) in SimCLR's in-batch form, Chen et al. 2020"
-      Presets = [ Smoke; Quick; Paper ]
-      Run = run
-      Encoder = encoder }
+let spec =
+    backboneSpec "infonce" "van den Oord et al. 2018 (InfoNCE) in SimCLR's in-batch form, Chen et al. 2020"
+        selfSupervised config (fun c -> c.Encoder) build

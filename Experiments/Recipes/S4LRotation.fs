@@ -17,50 +17,48 @@ open TorchSharp
 open Ssl.Core.Models
 open Ssl.Core.Transforms
 open Ssl.Host.Engine
-open Ssl.Host.Runs
-open Ssl.Host.Runtime
+open Ssl.Experiments
 open Ssl.Experiments.Recipe
+open Ssl.Experiments.Backbone
+open Ssl.Experiments.Configs
 open Ssl.Experiments.Pipeline
+open Ssl.Experiments.Template
 
 /// The paper trains ResNet-50v2 (width x4) on ImageNet with SGD (momentum 0.9), batch 256
 /// labelled + 256 unlabelled images (each in 4 rotations), weight decay 1e-3, learning rate 0.03
-/// with warm-up and steps (config/s4l_rotation.sh), w = 1. Scaled here: the SmallConvNet, the
-/// optimiser, weight decay and warm-up + cosine schedule of our supervised-only baseline (so the
-/// comparison isolates the method), batches of 64 + 64 images.
+/// with warm-up and steps (config/s4l_rotation.sh), w = 1. Scaled here: the optimiser, weight decay
+/// and warm-up + cosine schedule of our supervised-only baseline (so the comparison isolates the
+/// method), batches of 64 + 64 images.
 type Config =
-    { /// SmallConvNet base width (see Supervised.Config.Width).
-      Width: int64
+    { /// The paper's is ResNet-50v2 (x4); ours SmallConvNet (any Backbone).
+      Encoder: Backbone
       /// Passes over the unlabelled pool.
-      Epochs: int
-      LabelledBatch: int
-      UnlabelledBatch: int
+      [<Range(1.0)>] Epochs: int
+      [<Range(1.0)>] LabelledBatch: int
+      [<Range(1.0)>] UnlabelledBatch: int
       /// w of eq. 1.
-      RotationWeight: float
-      LearningRate: float
-      WeightDecay: float
-      WarmupEpochs: float }
+      [<Range(0.0)>] RotationWeight: float
+      [<Range(0.0)>] LearningRate: float
+      [<Range(0.0)>] WeightDecay: float
+      [<Range(0.0)>] WarmupEpochs: float }
 
 /// `quick`: width 16, one pass over the ~60,000-image unlabelled pool at 64 + 64 images a step
 /// (936 steps, 479,000 images through the network in 4 rotations), sized to the 2-core budget;
 /// `paper`: width 32, 30 passes at the paper's 256 + 256; `smoke`: one pass over the smoke subset.
 let config preset =
     let quick =
-        { Width = 16L; Epochs = 1; LabelledBatch = 64; UnlabelledBatch = 64; RotationWeight = 1.0; LearningRate = 0.1
-          WeightDecay = 5e-4; WarmupEpochs = 0.05 }
+        { Encoder = SmallConvNet 16L; Epochs = 1; LabelledBatch = 64; UnlabelledBatch = 64; RotationWeight = 1.0
+          LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 0.05 }
     match preset with
     | Smoke -> { quick with LabelledBatch = 32; UnlabelledBatch = 32 }
     | Quick -> quick
-    | Paper -> { quick with Width = 32L; Epochs = 30; LabelledBatch = 256; UnlabelledBatch = 256 }
-
-let encoder (preset: Preset) (channels: int64) : Encoder = new SmallConvNet(channels, (config preset).Width)
+    | Paper -> { quick with Encoder = SmallConvNet 32L; Epochs = 30; LabelledBatch = 256; UnlabelledBatch = 256 }
 
 /// One step: both batches lightly augmented, in all four rotations, through the encoder at once;
 /// class cross-entropy on the upright labelled images, rotation cross-entropy on everything.
-type Step(parts: S4L.Parts, rotationHead: LinearHead, config: Config) =
+type Step(parts: SemiSupervised.Parts, rotationHead: LinearHead, config: Config) =
     let encoder, classifier, data, split = parts.Encoder, parts.Classifier, parts.Data, parts.Split
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, Nesterov = true,
-                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
+    let spec = nesterov config.LearningRate config.WeightDecay config.WarmupEpochs
     interface ITrainingStep with
         member _.Modules =
             readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "classifier", (classifier :> torch.nn.Module)
@@ -70,9 +68,9 @@ type Step(parts: S4L.Parts, rotationHead: LinearHead, config: Config) =
             [| struct ("main", spec, parameters) |] :> IReadOnlyList<_>
         member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
-            let labelledIdx = S4L.labelledBatch ctx.Generator ctx.Device split.Labelled config.LabelledBatch
-            let y = S4L.labelsOf data ctx.Device labelledIdx
-            let prepare indices = unitPixels data indices ctx.Device |> S4L.lightAugment ctx.Generator |> standardise data
+            let labelledIdx = SemiSupervised.labelledBatch ctx.Generator split.Labelled config.LabelledBatch
+            let y = SemiSupervised.labelsOf data ctx.Device labelledIdx
+            let prepare indices = unitPixels data indices ctx.Device |> SemiSupervised.lightAugment ctx.Generator |> standardise data
             let labelled = prepare labelledIdx
             let unlabelled = prepare (batch |> Array.map (fun i -> split.Unlabelled[int i]))
             // rotationBatch puts rotation k of image n at row k·N + n: rows 0..N-1 are the upright images.
@@ -92,23 +90,15 @@ type Step(parts: S4L.Parts, rotationHead: LinearHead, config: Config) =
             let rotations = torch.cat([| rotationsLabelled; rotationsUnlabelled |], 0L)
             readOnlyDict [ "loss", value; "class_loss", float (classLoss.item<float32>())
                            "rotation_loss", float (rotationLoss.item<float32>())
-                           "train_acc", S4L.accuracy classLogits y; "rotation_acc", S4L.accuracy rotationLogits rotations ]
+                           "train_acc", SemiSupervised.accuracy classLogits y; "rotation_acc", SemiSupervised.accuracy rotationLogits rotations ]
 
-/// `ssl train s4l-rotation [--labels N]`: N labels per class (default 10), the rest unlabelled.
-let run (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
-    let config = config request.Preset
-    S4L.run request env folder config.Width config (fun parts ->
-        if parts.Data.Train.Height <> parts.Data.Train.Width then
-            invalidArg "--dataset" $"--dataset: S4L-Rotation needs square images, found {parts.Data.Train.Height}x{parts.Data.Train.Width}"
-        use rotationHead = new LinearHead(parts.Encoder.FeatureDim, 4L)
-        rotationHead.``to``(env.Device) |> ignore
-        let options =
-            S4L.trainerOptions request parts config.Epochs config.UnlabelledBatch $"s4l-rotation {config} n={parts.Split.Labelled.Length}"
-        Trainer.Run(Step(parts, rotationHead, config), options, folder, env.Device, ConsoleProgress()))
+/// `--labels N` per class (default 10), the rest the unlabelled pool.
+let build (c: Context<Config>) =
+    let parts = SemiSupervised.parts c
+    let rotationHead = new LinearHead(parts.Encoder.FeatureDim, 4L)
+    SemiSupervised.trainingOf c parts (Step(parts, rotationHead, c.Config)) c.Config.Epochs c.Config.UnlabelledBatch [ rotationHead ]
 
-let recipe =
-    { Name = "s4l-rotation"
-      Paper = "Zhai et al. 2019, S4L: Self-Supervised Semi-Supervised Learning (S4L-Rotation)"
-      Presets = [ Smoke; Quick; Paper ]
-      Run = run
-      Encoder = encoder }
+let spec =
+    { backboneSpec "s4l-rotation" "Zhai et al. 2019, S4L: Self-Supervised Semi-Supervised Learning (S4L-Rotation)"
+        semiSupervised config (fun c -> c.Encoder) build with
+        CheckData = fun _ data -> requireSquare "S4L-Rotation" data }

@@ -26,9 +26,7 @@ let out =
     | _ -> Path.Combine(Path.GetTempPath(), "ssl-compose", string (System.Guid.NewGuid()))
 
 let env = DeviceSetup.Configure(DeviceRequest.Cpu, threads = 0, seed = 0L, deterministic = true)
-let request =
-    { Method = "rotnet+wrn"; Preset = Smoke; Dataset = "fashion-mnist"; DataRoot = None; Labels = None; Seed = 0L
-      Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = true; Out = out; Resume = false }
+let request = Request.Create("rotnet+wrn", Smoke, folder = out)
 
 // The smoke subset (2,000 train / 1,000 test images), cut further to keep the script under a minute:
 // WRN-28-2 costs about 30 times SmallConvNet-16 per image.
@@ -36,9 +34,10 @@ let smoke = Pipeline.loadData request
 let data = { smoke with Train = smoke.Train.Subset(Array.init 384 int64); Test = smoke.Test.Subset(Array.init 500 int64) }
 
 // The parts: the registry's RotNet step and config, Core's Wide-ResNet-28-2, a 4-way rotation head.
-let config = { Recipes.RotNet.config Smoke with Epochs = 2; BatchSize = 64 }
+// A record update is `--set` in F# (`Configs.applyOverrides [ "Epochs=2" ]` takes the text form).
+let config = { Recipes.RotNet.config Smoke with Epochs = 2; BatchSize = 64; Encoder = Backbone.WideResNet(28, 2L) }
 torch.manual_seed(request.Seed) |> ignore
-let encoder = new WideResNet(data.Train.Channels, 28, 2L)
+let encoder = Backbone.instantiate None data.Train.Channels config.Encoder
 let head = new LinearHead(encoder.FeatureDim, 4L)
 let step = Recipes.RotNet.Step(encoder, head, data, config)
 
@@ -54,7 +53,7 @@ let knnMonitor =
 
 let options =
     TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
-                   ConfigDigest = $"compose rotnet+wrn {config}", LogEvery = 2)
+                   ConfigDigest = $"compose rotnet+wrn {(Configs.toJson config).ToJsonString()}", LogEvery = 2)
 let summary = Trainer.Run(step, options, folder, env.Device, SilentProgress(), knnMonitor)
 printfn "trained %d epochs, %d steps at %.0f img/s -> %s" summary.Epochs summary.Steps summary.ImagesPerSecond folder.Root
 printfn "compose-ok"

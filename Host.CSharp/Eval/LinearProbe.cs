@@ -54,8 +54,8 @@ public static class LinearProbe
         using var w = new TorchSharp.Modules.Parameter(zeros(d, classes, dtype: ScalarType.Float32, device: features.device));
         using var b = new TorchSharp.Modules.Parameter(zeros(classes, dtype: ScalarType.Float32, device: features.device));
         var target = labels.to(features.device);
-        using var optimizer = optim.LBFGS(new[] { w, b },
-            lr: 1.0, max_iter: maxIterations, tolerange_grad: 1e-6, tolerance_change: 1e-9, history_size: 20);
+        using var optimizer = Ssl.Host.Native.NativeLog.WithoutWarnings(() => optim.LBFGS(new[] { w, b },
+            lr: 1.0, max_iter: maxIterations, tolerange_grad: 1e-6, tolerance_change: 1e-9, history_size: 20));
         optimizer.step(() =>
         {
             optimizer.zero_grad();

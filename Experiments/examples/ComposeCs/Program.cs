@@ -1,5 +1,5 @@
 // Experiments as code, from C#: RotNet's registered training step on a Wide-ResNet-28-2 encoder
-// instead of the recipe's SmallConvNet, with a kNN monitor after every epoch (the engine's
+// instead of the recipe's SmallConvNet (two fields of its config changed, as `--set` would), with a kNN monitor after every epoch (the engine's
 // afterEpoch hook), on a cut of the smoke subset. The same experiment as ../compose.fsx.
 using System;
 using System.Linq;
@@ -13,8 +13,7 @@ using TorchSharp;
 
 var output = args.Length == 1 ? args[0] : System.IO.Path.Combine(System.IO.Path.GetTempPath(), "ssl-compose-cs", Guid.NewGuid().ToString("N"));
 var env = DeviceSetup.Configure(DeviceRequest.Cpu, threads: 0, seed: 0L, deterministic: true);
-var request = new Recipe.Request("rotnet+wrn", Recipe.Preset.Smoke, "fashion-mnist", null, null, 0L, DeviceRequest.Cpu,
-                                 env.Threads, true, output, false);
+var request = Recipe.Request.Create("rotnet+wrn", Recipe.Preset.Smoke, "fashion-mnist", 0L, output);  // the rest: ssl train's defaults
 
 // The smoke subset cut to 384 training and 500 test images: WRN-28-2 costs ~30x SmallConvNet-16.
 using var smoke = Pipeline.loadData(request);
@@ -23,11 +22,13 @@ var data = new Pipeline.Data(smoke.Train.Subset(Enumerable.Range(0, 384).Select(
                              smoke.Mean, smoke.Std, smoke.Classes);
 
 // The parts: the registry's RotNet step and config, Core's Wide-ResNet-28-2, a 4-way rotation head.
-var baseConfig = Ssl.Experiments.Recipes.RotNet.config(Recipe.Preset.Smoke);
-var config = new Ssl.Experiments.Recipes.RotNet.Config(baseConfig.Width, 2, 64, baseConfig.LearningRate, baseConfig.WeightDecay,
-                                                        baseConfig.FlipProbability, baseConfig.ProbeLayer, baseConfig.ProbePool);
+// Configs.Edit.Set is `--set Field=value` on a typed config: the same checks, the same messages.
+var config = Ssl.Experiments.Recipes.RotNet.config(Recipe.Preset.Smoke);
+config = Configs.Edit.Set(config, "Epochs", 2);
+config = Configs.Edit.Set(config, "BatchSize", 64);
+config = Configs.Edit.Set(config, "Encoder", "wrn-28-2");
 torch.manual_seed(request.Seed);
-var encoder = new WideResNet(data.Train.Channels, 28, 2L);
+var encoder = Backbone.instantiate(null, data.Train.Channels, config.Encoder);
 var head = new LinearHead(encoder.FeatureDim, 4L);
 var step = new Ssl.Experiments.Recipes.RotNet.Step(encoder, head, data, config);
 
@@ -41,7 +42,7 @@ var knnMonitor = new EpochHook((epoch, means) =>
     Console.WriteLine($"epoch {epoch + 1}: loss {means["loss"]:F4}, rotation acc {means["rotation_acc"]:F3}, kNN (k=20) {knn:F4}");
 });
 var options = new TrainerOptions { Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
-                                   ConfigDigest = $"compose-cs rotnet+wrn {config}", LogEvery = 2 };
+                                   ConfigDigest = $"compose-cs rotnet+wrn {Configs.toJson(config).ToJsonString()}", LogEvery = 2 };
 var summary = Trainer.Run(step, options, folder, env.Device, new SilentProgress(), knnMonitor);
 Console.WriteLine($"trained {summary.Epochs} epochs, {summary.Steps} steps at {summary.ImagesPerSecond:F0} img/s -> {folder.Root}");
 Console.WriteLine("compose-cs-ok");

@@ -1,0 +1,58 @@
+/// The encoder architectures a recipe's config can name (`--set Encoder=...`): Core's SmallConvNet
+/// of a base width, ResNet-18 in its CIFAR form (a 3x3 stride-1 stem, no max-pool: for images of up
+/// to 64 px) and Wide-ResNet-28-k. Written and read as text: smallconvnet-16, resnet18, wrn-28-2.
+module Ssl.Experiments.Backbone
+
+open System
+open Ssl.Core.Models
+
+type Backbone =
+    | SmallConvNet of width: int64
+    | ResNet18
+    | WideResNet of depth: int * widen: int64
+
+    override b.ToString() =
+        match b with
+        | SmallConvNet w -> $"smallconvnet-{w}"
+        | ResNet18 -> "resnet18"
+        | WideResNet(d, k) -> $"wrn-{d}-{k}"
+
+    /// The text forms, for messages.
+    static member Forms = "smallconvnet-<width>|resnet18|wrn-<depth>-<k>"
+
+    static member TryParse(text: string) : Backbone option =
+        let parts = text.Trim().ToLowerInvariant().Split('-')
+        let number (s: string) = match Int64.TryParse s with | true, v when v > 0L -> Some v | _ -> None
+        match parts with
+        | [| "smallconvnet"; w |] -> number w |> Option.map SmallConvNet
+        | [| "resnet18" |] -> Some ResNet18
+        | [| "wrn"; d; k |] ->
+            match number d, number k with
+            | Some d, Some k when (d - 4L) % 6L = 0L -> Some(WideResNet(int d, k))
+            | _ -> None
+        | _ -> None
+
+/// A new encoder of `backbone` for `channels` input channels. `bnMomentum`: the running-statistics
+/// momentum of its batch norms (PyTorch's convention) where the recipe sets one, else each
+/// architecture's default (SmallConvNet 0.1, Wide-ResNet 0.001 as MixMatch's code; ResNet-18 always 0.1).
+let instantiate (bnMomentum: float option) (channels: int64) (backbone: Backbone) : Encoder =
+    match backbone, bnMomentum with
+    | SmallConvNet w, Some m -> new Ssl.Core.Models.SmallConvNet(channels, w, m) :> Encoder
+    | SmallConvNet w, None -> new Ssl.Core.Models.SmallConvNet(channels, w) :> Encoder
+    | ResNet18, _ -> new Ssl.Core.Models.ResNet18(channels) :> Encoder
+    | WideResNet(d, k), Some m -> new Ssl.Core.Models.WideResNet(channels, d, k, m) :> Encoder
+    | WideResNet(d, k), None -> new Ssl.Core.Models.WideResNet(channels, d, k) :> Encoder
+
+/// The name of the architecture in baseline cache keys and reports (SmallConvNet16, ResNet18, WRN-28-2).
+let name (backbone: Backbone) =
+    match backbone with
+    | SmallConvNet w -> $"SmallConvNet{w}"
+    | ResNet18 -> "ResNet18"
+    | WideResNet(d, k) -> $"WRN-{d}-{k}"
+
+/// The feature dimension an encoder of `backbone` outputs (4w, 512, 64k), known before building it.
+let featureDim (backbone: Backbone) =
+    match backbone with
+    | SmallConvNet w -> 4L * w
+    | ResNet18 -> 512L
+    | WideResNet(_, k) -> 64L * k

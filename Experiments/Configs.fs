@@ -1,0 +1,208 @@
+/// Recipe configs as data: an F# config record to JSON and back, and typed `--set Field=value`
+/// overrides (nested fields with dots, tuples as comma lists), by reflection over the record, so
+/// every recipe's config gets them without code of its own. Field names are the record's own.
+module Ssl.Experiments.Configs
+
+open System
+open System.Globalization
+open System.Text.Json.Nodes
+open Microsoft.FSharp.Reflection
+
+/// The inclusive range a numeric config field accepts, checked by `--set` and `--config`.
+[<AttributeUsage(AttributeTargets.Property ||| AttributeTargets.Field)>]
+type RangeAttribute(minimum: float, maximum: float) =
+    inherit Attribute()
+    /// At least `minimum`, no upper bound.
+    new(minimum: float) = RangeAttribute(minimum, Double.PositiveInfinity)
+    member _.Minimum = minimum
+    member _.Maximum = maximum
+
+let private invariant = CultureInfo.InvariantCulture
+
+/// A union with fields is config data when it offers `static TryParse: string -> 'T option` and a
+/// `ToString` that TryParse reads back (e.g. Backbone); a union without fields is its case name.
+let private tryParseMethod (t: Type) = t.GetMethod("TryParse", [| typeof<string> |])
+
+let private isTextUnion (t: Type) = FSharpType.IsUnion t && not (isNull (tryParseMethod t))
+
+let rec private typeName (t: Type) =
+    if t = typeof<int> || t = typeof<int64> then "integer"
+    elif t = typeof<float> then "number"
+    elif t = typeof<bool> then "true or false"
+    elif t = typeof<string> then "text"
+    elif FSharpType.IsTuple t then FSharpType.GetTupleElements t |> Array.map typeName |> String.concat "," |> sprintf "(%s)"
+    elif isTextUnion t then
+        match t.GetProperty("Forms") with
+        | null -> t.Name
+        | p -> string (p.GetValue null)
+    elif FSharpType.IsUnion t then FSharpType.GetUnionCases t |> Array.map (fun c -> c.Name) |> String.concat "|"
+    else t.Name
+
+/// Every settable leaf of a config record type: (dotted path, expected type), in field order.
+let rec fields (t: Type) : (string * string) list =
+    [ for p in FSharpType.GetRecordFields t do
+          if FSharpType.IsRecord p.PropertyType then
+              for sub, kind in fields p.PropertyType -> $"{p.Name}.{sub}", kind
+          else yield p.Name, typeName p.PropertyType ]
+
+let private rangeOf (p: Reflection.PropertyInfo) =
+    match p.GetCustomAttributes(typeof<RangeAttribute>, true) with
+    | [| :? RangeAttribute as r |] -> Some r
+    | _ -> None
+
+let private describeRange (r: RangeAttribute) =
+    if Double.IsPositiveInfinity r.Maximum then $">= {r.Minimum}" else $"in [{r.Minimum}, {r.Maximum}]"
+
+/// Parses one leaf value of type `t`; Error says what was expected.
+let rec private parseLeaf (t: Type) (text: string) : Result<obj, string> =
+    let text = text.Trim()
+    let number (parse: string -> bool * 'a) = match parse text with | true, v -> Ok(box v) | _ -> Error(typeName t)
+    if t = typeof<int> then number (fun s -> Int32.TryParse(s, NumberStyles.Integer, invariant))
+    elif t = typeof<int64> then number (fun s -> Int64.TryParse(s, NumberStyles.Integer, invariant))
+    elif t = typeof<float> then number (fun s -> Double.TryParse(s, NumberStyles.Float, invariant))
+    elif t = typeof<bool> then number (fun s -> Boolean.TryParse s)
+    elif t = typeof<string> then Ok(box text)
+    elif FSharpType.IsTuple t then
+        let elements = FSharpType.GetTupleElements t
+        let parts = text.Trim('(', ')').Split(',')
+        if parts.Length <> elements.Length then Error(typeName t)
+        else
+            let parsed = Array.map2 parseLeaf elements parts
+            match parsed |> Array.tryPick (function Error _ -> Some() | Ok _ -> None) with
+            | Some() -> Error(typeName t)
+            | None -> Ok(FSharpValue.MakeTuple(parsed |> Array.map (function Ok v -> v | Error _ -> null), t))
+    elif isTextUnion t then
+        match (tryParseMethod t).Invoke(null, [| text |]) with
+        | null -> Error(typeName t)
+        | option ->
+            let case, values = FSharpValue.GetUnionFields(option, option.GetType())
+            if case.Name = "Some" then Ok values[0] else Error(typeName t)
+    elif FSharpType.IsUnion t then
+        match FSharpType.GetUnionCases t |> Array.tryFind (fun c -> String.Equals(c.Name, text, StringComparison.OrdinalIgnoreCase)) with
+        | Some c when c.GetFields().Length = 0 -> Ok(FSharpValue.MakeUnion(c, [||]))
+        | _ -> Error(typeName t)
+    else Error $"a supported config type (found {t.Name})"
+
+let private checkRange (path: string) (p: Reflection.PropertyInfo) (value: obj) =
+    match rangeOf p with
+    | Some r ->
+        let v = Convert.ToDouble(value, invariant)
+        if v < r.Minimum || v > r.Maximum then
+            invalidArg path $"{path}: expected {typeName p.PropertyType} {describeRange r}, found {value}"
+    | None -> ()
+
+let private unknown (t: Type) (path: string) (what: string) =
+    let valid = fields t |> List.map (fun (f, kind) -> $"{f} ({kind})") |> String.concat ", "
+    invalidArg path $"{path}: {what}; valid fields: {valid}"
+
+/// `value` (a record of type `t`) with the field at `path` (dots for nested records) set from
+/// `text`; `root` names the record in messages. Unknown fields, wrong types and values outside a
+/// field's Range are ArgumentExceptions naming the field, what was expected and what was found.
+let setText (t: Type) (value: obj) (path: string) (text: string) : obj =
+    let rec go (t: Type) (value: obj) (prefix: string) (names: string list) =
+        let props = FSharpType.GetRecordFields t
+        match names with
+        | [] -> invalidArg path $"{path}: expected a field name"
+        | name :: rest ->
+            let full = if prefix = "" then name else $"{prefix}.{name}"
+            match props |> Array.tryFindIndex (fun p -> p.Name = name) with
+            | None -> unknown t path $"no field '{full}'"
+            | Some i ->
+                let p = props[i]
+                let values = FSharpValue.GetRecordFields value
+                let updated =
+                    match rest, FSharpType.IsRecord p.PropertyType with
+                    | [], true ->
+                        let inner = fields p.PropertyType |> List.map (fun (f, _) -> full + "." + f) |> String.concat ", "
+                        invalidArg path $"{path}: '{full}' is a group of fields; set one of {inner}"
+                    | [], false ->
+                        match parseLeaf p.PropertyType text with
+                        | Ok v -> checkRange full p v; v
+                        | Error expected -> invalidArg path $"{full}: expected {expected}, found '{text}'"
+                    | _, true -> go p.PropertyType values[i] full rest
+                    | _, false -> invalidArg path $"{path}: '{full}' has no fields"
+                values[i] <- updated
+                FSharpValue.MakeRecord(t, values)
+    go t value "" (List.ofArray (path.Split('.')))
+
+/// Applies `Field=value` overrides in order (a later one wins).
+let applyOverrides<'T> (overrides: string list) (config: 'T) : 'T =
+    overrides
+    |> List.fold (fun (value: obj) (o: string) ->
+        match o.IndexOf '=' with
+        | i when i > 0 -> setText typeof<'T> value (o.Substring(0, i).Trim()) (o.Substring(i + 1))
+        | _ -> invalidArg "--set" $"--set: expected Field=value, found '{o}'") (box config)
+    |> unbox<'T>
+
+/// `config` with field `path` set to `value` (typed, the C# surface): `Edit.Set(c, "Epochs", 2)`.
+type Edit =
+    static member Set<'T>(config: 'T, path: string, value: obj) : 'T =
+        let text =
+            match value with
+            | :? IFormattable as f -> f.ToString(null, invariant)
+            | v -> string v
+        unbox<'T> (setText typeof<'T> (box config) path text)
+
+let rec private toNode (t: Type) (value: obj) : JsonNode =
+    if FSharpType.IsRecord t then
+        let o = JsonObject()
+        for p, v in Array.zip (FSharpType.GetRecordFields t) (FSharpValue.GetRecordFields value) do
+            o[p.Name] <- toNode p.PropertyType v
+        o
+    elif FSharpType.IsTuple t then
+        JsonArray(Array.map2 toNode (FSharpType.GetTupleElements t) (FSharpValue.GetTupleFields value)) :> JsonNode
+    elif isTextUnion t then JsonValue.Create(string value)
+    elif FSharpType.IsUnion t then JsonValue.Create((fst (FSharpValue.GetUnionFields(value, t))).Name)
+    elif t = typeof<int> then JsonValue.Create(unbox<int> value)
+    elif t = typeof<int64> then JsonValue.Create(unbox<int64> value)
+    elif t = typeof<float> then JsonValue.Create(unbox<float> value)
+    elif t = typeof<bool> then JsonValue.Create(unbox<bool> value)
+    elif t = typeof<string> then JsonValue.Create(unbox<string> value)
+    else invalidOp $"Configs: {t.Name} is not a supported config type"
+
+/// The config record as a JSON object whose keys are its field names (what config.json holds).
+let toJson<'T> (config: 'T) : JsonObject = (toNode typeof<'T> (box config)).AsObject()
+
+let rec private ofNode (source: string) (t: Type) (path: string) (node: JsonNode) : obj =
+    let wrong () =
+        let found = if isNull node then "null" else node.ToJsonString()
+        invalidArg "--config" $"{source}: {path}: expected {typeName t}, found {found}"
+    if isNull node then wrong ()
+    elif FSharpType.IsRecord t then
+        match node with
+        | :? JsonObject as o ->
+            let props = FSharpType.GetRecordFields t
+            for kv in o do
+                if not (props |> Array.exists (fun p -> p.Name = kv.Key)) then
+                    let at = if path = "" then kv.Key else $"{path}.{kv.Key}"
+                    let valid = props |> Array.map (fun p -> p.Name) |> String.concat ", "
+                    invalidArg "--config" $"{source}: unknown field '{at}'; valid fields: {valid}"
+            let values =
+                props |> Array.map (fun p ->
+                    let at = if path = "" then p.Name else $"{path}.{p.Name}"
+                    match o.ContainsKey p.Name with
+                    | true ->
+                        let value = ofNode source p.PropertyType at o[p.Name]
+                        (try checkRange at p value with :? ArgumentException as e -> invalidArg "--config" $"{source}: {e.Message}")
+                        value
+                    | _ -> invalidArg "--config" $"{source}: missing field '{at}' ({typeName p.PropertyType})")
+            FSharpValue.MakeRecord(t, values)
+        | _ -> wrong ()
+    elif FSharpType.IsTuple t then
+        match node with
+        | :? JsonArray as a when a.Count = (FSharpType.GetTupleElements t).Length ->
+            FSharpValue.MakeTuple(Array.map2 (fun e n -> ofNode source e path n) (FSharpType.GetTupleElements t) (Seq.toArray a), t)
+        | _ -> wrong ()
+    else
+        match node with
+        | :? JsonValue as v ->
+            let text = if v.GetValueKind() = Text.Json.JsonValueKind.String then v.GetValue<string>() else v.ToJsonString()
+            if t <> typeof<string> && v.GetValueKind() = Text.Json.JsonValueKind.String && (t = typeof<float> || t = typeof<int> || t = typeof<int64> || t = typeof<bool>) then wrong ()
+            match parseLeaf t text with
+            | Ok value -> value
+            | Error _ -> wrong ()
+        | _ -> wrong ()
+
+/// Reads a config record back from JSON: every field must be present and none unknown; `source`
+/// (a file path) names it in messages.
+let ofJson<'T> (source: string) (node: JsonNode) : 'T = unbox<'T> (ofNode source typeof<'T> "" node)

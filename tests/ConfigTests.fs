@@ -1,0 +1,109 @@
+/// Configs as data: `--set` overrides typed against a recipe's config record, JSON both ways, and
+/// `ssl config` / `--config` on the command line.
+module Ssl.Tests.ConfigTests
+
+open System
+open System.IO
+open System.Text.Json.Nodes
+open Expecto
+open Ssl.Experiments
+open Ssl.Experiments.Backbone
+
+let private moco = Recipes.MoCo.config Recipe.Quick
+
+type Form =
+    | Round
+    | Square
+
+type Sample = { Form: Form; Size: int }
+
+let private message (f: unit -> obj) =
+    let e = Expect.throwsC (f >> ignore) id
+    match e with
+    | :? ArgumentException as a -> a.Message
+    | other -> failtestf "expected an ArgumentException, found %s" (other.GetType().Name)
+
+[<Tests>]
+let tests =
+    testList "configs" [
+        test "--set changes the named fields, nested and tuple ones too, and nothing else" {
+            let changed =
+                Configs.applyOverrides [ "Epochs=2"; "QueueSize=2048"; "Augmentation.Jitter=0.2"; "Augmentation.CropScale=0.4,1"
+                                         "Encoder=resnet18"; "ShuffleBn=false" ] moco
+            Expect.equal changed
+                { moco with Epochs = 2; QueueSize = 2048L; ShuffleBn = false; Encoder = ResNet18
+                            Augmentation = { moco.Augmentation with Jitter = 0.2; CropScale = (0.4, 1.0) } } "the changed record"
+            Expect.equal (Configs.applyOverrides [ "Epochs=2"; "Epochs=3" ] moco).Epochs 3 "a later override wins"
+        }
+        test "an unknown field names itself and lists the valid fields with their types" {
+            let m = message (fun () -> box (Configs.applyOverrides [ "Nope=1" ] moco))
+            Expect.stringContains m "no field 'Nope'" "names the field"
+            Expect.stringContains m "QueueSize (integer)" "lists the fields"
+            Expect.stringContains m "Augmentation.CropScale ((number,number))" "nested fields with their types"
+            Expect.stringContains (message (fun () -> box (Configs.applyOverrides [ "Augmentation.Nope=1" ] moco))) "Augmentation.Nope" "a nested unknown"
+        }
+        test "a wrong type or an out-of-range value names the field, what it expects and what it found" {
+            let cases =
+                [ "Epochs=two", [ "Epochs"; "integer"; "'two'" ]
+                  "Momentum=1.5", [ "Momentum"; "in [0, 1]"; "1.5" ]
+                  "BatchSize=0", [ "BatchSize"; ">= 1"; "0" ]
+                  "Augmentation.CropScale=0.4", [ "Augmentation.CropScale"; "(number,number)"; "'0.4'" ]
+                  "Encoder=vgg16", [ "Encoder"; "resnet18"; "'vgg16'" ]
+                  "ShuffleBn=yes", [ "ShuffleBn"; "true or false" ]
+                  "Epochs", [ "Field=value" ] ]
+            for o, parts in cases do
+                let m = message (fun () -> box (Configs.applyOverrides [ o ] moco))
+                for part in parts do Expect.stringContains m part $"{o}: says {part}"
+        }
+        test "a fieldless union is set by its case name, in JSON too" {
+            let sample = { Form = Round; Size = 1 }
+            Expect.equal (Configs.applyOverrides [ "Form=square" ] sample) { sample with Form = Square } "case name, any case"
+            Expect.stringContains (message (fun () -> box (Configs.applyOverrides [ "Form=oval" ] sample))) "Round|Square" "lists the cases"
+            let json = Configs.toJson { sample with Form = Square }
+            Expect.equal (json.ToJsonString()) """{"Form":"Square","Size":1}""" "JSON"
+            Expect.equal (Configs.ofJson<Sample> "test" json) { sample with Form = Square } "and back"
+        }
+        test "every registered recipe's preset configs go to JSON and back unchanged, and reject unknown or missing fields" {
+            for r in Registry.recipes do
+                for preset in r.Presets do
+                    let json = r.Resolve preset None []
+                    let again = r.Resolve preset (Some(json.DeepClone().AsObject())) []
+                    Expect.equal (again.ToJsonString()) (json.ToJsonString()) $"{r.Name} {preset}: round trip"
+                    let extra = json.DeepClone().AsObject()
+                    extra["Bogus"] <- JsonValue.Create 1
+                    Expect.stringContains (message (fun () -> box (r.Resolve preset (Some extra) []))) "unknown field 'Bogus'" $"{r.Name}: unknown"
+                    let missing = json.DeepClone().AsObject()
+                    let first = (Seq.head missing).Key
+                    missing.Remove first |> ignore
+                    Expect.stringContains (message (fun () -> box (r.Resolve preset (Some missing) []))) $"missing field '{first}'" $"{r.Name}: missing"
+        }
+        test "backbones read and write their text form" {
+            for b in [ SmallConvNet 16L; ResNet18; WideResNet(28, 2L) ] do
+                Expect.equal (Backbone.TryParse(string b)) (Some b) $"{b}"
+            for bad in [ "smallconvnet"; "smallconvnet-0"; "wrn-27-2"; "resnet50"; "" ] do
+                Expect.isNone (Backbone.TryParse bad) $"'{bad}' refused"
+            Expect.equal (featureDim (WideResNet(28, 2L))) 128L "WRN-28-2 features"
+        }
+        test "registry names are unique and every variant is <recipe>-<suffix> of a registered recipe" {
+            let names = Registry.recipes |> List.map (fun r -> r.Name)
+            Expect.equal (List.distinct names) names "unique"
+            Expect.contains names "moco-v2" "MoCo v2 is a variant"
+        }
+        test "ssl train --set of an unknown field exits 2; ssl config prints JSON that --config accepts back" {
+            Expect.equal (Program.run [| "train"; "moco"; "--set"; "Nope=1" |]) 2 "unknown field"
+            Expect.equal (Program.run [| "train"; "moco"; "--set"; "Momentum=2" |]) 2 "out of range"
+            Expect.equal (Program.run [| "config"; "mixmatch"; "--preset"; "quick"; "--set"; "Epochs=2" |]) 0 "config"
+            Expect.equal (Program.run [| "config"; "mixmatch"; "--fields" |]) 0 "fields"
+            let file = Path.Combine(Fixtures.tempDir "config-file", "mixmatch.json")
+            let recipe = (Registry.tryFind "mixmatch").Value
+            let document = JsonObject()
+            document["method"] <- JsonValue.Create "mixmatch"
+            document["preset"] <- JsonValue.Create "quick"
+            document["config"] <- recipe.Resolve Recipe.Quick None [ "Epochs=2" ]
+            File.WriteAllText(file, document.ToJsonString())
+            Expect.equal (Program.run [| "train"; "--config"; file; "--set"; "Nope=3" |]) 2 "the file is read, then the override checked"
+            File.WriteAllText(file, "{ not json")
+            Expect.equal (Program.run [| "train"; "mixmatch"; "--config"; file |]) 1 "a corrupt file names itself (exit 1)"
+            Expect.equal (Program.run [| "train"; "mixmatch"; "--config"; file + ".missing" |]) 1 "a missing file"
+        }
+    ]
