@@ -10,6 +10,7 @@ let recipes: Recipe list =
           recipes Recipes.RotNet.spec
           recipes Recipes.InfoNce.spec
           recipes Recipes.MoCo.spec
+          recipes Recipes.SimSiam.spec
           recipes Recipes.Nce.spec
           recipes Recipes.CpcV2.spec
           recipes Recipes.RelativePatch.spec

@@ -84,6 +84,20 @@ let tests =
                 Expect.isNone (Backbone.TryParse bad) $"'{bad}' refused"
             Expect.equal (featureDim (WideResNet(28, 2L))) 128L "WRN-28-2 features"
         }
+        test "recipe files stay short: median under 120 lines, comments at most a third of each (scripts/recipe_lines.py)" {
+            let files = Directory.GetFiles(Path.Combine(__SOURCE_DIRECTORY__, "..", "Experiments", "Recipes"), "*.fs")
+            Expect.isNonEmpty files "recipe files found"
+            let lengths =
+                [ for f in files ->
+                      let lines = File.ReadAllLines f
+                      let comments = lines |> Array.filter (fun l -> l.TrimStart().StartsWith "//") |> Array.length
+                      Expect.isLessThanOrEqual (3 * comments) lines.Length $"{Path.GetFileName f}: {comments} comment lines of {lines.Length}"
+                      float lines.Length ]
+                |> List.sort
+            let n = lengths.Length
+            let median = if n % 2 = 1 then lengths[n / 2] else (lengths[n / 2 - 1] + lengths[n / 2]) / 2.0
+            Expect.isLessThan median 120.0 "median recipe file length"
+        }
         test "registry names are unique and every variant is <recipe>-<suffix> of a registered recipe" {
             let names = Registry.recipes |> List.map (fun r -> r.Name)
             Expect.equal (List.distinct names) names "unique"

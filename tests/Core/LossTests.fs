@@ -971,10 +971,62 @@ let vatTests =
         }
     ]
 
+let private siameseTests =
+    testList "siamese" [
+        Prop.propSmall "negativeCosine equals the row-loop oracle, lies in [-1, 1] and is -1 for p along z" (fun (seed: int) ->
+            use g = generator seed
+            let n, d = 2L + int64 (abs seed % 5), 1L + int64 (abs seed % 7)
+            use p = randn g [| n; d |]
+            use z = randn g [| n; d |]
+            let cosine (a: float[]) (b: float[]) =
+                Array.fold2 (fun s x y -> s + x * y) 0.0 a b / (sqrt (Array.sumBy (fun x -> x * x) a) * sqrt (Array.sumBy (fun x -> x * x) b))
+            let oracle = -(Array.map2 cosine (rows p) (rows z) |> Array.average)
+            use loss = Siamese.negativeCosine p z
+            Expect.floatClose Accuracy.high (scalar loss) oracle "oracle"
+            Expect.isTrue (scalar loss >= -1.0 - 1e-12 && scalar loss <= 1.0 + 1e-12) "in [-1, 1]"
+            use scaled = z * 3.0
+            use along = Siamese.negativeCosine scaled z
+            Expect.floatClose Accuracy.high (scalar along) -1.0 "p along z")
+        test "the stop-gradient: gradients reach the predictions, never the targets" {
+            use p = torch.randn(4L, 3L, dtype = f64, requires_grad = true)
+            use z = torch.randn(4L, 3L, dtype = f64, requires_grad = true)
+            use loss = Siamese.simSiam p p z z
+            loss.backward()
+            Expect.isNotNull p.grad "p has a gradient"
+            Expect.isNull z.grad "z has none"
+            use loss2 = Siamese.normalisedSquaredError p z
+            Expect.isFalse (isNull p.grad) "BYOL's too"
+        }
+        Prop.propSmall "simSiam is ½ D(p1, z2) + ½ D(p2, z1); BYOL's error is 2 + 2 D(p, z)" (fun (seed: int) ->
+            use g = generator seed
+            use p1 = randn g [| 5L; 4L |]
+            use p2 = randn g [| 5L; 4L |]
+            use z1 = randn g [| 5L; 4L |]
+            use z2 = randn g [| 5L; 4L |]
+            use d12 = Siamese.negativeCosine p1 z2
+            use d21 = Siamese.negativeCosine p2 z1
+            use both = Siamese.simSiam p1 p2 z1 z2
+            Expect.floatClose Accuracy.high (scalar both) (0.5 * scalar d12 + 0.5 * scalar d21) "symmetric sum"
+            use mse = Siamese.normalisedSquaredError p1 z2
+            Expect.floatClose Accuracy.high (scalar mse) (2.0 + 2.0 * scalar d12) "2 - 2 cos")
+        test "outputStd: 0 for collapsed outputs, about 1/sqrt(D) for outputs spread over the sphere" {
+            use same = torch.ones(64L, 16L, dtype = f64)
+            Expect.floatClose Accuracy.high (Siamese.outputStd same) 0.0 "collapse"
+            use g = new torch.Generator(3UL)
+            use spread = torch.randn([| 4096L; 256L |], dtype = f64, generator = g)
+            Expect.floatClose { absolute = 2e-3; relative = 0.0 } (Siamese.outputStd spread) (1.0 / sqrt 256.0) "1/sqrt(D)"
+            let e = Prop.throws<ArgumentException> (fun () -> Siamese.outputStd (torch.ones(1L, 3L)) |> ignore)
+            Expect.stringContains e.Message "at least 2 rows" "one row has no spread"
+            let e = Prop.throws<ArgumentException> (fun () -> Siamese.negativeCosine (torch.ones(2L, 3L)) (torch.ones(2L, 4L)) |> ignore)
+            Expect.stringContains e.Message "z" "names the mismatched argument"
+        }
+    ]
+
 [<Tests>]
 let tests =
     testList "core.losses" [
         contrastiveTests
+        siameseTests
         mutualInformationTests
         adversarialTests
         entropyTests
