@@ -4,6 +4,7 @@
 /// target branch (eq. 2, Algorithm 1; Core's Siamese.simSiam): no negatives, no momentum encoder.
 /// The stop-gradient is what prevents collapse (Sec. 4.1), which the step logs as `z_std`, the
 /// standard deviation of the normalised projections (about 1/√d when healthy, 0 when collapsed).
+/// Measured runs: docs/experiments/simsiam.md.
 module Ssl.Experiments.Recipes.SimSiam
 
 open System.Collections.Generic
