@@ -78,41 +78,51 @@ let private readConfigFile (path: string) : JsonObject * JsonObject =
         | None -> JsonObject(), o
     | _ -> raise (DataException(path, "a JSON object", if isNull root then "null" else root.ToJsonString()))
 
-let private field (o: JsonObject) (key: string) : JsonNode option =
-    if o.ContainsKey key && not (isNull o[key]) then Some o[key] else None
+/// A run field of a `--config` file read as 'T, or None where absent or null; a value of another
+/// type is an error naming the file and the field.
+let private field<'T> (path: string) (o: JsonObject) (key: string) : 'T option =
+    if o.ContainsKey key && not (isNull o[key]) then
+        try Some(o[key].GetValue<'T>())
+        with :? InvalidOperationException | :? FormatException ->
+            let kind = if typeof<'T> = typeof<string> then "text" else "an integer"
+            raise (DataException(path, $"\"{key}\": {kind}", o[key].ToJsonString()))
+    else None
 
 let train (args: ParseResults<TrainArgs>) =
     let file = args.TryGetResult TrainArgs.Config |> Option.map (fun p -> p, readConfigFile p)
     let run = file |> Option.map (fun (_, (r, _)) -> r) |> Option.defaultWith (fun () -> JsonObject())
-    let fromFile key = field run key
+    let filePath = file |> Option.map fst |> Option.defaultValue "--config"
+    let text key = field<string> filePath run key
     let name =
-        match args.TryGetResult TrainArgs.Method, fromFile "method" with
-        | Some n, Some m when m.GetValue<string>() <> n ->
-            invalidArg "method" $"method: {n} given, but --config {fst file.Value} is a config of {m.GetValue<string>()}"
+        match args.TryGetResult TrainArgs.Method, text "method" with
+        | Some n, Some m when m <> n -> invalidArg "method" $"method: {n} given, but --config {filePath} is a config of {m}"
         | Some n, _ -> n
-        | None, Some m -> m.GetValue<string>()
+        | None, Some m -> m
         | None, None -> invalidArg "method" "method: expected a recipe name (see `ssl methods`), or --config with a run's config.json"
     let recipe = findRecipe "method" name
     let preset =
         args.TryGetResult TrainArgs.Preset
-        |> Option.orElse (fromFile "preset" |> Option.map (fun p -> p.GetValue<string>()))
+        |> Option.orElse (text "preset")
         |> Option.defaultValue "quick"
         |> parsePreset recipe
-    let labels = args.TryGetResult TrainArgs.Labels |> Option.orElse (fromFile "labels_per_class" |> Option.map (fun n -> n.GetValue<int>()))
+    let labels = args.TryGetResult TrainArgs.Labels |> Option.orElse (field<int> filePath run "labels_per_class")
     match labels with
     | Some n when n <= 0 -> invalidArg "--labels" $"--labels: expected a positive number of labels per class, found {n}"
     | _ -> ()
     let sets = args.GetResults TrainArgs.Set
-    let recorded = fromFile "overrides" |> Option.map (fun o -> [ for v in o.AsArray() -> v.GetValue<string>() ]) |> Option.defaultValue []
+    let recorded =
+        match (if run.ContainsKey "overrides" then run["overrides"] else null) with
+        | null -> []
+        | :? JsonArray as list when list |> Seq.forall (fun v -> not (isNull v) && v.GetValueKind() = JsonValueKind.String) ->
+            [ for v in list -> v.GetValue<string>() ]
+        | other -> raise (DataException(filePath, "\"overrides\": a list of Field=value texts", other.ToJsonString()))
     let config = recipe.Resolve preset (file |> Option.map (fun (_, (_, c)) -> c)) sets
     let request: Recipe.Request =
         { Method = name; Preset = preset
-          Dataset = args.TryGetResult TrainArgs.Dataset |> Option.orElse (fromFile "dataset" |> Option.map (fun d -> d.GetValue<string>()))
-                    |> Option.defaultValue "fashion-mnist"
+          Dataset = args.TryGetResult TrainArgs.Dataset |> Option.orElse (text "dataset") |> Option.defaultValue "fashion-mnist"
           DataRoot = args.TryGetResult TrainArgs.Data_Root
           Labels = labels
-          Seed = args.TryGetResult TrainArgs.Seed |> Option.orElse (fromFile "seed" |> Option.map (fun s -> s.GetValue<int64>()))
-                 |> Option.defaultValue 0L
+          Seed = args.TryGetResult TrainArgs.Seed |> Option.orElse (field<int64> filePath run "seed") |> Option.defaultValue 0L
           Device = DeviceSetup.Parse(args.GetResult(TrainArgs.Device, defaultValue = "cpu"))
           Threads = args.GetResult(TrainArgs.Threads, defaultValue = 0)
           Deterministic = args.Contains TrainArgs.Deterministic
@@ -136,7 +146,8 @@ let config (args: ParseResults<ConfigArgs>) =
     let sets = args.GetResults ConfigArgs.Set
     let resolved = recipe.Resolve preset None sets
     if args.Contains ConfigArgs.Fields then
-        for path, kind in recipe.Fields do printfn "%s: %s = %s" path kind ((resolved :> JsonNode) |> fun n -> (path.Split('.') |> Array.fold (fun (n: JsonNode) k -> n[k]) n).ToJsonString())
+        let valueAt (path: string) = (path.Split('.') |> Array.fold (fun (n: JsonNode) key -> n[key]) (resolved :> JsonNode)).ToJsonString()
+        for path, kind in recipe.Fields do printfn "%s: %s = %s" path kind (valueAt path)
     else
         let document = JsonObject()
         document["method"] <- JsonValue.Create recipe.Name

@@ -20,7 +20,8 @@ type RangeAttribute(minimum: float, maximum: float) =
 let private invariant = CultureInfo.InvariantCulture
 
 /// A union with fields is config data when it offers `static TryParse: string -> 'T option` and a
-/// `ToString` that TryParse reads back (e.g. Backbone); a union without fields is its case name.
+/// `ToString` that TryParse reads back (e.g. Backbone; its static `Forms` text names the forms in
+/// messages); a union without fields is its case name.
 let private tryParseMethod (t: Type) = t.GetMethod("TryParse", [| typeof<string> |])
 
 let private isTextUnion (t: Type) = FSharpType.IsUnion t && not (isNull (tryParseMethod t))
@@ -67,10 +68,10 @@ let rec private parseLeaf (t: Type) (text: string) : Result<obj, string> =
         let parts = text.Trim('(', ')').Split(',')
         if parts.Length <> elements.Length then Error(typeName t)
         else
-            let parsed = Array.map2 parseLeaf elements parts
-            match parsed |> Array.tryPick (function Error _ -> Some() | Ok _ -> None) with
-            | Some() -> Error(typeName t)
-            | None -> Ok(FSharpValue.MakeTuple(parsed |> Array.map (function Ok v -> v | Error _ -> null), t))
+            match Array.map2 parseLeaf elements parts with
+            | parsed when parsed |> Array.forall Result.isOk ->
+                Ok(FSharpValue.MakeTuple(parsed |> Array.map (function Ok v -> v | Error _ -> null), t))
+            | _ -> Error(typeName t)
     elif isTextUnion t then
         match (tryParseMethod t).Invoke(null, [| text |]) with
         | null -> Error(typeName t)
@@ -96,7 +97,7 @@ let private unknown (t: Type) (path: string) (what: string) =
     invalidArg path $"{path}: {what}; valid fields: {valid}"
 
 /// `value` (a record of type `t`) with the field at `path` (dots for nested records) set from
-/// `text`; `root` names the record in messages. Unknown fields, wrong types and values outside a
+/// `text`. Unknown fields, wrong types and values outside a
 /// field's Range are ArgumentExceptions naming the field, what was expected and what was found.
 let setText (t: Type) (value: obj) (path: string) (text: string) : obj =
     let rec go (t: Type) (value: obj) (prefix: string) (names: string list) =
@@ -196,11 +197,12 @@ let rec private ofNode (source: string) (t: Type) (path: string) (node: JsonNode
     else
         match node with
         | :? JsonValue as v ->
-            let text = if v.GetValueKind() = Text.Json.JsonValueKind.String then v.GetValue<string>() else v.ToJsonString()
-            if t <> typeof<string> && v.GetValueKind() = Text.Json.JsonValueKind.String && (t = typeof<float> || t = typeof<int> || t = typeof<int64> || t = typeof<bool>) then wrong ()
-            match parseLeaf t text with
-            | Ok value -> value
-            | Error _ -> wrong ()
+            // Numbers and booleans must be JSON numbers and booleans, not text that parses as one.
+            let quoted = v.GetValueKind() = Text.Json.JsonValueKind.String
+            let scalar = t = typeof<float> || t = typeof<int> || t = typeof<int64> || t = typeof<bool>
+            match parseLeaf t (if quoted then v.GetValue<string>() else v.ToJsonString()) with
+            | Ok value when not (quoted && scalar) -> value
+            | _ -> wrong ()
         | _ -> wrong ()
 
 /// Reads a config record back from JSON: every field must be present and none unknown; `source`

@@ -128,7 +128,7 @@ type Recipe =
       /// The encoder of a resolved config for the data (`ssl eval`, `ssl bench`).
       Encoder: JsonObject -> Data -> Encoder }
 
-/// Square images of at least `size` pixels, or an invalidArg naming --dataset and what `what` needs.
+/// Square images, or an invalidArg naming --dataset and the recipe (`what`) that needs them.
 let requireSquare (what: string) (data: Data) =
     if data.Train.Height <> data.Train.Width then
         invalidArg "--dataset" $"--dataset: {what} needs square images, found {data.Train.Height}x{data.Train.Width}"

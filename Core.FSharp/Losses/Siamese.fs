@@ -45,4 +45,4 @@ let outputStd (z: Tensor) : float =
     if z.shape[0] < 2L then invalidArg "z" $"z: expected at least 2 rows, found {z.shape[0]}"
     use scope = NewDisposeScope()
     use _ = no_grad ()
-    System.Convert.ToDouble(normalize(z.detach(), 2.0, 1L).std(0L, true, false).mean().to_type(ScalarType.Float64).item<double>())
+    normalize(z, 2.0, 1L).std(0L, true, false).mean().to_type(ScalarType.Float64).item<double>()

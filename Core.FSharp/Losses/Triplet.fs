@@ -83,7 +83,6 @@ let nearestSameLabel (embeddings: Tensor) (labels: Tensor) : float =
     if embeddings.shape[0] < 2L then invalidArg "embeddings" $"embeddings: expected at least 2 rows, found {embeddings.shape[0]}"
     use scope = NewDisposeScope()
     use _ = no_grad ()
-    let detached = embeddings.detach()
-    let self = eye(detached.shape[0], dtype = ScalarType.Bool, device = detached.device)
-    let nearest = cdist(detached, detached).masked_fill(self, System.Double.PositiveInfinity).argmin(1L)
+    let self = eye(embeddings.shape[0], dtype = ScalarType.Bool, device = embeddings.device)
+    let nearest = cdist(embeddings, embeddings).masked_fill(self, System.Double.PositiveInfinity).argmin(1L)
     System.Convert.ToDouble(labels.index_select(0L, nearest).eq(labels).to_type(ScalarType.Float32).mean().item<float32>())

@@ -29,12 +29,6 @@ public static class NativeLog
         return IntPtr.Zero;
     }
 
-    /// <summary>The current level, or null where the flag is not found (another platform's libc10).</summary>
-    public static int? CurrentLevel
-    {
-        get { lock (Gate) { var p = Level(); return p == IntPtr.Zero ? null : Marshal.ReadInt32(p); } }
-    }
-
     /// <summary>Runs <paramref name="call"/> with warnings off, then restores the level.</summary>
     public static T WithoutWarnings<T>(Func<T> call)
     {
