@@ -62,3 +62,15 @@ type MomentumCopy(online: nn.Module<Tensor, Tensor>, copy: nn.Module<Tensor, Ten
 
     /// Runs the copy: x → copy(x); no gradient reaches the copy's parameters.
     override _.forward(x) = copy.forward x
+
+/// Schedules of a momentum copy's decay.
+module Momentum =
+    /// BYOL's target decay (Grill et al. 2020, Sec. 3.2; DINO's teacher, Caron et al. 2021, Sec. 3.1):
+    /// τ = 1 − (1 − τ_base)·(cos(π k / K) + 1) / 2 at step k of K, from τ_base at k = 0 to 1 at k = K.
+    /// `baseMomentum` in [0, 1]; `step` in [0, total] (clamped); `total` ≥ 1.
+    let cosine (baseMomentum: float) (step: int64) (total: int64) : float =
+        if not (baseMomentum >= 0.0 && baseMomentum <= 1.0) then
+            invalidArg "baseMomentum" $"baseMomentum: expected a value in [0, 1], found {baseMomentum}"
+        if total < 1L then invalidArg "total" $"total: expected at least 1 step, found {total}"
+        let k = Operators.float (Operators.max 0L (Operators.min step total))
+        1.0 - (1.0 - baseMomentum) * (System.Math.Cos(System.Math.PI * k / Operators.float total) + 1.0) / 2.0

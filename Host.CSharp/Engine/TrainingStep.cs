@@ -36,10 +36,11 @@ public sealed class StepContext
 {
     readonly IReadOnlyDictionary<string, TrainingOptimizer> optimizers;
 
-    internal StepContext(int epoch, long step, long seed, Device device, IReadOnlyDictionary<string, TrainingOptimizer> optimizers)
+    internal StepContext(int epoch, long step, long totalSteps, long seed, Device device, IReadOnlyDictionary<string, TrainingOptimizer> optimizers)
     {
         Epoch = epoch;
         GlobalStep = step;
+        TotalSteps = totalSteps;
         Device = device;
         this.optimizers = optimizers;
         Generator = new Generator((ulong)Ssl.Host.Data.Seeds.Derive(seed, 1_000_000 + step), device.type == DeviceType.CUDA ? device : CPU);
@@ -47,6 +48,9 @@ public sealed class StepContext
 
     public int Epoch { get; }
     public long GlobalStep { get; }
+
+    /// <summary>The steps of the whole run (epochs × batches per epoch): the horizon of per-step schedules (BYOL's τ, DINO's temperatures).</summary>
+    public long TotalSteps { get; }
     public Device Device { get; }
 
     /// <summary>This step's generator, seeded from (run seed, step): a resumed run draws the same numbers.</summary>

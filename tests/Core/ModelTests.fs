@@ -362,6 +362,22 @@ let private momentumTests =
             let e = Prop.throws<ArgumentException> (fun () -> (new MomentumCopy(online, new MlpHead(4L, 7L, 3L))).Dispose())
             Expect.stringContains e.Message "copy: expected shape" "architecture"
         }
+        Prop.propSmall "the cosine decay runs from τ_base to 1, never falling, with 1 - τ halved midway" (fun (percent: byte) (total: uint16) ->
+            let baseMomentum = float (int percent % 100) / 100.0
+            let total = int64 total % 1000L + 2L
+            let at k = Momentum.cosine baseMomentum k total
+            Expect.floatClose Accuracy.high (at 0L) baseMomentum "τ_base at the start"
+            Expect.floatClose Accuracy.high (at total) 1.0 "1 at the end"
+            Expect.floatClose Accuracy.high (at (total + 5L)) 1.0 "clamped after the end"
+            if total % 2L = 0L then
+                Expect.floatClose Accuracy.high (1.0 - at (total / 2L)) ((1.0 - baseMomentum) / 2.0) "half way"
+            for k in 1L .. total do Expect.isTrue (at k >= at (k - 1L) - 1e-12) $"non-decreasing at {k}")
+        test "the cosine decay names a bad base or horizon" {
+            let e = Prop.throws<ArgumentException> (fun () -> Momentum.cosine 1.2 0L 10L |> ignore)
+            Expect.stringContains e.Message "baseMomentum: expected a value in [0, 1], found 1.2" "base"
+            let e = Prop.throws<ArgumentException> (fun () -> Momentum.cosine 0.99 0L 0L |> ignore)
+            Expect.stringContains e.Message "total: expected at least 1 step, found 0" "total"
+        }
     ]
 
 // ---- queue and memory bank ----------------------------------------------------------------------
