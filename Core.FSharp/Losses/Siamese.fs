@@ -1,7 +1,8 @@
 /// Losses of the Siamese methods without negatives: SimSiam's symmetric negative cosine with a
-/// stop-gradient (Chen & He 2021) and BYOL's normalised mean squared error (Grill et al. 2020), and
-/// the collapse check SimSiam's Sec. 4.1 reads. Predictions and targets are (N, D), not normalised
-/// (the losses normalise them); targets are detached here, the stop-gradient of both papers.
+/// stop-gradient (Chen & He 2021), BYOL's normalised mean squared error (Grill et al. 2020), the
+/// collapse check SimSiam's Sec. 4.1 reads, and Barlow Twins' cross-correlation loss (Zbontar et
+/// al. 2021). Predictions and targets are (N, D), not normalised (the losses normalise them); in
+/// SimSiam and BYOL targets are detached here, the stop-gradient of both papers.
 module Ssl.Core.Losses.Siamese
 
 open TorchSharp
@@ -46,3 +47,32 @@ let outputStd (z: Tensor) : float =
     use scope = NewDisposeScope()
     use _ = no_grad ()
     normalize(z, 2.0, 1L).std(0L, true, false).mean().to_type(ScalarType.Float64).item<double>()
+
+/// Each column of `z` (N, D) standardised over the batch: (z − mean) / √(var + 1e-5), the biased
+/// variance — the batch norm without affine parameters that Barlow Twins' code applies (its
+/// `self.bn`), so C below is the batch's cross-correlation.
+let private standardised (z: Tensor) =
+    let centred = z - z.mean([| 0L |], keepdim = true)
+    centred / (centred.square().mean([| 0L |], keepdim = true) + 1e-5).sqrt()
+
+/// Barlow Twins' cross-correlation matrix (Zbontar et al. 2021, eq. 2): C_ij = Σ_b z̄¹_bi z̄²_bj / N
+/// of the two views' embeddings standardised per dimension over the batch. `z1, z2: (N, D)`, N ≥ 2;
+/// result (D, D), entries in [-1, 1].
+let crossCorrelation (z1: Tensor) (z2: Tensor) : Tensor =
+    pair z1 z2
+    if z1.shape[0] < 2L then invalidArg "z1" $"z1: expected at least 2 rows to standardise over, found {z1.shape[0]}"
+    use scope = NewDisposeScope()
+    ((standardised z1).t().matmul(standardised z2) / Operators.float z1.shape[0]).MoveToOuterDisposeScope()
+
+/// Barlow Twins' loss (Zbontar et al. 2021, eq. 1): L = Σ_i (1 − C_ii)² + λ Σ_i Σ_{j≠i} C_ij²,
+/// driving the cross-correlation of the two views to the identity: invariance on the diagonal,
+/// redundancy reduction off it. Gradients reach both views (no stop-gradient in this method).
+/// `lambda` ≥ 0 (paper: 5e-3 at D = 8,192, batch 2,048); result ≥ 0, 0 at C = I.
+let barlowTwins (lambda: float) (z1: Tensor) (z2: Tensor) : Tensor =
+    if not (lambda >= 0.0) then invalidArg "lambda" $"lambda: expected a value ≥ 0, found {lambda}"
+    use scope = NewDisposeScope()
+    let c = crossCorrelation z1 z2
+    let diagonal = c.diagonal()
+    let onDiagonal = (1.0 - diagonal).square().sum()
+    let offDiagonal = c.square().sum() - diagonal.square().sum()
+    (onDiagonal + offDiagonal * lambda).MoveToOuterDisposeScope()

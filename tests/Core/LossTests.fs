@@ -1026,11 +1026,81 @@ let private siameseTests =
         }
     ]
 
+let private barlowTwinsTests =
+    testList "barlow twins" [
+        Prop.propSmall "the loss equals a loop over the standardised columns' cross-correlation" (fun (seed: int) (percent: byte) ->
+            use g = generator seed
+            let n, d = 3L + int64 (abs seed % 6), 1L + int64 (abs seed % 5)
+            let lambda = float percent / 100.0
+            use z1 = randn g [| n; d |]
+            use z2 = randn g [| n; d |]
+            let columns (t: torch.Tensor) =
+                let r = rows t
+                [| for j in 0 .. int d - 1 ->
+                       let c = r |> Array.map (fun row -> row[j])
+                       let mean = Array.average c
+                       let var = c |> Array.averageBy (fun x -> (x - mean) * (x - mean))
+                       c |> Array.map (fun x -> (x - mean) / sqrt (var + 1e-5)) |] 
+            let a, b = columns z1, columns z2
+            let c i j = Array.fold2 (fun s x y -> s + x * y) 0.0 a[i] b[j] / float n
+            let mutable oracle = 0.0
+            for i in 0 .. int d - 1 do
+                for j in 0 .. int d - 1 do
+                    oracle <- oracle + (if i = j then (1.0 - c i i) ** 2.0 else lambda * (c i j) ** 2.0)
+            use loss = Siamese.barlowTwins lambda z1 z2
+            Expect.floatClose Accuracy.high (scalar loss) oracle "oracle"
+            use cc = Siamese.crossCorrelation z1 z2
+            Expect.floatClose Accuracy.high (scalar (cc.[0L, 0L])) (c 0 0) "C₀₀"
+            Expect.isTrue (cc.abs().max() |> scalar <= 1.0 + 1e-9) "entries in [-1, 1]")
+        Prop.propSmall "a positive scale and a shift of any dimension leave it unchanged (the per-dimension standardisation)" (fun (seed: int) ->
+            use g = generator seed
+            use z1 = randn g [| 16L; 4L |]
+            use z2 = randn g [| 16L; 4L |]
+            use scale = torch.rand([| 1L; 4L |], dtype = f64, generator = g) * 1.5 + 0.5
+            use shift = randn g [| 1L; 4L |]
+            use before = Siamese.barlowTwins 0.3 z1 z2
+            use moved = z1 * scale + shift
+            use after = Siamese.barlowTwins 0.3 moved z2
+            Expect.floatClose { absolute = 1e-6; relative = 1e-4 } (scalar after) (scalar before) "invariant")
+        test "0 when both views are the same decorrelated unit-variance embedding (C = I); gradients reach both views" {
+            use g = generator 5
+            use raw = randn g [| 32L; 6L |]
+            use centred = raw - raw.mean([| 0L |], keepdim = true)
+            let struct (q, _) = torch.linalg.qr(centred)
+            use z = q * sqrt 32.0
+            use loss = Siamese.barlowTwins 5e-3 z z
+            Expect.floatClose { absolute = 1e-8; relative = 0.0 } (scalar loss) 0.0 "identity"
+            use a = randn g [| 8L; 3L |]
+            use b = randn g [| 8L; 3L |]
+            a.requires_grad <- true
+            b.requires_grad <- true
+            use l = Siamese.barlowTwins 5e-3 a b
+            l.backward()
+            Expect.isNotNull a.grad "view 1"
+            Expect.isNotNull b.grad "view 2: no stop-gradient"
+        }
+        test "λ = 0 keeps only the invariance term; bad input is named" {
+            use g = generator 9
+            use z1 = randn g [| 10L; 4L |]
+            use z2 = randn g [| 10L; 4L |]
+            use cc = Siamese.crossCorrelation z1 z2
+            use invariance = (1.0 - cc.diagonal()).square().sum()
+            use loss = Siamese.barlowTwins 0.0 z1 z2
+            Expect.floatClose Accuracy.high (scalar loss) (scalar invariance) "diagonal only"
+            let e = Prop.throws<ArgumentException> (fun () -> Siamese.barlowTwins -1.0 z1 z2 |> ignore)
+            Expect.stringContains e.Message "lambda: expected a value ≥ 0, found -1" "lambda"
+            let e = Prop.throws<ArgumentException> (fun () -> Siamese.crossCorrelation (torch.ones(1L, 3L)) (torch.ones(1L, 3L)) |> ignore)
+            Expect.stringContains e.Message "at least 2 rows" "one row"
+            Check.noLeak "barlowTwins" (fun () -> (Siamese.barlowTwins 5e-3 z1 z2).Dispose())
+        }
+    ]
+
 [<Tests>]
 let tests =
     testList "core.losses" [
         contrastiveTests
         siameseTests
+        barlowTwinsTests
         mutualInformationTests
         adversarialTests
         entropyTests
