@@ -127,7 +127,7 @@ let run (only: string list option) (preset: Preset) (warmup: int) (steps: int) (
                   [ "bench"; "--method"; r.Name; "--preset"; Preset.name preset; "--warmup"; string warmup
                     "--steps"; string steps; "--threads"; string threads; "--out"; out ]
                   @ (colourDataset |> Option.map (fun d -> [ "--colour-dataset"; d ]) |> Option.defaultValue [])
-              let code, _ = Repro.runChild args
+              let code, _ = Sweep.runChild args None
               if code = 0 && File.Exists json then yield JsonSerializer.Deserialize<BenchRecord>(File.ReadAllText json)
               else eprintfn "ssl bench: %s failed with exit code %d" r.Name code ]
     let path = Path.Combine(out, "bench.json")

@@ -104,20 +104,28 @@ type EvalArgs =
             | Threads _ -> "torch threads (default: all cores)."
 
 type ReportArgs =
-    | [<MainCommand; ExactlyOnce>] Runs_Dir of dir: string
+    | [<MainCommand; Unique>] Runs_Dir of dir: string
+    | Record of records: string
+    | Records of records: string
     | Out of markdown: string
     | Figures of dir: string
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Runs_Dir _ -> "a folder of run folders (each with a result.json), e.g. runs/repro."
+            | Runs_Dir _ -> "a folder of run folders (each with a result.json), e.g. runs/repro or a sweep folder."
+            | Record _ -> "copy each finished run of the runs folder into this records folder (e.g. results/), then write the report from all its records."
+            | Records _ -> "write the report from this records folder alone (mean ± std over seeds)."
             | Out _ -> "the Markdown file to write (default RESULTS.md)."
             | Figures _ -> "folder for the report's PNG figures (default docs/results beside --out)."
 
 type ReproArgs =
     | Only of methods: string
+    | Seeds of seeds: string
+    | Shard of slice: string
+    | Local of processes: int
     | Runs_Dir of dir: string
+    | Records of dir: string
     | Preset of preset: string
     | Out of markdown: string
     | Figures of dir: string
@@ -128,10 +136,68 @@ type ReproArgs =
             match a with
             | Colour_Dataset _ -> "colour data set (cifar10, cifar100, stl10 or an image-folder path) for the colour-only recipes; without it they are reported as not run."
             | Only _ -> "comma-separated recipes to run (default: every registered one)."
+            | Seeds _ -> "comma-separated seeds of every run (default 0,1,2)."
+            | Shard _ -> "i/n: run only every n-th run of the grid from the i-th (merge the shards through the records)."
+            | Local _ -> "runs at once on this machine (default 1), each with cores / N torch threads."
             | Runs_Dir _ -> "where the run folders go (default runs/repro)."
+            | Records _ -> "the records folder the finished runs are copied into and the report is written from (default results)."
             | Preset _ -> "preset of every run (default quick)."
             | Out _ -> "the report to write (default RESULTS.md)."
             | Figures _ -> "folder for the report's figures (default docs/results beside --out)."
+
+type SweepArgs =
+    | [<AltCommandLine("-m")>] Method of methods: string
+    | Seeds of seeds: string
+    | Labels of budgets: string
+    | Preset of preset: string
+    | [<AltCommandLine("-s")>] Set of assignment: string
+    | File of json: string
+    | [<AltCommandLine("-d")>] Dataset of name: string
+    | Colour_Dataset of dataset: string
+    | Out of dir: string
+    | Local of processes: int
+    | Emit of scheduler: string
+    | Cpus of count: int
+    | Mem_Gb of gigabytes: int
+    | Hours of limit: int
+    | Ssl_Command of command: string
+    | Image of image: string
+    | Claim of pvc: string
+    | Parallelism of pods: int
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Method _ -> "comma-separated recipes of the grid (see `ssl methods`)."
+            | Seeds _ -> "comma-separated seeds (default 0)."
+            | Labels _ -> "comma-separated labels per class of the semi-supervised recipes (default: each recipe's own budgets)."
+            | Preset _ -> "preset of every run (default quick)."
+            | Set _ -> "Field=a,b: a config field and its alternatives (repeatable; the grid takes every combination; ';' separates tuple values)."
+            | File _ -> "a JSON sweep file {methods, seeds, labels, preset, set: {Field: [a, b]}, dataset, colour_dataset} instead of the flags."
+            | Dataset _ -> "data set of every run (default fashion-mnist)."
+            | Colour_Dataset _ -> "data set of the colour-only recipes (without it they are listed as not run)."
+            | Out _ -> "the sweep folder: one run folder per run (default runs/sweep)."
+            | Local _ -> "run on this machine, N processes at once (the default executor, N = 1)."
+            | Emit _ -> "slurm (an sbatch array script) or k8s (an Indexed Job manifest) for the runs not done yet, instead of running them."
+            | Cpus _ -> "with --emit: CPUs (torch threads) per task (default 2)."
+            | Mem_Gb _ -> "with --emit: memory per task in GiB (default 8)."
+            | Hours _ -> "with --emit: time limit per task in hours (default 4)."
+            | Ssl_Command _ -> "with --emit slurm: the command that runs ssl on the nodes (default: this ssl's own path)."
+            | Image _ -> "with --emit k8s: the container image with ssl on its PATH (default ssl:latest)."
+            | Claim _ -> "with --emit k8s: the PersistentVolumeClaim holding the run folders, mounted at /runs (default ssl-runs)."
+            | Parallelism _ -> "with --emit k8s: pods at once (default 4)."
+
+type SweepTaskArgs =
+    | [<MainCommand; ExactlyOnce>] Task of tasks_json: string * index: int
+    | Root of dir: string
+    | Threads of int
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Task _ -> "the tasks.json an `ssl sweep --emit` wrote and the index of the run to do (0-based)."
+            | Root _ -> "the sweep folder the run folders go in (default: the folder of tasks.json)."
+            | Threads _ -> "torch threads of the run (default: all cores)."
 
 type BenchArgs =
     | Only of methods: string
@@ -168,6 +234,8 @@ type SslArgs =
     | [<CliPrefix(CliPrefix.None)>] Report of ParseResults<ReportArgs>
     | [<CliPrefix(CliPrefix.None)>] Repro of ParseResults<ReproArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
+    | [<CliPrefix(CliPrefix.None)>] Sweep of ParseResults<SweepArgs>
+    | [<CliPrefix(CliPrefix.None)>] Sweep_Task of ParseResults<SweepTaskArgs>
     | Version
 
     interface IArgParserTemplate with
@@ -179,8 +247,10 @@ type SslArgs =
             | Eval _ -> "evaluate a trained run's encoder again with one protocol (linear, knn, finetune)."
             | Data _ -> "read a data set, print its statistics, optionally save a PNG grid of samples."
             | Info _ -> "set up the device and print it with threads, seed and library versions."
-            | Report _ -> "write RESULTS.md (tables, figures, machine, versions) from a folder of run folders."
-            | Repro _ -> "train every registered recipe's preset with its baselines (skipping runs done for this commit), then report."
+            | Report _ -> "write RESULTS.md from a folder of run folders, or record them into results/ and report mean ± std over seeds."
+            | Repro _ -> "train every registered recipe's preset on seeds 0,1,2 with its baselines (skipping runs done), record them into results/, then report."
+            | Sweep _ -> "run a grid of ssl train runs (methods x seeds x labels x --set values) locally, or emit it for Slurm or Kubernetes."
+            | Sweep_Task _ -> "run one run of a sweep's tasks.json (what each Slurm array task or Kubernetes pod does)."
             | Bench _ -> "time each recipe's training step: img/s, encoder GFLOP/s against a measured matmul peak, peak RSS."
             | Version -> "print the versions of Ssl, TorchSharp and libtorch."
 

@@ -342,22 +342,107 @@ let private presetArg (text: string) =
 
 let private defaultFigures (out: string) = IO.Path.Combine(IO.Path.GetDirectoryName(IO.Path.GetFullPath out), "docs", "results")
 
-/// `ssl report <runs-dir>`: RESULTS.md from the run folders' result.json files.
+/// `ssl report <runs-dir>`: RESULTS.md from the run folders' result.json files; with `--record
+/// results/` the runs are recorded first and the report comes from every record; `--records
+/// results/` reports the records alone.
 let reportRuns (args: ParseResults<ReportArgs>) =
-    let runsDir = args.GetResult ReportArgs.Runs_Dir
     let out = args.GetResult(ReportArgs.Out, defaultValue = "RESULTS.md")
     let figures = args.GetResult(ReportArgs.Figures, defaultValue = defaultFigures out)
-    let count = Report.write runsDir out figures
-    AnsiConsole.MarkupLine $"{Markup.Escape out}: {count} runs from {Markup.Escape runsDir}, figures in {Markup.Escape figures}"
-    0
+    let fromRecords (records: string) =
+        let count, stale = Records.write Registry.recipes records out figures []
+        AnsiConsole.MarkupLine $"{Markup.Escape out}: {count} records from {Markup.Escape records} ({stale} stale rows), figures in {Markup.Escape figures}"
+        0
+    match args.TryGetResult ReportArgs.Runs_Dir, args.TryGetResult ReportArgs.Record, args.TryGetResult ReportArgs.Records with
+    | _, Some _, Some _ -> invalidArg "--records" "--records: reports a records folder alone; --record already reports the folder it records into"
+    | Some runsDir, Some records, None ->
+        let written = Records.record runsDir records
+        AnsiConsole.MarkupLine $"recorded {written.Length} runs of {Markup.Escape runsDir} into {Markup.Escape records}"
+        fromRecords records
+    | None, Some _, None -> invalidArg "--record" "--record: expected a runs folder to record (ssl report <runs-dir> --record results)"
+    | _, None, Some records -> fromRecords records
+    | Some runsDir, None, None ->
+        let count = Report.write runsDir out figures
+        AnsiConsole.MarkupLine $"{Markup.Escape out}: {count} runs from {Markup.Escape runsDir}, figures in {Markup.Escape figures}"
+        0
+    | None, None, None -> invalidArg "runs-dir" "runs-dir: expected a folder of run folders, or --records <folder>"
 
-/// `ssl repro`: every registered recipe's preset into one runs folder, then the report.
+let private numbers (flag: string) (parse: string -> 'T option) (text: string) =
+    let items = text.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray
+    if items.IsEmpty then invalidArg flag $"{flag}: expected a comma-separated list, found '{text}'"
+    [ for i in items -> match parse i with Some v -> v | None -> invalidArg flag $"{flag}: expected whole numbers, found '{i}'" ]
+
+let private int64Of (s: string) = match Int64.TryParse s with | true, v when v >= 0L -> Some v | _ -> None
+let private positiveInt (s: string) = match Int32.TryParse s with | true, v when v > 0 -> Some v | _ -> None
+
+/// `ssl repro`: every registered recipe's preset on seeds 0,1,2 (or a shard of them), recorded, then the report.
 let repro (args: ParseResults<ReproArgs>) =
     let only = args.TryGetResult ReproArgs.Only |> Option.map (Repro.parseOnly Registry.recipes)
     let out = args.GetResult(ReproArgs.Out, defaultValue = "RESULTS.md")
-    Repro.run only (args.GetResult(ReproArgs.Runs_Dir, defaultValue = IO.Path.Combine("runs", "repro")))
-        (presetArg (args.GetResult(ReproArgs.Preset, defaultValue = "quick"))) (args.TryGetResult ReproArgs.Colour_Dataset) out
+    let seeds = numbers "--seeds" int64Of (args.GetResult(ReproArgs.Seeds, defaultValue = "0,1,2"))
+    let preset = presetArg (args.GetResult(ReproArgs.Preset, defaultValue = "quick"))
+    let grid = Repro.grid Registry.recipes only preset seeds (args.TryGetResult ReproArgs.Colour_Dataset)
+    Repro.run grid (args.TryGetResult ReproArgs.Shard |> Option.map Repro.parseShard) (args.GetResult(ReproArgs.Local, defaultValue = 1))
+        (args.GetResult(ReproArgs.Runs_Dir, defaultValue = IO.Path.Combine("runs", "repro")))
+        (args.GetResult(ReproArgs.Records, defaultValue = "results")) out
         (args.GetResult(ReproArgs.Figures, defaultValue = defaultFigures out))
+
+/// `ssl sweep`: expands the grid, then runs it locally or emits it for a scheduler.
+let sweep (args: ParseResults<SweepArgs>) =
+    let grid =
+        match args.TryGetResult SweepArgs.File with
+        | Some file ->
+            if args.Contains SweepArgs.Method || args.Contains SweepArgs.Seeds || args.Contains SweepArgs.Set || args.Contains SweepArgs.Labels then
+                invalidArg "--file" "--file: the sweep file holds the grid; leave out --method, --seeds, --labels and --set"
+            let g = Sweep.readGridFile file
+            { g with Seeds = (if g.Seeds.IsEmpty then [ 0L ] else g.Seeds) }
+        | None ->
+            let methods =
+                args.TryGetResult SweepArgs.Method
+                |> Option.map (fun m -> m.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray)
+                |> Option.defaultValue []
+            let fields =
+                methods |> List.collect (fun m -> match Registry.tryFind m with Some r -> r.Fields | None -> [])
+            { Methods = methods
+              Seeds = numbers "--seeds" int64Of (args.GetResult(SweepArgs.Seeds, defaultValue = "0"))
+              Labels = args.TryGetResult SweepArgs.Labels |> Option.map (numbers "--labels" positiveInt) |> Option.defaultValue []
+              Preset = presetArg (args.GetResult(SweepArgs.Preset, defaultValue = "quick"))
+              Sets = args.GetResults SweepArgs.Set |> List.map (Sweep.parseSet fields)
+              Dataset = args.TryGetResult SweepArgs.Dataset
+              ColourDataset = args.TryGetResult SweepArgs.Colour_Dataset }
+    let root = args.GetResult(SweepArgs.Out, defaultValue = IO.Path.Combine("runs", "sweep"))
+    let runs, notRun = Sweep.expand Registry.recipes grid
+    for name, reason in notRun do printfn "not run %s: %s" name reason
+    let commit = Ssl.Host.Runs.RunFolder.GitCommit() |> Option.ofObj |> Option.defaultValue "unknown"
+    let resources: Sweep.Resources =
+        { Cpus = args.GetResult(SweepArgs.Cpus, defaultValue = 2); MemoryGb = args.GetResult(SweepArgs.Mem_Gb, defaultValue = 8)
+          Hours = args.GetResult(SweepArgs.Hours, defaultValue = 4) }
+    let pending () = runs |> List.filter (fun r -> Result.isError (Sweep.upToDate (IO.Path.Combine(root, r.Name)) commit r))
+    match args.TryGetResult SweepArgs.Emit, args.TryGetResult SweepArgs.Local with
+    | Some _, Some _ -> invalidArg "--emit" "--emit: writes a job for a scheduler instead of running; leave out --local"
+    | Some scheduler, None ->
+        let todo = pending ()
+        printfn "ssl sweep: %d runs, %d done already, %d in the job" runs.Length (runs.Length - todo.Length) todo.Length
+        if todo.IsEmpty then 0
+        else
+            match scheduler.ToLowerInvariant() with
+            | "slurm" ->
+                let ssl = args.GetResult(SweepArgs.Ssl_Command, defaultValue = Sweep.selfCommandLine ())
+                let script = Sweep.emitSlurm root commit todo resources ssl
+                printfn "wrote %s (sbatch %s)" script script
+                0
+            | "k8s" | "kubernetes" ->
+                let manifest =
+                    Sweep.emitKubernetes root commit todo resources (args.GetResult(SweepArgs.Image, defaultValue = "ssl:latest"))
+                        (args.GetResult(SweepArgs.Claim, defaultValue = "ssl-runs")) (args.GetResult(SweepArgs.Parallelism, defaultValue = 4))
+                printfn "wrote %s (kubectl apply -f %s)" manifest manifest
+                0
+            | other -> invalidArg "--emit" $"--emit: expected slurm or k8s, found '{other}'"
+    | None, local -> Sweep.local root commit (defaultArg local 1) runs
+
+/// `ssl sweep-task <tasks.json> <index>`: one run of an emitted sweep.
+let sweepTask (args: ParseResults<SweepTaskArgs>) =
+    let tasks, index = args.GetResult SweepTaskArgs.Task
+    Sweep.runTask tasks index (args.TryGetResult SweepTaskArgs.Root) (args.TryGetResult SweepTaskArgs.Threads)
 
 /// `ssl bench`: step throughput and achieved GFLOP/s of each recipe (one child process each).
 let bench (args: ParseResults<BenchArgs>) =

@@ -20,6 +20,8 @@ let run (argv: string[]) =
         | Report a -> Commands.reportRuns a
         | Repro a -> Commands.repro a
         | Bench a -> Commands.bench a
+        | Sweep a -> Commands.sweep a
+        | Sweep_Task a -> Commands.sweepTask a
         | Version -> Commands.version ()
     with
     | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText ->

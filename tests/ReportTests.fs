@@ -36,18 +36,6 @@ let private fakeRun (runsDir: string) (name: string) (methodName: string) (label
                        [ for s in 1 .. 20 -> $$"""{"epoch":{{(s - 1) / 10}},"step":{{s}},"loss":{{2.0 / float s}}}""" ])
     dir
 
-/// A registered-looking recipe for planning tests: the traits of `name`'s kind, nothing runnable.
-let private dummyRecipe name : Template.Recipe =
-    let traits =
-        match name with
-        | "mixmatch" -> Template.semiSupervised
-        | "colorization" -> { Template.selfSupervised with Colour = true }
-        | _ -> Template.selfSupervised
-    { Name = name; Paper = "test"; Traits = traits; Presets = [ Smoke; Quick ]
-      Resolve = (fun _ _ _ -> JsonObject()); Fields = []
-      Run = (fun _ _ _ -> failwith "not run")
-      Encoder = fun _ data -> new SmallConvNet(data.Train.Channels, 16L) }
-
 let private rowOf (table: string) (run: string) =
     table.Split('\n') |> Array.find (fun l -> l.StartsWith $"| {run} |")
 
@@ -117,56 +105,6 @@ let tests =
             let missing = Path.Combine(Fixtures.tempDir "report-missing", "nope")
             let e = Prop.throws<Ssl.Host.Data.DataException> (fun () -> Report.loadRuns missing |> ignore)
             Expect.stringContains e.Message missing "names the folder"
-        }
-        test "repro plans semi-supervised recipes at 10 and 100 labels and the others once; --only checks names" {
-            let recipes = [ dummyRecipe "rotnet"; dummyRecipe "mixmatch"; dummyRecipe "moco" ]
-            let planned = Repro.plan recipes None "runs/repro" Quick None
-            Expect.equal (planned |> List.map (fun r -> Path.GetFileName r.Dir)) [ "rotnet"; "mixmatch-10"; "mixmatch-100"; "moco" ] "folders"
-            let mix = planned |> List.find (fun r -> r.Labels = Some 100)
-            Expect.equal mix.Args [ "train"; "mixmatch"; "--preset"; "quick"; "--out"; Path.Combine("runs/repro", "mixmatch-100"); "--labels"; "100" ] "arguments"
-            let only = Repro.parseOnly recipes "moco, rotnet"
-            Expect.equal (Repro.plan recipes (Some only) "r" Quick None |> List.map (fun r -> r.Method)) [ "rotnet"; "moco" ] "subset"
-            let e = Prop.throws<ArgumentException> (fun () -> Repro.parseOnly recipes "rotnet,jigsaw" |> ignore)
-            Expect.stringContains e.Message "jigsaw" "names the unknown recipe"
-            Expect.stringContains e.Message "rotnet, mixmatch, moco" "and the registered ones"
-        }
-        test "colour-only recipes train on the colour data set given, else are planned and reported as not run" {
-            let recipes = [ dummyRecipe "rotnet"; dummyRecipe "colorization" ]
-            let withColour = Repro.plan recipes None "r" Quick (Some "cifar10")
-            Expect.equal (withColour |> List.map (fun r -> r.NotRun)) [ None; None ] "both run"
-            Expect.equal (withColour |> List.find (fun r -> r.Method = "colorization")).Args
-                [ "train"; "colorization"; "--preset"; "quick"; "--out"; Path.Combine("r", "colorization"); "--dataset"; "cifar10" ] "colour data set"
-            Expect.equal (withColour |> List.find (fun r -> r.Method = "rotnet")).Args
-                [ "train"; "rotnet"; "--preset"; "quick"; "--out"; Path.Combine("r", "rotnet") ] "grey recipes keep Fashion-MNIST"
-            let runs = Fixtures.tempDir "repro-not-run"
-            let colour = Repro.plan recipes (Some [ "colorization" ]) runs Quick None |> List.exactlyOne
-            Expect.stringContains (defaultArg colour.NotRun "") "colour" "the reason"
-            let out = Path.Combine(runs, "RESULTS.md")
-            Expect.equal (Repro.run (Some [ "colorization" ]) runs Quick None out (Path.Combine(runs, "figures"))) 0 "nothing failed"
-            let text = File.ReadAllText out
-            Expect.stringContains text "## Not run or failed" "section"
-            Expect.stringContains text "`colorization`: not run: colorization needs colour" "its row and reason"
-            let failed = Path.Combine(runs, "jigsaw")
-            Directory.CreateDirectory failed |> ignore
-            File.WriteAllText(Path.Combine(failed, Repro.stampName), """{"commit":"x","args":[],"exit_code":1,"wall_s":3.0}""")
-            Expect.contains (Report.loadUnfinished runs) ("jigsaw", "failed with exit code 1 (its folder holds what it wrote)") "a failed run"
-        }
-        test "repro skips a run only for the same commit, arguments and config.json" {
-            let runs = Fixtures.tempDir "repro-skip"
-            let planned = Repro.plan [ dummyRecipe "rotnet" ] None runs Quick None |> List.head
-            Expect.isError (Repro.upToDate planned "0123456789abcdef") "no folder yet"
-            let dir = fakeRun runs "rotnet" "rotnet" None (Some 0.8) None
-            Expect.isError (Repro.upToDate planned "0123456789abcdef") "no repro.json"
-            let digest =
-                use s = File.OpenRead(Path.Combine(dir, "config.json"))
-                Convert.ToHexString(Security.Cryptography.SHA256.HashData s).ToLowerInvariant()
-            let stamp = {| commit = "0123456789abcdef"; args = planned.Args; exit_code = 0; wall_s = 60.0; config_sha256 = digest |}
-            File.WriteAllText(Path.Combine(dir, Repro.stampName), JsonSerializer.Serialize stamp)
-            Expect.isOk (Repro.upToDate planned "0123456789abcdef") "same commit, arguments and config: skip"
-            Expect.isError (Repro.upToDate planned "fedcba9876543210") "another commit: rerun"
-            Expect.isError (Repro.upToDate { planned with Args = planned.Args @ [ "--seed"; "1" ] } "0123456789abcdef") "other arguments: rerun"
-            File.AppendAllText(Path.Combine(dir, "config.json"), " ")
-            Expect.isError (Repro.upToDate planned "0123456789abcdef") "config.json changed: rerun"
         }
         test "the FLOP counter gives SmallConvNet's closed form 14,112·C·w + 42,336·w² per 28x28 image" {
             for c, w in [ 1L, 16L; 3L, 32L; 1L, 32L ] do

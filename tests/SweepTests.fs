@@ -1,0 +1,248 @@
+/// `ssl sweep`: the grid's expansion, the skip rule, the Slurm and Kubernetes files, run records and
+/// RESULTS.md as mean ± std over seeds, repro's shards; a local sweep of real smoke runs, and the
+/// same through a real single-node Slurm (scripts/slurm-local.sh) where it can be installed.
+module Ssl.Tests.SweepTests
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Text.Json
+open System.Text.Json.Nodes
+open Expecto
+open Ssl.Core.Models
+open Ssl.Host.Runs
+open Ssl.Experiments
+open Ssl.Experiments.Recipe
+
+/// A recipe with `name`'s traits whose config is {"Epochs": n} plus its overrides, nothing runnable.
+let private fakeRecipe (name: string) : Template.Recipe =
+    let traits =
+        match name with
+        | "mixmatch" -> Template.semiSupervised
+        | "colorization" -> { Template.selfSupervised with Colour = true }
+        | _ -> Template.selfSupervised
+    { Name = name; Paper = "test"; Traits = traits; Presets = [ Smoke; Quick ]
+      Resolve =
+        fun preset _ overrides ->
+            let o = JsonObject()
+            o["Epochs"] <- JsonValue.Create(if preset = Smoke then 1 else 10)
+            for a in overrides do
+                match a.Split('=') with
+                | [| "Epochs"; v |] -> o["Epochs"] <- JsonValue.Create(int v)
+                | [| "CropScale"; v |] -> o["CropScale"] <- JsonValue.Create v
+                | _ -> invalidArg "--set" $"--set: no field in '{a}'"
+            o
+      Fields = [ "Epochs", "integer"; "CropScale", "(number,number)" ]
+      Run = (fun _ _ _ -> failwith "not run")
+      Encoder = fun _ data -> new SmallConvNet(data.Train.Channels, 16L) }
+
+let private recipes = [ fakeRecipe "rotnet"; fakeRecipe "mixmatch"; fakeRecipe "colorization" ]
+
+let private grid methods : Sweep.Grid =
+    { Methods = methods; Seeds = [ 0L; 1L ]; Labels = []; Preset = Quick; Sets = []; Dataset = None; ColourDataset = None }
+
+/// A finished run folder as `ssl train` leaves it: config.json and result.json.
+let private fakeRun (dir: string) (methodName: string) (seed: int64) (labels: int option) (linear: float) (commit: string) (epochs: int) =
+    Directory.CreateDirectory dir |> ignore
+    let result =
+        RunResult(Method = methodName, Dataset = "fashion-mnist", Seed = seed, LabelsPerClass = Option.toNullable labels,
+                  Eval = EvalFigures(LinearProbeAcc = Nullable linear, KnnAcc = Nullable 0.75),
+                  Baselines = BaselineFigures(RandomInit = ProtocolFigures(LinearProbeAcc = Nullable(0.78 + 0.01 * float seed)),
+                                              RawPixels = ProtocolFigures(LinearProbeAcc = Nullable 0.84)),
+                  Train = TrainFigures(Epochs = epochs, Steps = 20L, WallSeconds = 10.0 + float seed),
+                  Versions = VersionFigures(Commit = commit, TorchSharp = "0.107.0", LibTorch = "2.10.0.0"))
+    File.WriteAllText(Path.Combine(dir, "result.json"), JsonSerializer.Serialize(result, RunFolder.Json))
+    let config =
+        {| ``method`` = methodName; preset = "quick"; dataset = "fashion-mnist"; labels_per_class = Option.toNullable labels; seed = seed
+           encoder = "SmallConvNet16"; overrides = ([||]: string[]); config = {| Epochs = epochs |} |}
+    File.WriteAllText(Path.Combine(dir, "config.json"), JsonSerializer.Serialize(config, RunFolder.Json))
+
+let private run (args: string list) = Program.run (List.toArray args)
+
+/// node[k1][k2]... (F# does not chain JsonNode's string indexers).
+let rec private at (node: JsonNode) (keys: string list) = match keys with [] -> node | k :: rest -> at (node.[k]) rest
+
+let private slurmScript = Path.GetFullPath(Path.Combine(__SOURCE_DIRECTORY__, "..", "scripts", "slurm-local.sh"))
+
+/// Runs a shell command; (exit code, stdout + stderr).
+let private sh (command: string) (env: (string * string) list) =
+    let psi = ProcessStartInfo("bash", [| "-c"; command |], RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
+    for k, v in env do psi.Environment[k] <- v
+    use p = Process.Start psi
+    let out = p.StandardOutput.ReadToEndAsync()
+    let err = p.StandardError.ReadToEnd()
+    p.WaitForExit()
+    p.ExitCode, out.Result + err
+
+[<Tests>]
+let tests =
+    testSequenced <| testList "sweep" [
+        test "a grid expands to methods x label budgets x --set combinations x seeds, each config resolved" {
+            let g = { grid [ "rotnet"; "mixmatch" ] with Sets = [ "Epochs", [ "2"; "3" ] ] }
+            let runs, notRun = Sweep.expand recipes g
+            Expect.isEmpty notRun "all can run"
+            Expect.equal (runs |> List.map (fun r -> r.Name))
+                [ "rotnet-Epochs-2-seed0"; "rotnet-Epochs-2-seed1"; "rotnet-Epochs-3-seed0"; "rotnet-Epochs-3-seed1"
+                  "mixmatch-10-Epochs-2-seed0"; "mixmatch-10-Epochs-2-seed1"; "mixmatch-10-Epochs-3-seed0"; "mixmatch-10-Epochs-3-seed1"
+                  "mixmatch-100-Epochs-2-seed0"; "mixmatch-100-Epochs-2-seed1"; "mixmatch-100-Epochs-3-seed0"; "mixmatch-100-Epochs-3-seed1" ]
+                "names, in order; semi-supervised at its own budgets"
+            let r = runs |> List.find (fun r -> r.Name = "mixmatch-100-Epochs-3-seed1")
+            Expect.equal (Sweep.trainArgs r "d" (Some 1))
+                [ "train"; "mixmatch"; "--preset"; "quick"; "--seed"; "1"; "--out"; "d"; "--labels"; "100"; "--set"; "Epochs=3"; "--threads"; "1" ] "arguments"
+            let digests = runs |> List.map (fun r -> r.Digest) |> List.distinct
+            Expect.equal digests.Length 6 "one digest per (method, labels, config); seeds share it"
+            let labelled, _ = Sweep.expand recipes { grid [ "mixmatch" ] with Labels = [ 40 ] }
+            Expect.equal (labelled |> List.map (fun r -> r.Labels)) [ Some 40; Some 40 ] "--labels overrides the budgets"
+        }
+        test "--set alternatives split on commas, tuples on ';'; bad fields, methods and duplicates are usage errors" {
+            let fields = [ "Epochs", "integer"; "CropScale", "(number,number)" ]
+            Expect.equal (Sweep.parseSet fields "Epochs=1,2") ("Epochs", [ "1"; "2" ]) "commas"
+            Expect.equal (Sweep.parseSet fields "CropScale=0.2,1") ("CropScale", [ "0.2,1" ]) "a tuple is one value"
+            Expect.equal (Sweep.parseSet fields "CropScale=0.2,1;0.08,1") ("CropScale", [ "0.2,1"; "0.08,1" ]) "';' separates tuples"
+            let e = Prop.throws<ArgumentException> (fun () -> Sweep.parseSet fields "Epochs" |> ignore)
+            Expect.stringContains e.Message "expected Field=value" "no '='"
+            let e = Prop.throws<ArgumentException> (fun () -> Sweep.expand recipes { grid [ "rotnet" ] with Sets = [ "Nope", [ "1" ] ] } |> ignore)
+            Expect.stringContains e.Message "Nope" "the field named before anything runs"
+            let e = Prop.throws<ArgumentException> (fun () -> Sweep.expand recipes (grid [ "byol2" ]) |> ignore)
+            Expect.stringContains e.Message "found 'byol2'" "unknown method"
+            let e = Prop.throws<ArgumentException> (fun () -> Sweep.expand recipes (grid [ "rotnet"; "rotnet" ]) |> ignore)
+            Expect.stringContains e.Message "twice" "duplicates"
+            let runs, notRun = Sweep.expand recipes (grid [ "colorization" ])
+            Expect.isEmpty runs "no colour data: nothing to run"
+            Expect.stringContains (snd notRun.Head) "needs colour" "the reason"
+            let colour, _ = Sweep.expand recipes { grid [ "colorization" ] with ColourDataset = Some "cifar10" }
+            Expect.equal colour.Head.Dataset (Some "cifar10") "colour recipes take --colour-dataset"
+        }
+        test "a JSON sweep file gives the same grid; unknown keys are named" {
+            let dir = Fixtures.tempDir "sweep-file"
+            let file = Path.Combine(dir, "sweep.json")
+            File.WriteAllText(file, """{"methods": ["rotnet"], "seeds": [0, 1], "preset": "smoke", "set": {"Epochs": [2, 3]}}""")
+            let g = Sweep.readGridFile file
+            Expect.equal (g.Methods, g.Seeds, g.Preset, g.Sets) ([ "rotnet" ], [ 0L; 1L ], Smoke, [ "Epochs", [ "2"; "3" ] ]) "read"
+            File.WriteAllText(file, """{"methods": ["rotnet"], "seed": [0]}""")
+            let e = Prop.throws<Ssl.Host.Data.DataException> (fun () -> Sweep.readGridFile file |> ignore)
+            Expect.stringContains e.Message "unknown key 'seed'" "named"
+        }
+        test "a run is skipped only with result.json of this commit and a stamp of this digest and exit code 0" {
+            let root = Fixtures.tempDir "sweep-skip"
+            let runs, _ = Sweep.expand recipes (grid [ "rotnet" ])
+            let r = runs.Head
+            let dir = Path.Combine(root, r.Name)
+            Expect.isError (Sweep.upToDate dir "abc" r) "nothing yet"
+            fakeRun dir "rotnet" 0L None 0.8 "abc" 10
+            Expect.isError (Sweep.upToDate dir "abc" r) "no stamp"
+            let stamp (digest: string) (code: int) =
+                File.WriteAllText(Path.Combine(dir, Sweep.stampName), JsonSerializer.Serialize {| commit = "abc"; digest = digest; exit_code = code |})
+            stamp r.Digest 0
+            Expect.isOk (Sweep.upToDate dir "abc" r) "done: skip"
+            Expect.isError (Sweep.upToDate dir "def" r) "another commit"
+            stamp r.Digest 1
+            Expect.isError (Sweep.upToDate dir "abc" r) "a failed attempt is retried"
+            stamp "000000000000" 0
+            Expect.isError (Sweep.upToDate dir "abc" r) "another config"
+        }
+        test "--emit slurm writes an sbatch array over the pending runs; --emit k8s a valid Indexed Job" {
+            let root = Fixtures.tempDir "sweep-emit"
+            let runs, _ = Sweep.expand recipes { grid [ "rotnet"; "mixmatch" ] with Seeds = [ 0L ] }
+            let resources: Sweep.Resources = { Cpus = 2; MemoryGb = 6; Hours = 3 }
+            let script = File.ReadAllText(Sweep.emitSlurm root "abc" runs resources "ssl")
+            Expect.stringContains script "#SBATCH --array=0-2" "one task per run"
+            Expect.stringContains script "#SBATCH --cpus-per-task=2" "CPUs"
+            Expect.stringContains script "#SBATCH --mem=6G" "memory"
+            Expect.stringContains script $"ssl sweep-task {Path.Combine(Path.GetFullPath root, Sweep.tasksName)} \"$SLURM_ARRAY_TASK_ID\"" "the task"
+            let tasks = Sweep.readTasks (Path.Combine(root, Sweep.tasksName))
+            Expect.equal tasks runs "tasks.json round-trips"
+            let manifest = JsonNode.Parse(File.ReadAllText(Sweep.emitKubernetes root "abcdef0123" runs resources "img:1" "pvc" 2))
+            let items = manifest["items"].AsArray()
+            let job = items |> Seq.find (fun i -> i["kind"].GetValue<string>() = "Job")
+            Expect.equal ((at job [ "apiVersion" ]).GetValue<string>()) "batch/v1" "batch/v1"
+            Expect.equal ((at job [ "spec"; "completionMode" ]).GetValue<string>()) "Indexed" "Indexed"
+            Expect.equal ((at job [ "spec"; "completions" ]).GetValue<int>()) 3 "completions = runs"
+            Expect.equal ((at job [ "spec"; "parallelism" ]).GetValue<int>()) 2 "parallelism"
+            let container = (at job [ "spec"; "template"; "spec"; "containers" ]).AsArray()[0]
+            let parts = (at container [ "command" ]).AsArray()
+            let command = parts[2].GetValue<string>()
+            Expect.stringContains command "sweep-task /sweep/tasks.json \"$JOB_COMPLETION_INDEX\" --root /runs" "the task"
+            Expect.equal ((at job [ "spec"; "template"; "spec"; "restartPolicy" ]).GetValue<string>()) "Never" "restartPolicy"
+            let configMap = items |> Seq.find (fun i -> i["kind"].GetValue<string>() = "ConfigMap")
+            Expect.equal ((at configMap [ "metadata"; "name" ]).GetValue<string>()) ((at job [ "metadata"; "name" ]).GetValue<string>()) "the Job mounts its ConfigMap"
+            Expect.stringContains ((at configMap [ "data"; "tasks.json" ]).GetValue<string>()) "mixmatch-100-seed0" "the run list"
+        }
+        test "records hold each run; RESULTS.md shows mean ± std over seeds per digest and keeps stale rows apart" {
+            let runs = Fixtures.tempDir "records-runs"
+            let records = Path.Combine(Fixtures.tempDir "records", "results")
+            for seed, acc in [ 0L, 0.80; 1L, 0.82; 2L, 0.84 ] do fakeRun (Path.Combine(runs, $"rotnet-seed{seed}")) "rotnet" seed None acc "abc" 10
+            fakeRun (Path.Combine(runs, "rotnet-old")) "rotnet" 0L None 0.5 "old" 7
+            let written = Records.record runs records
+            Expect.equal written.Length 4 "one record per run"
+            Expect.isTrue (written |> List.forall (fun p -> FileInfo(p).Length < 4096L)) "kilobytes"
+            let out = Path.Combine(Fixtures.tempDir "records-out", "RESULTS.md")
+            let count, stale = Records.write recipes records out (Path.Combine(Path.GetDirectoryName out, "figures")) []
+            Expect.equal (count, stale) (4, 1) "four records, the 7-epoch config stale"
+            let text = File.ReadAllText out
+            let fresh = text.Split('\n') |> Array.find (fun l -> l.StartsWith "| rotnet | quick | all | — | 3 |")
+            Expect.stringContains fresh "| 82.00 ± 2.00 |" "linear probe mean ± sample std over 3 seeds"
+            Expect.stringContains fresh "| 0,1,2 |" "the seeds"
+            Expect.stringContains text "## Stale" "a stale section"
+            let staleRow = text.Substring(text.IndexOf "## Stale").Split('\n') |> Array.find (fun l -> l.StartsWith "| rotnet |")
+            Expect.stringContains staleRow "50.00 (n = 1)" "one seed said as such"
+            Expect.isFalse (text.Substring(0, text.IndexOf "## Stale").Contains "50.00") "never mixed with fresh rows"
+            Expect.stringContains text "| fashion-mnist | quick | SmallConvNet16 | 3 | 79.00 ± 1.00 |" "baselines over seeds"
+        }
+        test "repro's shards are disjoint and together the whole grid; --shard is checked" {
+            let runs, _ = Sweep.expand recipes { grid [ "rotnet"; "mixmatch" ] with Seeds = [ 0L; 1L; 2L ] }
+            let shards = [ for i in 1 .. 4 -> Repro.shard (i, 4) runs ]
+            Expect.equal (shards |> List.concat |> List.sortBy (fun r -> r.Name)) (runs |> List.sortBy (fun r -> r.Name)) "cover"
+            Expect.equal (shards |> List.concat |> List.length) runs.Length "disjoint"
+            Expect.equal (Repro.parseShard "2/3") (2, 3) "parsed"
+            let e = Prop.throws<ArgumentException> (fun () -> Repro.parseShard "4/3" |> ignore)
+            Expect.stringContains e.Message "--shard: expected i/n with 1 <= i <= n, found '4/3'" "checked"
+        }
+        test "ssl sweep runs rotnet and jigsaw on 2 seeds with 2 local processes; a second call skips all four" {
+            let root = Path.Combine(Fixtures.tempDir "sweep-local", "sweep")
+            let args = [ "sweep"; "--method"; "rotnet,jigsaw"; "--seeds"; "0,1"; "--preset"; "smoke"; "--local"; "2"; "--out"; root ]
+            Expect.equal (run args) 0 "the sweep"
+            for name in [ "rotnet-seed0"; "rotnet-seed1"; "jigsaw-seed0"; "jigsaw-seed1" ] do
+                let result = JsonNode.Parse(File.ReadAllText(Path.Combine(root, name, "result.json")))
+                Expect.equal (result["seed"].GetValue<int64>()) (if name.EndsWith "1" then 1L else 0L) $"{name}: its seed"
+                Expect.isTrue (File.Exists(Path.Combine(root, name, "train.log"))) $"{name}: its log"
+            let stamps = [ for d in Directory.GetDirectories root -> File.GetLastWriteTimeUtc(Path.Combine(d, Sweep.stampName)) ]
+            Expect.equal (run args) 0 "the second call"
+            Expect.equal [ for d in Directory.GetDirectories root -> File.GetLastWriteTimeUtc(Path.Combine(d, Sweep.stampName)) ] stamps "nothing reran"
+        }
+        test "a real single-node Slurm runs a 3-task array of smoke runs; their records report n = 3" {
+            let code, output = sh $"'{slurmScript}' start" []
+            if code = 77 then skiptestf "Slurm cannot be installed or started here: %s" (output.Trim())
+            Expect.equal code 0 $"slurm-local.sh start: {output}"
+            let env = [ "SLURM_CONF", "/tmp/ssl-slurm/slurm.conf" ]
+            try
+                let root = Path.Combine(Fixtures.tempDir "sweep-slurm", "sweep")
+                let args = [ "sweep"; "--method"; "rotnet"; "--seeds"; "0,1,2"; "--preset"; "smoke"; "--emit"; "slurm"; "--cpus"; "1"; "--mem-gb"; "2"; "--out"; root ]
+                Expect.equal (run args) 0 "emit"
+                let script = Path.Combine(root, "sweep.sbatch")
+                let code, submitted = sh $"sbatch --parsable '{script}'" env
+                Expect.equal code 0 $"sbatch: {submitted}"
+                let job = submitted.Trim().Split(';')[0]
+                let clock = Stopwatch.StartNew()
+                let mutable queued = true
+                while queued && clock.Elapsed < TimeSpan.FromMinutes 8.0 do
+                    Threading.Thread.Sleep 2000
+                    let _, q = sh $"squeue -h -j {job}" env
+                    queued <- q.Trim() <> ""
+                Expect.isFalse queued "the array finished within 8 minutes"
+                let logs = Directory.GetFiles(Path.Combine(root, "logs"))
+                Expect.equal logs.Length 3 "one log per task"
+                for seed in 0 .. 2 do
+                    let result = Path.Combine(root, $"rotnet-seed{seed}", "result.json")
+                    let text = String.Join(" ", logs |> Array.map File.ReadAllText)
+                    Expect.isTrue (File.Exists result) $"seed {seed}: result.json (logs: {text})"
+                let records = Path.Combine(Fixtures.tempDir "sweep-slurm-records", "results")
+                let out = Path.Combine(Path.GetDirectoryName records, "RESULTS.md")
+                Expect.equal (run [ "report"; root; "--record"; records; "--out"; out ]) 0 "record and report"
+                let row = File.ReadAllLines out |> Array.find (fun l -> l.StartsWith "| rotnet | smoke |")
+                Expect.stringContains row "| 3 | 0,1,2 |" "n = 3 over the three tasks"
+                Expect.stringContains row "±" "with a std"
+            finally
+                sh $"'{slurmScript}' stop" [] |> ignore
+        }
+    ]
