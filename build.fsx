@@ -110,12 +110,13 @@ let onlyArgument (args: string list) =
         let found = String.concat " " other
         fail $"expected no options or `--only a,b`, found {found}"
 
-/// Every registered recipe's quick preset with its baselines into runs/repro/ (runs done for this
-/// commit and config are skipped), then RESULTS.md and its figures in docs/results/.
+/// Every registered recipe's quick preset on seeds 0, 1, 2 with its baselines into runs/repro/ (runs
+/// done for this commit and config are skipped), recorded into results/, then RESULTS.md and its
+/// figures in docs/results/ from every record.
 let repro (args: string list) =
     ensureFashionMnist ()
     build ()
-    must (ssl $"repro --runs-dir runs/repro --out RESULTS.md --figures docs/results{onlyArgument args}") "ssl repro"
+    must (ssl $"repro --runs-dir runs/repro --records results --out RESULTS.md --figures docs/results{onlyArgument args}") "ssl repro"
 
 /// Each recipe's training step timed (img/s, encoder GFLOP/s against a matmul peak measured in the
 /// same process, peak RSS): runs/bench/bench.json and the table in README.md's performance section.
