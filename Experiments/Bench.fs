@@ -50,7 +50,7 @@ let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads
     let labels = List.tryHead recipe.Traits.LabelBudgets
     let config = recipe.Resolve preset None []
     let request: Request =
-        { Method = recipe.Name; Preset = preset; Dataset = dataset; DataRoot = None; Labels = labels; Seed = 0L
+        { Method = recipe.Name; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = None; DataRoot = None; Labels = labels; Seed = 0L
           Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = out; Resume = false
           Config = Some config; Overrides = [] }
     let peak = MachineInfo.MatmulPeakGflops()

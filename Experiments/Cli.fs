@@ -41,6 +41,8 @@ type TrainArgs =
     | [<AltCommandLine("-s")>] Set of assignment: string
     | Config of file: string
     | [<AltCommandLine("-d")>] Dataset of name: string
+    | Eval_Dataset of name: string
+    | Image_Size of pixels: int
     | Data_Root of dir: string
     | Labels of perClass: int
     | Seed of int64
@@ -57,7 +59,9 @@ type TrainArgs =
             | Preset _ -> "smoke (under a minute), quick (real numbers on 2 cores, default) or paper (the paper's schedule)."
             | Set _ -> "override a config field, Field=value (repeatable; Nested.Field=value; tuples a,b; see `ssl config <method>`)."
             | Config _ -> "start from this JSON config: a run's config.json (replays it) or a config object as `ssl config` prints."
-            | Dataset _ -> "data set: fashion-mnist (default), mnist, cifar10, cifar100, stl10, or an image-folder path."
+            | Dataset _ -> "data set: fashion-mnist (default), mnist, cifar10, cifar100, stl10, or an image folder (a class tree, train/ + val/ trees, or unlabelled images)."
+            | Eval_Dataset _ -> "the labelled set the probes, kNN and baselines read (for an unlabelled --dataset, or another one)."
+            | Image_Size _ -> "image folders: resize the shorter side to N and centre-crop N x N at load."
             | Data_Root _ -> "folder holding the data set's files (default: $SSL_DATA, then /usr/share/datasets)."
             | Labels _ -> "labels per class (few-label and semi-supervised runs), drawn with the seed."
             | Seed _ -> "seed for torch and .NET randomness, data order and label splits (default 0)."

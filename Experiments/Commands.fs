@@ -120,6 +120,11 @@ let train (args: ParseResults<TrainArgs>) =
     let request: Recipe.Request =
         { Method = name; Preset = preset
           Dataset = args.TryGetResult TrainArgs.Dataset |> Option.orElse (text "dataset") |> Option.defaultValue "fashion-mnist"
+          EvalDataset = args.TryGetResult TrainArgs.Eval_Dataset |> Option.orElse (text "eval_dataset")
+          ImageSize =
+            match args.TryGetResult TrainArgs.Image_Size |> Option.orElse (field<int> filePath run "image_size") with
+            | Some n when n < 1 -> invalidArg "--image-size" $"--image-size: expected a size of at least 1 pixel, found {n}"
+            | size -> size
           DataRoot = args.TryGetResult TrainArgs.Data_Root
           Labels = labels
           Seed = args.TryGetResult TrainArgs.Seed |> Option.orElse (field<int64> filePath run "seed") |> Option.defaultValue 0L
@@ -254,6 +259,8 @@ let eval (args: ParseResults<EvalArgs>) =
             raise (DataException(path, "a file written by `ssl train` (a finished run folder)", "no such file"))
     use config = JsonDocument.Parse(IO.File.ReadAllText configPath)
     let text (key: string) = config.RootElement.GetProperty(key).GetString()
+    let recorded = JsonNode.Parse(IO.File.ReadAllText configPath)
+    let optionalText (key: string) = match recorded[key] with null -> None | v -> Some(v.GetValue<string>())
     let recipe =
         match Registry.tryFind (text "method") with
         | Some r -> r
@@ -277,7 +284,8 @@ let eval (args: ParseResults<EvalArgs>) =
     let env = DeviceSetup.Configure(DeviceSetup.Parse(args.GetResult(EvalArgs.Device, defaultValue = "cpu")),
                                     threads = args.GetResult(EvalArgs.Threads, defaultValue = 0), seed = seed)
     let request: Recipe.Request =
-        { Method = recipe.Name; Preset = preset; Dataset = text "dataset"; DataRoot = None; Labels = labels; Seed = seed
+        { Method = recipe.Name; Preset = preset; Dataset = text "dataset"; EvalDataset = optionalText "eval_dataset"
+          ImageSize = (match recorded["image_size"] with null -> None | v -> Some(v.GetValue<int>())); DataRoot = None; Labels = labels; Seed = seed
           Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = dir; Resume = false
           Config = Some recipeConfig; Overrides = [] }
     let layer = args.TryGetResult EvalArgs.Layer
@@ -285,7 +293,11 @@ let eval (args: ParseResults<EvalArgs>) =
     let randomInit = args.Contains EvalArgs.Random_Init
     if layer.IsSome && protocol = "finetune" then invalidArg "--layer" "--layer: probes an inner layer with the linear or knn protocol, not finetune"
     if pool < 1 then invalidArg "--pool" $"--pool: expected a positive size, found {pool}"
-    use data = Pipeline.loadData request
+    use all = Pipeline.loadData request
+    let data =
+        match all.Probed with
+        | Some d -> d
+        | None -> raise (DataException(request.Dataset, "labelled images to evaluate on (the run had no --eval-dataset)", "unlabelled images"))
     torch.manual_seed(seed) |> ignore
     let trained =
         try recipe.Encoder recipeConfig data

@@ -20,30 +20,99 @@ type Data =
       Test: ImageDataset
       Mean: float[]
       Std: float[]
-      Classes: int }
+      Classes: int
+      /// The labelled set `--eval-dataset` names, which the protocols and baselines read instead of
+      /// this one; its Mean and Std are this (training) set's, so the encoder sees its inputs as trained.
+      Eval: Data option }
     member d.Name = d.Train.Name
+    /// The set the protocols and baselines read: the evaluation set, else this one when labelled;
+    /// None for an unlabelled set without one (no probe is run).
+    member d.Probed = match d.Eval with Some e -> Some e | None -> if d.Train.IsLabelled then Some d else None
 
     interface IDisposable with
         member d.Dispose() =
             d.Train.Dispose()
-            d.Test.Dispose()
+            if not (Object.ReferenceEquals(d.Train, d.Test)) then d.Test.Dispose()
+            d.Eval |> Option.iter (fun e -> (e :> IDisposable).Dispose())
 
-/// Reads the data set; `smoke` keeps the first 2,000 training and 1,000 test images.
-let loadData (request: Request) =
+/// The share of undecodable files of an image folder above which a run stops before training.
+let badFileLimit = 0.01
+
+let private folderOptions (request: Request) (channels: int option) =
+    ImageFolderOptions(Size = Option.toNullable request.ImageSize, Channels = Option.toNullable channels)
+
+/// Train and test splits of one data set; `smoke` keeps the first 2,000 training and 1,000 test
+/// images. `channels`: what an image folder is converted to (an evaluation set takes the training set's).
+let private readSplits (request: Request) (dataset: string) (channels: int option) =
     let root = Option.toObj request.DataRoot
-    let train = DataCatalog.Load(request.Dataset, Split.Train, root)
-    let test = DataCatalog.Load(request.Dataset, Split.Test, root)
-    let train, test =
-        match request.Preset with
-        | Smoke ->
-            let first (d: ImageDataset) n =
-                let kept = d.Subset(Array.init (int (min n d.Count)) int64)
-                d.Dispose()
-                kept
-            first train 2000L, first test 1000L
-        | _ -> train, test
+    if request.ImageSize.IsSome && not (DataCatalog.IsFolder dataset) then
+        invalidArg "--image-size" $"--image-size: resizes image folders at load; '{dataset}' is a built-in set of one size"
+    let train = DataCatalog.Load(dataset, Split.Train, root, folder = folderOptions request channels)
+    let channels = if DataCatalog.IsFolder dataset then Some(int train.Channels) else channels
+    // An image folder without train/ and val/ trees is one set for both splits: decoded once.
+    let test =
+        if DataCatalog.IsFolder dataset && not (Directory.Exists(Path.Combine(dataset, "train"))) then train
+        else DataCatalog.Load(dataset, Split.Test, root, folder = folderOptions request channels)
+    match request.Preset with
+    | Smoke ->
+        let first (d: ImageDataset) n = d.Subset(Array.init (int (min n d.Count)) int64)
+        let kept = first train 2000L, first test 1000L
+        train.Dispose()
+        if not (Object.ReferenceEquals(train, test)) then test.Dispose()
+        kept
+    | _ -> train, test
+
+/// Reads the data set (and the evaluation set `--eval-dataset` names, converted to the training
+/// set's channels and checked against its image size).
+let loadData (request: Request) =
+    let train, test = readSplits request request.Dataset None
     let struct (mean, std) = train.ChannelStatistics()
-    { Train = train; Test = test; Mean = mean; Std = std; Classes = train.ClassNames.Count }
+    let eval =
+        request.EvalDataset
+        |> Option.map (fun name ->
+            let etrain, etest = readSplits request name (Some(int train.Channels))
+            let shape (d: ImageDataset) = $"{d.Channels}x{d.Height}x{d.Width}"
+            if (etrain.Height, etrain.Width) <> (train.Height, train.Width) then
+                invalidArg "--eval-dataset"
+                    $"--eval-dataset: expected images of the training set's {shape train}, found {shape etrain} in '{name}' (give both --image-size N)"
+            if not etrain.IsLabelled || not etest.IsLabelled then
+                invalidArg "--eval-dataset" $"--eval-dataset: expected a labelled set (a class tree or a built-in set), found unlabelled images in '{name}'"
+            { Train = etrain; Test = etest; Mean = mean; Std = std; Classes = etrain.ClassNames.Count; Eval = None })
+    { Train = train; Test = test; Mean = mean; Std = std; Classes = train.ClassNames.Count; Eval = eval }
+
+/// The image files of the data sets that could not be decoded, as `path<TAB>reason` lines in
+/// <run>/data_errors.txt (written only when there are some); more than `badFileLimit` of a set's
+/// files stops the run before training with the first ten named. Returns the count skipped.
+let checkSkipped (folder: RunFolder) (data: Data) =
+    let sets = [ data.Train; data.Test ] @ (data.Eval |> Option.map (fun e -> [ e.Train; e.Test ]) |> Option.defaultValue [])
+    let skipped = sets |> List.collect (fun d -> List.ofSeq d.Skipped) |> List.distinct
+    if not skipped.IsEmpty then
+        let path = Path.Combine(folder.Root, "data_errors.txt")
+        RunFolder.WriteAtomically(path, String.Join("\n", skipped |> List.map (fun struct (p, why) -> $"{p}\t{why}")) + "\n")
+        eprintfn "data: %d image files could not be decoded and are skipped (listed in %s)" skipped.Length path
+        for d in sets do
+            let share = float d.Skipped.Count / float (max 1L d.FilesSeen)
+            if share > badFileLimit then
+                let first = d.Skipped |> Seq.truncate 10 |> Seq.map (fun struct (p, why) -> $"{p} ({why})") |> String.concat "; "
+                raise (DataException($"{d.Name} ({d.Split})", $"at most {badFileLimit:P0} undecodable files",
+                                     $"{d.Skipped.Count} of {d.FilesSeen} ({share:P1}); the first: {first}; all in {path}"))
+    skipped.Length
+
+/// Adds to config.json what was read: "data" with the channels (an image folder's majority, or
+/// what it was converted to), image size, image counts, labels and undecodable files, and the same
+/// of the evaluation set.
+let recordData (folder: RunFolder) (data: Data) =
+    let node = Nodes.JsonNode.Parse(File.ReadAllText folder.ConfigPath).AsObject()
+    let describe (d: Data) =
+        JsonSerializer.SerializeToNode
+            {| name = d.Name; channels = d.Train.Channels; height = d.Train.Height; width = d.Train.Width
+               train_images = d.Train.Count; test_images = d.Test.Count; labelled = d.Train.IsLabelled
+               classes = (if d.Train.IsLabelled then d.Classes else 0)
+               skipped_files = Seq.append d.Train.Skipped d.Test.Skipped |> Seq.distinct |> Seq.length |}
+    let described = describe data
+    data.Eval |> Option.iter (fun e -> described["eval"] <- describe e)
+    node["data"] <- described
+    RunFolder.WriteAtomically(folder.ConfigPath, node.ToJsonString(RunFolder.Json))
 
 /// Training images at `batch` (indices) as float32 pixel values in [0, 1] on `device`, for
 /// augmentations defined on pixel values (brightness, contrast, Lab); `standardise` afterwards.
@@ -116,10 +185,10 @@ let cached<'T> (request: Request) (key: string) (compute: unit -> 'T) : 'T =
 /// Figures of the baselines that do not depend on the method: the randomly initialised encoder
 /// (cached per data set, preset, encoder and seed) and raw pixels (cached per data set, preset and
 /// seed: every encoder shares it), through the same protocols.
-let protocolBaselines (request: Request) (data: Data) (encoderName: string) (makeEncoder: unit -> Encoder) (device: torch.Device) =
+let protocolBaselines (request: Request) (data: Data) (name: string) (encoderName: string) (makeEncoder: unit -> Encoder) (device: torch.Device) =
     let budget = evalBudget request.Preset
     let randomInit =
-        cached request $"random-init-{data.Name}-{Preset.name request.Preset}-{encoderName}-seed{request.Seed}" (fun () ->
+        cached request $"random-init-{name}-{Preset.name request.Preset}-{encoderName}-seed{request.Seed}" (fun () ->
             torch.manual_seed(request.Seed) |> ignore
             use random = makeEncoder ()
             random.``to``(device) |> ignore
@@ -129,7 +198,7 @@ let protocolBaselines (request: Request) (data: Data) (encoderName: string) (mak
             let rProbe, rKnn, _ = evaluateFeatures budget data request.Seed rtr rte
             ProtocolFigures(LinearProbeAcc = Nullable rProbe, KnnAcc = Nullable rKnn))
     let rawPixels =
-        cached request $"raw-pixels-{data.Name}-{Preset.name request.Preset}-seed{request.Seed}" (fun () ->
+        cached request $"raw-pixels-{name}-{Preset.name request.Preset}-seed{request.Seed}" (fun () ->
             use ptr = Features.RawPixels data.Train.Images
             use pte = Features.RawPixels data.Test.Images
             let pProbe = LinearProbe.Evaluate(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes, request.Seed, budget.ProbeIterations).TestAccuracy
@@ -182,16 +251,25 @@ let probed (layer: string) (pool: int64) (data: Data) (encoder: Encoder) : Encod
 /// `supervisedOnly`: the supervised-only baseline on the same labels where it applies.
 let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: Data) (encoder: Encoder) (encoderName: string)
            (makeEncoder: unit -> Encoder) (summary: Ssl.Host.Engine.TrainSummary) (testAcc: float option) (supervisedOnly: float option) =
-    let trainFeatures, testFeatures = extract encoder data env.Device
-    use trainFeatures = trainFeatures
-    use testFeatures = testFeatures
     let budget = evalBudget request.Preset
-    let probe, knn, few = evaluateFeatures budget data request.Seed trainFeatures testFeatures
-    let baselines = protocolBaselines request data encoderName makeEncoder env.Device
+    let eval, baselines, probedFeatures =
+        match data.Probed with
+        | Some probe ->
+            let trainFeatures, testFeatures = extract encoder probe env.Device
+            use trainFeatures = trainFeatures
+            let accuracy, knn, few = evaluateFeatures budget probe request.Seed trainFeatures testFeatures
+            // The baselines of an evaluation set depend on the training set too (its statistics standardise the inputs).
+            let name = match data.Eval with Some e -> $"{e.Name}-by-{data.Name}" | None -> data.Name
+            EvalFigures(LinearProbeAcc = Nullable accuracy, KnnAcc = Nullable knn, TestAcc = Option.toNullable testAcc, FewLabelLinearAcc = few),
+            protocolBaselines request probe name encoderName makeEncoder env.Device,
+            Some(probe, testFeatures)
+        | None ->
+            eprintfn "no probe was run: %s holds no labels; pass --eval-dataset <a labelled set> to probe the encoder" data.Name
+            EvalFigures(TestAcc = Option.toNullable testAcc), [| ProtocolFigures(); ProtocolFigures() |], None
     let result =
         RunResult(
             Method = request.Method, Dataset = data.Name, Seed = request.Seed, LabelsPerClass = Option.toNullable request.Labels,
-            Eval = EvalFigures(LinearProbeAcc = Nullable probe, KnnAcc = Nullable knn, TestAcc = Option.toNullable testAcc, FewLabelLinearAcc = few),
+            Eval = eval,
             Baselines = BaselineFigures(RandomInit = baselines[0], RawPixels = baselines[1],
                                         SupervisedOnly = SupervisedFigures(TestAcc = Option.toNullable supervisedOnly)),
             Train = TrainFigures(Epochs = summary.Epochs, Steps = summary.Steps, WallSeconds = summary.WallSeconds,
@@ -202,5 +280,9 @@ let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: D
     let exported = match encoder with :? LayerFeatures as l -> l.Encoder | e -> e
     Ssl.Host.Export.EncoderExport.Save(exported, Path.Combine(folder.Root, "export")) |> ignore
     plotCurves folder
-    plotReport budget folder result data testFeatures
+    match probedFeatures with
+    | Some(probe, testFeatures) ->
+        use testFeatures = testFeatures
+        plotReport budget folder result probe testFeatures
+    | None -> ()
     result

@@ -22,6 +22,10 @@ type Request =
     { Method: string
       Preset: Preset
       Dataset: string
+      /// The labelled set the protocols read when `Dataset` is unlabelled or differs (--eval-dataset).
+      EvalDataset: string option
+      /// Image folders: shorter side resized to N and centre-cropped N x N at load (--image-size).
+      ImageSize: int option
       DataRoot: string option
       /// Labels per class for few-label and semi-supervised runs; None = all labels.
       Labels: int option
@@ -40,7 +44,7 @@ type Request =
     static member Create(method: string, preset: Preset, [<Optional; DefaultParameterValue("fashion-mnist")>] dataset: string,
                          [<Optional; DefaultParameterValue(0L)>] seed: int64, [<Optional; DefaultParameterValue(null: string)>] folder: string,
                          [<Optional; DefaultParameterValue(0)>] labels: int) =
-        { Method = method; Preset = preset; Dataset = dataset; DataRoot = None
+        { Method = method; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = None; DataRoot = None
           Labels = (if labels > 0 then Some labels else None); Seed = seed; Device = DeviceRequest.Cpu; Threads = 0
           Deterministic = false; Out = (if isNull folder then System.IO.Path.Combine("runs", $"{method}-{Preset.name preset}") else folder)
           Resume = false; Config = None; Overrides = [] }

@@ -159,9 +159,16 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
                     $"--resume: {folder.ConfigPath} holds {key} {before[key]}, this command asks for {now}; resume with the run's own settings (--config {folder.ConfigPath}) or use another --out"
     folder.WriteConfig
         {| method = request.Method; preset = Preset.name request.Preset; dataset = request.Dataset
+           eval_dataset = Option.toObj request.EvalDataset; image_size = Option.toNullable request.ImageSize
            labels_per_class = Option.toNullable request.Labels; seed = request.Seed; device = env.DeviceName; threads = env.Threads
            deterministic = env.Deterministic; encoder = spec.EncoderName config; overrides = request.Overrides; config = configJson |}
     use data = loadData request
+    checkSkipped folder data |> ignore
+    recordData folder data
+    let needsLabels = semi || spec.Traits.SupervisedOnly = OwnResult
+    if needsLabels && not data.Train.IsLabelled then
+        invalidArg "--dataset"
+            $"--dataset: {request.Method} trains on labels and '{request.Dataset}' holds none (images without class sub-folders); give it a class tree (one sub-folder per class) or a train/ + val/ folder of such trees"
     if spec.Traits.Colour && data.Train.Channels <> 3L then
         invalidArg "--dataset"
             $"--dataset: {request.Method} needs colour (3-channel) images such as cifar10, cifar100, stl10 or an image folder; '{request.Dataset}' has {data.Train.Channels} channel(s)"
@@ -191,7 +198,8 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
             match spec.Traits.SupervisedOnly with
             | Trained ->
                 let backbone = spec.Backbone config |> Option.defaultValue (SupervisedTraining.config request.Preset).Encoder
-                Some(SupervisedTraining.supervisedOnlyCached request backbone data (defaultArg request.Labels 10) folder env.Device)
+                data.Probed
+                |> Option.map (fun probe -> SupervisedTraining.supervisedOnlyCached request backbone probe (defaultArg request.Labels 10) folder env.Device)
             | OwnResult -> request.Labels |> Option.bind (fun _ -> testAcc)
             | NotReported -> None
         let extra = t.Extra()

@@ -193,13 +193,75 @@ let folderTests =
             Expect.sequenceEqual resized.Images.shape [| 2L; 3L; 4L; 4L |] "resized"
         }
 
-        test "a corrupt image names the file" {
+        test "undecodable files are skipped and listed with the reason; none decodable is an error" {
             let root = tempDir "folder"
             Directory.CreateDirectory(Path.Combine(root, "a")) |> ignore
             let bad = Path.Combine(root, "a", "bad.png")
             writeImage bad 0 16 16
             truncate bad 40
-            expectDataError bad [ "expected a" ] (fun () -> ImageFolder.Read root)
+            expectDataError root [ "expected at least one decodable image"; "none of 1 files decodes" ] (fun () -> ImageFolder.Read root)
+            writeImage (Path.Combine(root, "a", "good.png")) 1 16 16
+            File.WriteAllText(Path.Combine(root, "a", "text.jpg"), "not an image")
+            File.WriteAllBytes(Path.Combine(root, "a", "zero.png"), [||])
+            use data = ImageFolder.Read root
+            Expect.equal data.Count 1L "the good one"
+            Expect.equal data.FilesSeen 4L "four files seen"
+            Expect.sequenceEqual (data.Skipped |> Seq.map (fun struct (p, _) -> Path.GetFileName p)) [ "bad.png"; "text.jpg"; "zero.png" ] "three skipped, sorted"
+            for struct (_, why) in data.Skipped do Expect.isNotEmpty why "a reason each"
+        }
+
+        test "images at the top or nested without classes are unlabelled; --image-size resizes the shorter side and centre-crops" {
+            let root = tempDir "flat"
+            Directory.CreateDirectory(Path.Combine(root, "2024", "june")) |> ignore
+            writeImage (Path.Combine(root, "top.png")) 0 40 60
+            writeImage (Path.Combine(root, "2024", "june", "deep.jpg")) 1 90 30
+            expectDataError (Path.Combine(root, "top.png")) [ "--image-size" ] (fun () -> ImageFolder.Read root)
+            use data = ImageFolder.Read(root, Split.Train, ImageFolderOptions(Size = 16))
+            Expect.sequenceEqual data.Images.shape [| 2L; 3L; 16L; 16L |] "every image 16x16, colour"
+            Expect.sequenceEqual (data.Labels.data<int64>().ToArray()) [| -1L; -1L |] "no labels"
+            Expect.isFalse data.IsLabelled "unlabelled"
+            Expect.isEmpty data.ClassNames "no classes"
+            // The centre crop of a 40x60 image resized to 16x24 keeps columns 4..19: its left edge is gone.
+            let centre = ImageFolder.Read(root, Split.Train, ImageFolderOptions(Size = 40))
+            use centre = centre
+            let top = centre.Sources |> Seq.findIndex (fun p -> p.EndsWith "top.png")
+            Expect.equal (pixelAt centre (int64 top) 0L 0L 0L) (pixel 0 0 0 10) "the crop starts 10 columns in"
+        }
+
+        test "grey and colour images mix: the majority's channel count, grey replicated, colour to luminance" {
+            let root = tempDir "mixed"
+            let grey (path: string) (value: byte) =
+                use bitmap = new SkiaSharp.SKBitmap(8, 8, SkiaSharp.SKColorType.Gray8, SkiaSharp.SKAlphaType.Opaque)
+                for y in 0 .. 7 do for x in 0 .. 7 do bitmap.SetPixel(x, y, SkiaSharp.SKColor(value, value, value))
+                use image = SkiaSharp.SKImage.FromBitmap bitmap
+                use data = image.Encode(SkiaSharp.SKEncodedImageFormat.Png, 100)
+                File.WriteAllBytes(path, data.ToArray())
+            grey (Path.Combine(root, "g1.png")) 100uy
+            grey (Path.Combine(root, "g2.png")) 200uy
+            writeImage (Path.Combine(root, "c.png")) 3 8 8
+            use data = ImageFolder.Read root
+            Expect.equal data.Channels 1L "two grey against one colour: grey"
+            let c = data.Sources |> Seq.findIndex (fun p -> p.EndsWith "c.png")
+            let luminance = 0.299 * float (pixel 3 0 2 5) + 0.587 * float (pixel 3 1 2 5) + 0.114 * float (pixel 3 2 2 5)
+            Expect.isLessThanOrEqual (abs (float (pixelAt data (int64 c) 0L 2L 5L) - luminance)) 0.5 "colour to luminance"
+            use colour = ImageFolder.Read(root, Split.Train, ImageFolderOptions(Channels = 3))
+            let g = colour.Sources |> Seq.findIndex (fun p -> p.EndsWith "g2.png")
+            Expect.equal [ for ch in 0L .. 2L -> pixelAt colour (int64 g) ch 1L 1L ] [ 200uy; 200uy; 200uy ] "grey replicated to RGB"
+        }
+
+        test "a folder with train/ and val/ trees reads each split from its tree" {
+            let root = tempDir "split"
+            for split, n in [ "train", 3; "val", 2 ] do
+                for cls in [ "a"; "b" ] do
+                    let dir = Path.Combine(root, split, cls)
+                    Directory.CreateDirectory dir |> ignore
+                    for i in 1 .. n do writeImage (Path.Combine(dir, $"{i}.png")) i 8 8
+            use train = DataCatalog.Load(root, Split.Train)
+            use test = DataCatalog.Load(root, Split.Test)
+            Expect.equal (train.Count, test.Count) (6L, 4L) "each split its tree"
+            Expect.sequenceEqual test.ClassNames [ "a"; "b" ] "classes"
+            Directory.Delete(Path.Combine(root, "val"), true)
+            expectDataError root [ "val/ or test/" ] (fun () -> DataCatalog.Load(root, Split.Test))
         }
 
         test "an empty class folder" {

@@ -23,17 +23,34 @@ public static class DataCatalog
     public static readonly string[] Names = { "fashion-mnist", "mnist", "cifar10", "cifar100", "stl10" };
 
     /// <summary>Reads <paramref name="name"/>'s <paramref name="split"/>; <paramref name="root"/> overrides the search.</summary>
-    public static ImageDataset Load(string name, Split split, string? root = null, int? limit = null) => name switch
+    public static ImageDataset Load(string name, Split split, string? root = null, int? limit = null, ImageFolderOptions? folder = null) => name switch
     {
         "fashion-mnist" => LoadIdx(name, split, root, FashionMnistClasses),
         "mnist" => LoadIdx(name, split, root, Enumerable.Range(0, 10).Select(i => i.ToString()).ToArray()),
         "cifar10" => LoadCifar10(split, root),
         "cifar100" => LoadCifar100(split, root),
         "stl10" => LoadStl10(split, root, limit),
-        _ when Directory.Exists(name) => ImageFolder.Read(name, split),
+        _ when Directory.Exists(name) => LoadFolder(name, split, folder ?? new ImageFolderOptions()),
         _ => throw new ArgumentException(
             $"--dataset: expected one of {string.Join(", ", Names)} or an image-folder path, found '{name}'"),
     };
+
+    /// <summary>
+    /// An image folder's split: a folder holding <c>train/</c> and <c>val/</c> (or <c>test/</c>) reads the
+    /// split's tree; any other folder is read whole for every split (a class tree, or unlabelled images).
+    /// </summary>
+    static ImageDataset LoadFolder(string path, Split split, ImageFolderOptions options)
+    {
+        var train = Path.Combine(path, "train");
+        if (!Directory.Exists(train)) return ImageFolder.Read(path, split, options);
+        if (split == Split.Train) return ImageFolder.Read(train, split, options);
+        var held = new[] { "val", "test" }.Select(d => Path.Combine(path, d)).FirstOrDefault(Directory.Exists)
+            ?? throw new DataException(path, "beside train/ a val/ or test/ folder for evaluation", "train/ alone");
+        return ImageFolder.Read(held, split, options);
+    }
+
+    /// <summary>Whether <paramref name="name"/> names an image folder rather than a built-in set.</summary>
+    public static bool IsFolder(string name) => !Names.Contains(name) && Directory.Exists(name);
 
     static ImageDataset LoadIdx(string name, Split split, string? root, string[] classes)
     {

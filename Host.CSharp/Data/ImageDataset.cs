@@ -20,6 +20,10 @@ public sealed class ImageDataset : IDisposable
     public IReadOnlyList<string> ClassNames { get; }
     /// <summary>The files this data set was read from, for the run's config.</summary>
     public IReadOnlyList<string> Sources { get; }
+    /// <summary>Files of an image folder that could not be decoded: (path, reason). Empty for the built-in sets.</summary>
+    public IReadOnlyList<(string Path, string Reason)> Skipped { get; init; } = Array.Empty<(string, string)>();
+    /// <summary>The image files an image folder held (decoded or skipped); the built-in sets: their count.</summary>
+    public long FilesSeen { get; init; }
 
     public ImageDataset(string name, Split split, Tensor images, Tensor labels, IReadOnlyList<string> classNames, IReadOnlyList<string> sources)
     {
@@ -46,7 +50,8 @@ public sealed class ImageDataset : IDisposable
     {
         using var scope = NewDisposeScope();
         var idx = tensor(indices, dtype: int64);
-        return new ImageDataset(name ?? Name, Split, Images.index_select(0, idx), Labels.index_select(0, idx), ClassNames, Sources);
+        return new ImageDataset(name ?? Name, Split, Images.index_select(0, idx), Labels.index_select(0, idx), ClassNames, Sources)
+            { Skipped = Skipped, FilesSeen = FilesSeen };
     }
 
     /// <summary>Images per class, index = class; unlabelled images are not counted.</summary>

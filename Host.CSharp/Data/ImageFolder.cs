@@ -3,73 +3,138 @@ using static TorchSharp.torch;
 
 namespace Ssl.Host.Data;
 
+/// <summary>How an image folder is read.</summary>
+public sealed record ImageFolderOptions
+{
+    /// <summary>Resize the shorter side to this and centre-crop a square of it; null: all images must share one size.</summary>
+    public int? Size { get; init; }
+    /// <summary>Channels to convert every image to (1 or 3); null: the majority's (ties: 3).</summary>
+    public int? Channels { get; init; }
+    /// <summary>Decoding threads (default: the cores).</summary>
+    public int Workers { get; init; } = Environment.ProcessorCount;
+}
+
 /// <summary>
-/// An image-folder tree: one sub-folder per class (sorted by name = class index), PNG or JPEG files
-/// inside. Images are decoded to RGB; all must share one size unless <c>size</c> resizes them.
+/// An image folder: a class tree (no images at its top, one sub-folder per class, sorted by name =
+/// class index), or else an unlabelled collection (every PNG or JPEG below it, at any depth, label
+/// -1). Images are decoded on <see cref="ImageFolderOptions.Workers"/> threads; grey and colour ones
+/// are converted to one channel count (the majority's unless given: grey is replicated, colour
+/// becomes luminance 0.299 R + 0.587 G + 0.114 B). A file no decoder accepts is skipped and listed in
+/// <see cref="ImageDataset.Skipped"/> with the reason; the caller decides how many it tolerates.
 /// </summary>
 public static class ImageFolder
 {
     static readonly string[] Extensions = { ".png", ".jpg", ".jpeg" };
 
-    public static ImageDataset Read(string root, Split split = Split.Train, (int Height, int Width)? size = null)
+    static bool IsImage(string path) => Extensions.Contains(Path.GetExtension(path).ToLowerInvariant());
+
+    /// <summary>Whether <paramref name="root"/> is a class tree: no image at its top and at least one sub-folder.</summary>
+    public static bool IsClassTree(string root) =>
+        !Directory.EnumerateFiles(root).Any(IsImage) && Directory.EnumerateDirectories(root).Any();
+
+    public static ImageDataset Read(string root, Split split = Split.Train, (int Height, int Width)? size = null) =>
+        Read(root, split, new ImageFolderOptions(), size);
+
+    public static ImageDataset Read(string root, Split split, ImageFolderOptions options, (int Height, int Width)? fixedSize = null)
     {
         if (!Directory.Exists(root))
-            throw new DataException(root, "a folder with one sub-folder per class", "no such folder");
-        var classDirs = Directory.GetDirectories(root).OrderBy(d => d, StringComparer.Ordinal).ToArray();
-        if (classDirs.Length == 0)
-            throw new DataException(root, "one sub-folder per class", "no sub-folders");
-
+            throw new DataException(root, "a folder of images (a class tree or an unlabelled collection)", "no such folder");
+        if (options.Size is <= 0) throw new DataException(root, "an image size above 0", $"{options.Size}");
+        if (options.Channels is not (null or 1 or 3)) throw new DataException(root, "1 or 3 channels", $"{options.Channels}");
+        var labelled = IsClassTree(root);
+        var classDirs = labelled ? Directory.GetDirectories(root).OrderBy(d => d, StringComparer.Ordinal).ToArray() : Array.Empty<string>();
         var files = new List<(string Path, int Label)>();
-        for (var c = 0; c < classDirs.Length; c++)
+        if (labelled)
         {
-            var images = Directory.GetFiles(classDirs[c])
-                .Where(f => Extensions.Contains(Path.GetExtension(f).ToLowerInvariant()))
-                .OrderBy(f => f, StringComparer.Ordinal).ToArray();
-            if (images.Length == 0)
-                throw new DataException(classDirs[c], "at least one .png, .jpg or .jpeg image", "none");
-            files.AddRange(images.Select(f => (f, c)));
+            for (var c = 0; c < classDirs.Length; c++)
+            {
+                var found = Directory.GetFiles(classDirs[c]).Where(IsImage).OrderBy(f => f, StringComparer.Ordinal).ToArray();
+                if (found.Length == 0)
+                    throw new DataException(classDirs[c], "at least one .png, .jpg or .jpeg image (a class tree has one sub-folder per class)", "none");
+                files.AddRange(found.Select(f => (f, c)));
+            }
+        }
+        else
+        {
+            files.AddRange(Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories).Where(IsImage)
+                .OrderBy(f => f, StringComparer.Ordinal).Select(f => (f, -1)));
+            if (files.Count == 0) throw new DataException(root, "at least one .png, .jpg or .jpeg image", "none");
         }
 
-        int? height = size?.Height, width = size?.Width;
-        var pixels = Array.Empty<byte>();
-        var plane = 0;
-        for (var i = 0; i < files.Count; i++)
+        // Pass 1: headers only (size, grey or colour), in parallel; a file no decoder opens is skipped.
+        var headers = new (int Width, int Height, bool Grey, string? Error)[files.Count];
+        Parallel.For(0, files.Count, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, options.Workers) }, i =>
         {
-            using var bitmap = Decode(files[i].Path);
-            height ??= bitmap.Height;
-            width ??= bitmap.Width;
-            if (i == 0)
+            try
             {
-                plane = height.Value * width.Value;
-                pixels = new byte[(long)files.Count * 3 * plane];
+                using var codec = SKCodec.Create(files[i].Path);
+                headers[i] = codec is null
+                    ? (0, 0, false, "no image decoder accepts it (corrupt, empty or another format)")
+                    : (codec.Info.Width, codec.Info.Height, codec.Info.ColorType == SKColorType.Gray8, null);
             }
-            using var sized = size is null ? null : Resize(bitmap, width.Value, height.Value);
-            var image = sized ?? bitmap;
-            if (image.Height != height || image.Width != width)
-                throw new DataException(files[i].Path, $"{height}x{width} pixels like {files[0].Path} (or pass a size to resize)",
-                    $"{image.Height}x{image.Width}");
-            CopyRgbPlanes(image, pixels, (long)i * 3 * plane, plane);
+            catch (Exception e) { headers[i] = (0, 0, false, e.Message); }
+        });
+        var readable = Enumerable.Range(0, files.Count).Where(i => headers[i].Error is null).ToArray();
+        if (readable.Length == 0) throw new DataException(root, "at least one decodable image", $"none of {files.Count} files decodes");
+        var grey = readable.Count(i => headers[i].Grey);
+        var channels = options.Channels ?? (grey > readable.Length - grey ? 1 : 3);
+        int height, width;
+        if (options.Size is { } s) (height, width) = (s, s);
+        else if (fixedSize is { } f) (height, width) = (f.Height, f.Width);
+        else
+        {
+            (height, width) = (headers[readable[0]].Height, headers[readable[0]].Width);
+            var other = readable.FirstOrDefault(i => headers[i].Height != height || headers[i].Width != width, -1);
+            if (other >= 0)
+                throw new DataException(files[other].Path,
+                    $"{height}x{width} pixels like {files[readable[0]].Path} (or pass --image-size N to resize and centre-crop)",
+                    $"{headers[other].Height}x{headers[other].Width}");
         }
+
+        // Pass 2: decode, resize (shorter side) and centre-crop, convert channels, into one buffer.
+        var plane = height * width;
+        var pixels = new byte[(long)readable.Length * channels * plane];
+        var errors = new string?[readable.Length];
+        Parallel.For(0, readable.Length, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, options.Workers) }, k =>
+        {
+            try
+            {
+                using var bitmap = Decode(files[readable[k]].Path);
+                using var sized = options.Size is { } n ? ResizeCrop(bitmap, n) : fixedSize is not null ? Resize(bitmap, width, height) : null;
+                CopyPlanes(sized ?? bitmap, pixels, (long)k * channels * plane, plane, channels);
+            }
+            catch (DataException e) { errors[k] = e.Found; }
+            catch (Exception e) { errors[k] = e.Message; }
+        });
+        var kept = Enumerable.Range(0, readable.Length).Where(k => errors[k] is null).ToArray();
+        var skipped = Enumerable.Range(0, files.Count).Where(i => headers[i].Error is not null)
+            .Select(i => (files[i].Path, headers[i].Error!))
+            .Concat(Enumerable.Range(0, readable.Length).Where(k => errors[k] is not null).Select(k => (files[readable[k]].Path, errors[k]!)))
+            .OrderBy(e => e.Item1, StringComparer.Ordinal).ToArray();
+        if (kept.Length == 0) throw new DataException(root, "at least one decodable image", $"none of {files.Count} files decodes");
 
         using var scope = NewDisposeScope();
-        var tensorImages = tensor(pixels, new long[] { files.Count, 3, height!.Value, width!.Value }, dtype: uint8);
-        var labels = tensor(files.Select(f => (long)f.Label).ToArray(), dtype: int64);
-        return new ImageDataset(Path.GetFileName(Path.TrimEndingDirectorySeparator(root)), split, tensorImages, labels,
-            classDirs.Select(Path.GetFileName).ToArray()!, files.Select(f => f.Path).ToArray());
+        var all = tensor(pixels, new long[] { readable.Length, channels, height, width }, dtype: uint8);
+        var images = kept.Length == readable.Length ? all : all.index_select(0, tensor(kept.Select(k => (long)k).ToArray()));
+        var labels = tensor(kept.Select(k => (long)files[readable[k]].Label).ToArray(), dtype: int64);
+        var name = Path.GetFileName(Path.TrimEndingDirectorySeparator(root));
+        return new ImageDataset(name, split, images, labels, classDirs.Select(Path.GetFileName).ToArray()!,
+            kept.Select(k => files[readable[k]].Path).ToArray())
+        { Skipped = skipped, FilesSeen = files.Count };
     }
 
     static SKBitmap Decode(string path)
     {
-        using var codec = SKCodec.Create(path);
-        if (codec is null)
-            throw new DataException(path, "a PNG or JPEG image", "a file no image decoder accepts (corrupt or another format)");
+        using var codec = SKCodec.Create(path)
+            ?? throw new DataException(path, "a PNG or JPEG image", "a file no image decoder accepts (corrupt or another format)");
         var info = new SKImageInfo(codec.Info.Width, codec.Info.Height, SKColorType.Rgba8888, SKAlphaType.Unpremul);
         var bitmap = new SKBitmap(info);
         var result = codec.GetPixels(info, bitmap.GetPixels());
+        // A truncated JPEG or PNG decodes partly (IncompleteInput): the rest would be made-up grey.
         if (result != SKCodecResult.Success)
         {
             bitmap.Dispose();
-            throw new DataException(path, "a complete PNG or JPEG image", $"decoder result {result}");
+            throw new DataException(path, "a complete PNG or JPEG image", $"decoder result {result} (truncated or corrupt)");
         }
         return bitmap;
     }
@@ -78,14 +143,39 @@ public static class ImageFolder
         source.Resize(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Unpremul), new SKSamplingOptions(SKFilterMode.Linear))
         ?? throw new InvalidOperationException($"could not resize a {source.Width}x{source.Height} image to {width}x{height}");
 
-    static void CopyRgbPlanes(SKBitmap bitmap, byte[] target, long offset, int plane)
+    /// <summary>The shorter side resized to <paramref name="size"/> (bilinear, with mipmaps when shrinking), then the centre size x size.</summary>
+    static SKBitmap ResizeCrop(SKBitmap source, int size)
+    {
+        var scale = (double)size / Math.Min(source.Width, source.Height);
+        var w = Math.Max(size, (int)Math.Round(source.Width * scale));
+        var h = Math.Max(size, (int)Math.Round(source.Height * scale));
+        var sampling = scale < 1 ? new SKSamplingOptions(SKFilterMode.Linear, SKMipmapMode.Linear) : new SKSamplingOptions(SKFilterMode.Linear);
+        using var resized = source.Resize(new SKImageInfo(w, h, SKColorType.Rgba8888, SKAlphaType.Unpremul), sampling)
+            ?? throw new InvalidOperationException($"could not resize a {source.Width}x{source.Height} image to {w}x{h}");
+        using var subset = new SKBitmap();
+        if (!resized.ExtractSubset(subset, SKRectI.Create((w - size) / 2, (h - size) / 2, size, size)))
+            throw new InvalidOperationException($"could not crop {size}x{size} from {w}x{h}");
+        // The subset shares the resized pixels: copy them out before those are freed.
+        return subset.Copy() ?? throw new InvalidOperationException($"could not copy a {size}x{size} crop");
+    }
+
+    static void CopyPlanes(SKBitmap bitmap, byte[] target, long offset, int plane, int channels)
     {
         var rgba = bitmap.GetPixelSpan();
+        var stride = bitmap.RowBytes;
+        var width = bitmap.Width;
         for (var p = 0; p < plane; p++)
         {
-            target[offset + p] = rgba[4 * p];
-            target[offset + plane + p] = rgba[4 * p + 1];
-            target[offset + 2 * plane + p] = rgba[4 * p + 2];
+            var at = (p / width) * stride + 4 * (p % width);
+            byte r = rgba[at], g = rgba[at + 1], b = rgba[at + 2];
+            if (channels == 1)
+                target[offset + p] = (byte)Math.Clamp((int)Math.Round(0.299 * r + 0.587 * g + 0.114 * b), 0, 255);
+            else
+            {
+                target[offset + p] = r;
+                target[offset + plane + p] = g;
+                target[offset + 2 * plane + p] = b;
+            }
         }
     }
 }

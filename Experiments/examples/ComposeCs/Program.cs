@@ -19,7 +19,7 @@ var request = Recipe.Request.Create("rotnet+wrn", Recipe.Preset.Smoke, "fashion-
 using var smoke = Pipeline.loadData(request);
 var data = new Pipeline.Data(smoke.Train.Subset(Enumerable.Range(0, 384).Select(i => (long)i).ToArray()),
                              smoke.Test.Subset(Enumerable.Range(0, 500).Select(i => (long)i).ToArray()),
-                             smoke.Mean, smoke.Std, smoke.Classes);
+                             smoke.Mean, smoke.Std, smoke.Classes, eval: null);
 
 // The parts: the registry's RotNet step and config, Core's Wide-ResNet-28-2, a 4-way rotation head.
 // Configs.Edit.Set is `--set Field=value` on a typed config: the same checks, the same messages.
