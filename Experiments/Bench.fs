@@ -160,3 +160,26 @@ let runMethod (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (thre
         recipe.Name record.images_per_s record.encoder_gflop_per_s (100.0 * record.encoder_fraction_of_peak)
         record.matmul_peak_gflop_per_s record.peak_rss_mb
     0
+
+/// `ssl bench --data PATH`: decode + resize throughput of an image folder on all cores (what a
+/// run on it pays at load): three full reads, the median images/s, into <out>/bench-data.json.
+/// Files skipped as undecodable count as read (their cost was paid).
+let decode (path: string) (imageSize: int option) (out: string) =
+    let options = Ssl.Host.Data.ImageFolderOptions(Size = Option.toNullable imageSize)
+    let reads =
+        [ for _ in 1 .. 3 ->
+              let clock = Diagnostics.Stopwatch.StartNew()
+              use data = Ssl.Host.Data.DataCatalog.Load(path, Ssl.Host.Data.Split.Train, folder = options)
+              let seconds = clock.Elapsed.TotalSeconds
+              data.FilesSeen, data.Count, seconds ]
+    let files, images, _ = reads.Head
+    let rates = reads |> List.map (fun (f, _, s) -> float f / s) |> List.sort
+    let median = rates[1]
+    Directory.CreateDirectory out |> ignore
+    let target = Path.Combine(out, "bench-data.json")
+    RunFolder.WriteAtomically(target,
+        JsonSerializer.Serialize({| path = path; image_size = Option.toNullable imageSize; files = files; decoded = images
+                                    threads = Environment.ProcessorCount; images_per_s = median; reads_per_s = rates |}, RunFolder.Json))
+    printfn "decode + resize: %.0f images/s (median of 3 reads of %d files, %d decoded, on %d threads) -> %s"
+        median files images Environment.ProcessorCount target
+    0

@@ -213,10 +213,14 @@ type BenchArgs =
     | Out of dir: string
     | Readme of markdown: string
     | Colour_Dataset of dataset: string
+    | Data of path: string
+    | Image_Size of pixels: int
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Data _ -> "time decoding and resizing this image folder (images/s on all cores) instead of training steps."
+            | Image_Size _ -> "with --data: resize the shorter side to N and centre-crop, as a run's --image-size."
             | Colour_Dataset _ -> "colour data set for the colour-only recipes (default: generated colour images, throughput only)."
             | Only _ -> "comma-separated recipes to benchmark (default: every registered one)."
             | Method _ -> "benchmark this one recipe in this process (what each child process of `ssl bench` does)."

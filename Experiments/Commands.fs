@@ -463,6 +463,9 @@ let bench (args: ParseResults<BenchArgs>) =
     let steps = args.GetResult(BenchArgs.Steps, defaultValue = 30)
     let threads = args.GetResult(BenchArgs.Threads, defaultValue = 0)
     let out = args.GetResult(BenchArgs.Out, defaultValue = IO.Path.Combine("runs", "bench"))
+    match args.TryGetResult BenchArgs.Data with
+    | Some path -> Bench.decode path (args.TryGetResult BenchArgs.Image_Size) out
+    | None ->
     match args.TryGetResult BenchArgs.Method with
     | Some name ->
         match Registry.tryFind name with
