@@ -1,5 +1,5 @@
 /// `ssl report <runs-dir>`: RESULTS.md from the result.json files of run folders. Every figure in
-/// it is read from a run's files (result.json, config.json, metrics.jsonl, repro.json) or the
+/// it is read from a run's files (result.json, config.json, metrics.jsonl, sweep.json) or the
 /// machine record; nothing is typed by hand, and a figure that does not apply is shown as "—".
 module Ssl.Experiments.Report
 
@@ -21,7 +21,7 @@ type RunEntry =
       Preset: string option
       Encoder: string option
       /// Wall time of the whole `ssl train` command (training, evaluation, baselines, plots), where
-      /// `ssl repro` ran it and recorded it in repro.json.
+      /// a sweep (or `ssl repro`) ran it and stamped it in sweep.json.
       CommandSeconds: float option
       /// (epoch as a fraction, loss) from metrics.jsonl's step records.
       LossCurve: float[] * float[] }
@@ -88,7 +88,7 @@ let loadRuns (runsDir: string) : RunEntry list =
                   with e -> raise (Ssl.Host.Data.DataException(resultPath, "a result.json of the run-folder contract", e.Message))
               if isNull (box result) then raise (Ssl.Host.Data.DataException(resultPath, "a result object", "null"))
               let config = readJson (Path.Combine(dir, "config.json"))
-              let stamp = readJson (Path.Combine(dir, "repro.json"))
+              let stamp = readJson (Path.Combine(dir, "sweep.json"))
               yield
                   { Name = Path.GetFileName dir; Dir = dir; Result = result
                     Preset = stringField config "preset"; Encoder = stringField config "encoder"
@@ -97,12 +97,12 @@ let loadRuns (runsDir: string) : RunEntry list =
     |> List.sortBy (fun e -> contractRank e.Result.Method, e.Result.Method, Option.ofNullable e.Result.LabelsPerClass, e.Name)
 
 /// The run folders `ssl repro` recorded without a result.json: (folder name, why), the reason being
-/// repro.json's `not_run` or the failed attempt's exit code.
+/// sweep.json's `not_run` or the failed attempt's exit code.
 let loadUnfinished (runsDir: string) : (string * string) list =
     if not (Directory.Exists runsDir) then []
     else
         [ for dir in Directory.GetDirectories runsDir |> Array.sort do
-              let stampPath = Path.Combine(dir, "repro.json")
+              let stampPath = Path.Combine(dir, "sweep.json")
               if not (File.Exists(Path.Combine(dir, "result.json"))) && File.Exists stampPath then
                   let stamp = readJson stampPath
                   let why =

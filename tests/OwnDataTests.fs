@@ -86,6 +86,10 @@ let tests =
             Expect.equal ((at config [ "data"; "labelled" ]).GetValue<bool>()) false "unlabelled"
             Expect.equal ((at config [ "data"; "eval"; "classes" ]).GetValue<int>()) 10 "the tree's classes"
             Expect.equal (config["image_size"].GetValue<int>()) 32 "the flag recorded"
+            let bench = Fixtures.tempDir "own-bench"
+            Expect.equal (Program.run [| "bench"; "--data"; flat; "--image-size"; "32"; "--out"; bench |]) 0 "ssl bench --data"
+            let rate = (JsonNode.Parse(File.ReadAllText(Path.Combine(bench, "bench-data.json")))).["images_per_s"].GetValue<float>()
+            Expect.isGreaterThan rate 0.0 "a decode rate"
             // 81 more corrupt files make 101 of 5,101 (2%): stopped before training, exit 1.
             corrupt flat "worse" 81
             let stopped = Path.Combine(Fixtures.tempDir "own-stop", "run")
