@@ -117,7 +117,7 @@ type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, la
             let unlabelled = FixMatch.pseudoLabelLoss config.Threshold (logits.narrow(0L, b, u)) (logits.narrow(0L, b + u, u))
             let value = ctx.Optimize("main", supervised + unlabelled.Loss * config.UnlabelledWeight)
             ema.Update config.EmaMomentum
-            use truth = torch.tensor(unlabelledIdx) |> fun idx -> data.Train.Labels.index_select(0L, idx).``to``(ctx.Device)
+            use truth = labelsOf data ctx.Device unlabelledIdx
             use everywhere = torch.ones_like(truth, dtype = torch.ScalarType.Bool)
             let figures =
                 [ "loss", value; "loss_x", float (supervised.item<float32>()); "loss_u", float (unlabelled.Loss.item<float32>())
