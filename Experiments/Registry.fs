@@ -21,6 +21,7 @@ let recipes: Recipe list =
           recipes Recipes.Exemplar.spec
           recipes Recipes.BigBiGan.spec
           recipes Recipes.MixMatch.spec
+          recipes Recipes.FixMatch.spec
           recipes Recipes.EnAET.spec
           recipes Recipes.S4LRotation.spec
           recipes Recipes.S4LExemplar.spec

@@ -369,6 +369,87 @@ let entropyTests =
         }
     ]
 
+// ---- FixMatch ----
+
+/// FixMatch eq. 4 in loops: per image the weak view's softmax, its argmax and max, the strong
+/// view's cross-entropy to that argmax where the max ≥ τ; the mean over all images. Ties go to the
+/// first class, as torch's max.
+let private pseudoLabelOracle (threshold: float) (weak: float[][]) (strong: float[][]) =
+    let terms =
+        Array.map2 (fun (w: float[]) (s: float[]) ->
+            let q = softmax w
+            let best = Array.max q
+            let label = Array.findIndex ((=) best) q
+            let kept = best >= threshold
+            (if kept then logSumExp s - s[label] else 0.0), (if kept then 1.0 else 0.0), label) weak strong
+    (terms |> Array.averageBy (fun (l, _, _) -> l)), (terms |> Array.averageBy (fun (_, m, _) -> m)), (terms |> Array.map (fun (_, _, k) -> int64 k))
+
+let fixMatchTests =
+    testList "fixmatch" [
+        Prop.propSmall "pseudoLabelLoss equals the loop oracle: loss, mask rate, pseudo-labels" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            use g = generator seed
+            let rnd = Random(seed)
+            let n, c = int64 (rnd.Next(1, 9)), int64 (rnd.Next(2, 7))
+            // Scaled so that some rows pass τ and some do not.
+            let weak = randn g [| n; c |] * 4.0
+            let strong = randn g [| n; c |] * 2.0
+            let threshold = [| 0.0; 0.5; 0.8; 0.95 |][rnd.Next(4)]
+            let r = FixMatch.pseudoLabelLoss threshold weak strong
+            let loss, rate, labels = pseudoLabelOracle threshold (rows weak) (rows strong)
+            near 1e-12 "loss" (scalar r.Loss) loss
+            near 1e-12 "mask rate" (scalar r.MaskRate) rate
+            Expect.equal (r.PseudoLabels.data<int64>().ToArray()) labels "pseudo-labels"
+            Expect.equal (values (r.Mask.to_type(f64))) (rows weak |> Array.map (fun w -> if Array.max (softmax w) >= threshold then 1.0 else 0.0)) "mask")
+
+        test "the mean runs over all μB images: masked ones count as 0" {
+            // Row 0 is confident (q ≈ 1 on class 0), row 1 uniform: mean = half of row 0's cross-entropy.
+            use weak = torch.tensor([| 20.0; 0.0; 0.0; 0.0; 0.0; 0.0 |], dtype = f64).view(2L, 3L)
+            use strong = torch.tensor([| 1.0; 2.0; 3.0; 0.0; 0.0; 9.0 |], dtype = f64).view(2L, 3L)
+            let r = FixMatch.pseudoLabelLoss 0.95 weak strong
+            near 1e-12 "loss" (scalar r.Loss) ((logSumExp [| 1.0; 2.0; 3.0 |] - 1.0) / 2.0)
+            near 0.0 "mask rate" (scalar r.MaskRate) 0.5
+        }
+
+        test "τ above 1 masks everything: zero loss, zero gradient, mask rate 0" {
+            use g = generator 5
+            use weak = (randn g [| 6L; 4L |] * 10.0).requires_grad_(true)
+            use strong = (randn g [| 6L; 4L |]).requires_grad_(true)
+            let r = FixMatch.pseudoLabelLoss 1.01 weak strong
+            near 0.0 "loss" (scalar r.Loss) 0.0
+            near 0.0 "mask rate" (scalar r.MaskRate) 0.0
+            r.Loss.backward()
+            near 0.0 "strong gradient" (scalar (strong.grad.abs().sum())) 0.0
+        }
+
+        test "no gradient reaches the weak view's logits; the strong view's is the masked softmax minus one-hot over μB" {
+            use g = generator 6
+            use weak = (randn g [| 5L; 3L |] * 5.0).requires_grad_(true)
+            use strong = (randn g [| 5L; 3L |]).requires_grad_(true)
+            let r = FixMatch.pseudoLabelLoss 0.7 weak strong
+            r.Loss.backward()
+            Expect.isTrue (isNull weak.grad || scalar (weak.grad.abs().sum()) = 0.0) "weak logits get no gradient"
+            let mask = values (r.Mask.to_type(f64))
+            let labels = r.PseudoLabels.data<int64>().ToArray()
+            let expected =
+                rows strong |> Array.mapi (fun i s ->
+                    softmax s |> Array.mapi (fun k p -> mask[i] * (p - (if int64 k = labels[i] then 1.0 else 0.0)) / 5.0))
+            Check.close 1e-12 0.0 "strong gradient" strong.grad (torch.tensor(Array.concat expected, dtype = f64).view(5L, 3L))
+            Expect.isGreaterThan (Array.sum mask) 0.0 "some rows pass τ, so the check above is not vacuous"
+        }
+
+        test "bad input names the argument; no leak" {
+            use weak = torch.zeros(4L, 3L, dtype = f64)
+            rejects "threshold" "τ >= 0" (fun () -> (FixMatch.pseudoLabelLoss -0.1 weak weak).Loss)
+            rejects "threshold" "finite" (fun () -> (FixMatch.pseudoLabelLoss nan weak weak).Loss)
+            rejects "strongLogits" "(4, 3)" (fun () -> (FixMatch.pseudoLabelLoss 0.95 weak (torch.zeros(4L, 2L, dtype = f64))).Loss)
+            rejects "weakLogits" "at least one element" (fun () -> (FixMatch.pseudoLabelLoss 0.95 (torch.zeros(0L, 3L)) (torch.zeros(0L, 3L))).Loss)
+            Check.noLeak "pseudoLabelLoss" (fun () ->
+                let r = FixMatch.pseudoLabelLoss 0.5 weak weak
+                for t in [ r.Loss; r.Mask; r.MaskRate; r.PseudoLabels ] do t.Dispose())
+        }
+    ]
+
 // ---- MixMatch ----
 
 let private oneHot (labels: int[]) (classes: int) =
@@ -1105,6 +1186,7 @@ let tests =
         adversarialTests
         entropyTests
         mixMatchTests
+        fixMatchTests
         tripletTests
         transformationTests
         vatTests

@@ -576,6 +576,208 @@ let colorTests =
         }
     ]
 
+/// Images of whole 8-bit levels (k / 255), as the data sets hold them.
+let private levelImages (seed: int) (shape: int64[]) =
+    use scope = torch.NewDisposeScope()
+    ((images seed torch.ScalarType.Float64 shape * 255.0).floor() / 255.0).MoveToOuterDisposeScope()
+
+/// Per-pixel oracle: `f` of each value, image n's magnitude m[n]; images (N, C, H, W) float64.
+let private pointwise (f: float -> float -> float) (m: float[]) (x: Tensor) =
+    let d = values x
+    let per = d.Length / m.Length
+    torch.tensor(Array.init d.Length (fun k -> f m[k / per] d[k]), dtype = torch.ScalarType.Float64).view(x.shape)
+
+/// PIL's ImageOps.equalize on one band of 8-bit levels, as a loop.
+let private equalizeBand (levels: int[]) =
+    let h = Array.zeroCreate 256
+    for l in levels do h[l] <- h[l] + 1
+    let present = h |> Array.filter (fun c -> c > 0)
+    let step = if present.Length <= 1 then 0 else (Array.sum present - Array.last present) / 255
+    if step = 0 then levels
+    else
+        let lut = Array.zeroCreate 256
+        let mutable n = step / 2
+        for i in 0 .. 255 do
+            lut[i] <- min 255 (n / step)
+            n <- n + h[i]
+        levels |> Array.map (fun l -> lut[l])
+
+let private magnitudes (m: float[]) = torch.tensor(m, dtype = torch.ScalarType.Float64)
+
+let randAugmentTests =
+    testList "randaugment" [
+        Prop.propSmall "FixMatch's strong augmentation keeps the shape, the dtype and [0, 1] (1 and 3 channels)" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            let channels = if seed % 2 = 0 then 1L else 3L
+            let x = images seed torch.ScalarType.Float32 [| size 1 12 seed; channels; size 4 12 (seed / 3); size 4 12 (seed / 7) |]
+            use g = generator seed
+            let y = RandAugment.strongAugment 2 0.5 0.5 g x
+            Expect.equal y.shape x.shape "shape"
+            Expect.equal y.dtype x.dtype "dtype"
+            Expect.isGreaterThanOrEqual (y.min().item<float32>()) 0.0f ">= 0"
+            Expect.isLessThanOrEqual (y.max().item<float32>()) 1.0f "<= 1")
+
+        test "every operation keeps [0, 1] at both ends of its range" {
+            use scope = torch.NewDisposeScope()
+            for channels in [ 1L; 3L ] do
+                let x = images 3 torch.ScalarType.Float64 [| 4L; channels; 7L; 6L |]
+                for op, low, high in RandAugment.pool do
+                    for m in [ low; high ] do
+                        let y = RandAugment.apply op (magnitudes (Array.create 4 m)) x
+                        Expect.equal y.shape x.shape $"{op} shape"
+                        Expect.isTrue (y.min().item<float>() >= 0.0 && y.max().item<float>() <= 1.0) $"{op} at {m}, C = {channels}: in [0, 1]"
+        }
+
+        test "neutral magnitudes are the identity; Identity at any magnitude; Color on grey at any factor" {
+            use scope = torch.NewDisposeScope()
+            for channels in [ 1L; 3L ] do
+                let x = levelImages 4 [| 3L; channels; 6L; 5L |]
+                for op, m in [ RandAugment.Op.Brightness, 1.0; RandAugment.Op.Color, 1.0; RandAugment.Op.Contrast, 1.0
+                               RandAugment.Op.Sharpness, 1.0; RandAugment.Op.Posterize, 8.0; RandAugment.Op.Solarize, 256.0
+                               RandAugment.Op.Rotate, 0.0; RandAugment.Op.ShearX, 0.0; RandAugment.Op.ShearY, 0.0
+                               RandAugment.Op.TranslateX, 0.0; RandAugment.Op.TranslateY, 0.0; RandAugment.Op.Identity, 0.7 ] do
+                    Check.close 1e-12 0.0 $"{op} at {m}, C = {channels}" (RandAugment.apply op (magnitudes (Array.create 3 m)) x) x
+            let grey = levelImages 5 [| 3L; 1L; 6L; 5L |]
+            Check.close 0.0 0.0 "Color on grey" (RandAugment.apply RandAugment.Op.Color (magnitudes [| 0.05; 0.5; 0.95 |]) grey) grey
+            // Not neutral: these do change an image, so the checks above can fail.
+            Expect.isFalse ((RandAugment.apply RandAugment.Op.Solarize (magnitudes [| 128.0; 128.0; 128.0 |]) grey).allclose(grey)) "solarize 128 changes"
+            Expect.isFalse ((RandAugment.apply RandAugment.Op.Rotate (magnitudes [| 30.0; 30.0; 30.0 |]) grey).allclose(grey)) "rotate 30 changes"
+        }
+
+        Prop.propSmall "solarize, posterize, brightness and contrast against per-pixel oracles" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            let rnd = Random(seed)
+            let n = int (size 1 4 seed)
+            let x = levelImages seed [| int64 n; 1L; 5L; 4L |]
+            let thresholds = Array.init n (fun _ -> rnd.NextDouble() * 256.0)
+            Check.close 1e-12 0.0 "solarize" (RandAugment.apply RandAugment.Op.Solarize (magnitudes thresholds) x)
+                (pointwise (fun t v -> if 255.0 * v >= t then 1.0 - v else v) thresholds x)
+            let bits = Array.init n (fun _ -> 4.0 + rnd.NextDouble() * 4.0)
+            let posterized (b: float) (v: float) =
+                let level = int (Math.Round(v * 255.0))
+                float (level &&& ~~~((1 <<< (8 - int b)) - 1)) / 255.0
+            Check.close 1e-12 0.0 "posterize" (RandAugment.apply RandAugment.Op.Posterize (magnitudes bits) x) (pointwise posterized bits x)
+            let factors = Array.init n (fun _ -> 0.05 + rnd.NextDouble() * 0.9)
+            Check.close 1e-12 0.0 "brightness" (RandAugment.apply RandAugment.Op.Brightness (magnitudes factors) x)
+                (pointwise (fun f v -> min 1.0 (max 0.0 (f * v))) factors x)
+            let d = values x
+            let means = Array.init n (fun i -> Array.average d[i * 20 .. i * 20 + 19])
+            let contrast = RandAugment.apply RandAugment.Op.Contrast (magnitudes factors) x
+            let expected = Array.init d.Length (fun k -> let f = factors[k / 20] in min 1.0 (max 0.0 (f * d[k] + (1.0 - f) * means[k / 20])))
+            Check.close 1e-12 0.0 "contrast: blend with the grey mean" contrast (torch.tensor(expected).view(x.shape)))
+
+        Prop.propSmall "autocontrast and equalize against per-channel loop oracles (PIL's definitions)" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            let n, c, h, w = int (size 1 3 seed), 3, int (size 16 24 (seed / 5)), int (size 16 24 (seed / 11))
+            // A narrow band of levels, so that autocontrast stretches and equalize has work to do.
+            let x = ((images seed torch.ScalarType.Float64 [| int64 n; int64 c; int64 h; int64 w |] * 60.0 + 50.0).floor() / 255.0)
+            let none = magnitudes (Array.zeroCreate n)
+            let d = values x
+            let plane = h * w
+            let stretched =
+                Array.init d.Length (fun k ->
+                    let p = d[(k / plane) * plane .. (k / plane) * plane + plane - 1]
+                    let lo, hi = Array.min p, Array.max p
+                    if hi > lo then (d[k] - lo) / (hi - lo) else d[k])
+            Check.close 1e-12 0.0 "autocontrast" (RandAugment.apply RandAugment.Op.AutoContrast none x) (torch.tensor(stretched).view(x.shape))
+            let equalised =
+                Array.init (n * c) (fun i -> d[i * plane .. i * plane + plane - 1] |> Array.map (fun v -> int (Math.Round(v * 255.0))) |> equalizeBand)
+                |> Array.concat |> Array.map (fun l -> float l / 255.0)
+            Check.close 1e-12 0.0 "equalize" (RandAugment.apply RandAugment.Op.Equalize none x) (torch.tensor(equalised).view(x.shape)))
+
+        test "geometric operations: rotate 90 is a quarter turn, translations shift whole pixels with black, shears sample PIL's map" {
+            use scope = torch.NewDisposeScope()
+            let x = images 7 torch.ScalarType.Float64 [| 2L; 3L; 8L; 8L |]
+            Check.close 1e-9 0.0 "rotate 90" (RandAugment.apply RandAugment.Op.Rotate (magnitudes [| 90.0; 90.0 |]) x) (Geometric.rotate 1 x)
+            Check.close 1e-9 0.0 "rotate -90" (RandAugment.apply RandAugment.Op.Rotate (magnitudes [| -90.0; -90.0 |]) x) (Geometric.rotate 3 x)
+            // TranslateX m: output column j shows input column j + m·W.
+            let shifted = RandAugment.apply RandAugment.Op.TranslateX (magnitudes [| 2.0 / 8.0; -1.0 / 8.0 |]) x
+            let d = values x
+            let expected =
+                Array.init d.Length (fun k ->
+                    let n, j = k / (3 * 64), k % 8
+                    let source = j + (if n = 0 then 2 else -1)
+                    if source >= 0 && source < 8 then d[k - j + source] else 0.0)
+            Check.close 1e-9 0.0 "translate x" shifted (torch.tensor(expected).view(x.shape))
+            let down = RandAugment.apply RandAugment.Op.TranslateY (magnitudes [| -3.0 / 8.0; 0.0 |]) x
+            Check.close 1e-9 0.0 "translate y: rows move down" (down.narrow(0L, 0L, 1L).narrow(2L, 3L, 5L)) (x.narrow(0L, 0L, 1L).narrow(2L, 0L, 5L))
+            Check.close 0.0 0.0 "translate y: black above" (down.narrow(0L, 0L, 1L).narrow(2L, 0L, 3L)) (torch.zeros(1L, 3L, 3L, 8L, dtype = torch.ScalarType.Float64))
+            let shears = [| 0.3; -0.2 |]
+            let oracle (transpose: bool) =
+                Array.init d.Length (fun k ->
+                    let n, c, y, j = k / 192, (k / 64) % 3, (k / 8) % 8, k % 8
+                    let plane = d[(n * 3 + c) * 64 .. (n * 3 + c) * 64 + 63]
+                    // PIL's AFFINE (1, m, 0, 0, 1, 0) on pixel centres, then back to index coordinates.
+                    if transpose then bilinear plane 8 8 (float j) (float y + shears[n] * (float j + 0.5))
+                    else bilinear plane 8 8 (float j + shears[n] * (float y + 0.5)) (float y))
+            Check.close 1e-9 0.0 "shear x" (RandAugment.apply RandAugment.Op.ShearX (magnitudes shears) x) (torch.tensor(oracle false).view(x.shape))
+            Check.close 1e-9 0.0 "shear y" (RandAugment.apply RandAugment.Op.ShearY (magnitudes shears) x) (torch.tensor(oracle true).view(x.shape))
+        }
+
+        test "applyChosen runs each image's own operation: the same as applying them one image at a time" {
+            use scope = torch.NewDisposeScope()
+            let x = images 8 torch.ScalarType.Float64 [| 14L; 3L; 6L; 6L |]
+            let choices = Array.init 14 (fun i -> int64 ((i * 5) % 14))
+            let m = Array.init 14 (fun i -> let _, low, high = RandAugment.pool[int choices[i]] in low + (high - low) * float i / 13.0)
+            let batched = RandAugment.applyChosen (torch.tensor(choices)) (magnitudes m) x
+            for i in 0 .. 13 do
+                let op, _, _ = RandAugment.pool[int choices[i]]
+                let alone = RandAugment.apply op (magnitudes [| m[i] |]) (x.narrow(0L, int64 i, 1L))
+                Check.close 1e-12 0.0 $"image {i} ({op})" (batched.narrow(0L, int64 i, 1L)) alone
+            let e = Prop.throws<ArgumentException> (fun () -> RandAugment.applyChosen (torch.tensor([| 0L; 14L |])) (magnitudes [| 0.0; 0.0 |]) (x.narrow(0L, 0L, 2L)) |> ignore)
+            Expect.stringContains e.Message "[0, 14)" "names the valid range"
+            let e = Prop.throws<ArgumentException> (fun () -> RandAugment.apply RandAugment.Op.Rotate (magnitudes [| 1.0 |]) (torch.zeros(1L, 2L, 4L, 4L)) |> ignore)
+            Expect.stringContains e.Message "1 or 3 channels" "names the channel rule"
+        }
+
+        Prop.propSmall "cutout fills exactly the clipped square with the fill value" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            let rnd = Random(seed)
+            let n, h, w = int (size 1 4 seed), int (size 4 12 (seed / 3)), int (size 4 12 (seed / 5))
+            let sides = Array.init n (fun _ -> int64 (rnd.Next(0, 7)))
+            let centres = Array.init n (fun _ -> [| int64 (rnd.Next(h)); int64 (rnd.Next(w)) |])
+            let x = torch.zeros([| int64 n; 2L; int64 h; int64 w |], dtype = torch.ScalarType.Float64)
+            let y = RandAugment.cutoutSquares 0.5 (torch.tensor(sides)) (torch.tensor(Array.concat centres).view(int64 n, 2L)) x
+            let expected =
+                Array.init (n * 2 * h * w) (fun k ->
+                    let i, r, c = k / (2 * h * w), (k / w) % h, k % w
+                    let top, left = centres[i][0] - sides[i] / 2L, centres[i][1] - sides[i] / 2L
+                    if int64 r >= top && int64 r < top + sides[i] && int64 c >= left && int64 c < left + sides[i] then 0.5 else 0.0)
+            Check.close 0.0 0.0 "square" y (torch.tensor(expected).view(x.shape))
+            // Away from the borders the hole is side² pixels per channel.
+            let inner = RandAugment.cutoutSquares 0.5 (torch.tensor([| 4L |])) (torch.tensor([| 6L; 6L |]).view(1L, 2L)) (torch.zeros(1L, 1L, 12L, 12L))
+            Expect.equal (inner.eq(0.5f.ToScalar()).sum().item<int64>()) 16L "4 x 4 hole")
+
+        test "randomCutout: sides up to the fraction of the side, grey fill; fraction 0 is the identity" {
+            use scope = torch.NewDisposeScope()
+            let x = torch.zeros(64L, 1L, 16L, 16L)
+            use g = generator 9
+            let y = RandAugment.randomCutout 0.5 0.5 g x
+            let holes = values (y.eq(0.5f.ToScalar()).sum([| 1L; 2L; 3L |]))
+            Expect.isTrue (holes |> Array.forall (fun a -> a <= 64.0)) "at most (16/2)² pixels"
+            Expect.isTrue (holes |> Array.exists (fun a -> a > 16.0)) "some large holes"
+            Expect.isTrue (values y |> Array.forall (fun v -> v = 0.0 || v = 0.5)) "only the fill value"
+            Check.close 0.0 0.0 "fraction 0" (RandAugment.randomCutout 0.0 0.5 g x) x
+            let e = Prop.throws<ArgumentException> (fun () -> RandAugment.randomCutout 1.5 0.5 g x |> ignore)
+            Expect.stringContains e.Message "maxFraction" "names the argument"
+        }
+
+        test "the same generator seed gives the same output, another seed another; no tensor leaks" {
+            use x = images 10 torch.ScalarType.Float32 [| 16L; 3L; 10L; 10L |]
+            let run seed =
+                use g = generator seed
+                RandAugment.strongAugment 2 0.5 0.5 g x
+            use a = run 11
+            use b = run 11
+            use c = run 12
+            Check.close 0.0 0.0 "same seed" a b
+            Expect.isFalse (a.allclose(c)) "another seed differs"
+            Check.noLeak "strongAugment" (fun () -> (run 13).Dispose())
+            Check.leavesOnlyResult "randAugment" (fun () -> use g = generator 14 in RandAugment.randAugment 2 g x)
+            Check.leavesOnlyResult "randomCutout" (fun () -> use g = generator 15 in RandAugment.randomCutout 0.5 0.5 g x)
+        }
+    ]
+
 /// Every transform, run on `x` (N = 4, C = 3, 12 × 12) with a fresh generator: its results. The
 /// extra inputs are made here, outside the calls the memory check watches.
 let private everyTransform (x: Tensor) : (string * (unit -> Tensor list)) list =
@@ -637,4 +839,4 @@ let memoryAndDeviceTests =
     ]
 
 [<Tests>]
-let tests = testList "core.transforms" [ geometricTests; photometricTests; patchTests; colorTests; memoryAndDeviceTests ]
+let tests = testList "core.transforms" [ geometricTests; photometricTests; patchTests; colorTests; randAugmentTests; memoryAndDeviceTests ]
