@@ -11,6 +11,7 @@ let recipes: Recipe list =
           recipes Recipes.InfoNce.spec
           recipes Recipes.MoCo.spec
           recipes Recipes.SimSiam.spec
+          recipes Recipes.Dino.spec
           recipes Recipes.Nce.spec
           recipes Recipes.CpcV2.spec
           recipes Recipes.RelativePatch.spec
