@@ -12,7 +12,7 @@ open Ssl.Core.Shape
 /// bias (Salimans & Kingma 2016: w_k = g_k v_k / ‖v_k‖) whose norms g are fixed to 1
 /// (norm_last_layer = True, what the paper trains ViTs with): each of the `outputs` logits is the
 /// cosine between the bottleneck vector and a learned direction v_k. MLP weights truncated normal
-/// (σ 0.02) with zero biases, v the Linear default, as the reference. `FreezeLastLayer` stops the
+/// (σ 0.02, Initialise.truncatedNormal) with zero biases, v the Linear default, as the reference. `FreezeLastLayer` stops the
 /// gradient to v (the reference cancels it during the first epoch, freeze_last_layer = 1).
 type DinoHead(inputDim: int64, hidden: int64, bottleneck: int64, outputs: int64) as this =
     inherit nn.Module<Tensor, Tensor>("DinoHead")
@@ -31,7 +31,7 @@ type DinoHead(inputDim: int64, hidden: int64, bottleneck: int64, outputs: int64)
         for m in mlp.modules () do
             match m with
             | :? Modules.Linear as linear ->
-                nn.init.trunc_normal_(linear.weight, std = 0.02) |> ignore
+                Initialise.truncatedNormal 0.02 linear.weight
                 nn.init.zeros_(linear.bias) |> ignore
             | _ -> ()
 

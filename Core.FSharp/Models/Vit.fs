@@ -11,6 +11,15 @@ open type TorchSharp.torch
 open Microsoft.FSharp.Core.Operators
 open Ssl.Core.Shape
 
+/// The reference's initialiser, timm's trunc_normal_(std) with absolute bounds (-2, 2). TorchSharp
+/// 0.107's nn.init.trunc_normal_ is wrong (it fills a tensor with one value: standard deviation 0,
+/// measured), so this draws normal_(0, std) and clamps to the bounds, the same distribution where
+/// the bounds are 100 σ away (σ = 0.02: a draw beyond them has probability below 1e-2000).
+module internal Initialise =
+    let truncatedNormal (std: float) (t: Tensor) =
+        use _ = no_grad ()
+        nn.init.normal_(t, 0.0, std).clamp_(Scalar.op_Implicit -2.0, Scalar.op_Implicit 2.0) |> ignore
+
 /// The patch embedding of ViT eq. 1: each p × p patch of each image, flattened channel-major
 /// (c, row, column), times a (C·p², D) matrix plus a bias. This is the reference's stride-p
 /// convolution written as unfold + linear, which computes the same function and does not go
@@ -114,12 +123,12 @@ type VisionTransformer(inputChannels: int64, patchSize: int64, dim: int64, depth
     do
         this.RegisterComponents()
         use _ = no_grad ()
-        nn.init.trunc_normal_(classToken, std = 0.02) |> ignore
-        nn.init.trunc_normal_(positions, std = 0.02) |> ignore
+        Initialise.truncatedNormal 0.02 classToken
+        Initialise.truncatedNormal 0.02 positions
         for struct (name, m) in this.named_modules () do
             match m with
             | :? Modules.Linear as linear when not (name.StartsWith "patchEmbedding") ->
-                nn.init.trunc_normal_(linear.weight, std = 0.02) |> ignore
+                Initialise.truncatedNormal 0.02 linear.weight
                 if not (isNull linear.bias) then nn.init.zeros_(linear.bias) |> ignore
             | :? Modules.LayerNorm as layerNorm ->
                 nn.init.ones_(layerNorm.weight) |> ignore
