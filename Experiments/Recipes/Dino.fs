@@ -41,6 +41,8 @@ type Config =
       BlurSigma: float * float
       [<Range(1.0)>] BlurKernel: int64
       [<Range(1.0)>] Epochs: int
+      /// Images an epoch walks: the first N of the training set, 0 for all (the probes use all).
+      [<Range(0.0)>] PretrainImages: int64
       [<Range(2.0)>] BatchSize: int
       /// AdamW's rate per 256 images (lr = this · batch / 256), linear warm-up then cosine to MinLearningRate.
       [<Range(0.0)>] LearningRatePer256: float
@@ -54,16 +56,17 @@ type Config =
 
 /// `paper`: main_dino.py's defaults on ViT-Tiny patch 4 (the paper's ViT-S/16 sees a 14x14 grid of
 /// 224 px; 28 px in 4 px patches gives 7x7) with the paper's τ_t 0.04 → 0.07 over 30 epochs, 8 local
-/// crops of 12 px (96/224 of 28), batch 1024. `quick` (about 20 minutes on 2 shared cores): ViT-Tiny
-/// with 4 blocks on 7 px patches (4x4 tokens; patch 4 costs 3-5x more), 2 local crops of 14 px, head
-/// hidden 1024, K 4,096, one epoch at batch 64: τ_t stays at 0.04 (main_dino's default) and the last
-/// layer is not frozen (the reference freezes 1 of 100 epochs). Measured: docs/experiments/dino.md.
+/// crops of 12 px (96/224 of 28), batch 1024. `quick` (about 20 minutes on 2 shared cores, where a
+/// 1-block smoke step ran at 22 img/s): ViT-Tiny with 2 blocks on 7 px patches (4x4 tokens; patch 4
+/// costs 3-5x more), 2 local crops of 14 px, head hidden 1024, K 4,096, 300 steps of 64 over the first
+/// 19,200 images: τ_t stays at 0.04 (main_dino's default) and the last layer is not frozen (the
+/// reference freezes 1 of 100 epochs). Measured: docs/experiments/dino.md.
 let config preset =
     let paper =
         { Encoder = VitTiny(4L, 12); HeadHidden = 2048L; HeadBottleneck = 256L; Outputs = 65536L; TeacherMomentum = 0.996
           CenterMomentum = 0.9; StudentTemperature = 0.1; WarmupTeacherTemperature = 0.04; TeacherTemperature = 0.07
           TeacherTemperatureWarmupEpochs = 30; LocalCrops = 8; GlobalCropScale = (0.4, 1.0); LocalCropScale = (0.05, 0.4)
-          LocalCropSize = 12L; Jitter = 0.4; BlurSigma = (0.1, 1.0); BlurKernel = 3L; Epochs = 100; BatchSize = 1024
+          LocalCropSize = 12L; Jitter = 0.4; BlurSigma = (0.1, 1.0); BlurKernel = 3L; Epochs = 100; PretrainImages = 0L; BatchSize = 1024
           LearningRatePer256 = 0.0005; MinLearningRate = 1e-6; WarmupEpochs = 10.0; WeightDecay = 0.04; WeightDecayEnd = 0.4
           ClipGradNorm = 3.0; FreezeLastLayerEpochs = 1 }
     match preset with
@@ -71,8 +74,9 @@ let config preset =
         { paper with Encoder = VitTiny(7L, 1); HeadHidden = 256L; Outputs = 512L; LocalCrops = 2; LocalCropSize = 14L
                      TeacherTemperatureWarmupEpochs = 1; Epochs = 1; BatchSize = 64; WarmupEpochs = 0.2 }
     | Quick ->
-        { paper with Encoder = VitTiny(7L, 4); HeadHidden = 1024L; Outputs = 4096L; LocalCrops = 2; LocalCropSize = 14L
-                     TeacherTemperatureWarmupEpochs = 1; Epochs = 1; BatchSize = 64; WarmupEpochs = 0.1; FreezeLastLayerEpochs = 0 }
+        { paper with Encoder = VitTiny(7L, 2); HeadHidden = 1024L; Outputs = 4096L; LocalCrops = 2; LocalCropSize = 14L
+                     TeacherTemperatureWarmupEpochs = 1; Epochs = 1; PretrainImages = 19200L; BatchSize = 64; WarmupEpochs = 0.1
+                     FreezeLastLayerEpochs = 0 }
     | Paper -> paper
 
 /// The student or teacher network: images → encoder → head logits (N, K).
@@ -144,7 +148,9 @@ let build (ctx: Context<Config>) =
     let teacher = new MomentumCopy(student, net ())
     let center = torch.zeros([| c.Outputs |], device = ctx.Device)
     let evaluated = (teacher.Copy :?> DinoNet).Encoder
-    { training (Step(student, teacher, center, ctx.Data, c)) c.Epochs c.BatchSize evaluated ctx with Owned = [ student; teacher; center ] }
+    let examples = if c.PretrainImages > 0L then min c.PretrainImages ctx.Data.Train.Count else ctx.Data.Train.Count
+    { training (Step(student, teacher, center, ctx.Data, c)) c.Epochs c.BatchSize evaluated ctx with
+        Examples = examples; Owned = [ student; teacher; center ] }
 
 let spec =
     { backboneSpec "dino" "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers (DINO)" selfSupervised config
