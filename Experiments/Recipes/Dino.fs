@@ -72,7 +72,7 @@ let config preset =
     match preset with
     | Smoke ->
         { paper with Encoder = VitTiny(7L, 1); HeadHidden = 256L; Outputs = 512L; LocalCrops = 2; LocalCropSize = 14L
-                     TeacherTemperatureWarmupEpochs = 1; Epochs = 1; BatchSize = 64; WarmupEpochs = 0.2 }
+                     TeacherTemperatureWarmupEpochs = 1; Epochs = 1; PretrainImages = 640L; BatchSize = 64; WarmupEpochs = 0.2 }
     | Quick ->
         { paper with Encoder = VitTiny(7L, 2); HeadHidden = 1024L; Outputs = 4096L; LocalCrops = 2; LocalCropSize = 14L
                      TeacherTemperatureWarmupEpochs = 1; Epochs = 1; PretrainImages = 19200L; BatchSize = 64; WarmupEpochs = 0.1
