@@ -13,6 +13,7 @@ let recipes: Recipe list =
           recipes Recipes.SimSiam.spec
           recipes Recipes.Byol.spec
           recipes Recipes.BarlowTwins.spec
+          recipes Recipes.Dino.spec
           recipes Recipes.Nce.spec
           recipes Recipes.CpcV2.spec
           recipes Recipes.RelativePatch.spec

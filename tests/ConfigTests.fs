@@ -84,6 +84,18 @@ let tests =
                 Expect.isNone (Backbone.TryParse bad) $"'{bad}' refused"
             Expect.equal (featureDim (WideResNet(28, 2L))) 128L "WRN-28-2 features"
         }
+        test "ViT-Tiny backbones read and write vit-tiny-<patch>[-<depth>], 192 features" {
+            for b in [ VitTiny(4L, 12); VitTiny(7L, 4) ] do
+                Expect.equal (Backbone.TryParse(string b)) (Some b) $"{b}"
+            Expect.equal (string (VitTiny(4L, 12))) "vit-tiny-4" "depth 12 is the default form"
+            Expect.equal (Backbone.TryParse "vit-tiny-4-12") (Some(VitTiny(4L, 12))) "explicit depth 12"
+            for bad in [ "vit-tiny"; "vit-tiny-0"; "vit-tiny-4-0"; "vit-small-4"; "vit-tiny-4-2-1" ] do
+                Expect.isNone (Backbone.TryParse bad) $"'{bad}' refused"
+            Expect.equal (featureDim (VitTiny(7L, 4))) 192L "ViT-Tiny features"
+            Expect.equal (name (VitTiny(7L, 4))) "ViT-Tiny-p7-d4" "name"
+            use vit = instantiate None 1L (VitTiny(7L, 1))
+            Expect.equal vit.FeatureDim (featureDim (VitTiny(7L, 1))) "instantiated features"
+        }
         test "recipe files stay short: median under 120 lines, comments at most a third of each (scripts/recipe_lines.py)" {
             let files = Directory.GetFiles(Path.Combine(__SOURCE_DIRECTORY__, "..", "Experiments", "Recipes"), "*.fs")
             Expect.isNonEmpty files "recipe files found"

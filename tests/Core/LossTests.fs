@@ -1176,12 +1176,133 @@ let private barlowTwinsTests =
         }
     ]
 
+// ---- DINO ----
+
+/// main_dino.py's DINOLoss as loops: Σ over teacher crops i and student crops v ≠ i of
+/// mean_n −Σ_k softmax((t − c)/τ_t) log softmax(s/τ_s), divided by the number of pairs.
+let private dinoOracle (tauS: float) (tauT: float) (crops: int) (center: float[]) (teacher: float[][]) (student: float[][]) =
+    let n = student.Length / crops
+    let globals = teacher.Length / n
+    let mutable total, terms = 0.0, 0
+    for i in 0 .. globals - 1 do
+        for v in 0 .. crops - 1 do
+            if v <> i then
+                let perImage =
+                    Array.init n (fun b ->
+                        let p = softmax (Array.map2 (fun t c -> (t - c) / tauT) teacher[i * n + b] center)
+                        let s = student[v * n + b] |> Array.map (fun x -> x / tauS)
+                        let l = logSumExp s
+                        -(Array.fold2 (fun acc pk sk -> acc + pk * (sk - l)) 0.0 p s))
+                total <- total + mean perImage
+                terms <- terms + 1
+    total / float terms
+
+let private dinoTests =
+    testList "dino" [
+        Prop.propSmall "loss equals the DINOLoss loop over pairs of different crops" (fun (seed: int) ->
+            use g = generator seed
+            let rnd = Random(seed)
+            let crops, n, k = rnd.Next(2, 5), int64 (rnd.Next(1, 4)), int64 (rnd.Next(1, 6))
+            let globals = rnd.Next(1, min crops 2 + 1)
+            let tauS, tauT = 0.05 + rnd.NextDouble(), 0.02 + rnd.NextDouble()
+            use teacher = randn g [| int64 globals * n; k |] * 3.0
+            use student = randn g [| int64 crops * n; k |] * 3.0
+            use center = randn g [| k |]
+            use loss = Dino.loss tauS tauT crops center teacher student
+            near 1e-10 "loss" (scalar loss) (dinoOracle tauS tauT crops (values center) (rows teacher) (rows student)))
+        Prop.propSmall "pairs of the same crop are skipped: with one teacher crop, the student's crop 0 does not matter" (fun (seed: int) ->
+            use g = generator seed
+            use teacher = randn g [| 3L; 5L |] * 2.0
+            use student = randn g [| 9L; 5L |] * 2.0
+            use otherCrop0 = torch.cat([| randn g [| 3L; 5L |] * 5.0; student.narrow(0L, 3L, 6L) |], 0L)
+            use center = randn g [| 5L |]
+            use loss = Dino.loss 0.1 0.04 3 center teacher student
+            use changed = Dino.loss 0.1 0.04 3 center teacher otherCrop0
+            near 1e-12 "crop 0 pairs only with itself" (scalar changed) (scalar loss)
+            use otherCrop1 = torch.cat([| student.narrow(0L, 0L, 3L); randn g [| 3L; 5L |] * 5.0; student.narrow(0L, 6L, 3L) |], 0L)
+            use changed1 = Dino.loss 0.1 0.04 3 center teacher otherCrop1
+            Expect.isFalse (abs (scalar changed1 - scalar loss) < 1e-12) "crop 1 pairs with teacher crop 0")
+        test "no gradient reaches the teacher or the center; the student gets one" {
+            use teacher = torch.randn(4L, 6L, dtype = f64, requires_grad = true)
+            use student = torch.randn(8L, 6L, dtype = f64, requires_grad = true)
+            use center = torch.randn(6L, dtype = f64, requires_grad = true)
+            use loss = Dino.loss 0.1 0.04 4 center teacher student
+            loss.backward()
+            Expect.isNull teacher.grad "teacher has none"
+            Expect.isNull center.grad "center has none"
+            Expect.isNotNull student.grad "student has one"
+            Expect.isGreaterThan (student.grad.abs().sum().item<float>()) 0.0 "non-zero"
+        }
+        Prop.propSmall "student = teacher on identical crops at equal temperatures: the loss is the teacher's entropy, and any other student costs more" (fun (seed: int) ->
+            use g = generator seed
+            let rnd = Random(seed)
+            let tau = 0.05 + rnd.NextDouble()
+            use logits = randn g [| 3L; 7L |] * 2.0
+            use teacher = logits.repeat(2L, 1L)
+            use student = logits.repeat(4L, 1L)
+            use center = torch.zeros(7L, dtype = f64)
+            use loss = Dino.loss tau tau 4 center teacher student
+            use targets = Dino.teacherProbabilities tau center teacher
+            let entropy = Dino.entropy targets
+            near 1e-10 "H(P, P) = H(P)" (scalar loss) entropy
+            use other = randn g [| 12L; 7L |]
+            use worse = Dino.loss tau tau 4 center teacher other
+            Expect.isGreaterThanOrEqual (scalar worse) (entropy - 1e-12) "Gibbs: H(P, Q) >= H(P)")
+        Prop.propSmall "centering: shifting the teacher's logits and the center by one vector leaves the loss unchanged" (fun (seed: int) ->
+            use g = generator seed
+            use teacher = randn g [| 4L; 5L |]
+            use student = randn g [| 6L; 5L |]
+            use center = randn g [| 5L |]
+            use shift = randn g [| 5L |] * 4.0
+            use shiftedTeacher = teacher + shift
+            use shiftedCenter = center + shift
+            use before = Dino.loss 0.1 0.04 3 center teacher student
+            use after = Dino.loss 0.1 0.04 3 shiftedCenter shiftedTeacher student
+            near 1e-9 "shift" (scalar after) (scalar before)
+            use centred = Dino.loss 0.1 0.04 3 shift teacher student
+            Expect.isFalse (abs (scalar centred - scalar (Dino.loss 0.1 0.04 3 (torch.zeros(5L, dtype = f64)) teacher student)) < 1e-12) "the center matters")
+        Prop.propSmall "updatedCenter is m·c + (1 − m)·mean of the teacher rows, without gradient" (fun (seed: int) ->
+            use g = generator seed
+            let m = Random(seed).NextDouble()
+            use center = randn g [| 4L |]
+            use teacher = randn g [| 6L; 4L |]
+            use updated = Dino.updatedCenter m center teacher
+            let t = rows teacher
+            let expected = Array.init 4 (fun j -> m * (values center)[j] + (1.0 - m) * (t |> Array.averageBy (fun r -> r[j])))
+            Array.iter2 (near 1e-12 "center") (values updated) expected
+            Expect.isFalse updated.requires_grad "no gradient"
+            use kept = Dino.updatedCenter 1.0 center teacher
+            Array.iter2 (near 0.0 "m = 1 keeps the center") (values kept) (values center))
+        test "the teacher temperature follows np.linspace(0.04, 0.07, 30) over the warm-up, then 0.07" {
+            let t = Dino.teacherTemperature 0.04 0.07 30
+            near 1e-15 "epoch 0" (t 0) 0.04
+            near 1e-15 "epoch 1" (t 1) (0.04 + 0.03 / 29.0)
+            near 1e-15 "epoch 29" (t 29) 0.07
+            near 1e-15 "epoch 30" (t 30) 0.07
+            near 1e-15 "epoch 99" (t 99) 0.07
+            Expect.isTrue (Seq.pairwise [ for e in 0 .. 40 -> t e ] |> Seq.forall (fun (a, b) -> b >= a)) "non-decreasing"
+            near 1e-15 "no warm-up" (Dino.teacherTemperature 0.04 0.07 0 0) 0.07
+            near 1e-15 "one warm-up epoch: linspace of one point" (Dino.teacherTemperature 0.04 0.07 1 0) 0.04
+        }
+        test "entropy is log K for uniform rows and 0 for one-hot rows; bad shapes are errors naming the argument" {
+            use uniform = torch.ones([| 3L; 8L |], dtype = f64) / 8.0
+            near 1e-12 "uniform" (Dino.entropy uniform) (log 8.0)
+            use oneHot = torch.eye(4L, dtype = f64)
+            near 0.0 "one-hot" (Dino.entropy oneHot) 0.0
+            rejects "student" "multiple of crops = 3" (fun () -> Dino.loss 0.1 0.04 3 (torch.zeros(4L)) (torch.zeros(2L, 4L)) (torch.zeros(4L, 4L)))
+            rejects "teacher" "global crops" (fun () -> Dino.loss 0.1 0.04 2 (torch.zeros(4L)) (torch.zeros(3L, 4L)) (torch.zeros(4L, 4L)))
+            rejects "crops" "at least 2" (fun () -> Dino.loss 0.1 0.04 1 (torch.zeros(4L)) (torch.zeros(2L, 4L)) (torch.zeros(2L, 4L)))
+            rejects "center" "K" (fun () -> Dino.loss 0.1 0.04 2 (torch.zeros(3L)) (torch.zeros(2L, 4L)) (torch.zeros(4L, 4L)))
+        }
+    ]
+
 [<Tests>]
 let tests =
     testList "core.losses" [
         contrastiveTests
         siameseTests
         barlowTwinsTests
+        dinoTests
         mutualInformationTests
         adversarialTests
         entropyTests

@@ -927,12 +927,159 @@ let private batchNormTests =
         }
     ]
 
+// ---- vision transformer -------------------------------------------------------------------------
+
+let private vitParameter (m: nn.Module) (name: string) =
+    m.named_parameters () |> Seq.pick (fun struct (n, p) -> if n = name then Some(p :> Tensor) else None)
+
+let private float64Values (t: Tensor) = t.detach().contiguous().to_type(ScalarType.Float64).data<float>().ToArray()
+
+let private vitTests =
+    testList "vision transformer" [
+        test "ViT-Tiny maps 28 px images in 4 px patches to the class token (N, 192), 12 blocks" {
+            use vit = VisionTransformer.Tiny(1L, 4L, 12, 7L)
+            use x = randn 1 [| 2L; 1L; 28L; 28L |]
+            use y = vit.forward x
+            expectShape "output" [| 2L; 192L |] y
+            Expect.equal vit.FeatureDim 192L "feature dim"
+            Expect.equal (vit.named_modules () |> Seq.filter (fun struct (_, m) -> m :? TransformerBlock) |> Seq.length) 12 "12 blocks"
+            // Patch embedding 16·192 + 192, class token, 50 positions, 12 blocks, final LayerNorm.
+            let block = 192L * 576L + 576L + 192L * 192L + 192L + 192L * 768L + 768L + 768L * 192L + 192L + 4L * 192L
+            Expect.equal (parameterCount vit) (16L * 192L + 192L + 192L + 50L * 192L + 12L * block + 2L * 192L) "parameter count"
+        }
+        Prop.propSmall "multi-head attention equals the softmax(q kᵀ / √d) v loop per head" (fun (seed: int) ->
+            let seed = abs seed
+            let heads = 1L + int64 (seed % 3)
+            let dim, tokens, n = heads * (1L + int64 (seed % 2)), 1L + int64 (seed % 4), 2L
+            use attention = (new MultiHeadSelfAttention(dim, heads)).``to``(ScalarType.Float64)
+            use x = (randn seed [| n; tokens; dim |]).to_type(ScalarType.Float64)
+            use y = attention.forward x
+            let w name = float64Values (vitParameter attention name)
+            let qkvW, qkvB, projW, projB = w "qkv.weight", w "qkv.bias", w "proj.weight", w "proj.bias"
+            let xs = float64Values x
+            let d, t, hd = int dim, int tokens, int (dim / heads)
+            let expected = Array.zeroCreate (int n * t * d)
+            for b in 0 .. int n - 1 do
+                let row i = xs[(b * t + i) * d .. (b * t + i) * d + d - 1]
+                // qkv[i][o] = Σ_j x_ij W[o, j] + bias[o], o over 3d outputs (q, k, v; heads inside each).
+                let qkv = Array.init t (fun i -> Array.init (3 * d) (fun o -> qkvB[o] + Array.fold2 (fun s a c -> s + a * c) 0.0 (row i) qkvW[o * d .. o * d + d - 1]))
+                let mixed = Array.init t (fun _ -> Array.zeroCreate d)
+                for h in 0 .. int heads - 1 do
+                    for i in 0 .. t - 1 do
+                        let q = qkv[i][h * hd .. h * hd + hd - 1]
+                        let scores = Array.init t (fun j -> (Array.fold2 (fun s a c -> s + a * c) 0.0 q (qkv[j][d + h * hd .. d + h * hd + hd - 1])) / Math.Sqrt(float hd))
+                        let top = Array.max scores
+                        let e = scores |> Array.map (fun s -> Math.Exp(s - top))
+                        let total = Array.sum e
+                        for j in 0 .. t - 1 do
+                            for c in 0 .. hd - 1 do
+                                mixed[i][h * hd + c] <- mixed[i][h * hd + c] + e[j] / total * qkv[j][2 * d + h * hd + c]
+                for i in 0 .. t - 1 do
+                    for o in 0 .. d - 1 do
+                        expected[(b * t + i) * d + o] <- projB[o] + Array.fold2 (fun s a c -> s + a * c) 0.0 mixed[i] projW[o * d .. o * d + d - 1]
+            use reference = torch.tensor(expected, dtype = ScalarType.Float64).view(n, tokens, dim)
+            Check.close 1e-10 1e-10 "attention" y reference)
+        test "the token mixer without positions is permutation-equivariant" {
+            use vit = (VisionTransformer.Tiny(1L, 4L, 2, 7L)).``to``(ScalarType.Float64)
+            use tokens = (randn 3 [| 2L; 9L; 192L |]).to_type(ScalarType.Float64)
+            use g = generator 4
+            use order = torch.randperm(9L, generator = g)
+            use mixed = vit.Mix tokens
+            use permutedFirst = vit.Mix(tokens.index_select(1L, order))
+            use permutedAfter = mixed.index_select(1L, order)
+            Check.close 1e-9 1e-9 "Mix(P x) = P Mix(x)" permutedFirst permutedAfter
+        }
+        test "the patch embedding equals flattening each patch (channel, row, column) times the weight, plus the bias" {
+            use embedding = (new PatchEmbedding(2L, 2L, 5L)).``to``(ScalarType.Float64)
+            use x = (randn 5 [| 2L; 2L; 6L; 4L |]).to_type(ScalarType.Float64)
+            use y = embedding.forward x
+            expectShape "tokens" [| 2L; 6L; 5L |] y
+            let xs, w, b = float64Values x, float64Values embedding.Weight, float64Values embedding.Bias
+            let at n c r col = xs[((n * 2 + c) * 6 + r) * 4 + col]
+            let expected =
+                [| for n in 0 .. 1 do
+                     for pr in 0 .. 2 do
+                         for pc in 0 .. 1 do
+                             let patch = [| for c in 0 .. 1 do for i in 0 .. 1 do for j in 0 .. 1 -> at n c (2 * pr + i) (2 * pc + j) |]
+                             for o in 0 .. 4 -> b[o] + Array.fold2 (fun s a v -> s + a * v) 0.0 patch w[o * 8 .. o * 8 + 7] |]
+            use reference = torch.tensor(expected, dtype = ScalarType.Float64).view(2L, 6L, 5L)
+            Check.close 1e-12 1e-12 "patch embedding" y reference
+            use conv = nn.functional.conv2d(x, embedding.Weight.view(5L, 2L, 2L, 2L), embedding.Bias, strides = [| 2L; 2L |])
+            use fromConv = conv.flatten(2L).transpose(1L, 2L)
+            Check.close 1e-12 1e-12 "the stride-p convolution of the reference (float64)" y fromConv
+        }
+        test "positions at the training grid are the table itself; other grids keep the class vector and resize the rest" {
+            use vit = VisionTransformer.Tiny(1L, 4L, 1, 7L)
+            let table = vitParameter vit "positions"
+            use same = vit.PositionsFor(7L, 7L)
+            Check.close 0.0 0.0 "identity at 7x7" same table
+            use local = vit.PositionsFor(3L, 3L)
+            expectShape "3x3 grid" [| 1L; 10L; 192L |] local
+            Check.close 0.0 0.0 "class vector" (local.narrow(1L, 0L, 1L)) (table.narrow(1L, 0L, 1L))
+            use wide = vit.PositionsFor(7L, 14L)
+            expectShape "7x14 grid" [| 1L; 99L; 192L |] wide
+        }
+        test "global (28 px) and local (12 px) crops both work; a side that is not a multiple of p is an error naming the shape" {
+            use vit = VisionTransformer.Tiny(1L, 4L, 1, 7L)
+            use big = randn 6 [| 3L; 1L; 28L; 28L |]
+            use small = randn 7 [| 3L; 1L; 12L; 12L |]
+            use yBig = vit.forward big
+            use ySmall = vit.forward small
+            expectShape "global" [| 3L; 192L |] yBig
+            expectShape "local" [| 3L; 192L |] ySmall
+            let e = Prop.throws<ArgumentException> (fun () -> vit.forward(torch.zeros(1L, 1L, 13L, 12L)).Dispose())
+            Expect.stringContains e.Message "(1, 1, 13, 12)" "names the shape"
+            Expect.stringContains e.Message "patch size 4" "names the patch size"
+        }
+        test "a forward leaves only its output alive; backward reaches every parameter" {
+            use vit = VisionTransformer.Tiny(1L, 7L, 2, 4L)
+            use x = randn 8 [| 2L; 1L; 28L; 28L |]
+            use local = randn 9 [| 2L; 1L; 14L; 14L |]
+            forwardLeavesOnlyOutput "vit forward" vit x
+            forwardLeavesOnlyOutput "vit forward, resized positions" vit local
+            expectGradientsReachEveryParameter "vit" vit (fun () -> vit.forward x)
+        }
+        test "initialisation as the reference: LayerNorms 1 and 0, linear biases 0, weights of std about 0.02" {
+            use vit = VisionTransformer.Tiny(1L, 4L, 2, 7L)
+            for struct (name, p) in vit.named_parameters () do
+                let v = float64Values p
+                if name.Contains "norm" && name.EndsWith "weight" then Expect.allEqual v 1.0 $"{name} is 1"
+                elif name.EndsWith "bias" && not (name.StartsWith "patchEmbedding") then Expect.allEqual v 0.0 $"{name} is 0"
+            use qkv = (vitParameter vit "blocks.0.attention.qkv.weight").std()
+            Expect.floatClose { absolute = 1e-3; relative = 0.0 } (float (qkv.item<float32>())) 0.02 "qkv weight std"
+        }
+        test "DINO's head: logits are cosines with unit directions; FreezeLastLayer stops their gradient only" {
+            use head = new DinoHead(6L, 16L, 4L, 10L)
+            use x = randn 10 [| 5L; 6L |]
+            use y = head.forward x
+            expectShape "logits" [| 5L; 10L |] y
+            use fc2 = (vitParameter head "mlp.fc2.weight").std()
+            Expect.floatClose { absolute = 2e-3; relative = 0.0 } (float (fc2.item<float32>())) 0.02 "MLP weight std 0.02"
+            Expect.isTrue (y.abs().max().item<float32>() <= 1.0f + 1e-5f) "|cosine| <= 1"
+            let rescale () =
+                use _ = torch.no_grad ()
+                use scaled = head.Directions * 3.0
+                head.Directions.copy_(scaled) |> ignore
+            rescale ()
+            use same = head.forward x
+            Check.close 1e-5 1e-5 "the directions' norms do not matter (g fixed to 1)" same y
+            head.FreezeLastLayer <- true
+            (head.forward x).sum().backward()
+            let frozen = head.Directions.grad
+            Expect.isTrue (isNull frozen || frozen.abs().sum().item<float32>() = 0.0f) "no gradient to the frozen directions"
+            Expect.isNotNull (vitParameter head "mlp.fc1.weight").grad "the MLP still learns"
+            head.FreezeLastLayer <- false
+            expectGradientsReachEveryParameter "unfrozen head" head (fun () -> head.forward x)
+        }
+    ]
+
 [<Tests>]
 let tests =
     testList "core.models" [
         batchNormTests
         safeConvTests
         encoderTests
+        vitTests
         headTests
         momentumTests
         queueTests
