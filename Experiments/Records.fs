@@ -251,6 +251,17 @@ let render (recipes: Template.Recipe list) (recordsDir: string) (outPath: string
         say ""
         say $"![Mean linear probe, kNN and own-classifier accuracy of every fresh row]({relative path})"
         say ""
+    let missing =
+        [ for r in recipes do
+              let budgets = if r.Traits.LabelBudgets.IsEmpty then [ None ] else List.map Some r.Traits.LabelBudgets
+              for b in budgets do
+                  if not (fresh |> List.exists (fun row -> let m, p, l, _, _ = row.Key in m = r.Name && p = "quick" && l = b)) then
+                      yield r.Name + (b |> Option.map (fun n -> $"-{n}") |> Option.defaultValue "") ]
+    if not missing.IsEmpty then
+        say "## No fresh quick record yet"
+        say ""
+        say $"""{String.concat ", " (missing |> List.map (sprintf "`%s`"))}: `ssl repro --only <recipe>` (or a shard of the whole repro) makes them."""
+        say ""
     if not notRun.IsEmpty then
         say "## Not run"
         say ""
