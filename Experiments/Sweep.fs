@@ -183,7 +183,7 @@ let runChild (args: string list) (log: string option) =
     | Some path ->
         psi.RedirectStandardOutput <- true
         psi.RedirectStandardError <- true
-        use writer = new StreamWriter(path, true)
+        use writer = new StreamWriter(path, true, AutoFlush = true)
         let gate = obj ()
         let write (line: string) = if not (isNull line) then lock gate (fun () -> writer.WriteLine line)
         use p = new Process(StartInfo = psi)
@@ -280,9 +280,10 @@ let local (root: string) (commit: string) (processes: int) (runs: RunSpec list) 
             printfn "[%d/%d] %d running · %d failed · %s elapsed · ETA %s · %s"
                 finished pending.Length running failed.Length (clock started.Elapsed.TotalSeconds) eta event)
     use slots = new Threading.SemaphoreSlim(processes)
-    let work (r: RunSpec) =
-        task {
-            do! slots.WaitAsync()
+    // Each run on a pool thread of its own (Task.Run): the slots bound how many train at once.
+    let work (r: RunSpec) : Task =
+        Task.Run(fun () ->
+            slots.Wait()
             try
                 progress $"start {r.Name}"
                 let code, took = runOne root commit (Some threads) true r
@@ -293,9 +294,8 @@ let local (root: string) (commit: string) (processes: int) (runs: RunSpec list) 
                 let log = Path.Combine(root, r.Name, "train.log")
                 progress (if code = 0 then $"done {r.Name}" else $"FAILED {r.Name} (exit code {code}; {log})")
             finally
-                slots.Release() |> ignore
-        }
-    Task.WaitAll(pending |> List.map (fun r -> work r :> Task) |> List.toArray)
+                slots.Release() |> ignore)
+    Task.WaitAll(pending |> List.map work |> List.toArray)
     match failed with
     | [] ->
         printfn "ssl sweep: %d run, %d skipped, 0 failed in %s" pending.Length skipped (clock started.Elapsed.TotalSeconds)

@@ -206,6 +206,11 @@ let tests =
                 let result = JsonNode.Parse(File.ReadAllText(Path.Combine(root, name, "result.json")))
                 Expect.equal (result["seed"].GetValue<int64>()) (if name.EndsWith "1" then 1L else 0L) $"{name}: its seed"
                 Expect.isTrue (File.Exists(Path.Combine(root, name, "train.log"))) $"{name}: its log"
+            // Two at once: some run started (its config.json) before another one ended (its stamp).
+            let spans = [ for d in Directory.GetDirectories root ->
+                              File.GetLastWriteTimeUtc(Path.Combine(d, "config.json")), File.GetLastWriteTimeUtc(Path.Combine(d, Sweep.stampName)) ]
+            let overlap = spans |> List.exists (fun (s1, e1) -> spans |> List.exists (fun (s2, e2) -> (s1, e1) <> (s2, e2) && s2 < e1 && s1 < e2))
+            Expect.isTrue overlap "two runs trained at the same time"
             let stamps = [ for d in Directory.GetDirectories root -> File.GetLastWriteTimeUtc(Path.Combine(d, Sweep.stampName)) ]
             Expect.equal (run args) 0 "the second call"
             Expect.equal [ for d in Directory.GetDirectories root -> File.GetLastWriteTimeUtc(Path.Combine(d, Sweep.stampName)) ] stamps "nothing reran"
