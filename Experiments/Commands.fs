@@ -428,11 +428,10 @@ let sweep (args: ParseResults<SweepArgs>) =
     let resources: Sweep.Resources =
         { Cpus = args.GetResult(SweepArgs.Cpus, defaultValue = 2); MemoryGb = args.GetResult(SweepArgs.Mem_Gb, defaultValue = 8)
           Hours = args.GetResult(SweepArgs.Hours, defaultValue = 4) }
-    let pending () = runs |> List.filter (fun r -> Result.isError (Sweep.upToDate (IO.Path.Combine(root, r.Name)) commit r))
     match args.TryGetResult SweepArgs.Emit, args.TryGetResult SweepArgs.Local with
     | Some _, Some _ -> invalidArg "--emit" "--emit: writes a job for a scheduler instead of running; leave out --local"
     | Some scheduler, None ->
-        let todo = pending ()
+        let todo = Sweep.pendingOf root commit runs
         printfn "ssl sweep: %d runs, %d done already, %d in the job" runs.Length (runs.Length - todo.Length) todo.Length
         if todo.IsEmpty then 0
         else

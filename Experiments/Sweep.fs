@@ -157,6 +157,10 @@ let upToDate (dir: string) (commit: string) (run: RunSpec) : Result<unit, string
         elif text stamp "exit_code" <> "0" then Error $"""the last attempt failed (exit code {text stamp "exit_code"})"""
         else Ok()
 
+/// The runs of `runs` not done yet in `root` for `commit` (upToDate), in order.
+let pendingOf (root: string) (commit: string) (runs: RunSpec list) =
+    runs |> List.filter (fun r -> Result.isError (upToDate (Path.Combine(root, r.Name)) commit r))
+
 /// The command that runs this very `ssl` again: (program, leading arguments).
 let selfCommand () =
     let host = Environment.ProcessPath
@@ -266,7 +270,7 @@ let private clock (seconds: float) = TimeSpan.FromSeconds(Math.Round seconds).To
 let local (root: string) (commit: string) (processes: int) (runs: RunSpec list) =
     if processes < 1 then invalidArg "--local" $"--local: expected at least 1 process, found {processes}"
     let threads = max 1 (Environment.ProcessorCount / processes)
-    let pending = runs |> List.filter (fun r -> Result.isError (upToDate (Path.Combine(root, r.Name)) commit r))
+    let pending = pendingOf root commit runs
     let skipped = runs.Length - pending.Length
     printfn "ssl sweep: %d runs, %d done already (skipped), %d to run on %d processes of %d threads (commit %s)"
         runs.Length skipped pending.Length processes threads commit

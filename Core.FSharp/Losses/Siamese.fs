@@ -64,15 +64,20 @@ let crossCorrelation (z1: Tensor) (z2: Tensor) : Tensor =
     use scope = NewDisposeScope()
     ((standardised z1).t().matmul(standardised z2) / Operators.float z1.shape[0]).MoveToOuterDisposeScope()
 
+/// Barlow Twins' loss (eq. 1) of a cross-correlation matrix `c` (D, D) already computed (a step that
+/// also logs C computes it once): Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij².
+let barlowTwinsOf (lambda: float) (c: Tensor) : Tensor =
+    if not (lambda >= 0.0) then invalidArg "lambda" $"lambda: expected a value ≥ 0, found {lambda}"
+    use scope = NewDisposeScope()
+    let diagonal = c.diagonal()
+    let onDiagonal = (1.0 - diagonal).square().sum()
+    let offDiagonal = c.square().sum() - diagonal.square().sum()
+    (onDiagonal + offDiagonal * lambda).MoveToOuterDisposeScope()
+
 /// Barlow Twins' loss (Zbontar et al. 2021, eq. 1): L = Σ_i (1 − C_ii)² + λ Σ_i Σ_{j≠i} C_ij²,
 /// driving the cross-correlation of the two views to the identity: invariance on the diagonal,
 /// redundancy reduction off it. Gradients reach both views (no stop-gradient in this method).
 /// `lambda` ≥ 0 (paper: 5e-3 at D = 8,192, batch 2,048); result ≥ 0, 0 at C = I.
 let barlowTwins (lambda: float) (z1: Tensor) (z2: Tensor) : Tensor =
-    if not (lambda >= 0.0) then invalidArg "lambda" $"lambda: expected a value ≥ 0, found {lambda}"
     use scope = NewDisposeScope()
-    let c = crossCorrelation z1 z2
-    let diagonal = c.diagonal()
-    let onDiagonal = (1.0 - diagonal).square().sum()
-    let offDiagonal = c.square().sum() - diagonal.square().sum()
-    (onDiagonal + offDiagonal * lambda).MoveToOuterDisposeScope()
+    (barlowTwinsOf lambda (crossCorrelation z1 z2)).MoveToOuterDisposeScope()

@@ -78,10 +78,11 @@ type Step(encoder: Encoder, projector: TorchSharp.Modules.Sequential, data: Data
             let project (v: torch.Tensor) = projector.forward (encoder.forward v)
             let z1 = project (view config.Augmentation data ctx.Generator x)
             let z2 = project (view config.Augmentation data ctx.Generator x)
-            let loss = Siamese.barlowTwins config.OffDiagonalWeight z1 z2 * config.LossScale
+            let correlation = Siamese.crossCorrelation z1 z2
+            let loss = Siamese.barlowTwinsOf config.OffDiagonalWeight correlation * config.LossScale
             let value = ctx.Optimize("main", loss)
-            use _ = torch.no_grad()
-            let c = Siamese.crossCorrelation z1 z2
+            // The logged terms read the same C, without its graph.
+            let c = correlation.detach()
             let d = float c.shape[0]
             let diagonal = c.diagonal()
             let offDiagonal = (c.square().sum() - diagonal.square().sum()) / (d * (d - 1.0) |> max 1.0)
