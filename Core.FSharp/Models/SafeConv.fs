@@ -22,6 +22,34 @@ open type TorchSharp.torch
 [<Literal>]
 let ChannelBlock = 16L
 
+/// Whether CPU convolutions made here read their input in the channels-last (NHWC) memory layout.
+/// oneDNN then runs them, and the batch norms, ReLUs and max-pools after them, in NHWC: the
+/// supervised SmallConvNet-16 step ran about 1.1x faster here than in NCHW (docs/performance.md).
+/// The layout is a matter of strides: shapes, parameters and checkpoints stay (N, C, H, W) and NCHW.
+/// Set once at start-up (Host's DeviceSetup reads SSL_MEMORY_FORMAT); false gives the NCHW kernels.
+let mutable ChannelsLast = true
+
+/// x (N, C, H, W) with channels-last strides (C densest): a copy, or x's own memory when it already
+/// is channels-last. TorchSharp 0.107 has no memory_format argument, so the layout is made by
+/// permuting to NHWC, making that contiguous and permuting back; libtorch reads it from the strides.
+let channelsLast (x: Tensor) = x.permute(0L, 2L, 3L, 1L).contiguous().permute(0L, 3L, 1L, 2L)
+
+/// Whether x (N, C, H, W) is dense in channels-last order (libtorch's is_contiguous(ChannelsLast):
+/// strides C·H·W... with C densest; dimensions of size 1 are free).
+let isChannelsLast (x: Tensor) =
+    x.dim() = 4L
+    && (let shape, strides = x.shape, x.stride()
+        let mutable expected, dense = 1L, true
+        for d in [ 1; 3; 2; 0 ] do
+            if shape[d] <> 1L && strides[d] <> expected then dense <- false
+            expected <- expected * shape[d]
+        dense)
+
+/// The layout a convolution made here reads: x itself when it is already channels-last, is not a
+/// 4-D CPU tensor or `ChannelsLast` is off; else a channels-last copy of x.
+let convolutionInput (x: Tensor) =
+    if ChannelsLast && x.dim() = 4L && x.device_type = DeviceType.CPU && not (isChannelsLast x) then channelsLast x else x
+
 /// Zero output channels to append so libtorch's backward-data is right: up to a multiple of 16.
 let outputPadding (outputs: int64) = (ChannelBlock - outputs % ChannelBlock) % ChannelBlock
 
@@ -43,7 +71,9 @@ let conv2d (stride: int64) (padding: int64) (x: Tensor) (weight: Tensor) (bias: 
     let extraOut = outputPadding outputs
     let extraIn = inputPadding weight.shape[1]
     if (extraOut = 0L && extraIn = 0L) || x.dtype <> ScalarType.Float32 || x.device.``type`` <> DeviceType.CPU then
-        nn.functional.conv2d(x, weight, bias, strides = [| stride; stride |], padding = [| padding; padding |])
+        use scope = NewDisposeScope()
+        nn.functional.conv2d(convolutionInput x, weight, bias, strides = [| stride; stride |], padding = [| padding; padding |])
+            .MoveToOuterDisposeScope()
     else
         use scope = NewDisposeScope()
         let zerosLike (tensor: Tensor) (dim: int) (count: int64) =
@@ -54,8 +84,11 @@ let conv2d (stride: int64) (padding: int64) (x: Tensor) (weight: Tensor) (bias: 
             if count = 0L then tensor else cat([| tensor; zerosLike tensor dim count |], Operators.int64 dim)
         let paddedWeight = widen (widen weight 1 extraIn) 0 extraOut
         let paddedBias = if isNull bias then null else widen bias 0 extraOut
-        nn.functional.conv2d(widen x 1 extraIn, paddedWeight, paddedBias, strides = [| stride; stride |], padding = [| padding; padding |])
-            .narrow(1L, 0L, outputs).MoveToOuterDisposeScope()
+        let output =
+            nn.functional.conv2d(convolutionInput (widen x 1 extraIn), paddedWeight, paddedBias, strides = [| stride; stride |], padding = [| padding; padding |])
+                .narrow(1L, 0L, outputs)
+        // The narrowed map is strided; a dense channels-last copy keeps the layers after it on their fast paths.
+        (if ChannelsLast then convolutionInput output else output).MoveToOuterDisposeScope()
 
 /// An nn.Conv2d (under the name `conv`: parameters `conv.weight`, `conv.bias`) computed through
 /// `SafeConv.conv2d`.
@@ -80,4 +113,7 @@ let layer (inputChannels: int64) (outputChannels: int64) (kernelSize: int64) (st
     if needsPadding inputChannels outputChannels then
         new SafeConv2d(inputChannels, outputChannels, kernelSize, stride, padding, bias)
     else
-        nn.Conv2d(inputChannels, outputChannels, kernelSize, stride = stride, padding = padding, bias = bias)
+        let conv = nn.Conv2d(inputChannels, outputChannels, kernelSize, stride = stride, padding = padding, bias = bias)
+        // nn.Conv2d is sealed: its input's layout is set by a pre-hook (`call` runs it, as Sequential does).
+        conv.register_forward_pre_hook(fun _ x -> convolutionInput x) |> ignore
+        conv

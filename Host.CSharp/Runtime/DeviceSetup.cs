@@ -38,6 +38,22 @@ public static class DeviceSetup
         _ => throw new ArgumentException($"--device: expected one of cpu, cuda, auto; found '{text}'"),
     };
 
+    /// <summary>The environment variable that picks the convolutions' memory layout (docs/performance.md).</summary>
+    public const string MemoryFormatVariable = "SSL_MEMORY_FORMAT";
+
+    /// <summary>
+    /// Whether convolutions run channels-last: <c>SSL_MEMORY_FORMAT</c> unset or <c>channels-last</c>
+    /// (the default, faster on oneDNN here), or <c>nchw</c> (libtorch's default layout, for comparison).
+    /// </summary>
+    public static bool MemoryFormatFromEnvironment() =>
+        Environment.GetEnvironmentVariable(MemoryFormatVariable)?.Trim().ToLowerInvariant() switch
+        {
+            null or "" or "channels-last" or "channels_last" or "nhwc" => true,
+            "nchw" or "contiguous" => false,
+            var other => throw new ArgumentException(
+                $"{MemoryFormatVariable}: expected channels-last or nchw, found '{other}'"),
+        };
+
     /// <summary>
     /// Loads libtorch, picks the device, sets the thread count (0 = all cores), seeds every source
     /// of randomness and, with <paramref name="deterministic"/>, makes CPU runs repeat exactly.
@@ -60,6 +76,8 @@ public static class DeviceSetup
         };
         if (request == DeviceRequest.Auto)
             notes.Add(cudaAvailable ? "--device auto: using CUDA." : "--device auto: CUDA not available, using CPU.");
+
+        Ssl.Core.Models.SafeConv.ChannelsLast = MemoryFormatFromEnvironment();
 
         if (threads < 0) throw new ArgumentException($"--threads: expected 0 (all cores) or a positive count, found {threads}");
         var threadCount = threads == 0 ? Environment.ProcessorCount : threads;

@@ -809,6 +809,52 @@ let safeConvTests =
                 let relative = ((p.grad.to_type(ScalarType.Float64) - e).norm() / e.norm()).item<float>()
                 Expect.isLessThan relative 1e-2 $"{name}'s gradient, relative to float64"
         }
+        test "SafeConv.layer's convolutions run channels-last when ChannelsLast is on, NCHW when it is off" {
+            use scope = torch.NewDisposeScope()
+            use plain = SafeConv.layer 16L 32L 3L 1L 1L false
+            use padded = SafeConv.layer 40L 80L 3L 1L 1L false
+            let x16 = torch.randn([| 2L; 16L; 6L; 6L |])
+            let x40 = torch.randn([| 2L; 40L; 6L; 6L |])
+            let saved = SafeConv.ChannelsLast
+            try
+                for on in [ true; false ] do
+                    SafeConv.ChannelsLast <- on
+                    for name, output in [ "nn.Conv2d", plain.call x16; "SafeConv2d", padded.call x40 ] do
+                        Expect.equal (SafeConv.isChannelsLast output) on $"{name}: channels-last output = {on}"
+                        Expect.equal (output.is_contiguous ()) (not on) $"{name}: NCHW-contiguous output = {not on}"
+            finally SafeConv.ChannelsLast <- saved
+        }
+        for width in [ 16L; 40L ] do
+            test $"SmallConvNet-{width}: channels-last features and gradients equal float64 as NCHW's do" {
+                // The features agree to ~1e-6 in both layouts (batch norm's channels-last kernel rounds a
+                // little more); the gradients then differ by up to ~3e-3 wherever that rounding flips a
+                // ReLU or max-pool decision, hence the 1e-2 bound of the width-40 test above. A layout
+                // bug of the kind SafeConv works around gives errors of 0.1-2.
+                use scope = torch.NewDisposeScope()
+                torch.manual_seed width |> ignore
+                use net = new SmallConvNet(1L, width)
+                use net64 = new SmallConvNet(1L, width)
+                net64.load_state_dict(net.state_dict()) |> ignore
+                net64.``to``(ScalarType.Float64) |> ignore
+                use gen = new torch.Generator(uint64 width)
+                let x = torch.randn([| 32L; 1L; 28L; 28L |], generator = gen)
+                let g = torch.randn([| 32L; 4L * width |], generator = gen)
+                let pass (model: SmallConvNet) (input: Tensor) (on: bool) =
+                    SafeConv.ChannelsLast <- on
+                    model.zero_grad ()
+                    let y = model.call input
+                    (y * g.to_type(y.dtype)).sum().backward()
+                    y.detach().to_type(ScalarType.Float64), [ for struct (n, p) in model.named_parameters () -> n, p.grad.to_type(ScalarType.Float64) ]
+                let saved = SafeConv.ChannelsLast
+                let (y64, exact), (yLast, gradsLast), (yFirst, gradsFirst) =
+                    try pass net64 (x.to_type ScalarType.Float64) false, pass net x true, pass net x false
+                    finally SafeConv.ChannelsLast <- saved
+                let relative (a: Tensor) (e: Tensor) = ((a - e).norm() / e.norm()).item<float>()
+                for layout, y, grads in [ "channels-last", yLast, gradsLast; "NCHW", yFirst, gradsFirst ] do
+                    Expect.isLessThan (relative y y64) 1e-5 $"{layout} features against float64"
+                    for (name, e), (_, a) in List.zip exact grads do
+                        Expect.isLessThan (relative a e) 1e-2 $"{layout}: {name}'s gradient against float64"
+            }
     ]
 
 let private patchEncoderTests =
