@@ -1,11 +1,16 @@
 using TorchSharp;
+using static TorchSharp.torch;
 
 namespace Ssl.Host.Engine;
 
 /// <summary>What <see cref="StepBenchmark"/> measured over its window of training steps.</summary>
 /// <param name="EncoderTrainingFlops">forward + backward FLOPs of the module named "encoder" (all modules if none is)</param>
 /// <param name="AllTrainingFlops">forward + backward FLOPs of every module of the step (heads, teachers, ...)</param>
-public sealed record StepBenchmarkResult(int Steps, long Images, double Seconds, double EncoderTrainingFlops, double AllTrainingFlops)
+/// <param name="PhaseSeconds">seconds spent per phase over the window: "forward" (calls of the step's modules), "backward"
+/// and "optimizer" (zero_grad and step, in <see cref="StepContext.Optimize"/>); the rest of <paramref name="Seconds"/> is
+/// augmentation, losses and bookkeeping</param>
+public sealed record StepBenchmarkResult(int Steps, long Images, double Seconds, double EncoderTrainingFlops, double AllTrainingFlops,
+    IReadOnlyDictionary<string, double> PhaseSeconds)
 {
     public double ImagesPerSecond => Images / Math.Max(Seconds, 1e-9);
     public double EncoderGflops => EncoderTrainingFlops / Math.Max(Seconds, 1e-9) / 1e9;
@@ -47,6 +52,20 @@ public sealed class StepBenchmark
     double seconds;
     FlopCounter? encoder;
     FlopCounter? all;
+    readonly Dictionary<string, double> phases = new();
+    readonly List<Action> removers = new();
+    int depth;
+    long forwardStart;
+
+    /// <summary>
+    /// Adds <paramref name="seconds"/> to a phase of the measured steps of the active benchmark (none: nothing).
+    /// The phases are not part of a step's contract: they split the bench's time for docs/performance.md.
+    /// </summary>
+    public static void AddPhase(string phase, double seconds)
+    {
+        if (Active is { } b && b.encoder is not null)
+            b.phases[phase] = b.phases.GetValueOrDefault(phase) + seconds;
+    }
 
     /// <summary>Called by the trainer after each step with the step's images and duration.</summary>
     internal void AfterStep(ITrainingStep step, int batchImages, double stepSeconds)
@@ -62,9 +81,11 @@ public sealed class StepBenchmark
         images += batchImages;
         seconds += stepSeconds;
         if (measured < MeasuredSteps) return;
-        var result = new StepBenchmarkResult(measured, images, seconds, encoder!.TrainingFlops, all!.TrainingFlops);
+        var result = new StepBenchmarkResult(measured, images, seconds, encoder!.TrainingFlops, all!.TrainingFlops,
+            new Dictionary<string, double>(phases));
         encoder.Dispose();
         all.Dispose();
+        foreach (var remove in removers) remove();
         Active = null;
         throw new StepBenchmarkComplete(result);
     }
@@ -74,5 +95,21 @@ public sealed class StepBenchmark
         var modules = step.Modules;
         encoder = new FlopCounter(modules.TryGetValue("encoder", out var e) ? new[] { e } : modules.Values);
         all = new FlopCounter(modules.Values);
+        // The forward phase: from the first of the step's modules entered to the last one left (one
+        // module may call another), by hooks on the step's own modules.
+        foreach (var module in modules.Values.Distinct(ReferenceEqualityComparer.Instance).OfType<nn.Module<Tensor, Tensor>>())
+        {
+            var pre = module.register_forward_pre_hook((_, x) =>
+            {
+                if (depth++ == 0) forwardStart = System.Diagnostics.Stopwatch.GetTimestamp();
+                return x;
+            });
+            var post = module.register_forward_hook((_, _, y) =>
+            {
+                if (--depth == 0) AddPhase("forward", System.Diagnostics.Stopwatch.GetElapsedTime(forwardStart).TotalSeconds);
+                return y;
+            });
+            removers.Add(() => { pre.remove(); post.remove(); });
+        }
     }
 }

@@ -71,9 +71,15 @@ public sealed class StepContext
             throw new NonFiniteLossException(
                 $"loss of optimizer '{optimizer}' is {value} at epoch {Epoch}, step {GlobalStep}: expected a finite number. " +
                 "Training stopped; the last checkpoint holds the last good state (lower the learning rate or check the data).");
+        var start = System.Diagnostics.Stopwatch.GetTimestamp();
         target.ZeroGrad();
+        var zeroed = System.Diagnostics.Stopwatch.GetTimestamp();
         loss.backward(retain_graph: retainGraph);
+        var backward = System.Diagnostics.Stopwatch.GetTimestamp();
         target.Step();
+        var seconds = (long ticks) => (double)ticks / System.Diagnostics.Stopwatch.Frequency;
+        StepBenchmark.AddPhase("backward", seconds(backward - zeroed));
+        StepBenchmark.AddPhase("optimizer", seconds(zeroed - start + System.Diagnostics.Stopwatch.GetTimestamp() - backward));
         return value;
     }
 
