@@ -99,22 +99,39 @@ def pin_malloc_thresholds() -> bool:
     return libc.mallopt(-3, 32 * 1024 * 1024) == 1 and libc.mallopt(-1, 256 * 1024 * 1024) == 1
 
 
-def loaded_blas() -> dict:
-    """The BLAS this process mapped (from /proc/self/maps): its file and, for OpenBLAS, its config."""
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def sgemm_library() -> str:
+    """The file whose sgemm_ libtorch_cpu calls (dlsym from libtorch_cpu's handle searches its
+    dependencies as the loader binds them, dladdr names the file); "" if none is found."""
     with open("/proc/self/maps") as maps:
-        files = sorted({line.split()[-1] for line in maps if re.search(r"lib(open)?blas|libmkl|libblis|libflexiblas", line)})
-    found = [f for f in files if "blas" in os.path.basename(f) or "mkl" in f]
-    library = next((f for f in found if "openblas" in os.path.basename(f)), found[0] if found else "")
-    if "openblas" in library:
+        torch_cpu = next((line.split()[-1] for line in maps if "libtorch_cpu" in line), None)
+    if torch_cpu is None:
+        return ""
+    try:
+        sgemm = ctypes.CDLL(torch_cpu).sgemm_
+    except (OSError, AttributeError):
+        return ""
+    info = _DlInfo()
+    if ctypes.CDLL("libc.so.6").dladdr(ctypes.cast(sgemm, ctypes.c_void_p), ctypes.byref(info)) == 0:
+        return ""
+    return os.path.realpath(info.dli_fname.decode())
+
+
+def loaded_blas() -> dict:
+    """The BLAS torch's matrix products run on, and for OpenBLAS its version, threading and kernels."""
+    library = sgemm_library()
+    try:
         lib = ctypes.CDLL(library)
         lib.openblas_get_config.restype = ctypes.c_char_p
         parallel = {0: "sequential", 1: "pthreads", 2: "OpenMP"}.get(lib.openblas_get_parallel(), "unknown threading")
         version = lib.openblas_get_config().decode().split()[1]
         name = f"OpenBLAS {version} ({parallel}, {openblas_core(library)} kernels)"
-    elif library.endswith("/blas/libblas.so.3"):
-        name = "netlib reference BLAS"
-    else:
-        name = os.path.basename(library) or "none found"
+    except (OSError, AttributeError):
+        name = "netlib reference BLAS" if "/blas/" in library else (os.path.basename(library) or "unknown")
     return {"blas": name, "blas_library": library, "blas_note": os.environ.get("SSL_PEER_BLAS_NOTE")}
 
 
