@@ -1,6 +1,7 @@
 // The build script: `dotnet fsi build.fsx <target>`. Targets: build, test, demo, repro, bench, clean.
 // It needs nothing but the .NET SDK; it installs the data set the demo and tests read (Debian's
-// dataset-fashion-mnist) where it is missing and apt can, and says how to provide it otherwise.
+// dataset-fashion-mnist) where it is missing and apt can, and says how to provide it otherwise; the
+// bench target installs what the PyTorch twins run on (python3-torch, libopenblas0-openmp) the same way.
 open System
 open System.Diagnostics
 open System.IO
@@ -54,23 +55,47 @@ let onPath (tool: string) =
 
 let isRoot () = Environment.UserName = "root"
 
+/// Installs Debian `packages` with apt (as root, or through sudo without a password), updating the
+/// package lists once if the first try fails; otherwise fails with `howTo`. `what` names the need.
+let aptInstall (what: string) (packages: string) (howTo: string) =
+    if not (onPath "apt-get") then fail $"{what} is missing and apt-get is not available. {howTo}"
+    let apt args =
+        if isRoot () then run "apt-get" args
+        elif onPath "sudo" then run "sudo" ("-n apt-get " + args)
+        else 1
+    let env = "-y -q -o Dpkg::Use-Pty=0"
+    // No configuration questions from the packages' install scripts (apt-get as root inherits it).
+    Environment.SetEnvironmentVariable("DEBIAN_FRONTEND", "noninteractive")
+    printfn "%s not found: installing the Debian package(s) %s." what packages
+    if apt $"install {env} {packages}" <> 0 then
+        apt "update -q" |> ignore
+        if apt $"install {env} {packages}" <> 0 then fail $"could not install {packages} with apt. {howTo}"
+
 /// Makes sure Fashion-MNIST is readable: installs Debian's package where apt can, else explains.
 let ensureFashionMnist () =
     if not (fashionMnistPresent ()) then
         let howTo =
             "Provide Fashion-MNIST yourself: `sudo apt-get install dataset-fashion-mnist` on Debian/Ubuntu, or put the four " +
             "IDX files (train/t10k images/labels, .gz or raw) in a folder $SSL_DATA/fashion-mnist and set SSL_DATA."
-        if not (onPath "apt-get") then fail $"Fashion-MNIST is missing and apt-get is not available. {howTo}"
-        let apt args =
-            if isRoot () then run "apt-get" args
-            elif onPath "sudo" then run "sudo" ("-n apt-get " + args)
-            else 1
-        let env = "-y -q -o Dpkg::Use-Pty=0"
-        printfn "Fashion-MNIST not found: installing the Debian package dataset-fashion-mnist."
-        if apt $"install {env} dataset-fashion-mnist" <> 0 then
-            apt "update -q" |> ignore
-            if apt $"install {env} dataset-fashion-mnist" <> 0 then fail $"could not install dataset-fashion-mnist with apt. {howTo}"
+        aptInstall "Fashion-MNIST" "dataset-fashion-mnist" howTo
         if not (fashionMnistPresent ()) then fail $"dataset-fashion-mnist installed, but {debianFashionMnist}/{fashionMnistFile} is missing. {howTo}"
+
+// ---- the PyTorch twins (ssl bench --peer) -------------------------------------------------------
+let debianTorch = "/usr/lib/python3/dist-packages/torch/__init__.py"
+let multiarch = if Runtime.InteropServices.RuntimeInformation.ProcessArchitecture = Runtime.InteropServices.Architecture.Arm64 then "aarch64-linux-gnu" else "x86_64-linux-gnu"
+let openblasOpenmp = $"/usr/lib/{multiarch}/openblas-openmp/libblas.so.3"
+
+/// Makes sure the twins can run: Debian's python3-torch for /usr/bin/python3 and OpenBLAS (OpenMP)
+/// instead of the reference BLAS it links; installs both where apt can, else explains.
+let ensurePeer () =
+    let missing = [ if not (File.Exists debianTorch) then "python3-torch"
+                    if not (File.Exists openblasOpenmp) then "libopenblas0-openmp" ]
+    if not missing.IsEmpty then
+        let packages = String.concat " " missing
+        let howTo = $"Install them yourself (`sudo apt-get install {packages}`), or bench without the PyTorch twins: `dotnet build` and `ssl bench`."
+        aptInstall "The PyTorch twins' runtime" packages howTo
+        for file in [ debianTorch; openblasOpenmp ] do
+            if not (File.Exists file) then fail $"{packages} installed, but {file} is missing. {howTo}"
 
 // ---- targets -----------------------------------------------------------------------------------
 let build () = must (run "dotnet" $"build Ssl.sln -c {configuration} -nologo -v minimal") "dotnet build"
@@ -119,11 +144,13 @@ let repro (args: string list) =
     must (ssl $"repro --runs-dir runs/repro --records results --out RESULTS.md --figures docs/results{onlyArgument args}") "ssl repro"
 
 /// Each recipe's training step timed (img/s, encoder GFLOP/s against a matmul peak measured in the
-/// same process, peak RSS): runs/bench/bench.json and the table in README.md's performance section.
+/// same process, peak RSS) and, for the recipes with a PyTorch twin, alternately with the twin:
+/// runs/bench/bench.json and the table in README.md's performance section.
 let bench (args: string list) =
     ensureFashionMnist ()
+    ensurePeer ()
     build ()
-    must (ssl $"bench --out runs/bench --readme README.md{onlyArgument args}") "ssl bench"
+    must (ssl $"bench --peer --out runs/bench --readme README.md{onlyArgument args}") "ssl bench"
 
 let clean () =
     for dir in [ "Core.FSharp"; "Host.CSharp"; "Experiments"; "tests" ] do

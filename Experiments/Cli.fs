@@ -215,10 +215,12 @@ type BenchArgs =
     | Colour_Dataset of dataset: string
     | Data of path: string
     | Image_Size of pixels: int
+    | Peer
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Peer -> "beside each recipe with a PyTorch twin (supervised, rotnet, moco: scripts/peer/, on Debian's python3-torch), run ours and the twin alternately, three pairs: medians and ratio ours / twin."
             | Data _ -> "time decoding and resizing this image folder (images/s on all cores) instead of training steps."
             | Image_Size _ -> "with --data: resize the shorter side to N and centre-crop, as a run's --image-size."
             | Colour_Dataset _ -> "colour data set for the colour-only recipes (default: generated colour images, throughput only)."

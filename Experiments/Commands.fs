@@ -154,12 +154,7 @@ let config (args: ParseResults<ConfigArgs>) =
         let valueAt (path: string) = (path.Split('.') |> Array.fold (fun (n: JsonNode) key -> n[key]) (resolved :> JsonNode)).ToJsonString()
         for path, kind in recipe.Fields do printfn "%s: %s = %s" path kind (valueAt path)
     else
-        let document = JsonObject()
-        document["method"] <- JsonValue.Create recipe.Name
-        document["preset"] <- JsonValue.Create(Recipe.Preset.name preset)
-        document["overrides"] <- JsonArray(sets |> List.map (fun s -> JsonValue.Create s :> JsonNode) |> Array.ofList)
-        document["config"] <- resolved
-        printfn "%s" (document.ToJsonString(JsonSerializerOptions(WriteIndented = true)))
+        printfn "%s" ((Template.configDocument recipe preset sets).ToJsonString(JsonSerializerOptions(WriteIndented = true)))
     0
 
 let private parseSplit (text: string) =
@@ -462,14 +457,17 @@ let bench (args: ParseResults<BenchArgs>) =
     let steps = args.GetResult(BenchArgs.Steps, defaultValue = 30)
     let threads = args.GetResult(BenchArgs.Threads, defaultValue = 0)
     let out = args.GetResult(BenchArgs.Out, defaultValue = IO.Path.Combine("runs", "bench"))
+    let peer = args.Contains BenchArgs.Peer
     match args.TryGetResult BenchArgs.Data with
+    | Some _ when peer -> invalidArg "--peer" "--peer: expected a training-step bench, found --data (decoding has no twin)"
     | Some path -> Bench.decode path (args.TryGetResult BenchArgs.Image_Size) out
     | None ->
     match args.TryGetResult BenchArgs.Method with
+    | Some _ when peer -> invalidArg "--peer" "--peer: expected the whole bench (it starts ours and the twin as children), found --method"
     | Some name ->
         match Registry.tryFind name with
         | Some recipe -> Bench.runMethod recipe preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) out
         | None -> findRecipe "--method" name |> ignore; 2
     | None ->
         let only = args.TryGetResult BenchArgs.Only |> Option.map (Repro.parseOnly Registry.recipes)
-        Bench.run only preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) out (args.TryGetResult BenchArgs.Readme)
+        Bench.run only preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) out (args.TryGetResult BenchArgs.Readme) peer

@@ -36,6 +36,9 @@ let run (argv: string[]) =
     | :? DeviceUnavailableException as e ->
         eprintfn "error: %s" e.Message
         1
+    | :? Peer.PeerUnavailableException as e ->
+        eprintfn "error: %s" e.Message
+        1
     | :? Ssl.Host.Engine.NonFiniteLossException as e ->
         eprintfn "error: %s" e.Message
         1

@@ -238,3 +238,12 @@ let recipes (spec: Spec<'Config>) : Recipe list =
     recipe spec spec.Name spec.Paper id
     :: [ for suffix, paper, change in spec.Variants -> recipe spec $"{spec.Name}-{suffix}" paper change ]
 
+/// The document `ssl config` prints: the recipe, its preset, the overrides and the resolved config
+/// (what `ssl train --config` replays and the PyTorch twins of `ssl bench --peer` read).
+let configDocument (recipe: Recipe) (preset: Preset) (overrides: string list) =
+    let document = JsonObject()
+    document["method"] <- JsonValue.Create recipe.Name
+    document["preset"] <- JsonValue.Create(Preset.name preset)
+    document["overrides"] <- JsonArray(overrides |> List.map (fun s -> JsonValue.Create s :> JsonNode) |> Array.ofList)
+    document["config"] <- recipe.Resolve preset None overrides
+    document

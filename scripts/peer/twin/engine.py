@@ -1,0 +1,117 @@
+"""Ssl's engine around a step: the optimizer with its parameter groups and schedule
+(Host.CSharp/Engine/OptimizerSpec.cs), StepContext.Optimize (loss value, finiteness check,
+zero_grad, backward, gradient norm, step), and the trainer loop of `ssl bench` (Trainer.cs with
+StepBenchmark.cs): per step the schedule, the global seed and a fresh generator from (seed, step),
+the step, its duration from before the schedule to after its tensors are freed; after the warm-up
+steps, the timed ones; img/s = the images the timed steps drew / the sum of their durations.
+"""
+import math
+import time
+
+import torch
+
+from .sampling import batch_order, derive
+
+
+class OptimizerSpec:
+    """OptimizerSpec: SGD (with or without Nesterov), linear warm-up then cosine decay to 0."""
+
+    def __init__(self, lr: float, momentum: float, nesterov: bool, weight_decay: float, warmup_epochs: float):
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        self.weight_decay, self.warmup_epochs = weight_decay, warmup_epochs
+
+    def factor(self, progress: float, total_epochs: float) -> float:
+        if self.warmup_epochs > 0 and progress < self.warmup_epochs:
+            return (progress + 1e-12) / self.warmup_epochs
+        span = max(total_epochs - self.warmup_epochs, 1e-12)
+        t = min(max((progress - self.warmup_epochs) / span, 0.0), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+
+class TrainingOptimizer:
+    """TrainingOptimizer: parameters of more than one dimension decayed, the rest (batch-norm scales
+    and shifts, biases) in a group without weight decay; the step reports the global gradient norm."""
+
+    def __init__(self, spec: OptimizerSpec, parameters):
+        self.spec = spec
+        self.all = [p for p in parameters if p.requires_grad]
+        if not self.all:
+            raise ValueError("optimizer: expected at least one trainable parameter, found none")
+        decayed = [p for p in self.all if p.dim() > 1]
+        plain = [p for p in self.all if p.dim() <= 1]
+        groups = [{"params": decayed, "weight_decay": spec.weight_decay}] if decayed else []
+        groups += [{"params": plain, "weight_decay": 0.0}] if plain else []
+        self.optimizer = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, dampening=0,
+                                         nesterov=spec.nesterov, foreach=False)
+
+    def schedule(self, progress: float, total_epochs: float):
+        lr = self.spec.lr * self.spec.factor(progress, total_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def optimize(self, loss: torch.Tensor) -> float:
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value}: expected a finite number")
+        # TorchSharp 0.107's zero_grad zeroes the gradients in place, as PyTorch 1.13's default does.
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        with torch.no_grad():
+            grads = [p.grad for p in self.all if p.grad is not None]
+            self.gradient_norm = torch.stack([g.norm() for g in grads]).norm().item() if grads else 0.0
+            self.optimizer.step()
+        return value
+
+
+class Context:
+    """StepContext: this step's generator, seeded from (run seed, step)."""
+
+    def __init__(self, seed: int, step: int):
+        self.generator = torch.Generator()
+        self.generator.manual_seed(derive(seed, 1_000_000 + step))
+
+
+def benchmark(recipe, examples: int, batch_size: int, epochs: int, seed: int, warmup: int, steps: int):
+    """Runs warmup + steps training steps of `recipe` over the batches BatchSampler gives each epoch
+    (its modules in training mode from every epoch's start) and returns (images, seconds) of the
+    timed steps and the losses of every step."""
+    per_epoch = examples // batch_size
+    if warmup + steps > epochs * per_epoch:
+        raise ValueError(f"the run has {epochs * per_epoch} steps, fewer than the {warmup + steps} asked for; lower --steps")
+    images, seconds, losses = 0, 0.0, []
+    for epoch in range(epochs):
+        order = batch_order(examples, seed, epoch)
+        for m in recipe.modules:
+            m.train()
+        for b in range(per_epoch):
+            step = epoch * per_epoch + b
+            if step == warmup + steps:
+                return images, seconds, losses
+            batch = order[b * batch_size:(b + 1) * batch_size]
+            start = time.perf_counter()
+            for o in recipe.optimizers:
+                o.schedule(epoch + b / per_epoch, epochs)
+            torch.manual_seed(derive(seed, step))
+            loss = recipe.step(Context(seed, step), batch)
+            elapsed = time.perf_counter() - start
+            losses.append(loss)
+            if step >= warmup:
+                images += len(batch)
+                seconds += elapsed
+    return images, seconds, losses
+
+
+def matmul_peak_gflops(seconds_per_size: float = 0.5) -> float:
+    """MachineInfo.MatmulPeakGflops: the best float32 n x n matmul rate for n = 512, 1024, 2048."""
+    best = 0.0
+    for n in (512, 1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        clock = time.perf_counter()
+        reps = 0
+        while time.perf_counter() - clock < seconds_per_size or reps < 2:
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t) / 1e9)
+            reps += 1
+    return best
