@@ -42,6 +42,11 @@ type BenchRecord =
       encoder_fraction_of_peak: float
       peak_rss_mb: float
       threads: int
+      /// The convolutions' memory layout: "channels-last" (default) or "nchw" (SSL_MEMORY_FORMAT).
+      memory_format: string
+      /// Milliseconds per timed step in each phase: backward, optimizer (StepBenchmark) and the rest,
+      /// "forward+other" (forward passes, augmentation, losses, bookkeeping).
+      phases_ms_per_step: Map<string, float>
       versions: VersionFigures
       machine: MachineInfo
       /// The figures against the PyTorch twin (`--peer`, recipes with a twin), else null.
@@ -79,6 +84,11 @@ let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads
           encoder_forward_mflop_per_image = perImage / 1e6; encoder_gflop_per_s = m.EncoderGflops; all_modules_gflop_per_s = m.AllGflops
           matmul_peak_gflop_per_s = peak; encoder_fraction_of_peak = m.EncoderGflops / peak
           peak_rss_mb = ProcessStats.PeakRssMb(); threads = env.Threads
+          memory_format = (if Ssl.Core.Models.SafeConv.ChannelsLast then "channels-last" else "nchw")
+          phases_ms_per_step =
+              let perStep (seconds: float) = 1000.0 * seconds / float m.Steps
+              let timed = m.PhaseSeconds |> Seq.map (fun kv -> kv.Key, perStep kv.Value) |> Map.ofSeq
+              timed |> Map.add "forward+other" (perStep m.Seconds - Seq.sum (Map.values timed))
           versions = RunFolder.CurrentVersions(); machine = MachineInfo.Current(); peer = None }
 
 let private options = JsonSerializerOptions(WriteIndented = true)
@@ -202,6 +212,8 @@ let runMethod (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (thre
     printfn "%s: %.0f img/s, encoder %.1f GFLOP/s (fwd+bwd) = %.0f%% of the %.1f GFLOP/s matmul peak; peak RSS %.0f MiB"
         recipe.Name record.images_per_s record.encoder_gflop_per_s (100.0 * record.encoder_fraction_of_peak)
         record.matmul_peak_gflop_per_s record.peak_rss_mb
+    printfn "%s phases (ms per step, %s): %s" recipe.Name record.memory_format
+        (record.phases_ms_per_step |> Map.toList |> List.map (fun (k, v) -> $"{k} {v:F1}") |> String.concat ", ")
     0
 
 /// `ssl bench --data PATH`: decode + resize throughput of an image folder on all cores (what a

@@ -1,14 +1,13 @@
 using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Ssl.Host.Engine;
 
 /// <summary>What <see cref="StepBenchmark"/> measured over its window of training steps.</summary>
 /// <param name="EncoderTrainingFlops">forward + backward FLOPs of the module named "encoder" (all modules if none is)</param>
 /// <param name="AllTrainingFlops">forward + backward FLOPs of every module of the step (heads, teachers, ...)</param>
-/// <param name="PhaseSeconds">seconds spent per phase over the window: "forward" (calls of the step's modules), "backward"
-/// and "optimizer" (zero_grad and step, in <see cref="StepContext.Optimize"/>); the rest of <paramref name="Seconds"/> is
-/// augmentation, losses and bookkeeping</param>
+/// <param name="PhaseSeconds">seconds spent per phase over the window: "backward" and "optimizer" (zero_grad and step),
+/// timed in <see cref="StepContext.Optimize"/>; the rest of <paramref name="Seconds"/> is forward passes, augmentation,
+/// losses and bookkeeping (recipes call their modules' forward directly, so it is not split further here)</param>
 public sealed record StepBenchmarkResult(int Steps, long Images, double Seconds, double EncoderTrainingFlops, double AllTrainingFlops,
     IReadOnlyDictionary<string, double> PhaseSeconds)
 {
@@ -53,9 +52,6 @@ public sealed class StepBenchmark
     FlopCounter? encoder;
     FlopCounter? all;
     readonly Dictionary<string, double> phases = new();
-    readonly List<Action> removers = new();
-    int depth;
-    long forwardStart;
 
     /// <summary>
     /// Adds <paramref name="seconds"/> to a phase of the measured steps of the active benchmark (none: nothing).
@@ -85,7 +81,6 @@ public sealed class StepBenchmark
             new Dictionary<string, double>(phases));
         encoder.Dispose();
         all.Dispose();
-        foreach (var remove in removers) remove();
         Active = null;
         throw new StepBenchmarkComplete(result);
     }
@@ -95,21 +90,5 @@ public sealed class StepBenchmark
         var modules = step.Modules;
         encoder = new FlopCounter(modules.TryGetValue("encoder", out var e) ? new[] { e } : modules.Values);
         all = new FlopCounter(modules.Values);
-        // The forward phase: from the first of the step's modules entered to the last one left (one
-        // module may call another), by hooks on the step's own modules.
-        foreach (var module in modules.Values.Distinct(ReferenceEqualityComparer.Instance).OfType<nn.Module<Tensor, Tensor>>())
-        {
-            var pre = module.register_forward_pre_hook((_, x) =>
-            {
-                if (depth++ == 0) forwardStart = System.Diagnostics.Stopwatch.GetTimestamp();
-                return x;
-            });
-            var post = module.register_forward_hook((_, _, y) =>
-            {
-                if (--depth == 0) AddPhase("forward", System.Diagnostics.Stopwatch.GetElapsedTime(forwardStart).TotalSeconds);
-                return y;
-            });
-            removers.Add(() => { pre.remove(); post.remove(); });
-        }
     }
 }
