@@ -41,6 +41,8 @@ type BenchRecord =
       matmul_peak_gflop_per_s: float
       encoder_fraction_of_peak: float
       peak_rss_mb: float
+      /// Whether the training images were streamed from their files (an image folder over --data-memory-mb).
+      streamed: bool
       threads: int
       /// The convolutions' memory layout: "channels-last" (default) or "nchw" (SSL_MEMORY_FORMAT).
       memory_format: string
@@ -52,20 +54,28 @@ type BenchRecord =
       /// The figures against the PyTorch twin (`--peer`, recipes with a twin), else null.
       peer: Peer.PeerFigures option }
 
+/// How a bench reads an image folder: `--image-size` and `--data-memory-mb` as a run's.
+type FolderReading = { ImageSize: int option; DataMemoryMb: int64 }
+
+let private asRead = { ImageSize = None; DataMemoryMb = defaultDataMemoryMb }
+
 /// Benchmarks one recipe in this process and returns its record.
-let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads: int) (dataset: string) (out: string) =
+let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads: int) (dataset: string) (reading: FolderReading) (out: string) =
     let env = DeviceSetup.Configure(DeviceRequest.Cpu, threads, 0L, false)
     let labels = List.tryHead recipe.Traits.LabelBudgets
     let config = recipe.Resolve preset None []
     let request: Request =
-        { Method = recipe.Name; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = None; DataRoot = None; Labels = labels; Seed = 0L
+        { Method = recipe.Name; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = reading.ImageSize; DataMemoryMb = reading.DataMemoryMb; Workers = 0; DataRoot = None; Labels = labels; Seed = 0L
           Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = out; Resume = false
           Config = Some config; Overrides = [] }
     let peak = MachineInfo.MatmulPeakGflops()
-    let perImage =
-        use data = Pipeline.loadData { request with Preset = Smoke }
+    let perImage, streamed =
+        // The FLOP count needs the images' shape only: read a folder streamed (no pixels kept), so this
+        // process's peak RSS is the run's own.
+        use data = Pipeline.loadData { request with Preset = Smoke; DataMemoryMb = 0L }
         use encoder = recipe.Encoder config data
-        FlopCounter.ForwardFlopsPerExample(encoder, [| data.Train.Channels; data.Train.Height; data.Train.Width |])
+        FlopCounter.ForwardFlopsPerExample(encoder, [| data.Train.Channels; data.Train.Height; data.Train.Width |]),
+        Ssl.Host.Data.ImageFolderOptions(MemoryBudgetMb = Nullable reading.DataMemoryMb).Streams data.Train.DecodedBytes
     if Directory.Exists out then Directory.Delete(out, true)
     StepBenchmark.Active <- StepBenchmark(warmup, steps)
     let measured =
@@ -83,7 +93,7 @@ let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads
           warmup_steps = warmup; steps = m.Steps; images = m.Images; seconds = m.Seconds; images_per_s = m.ImagesPerSecond
           encoder_forward_mflop_per_image = perImage / 1e6; encoder_gflop_per_s = m.EncoderGflops; all_modules_gflop_per_s = m.AllGflops
           matmul_peak_gflop_per_s = peak; encoder_fraction_of_peak = m.EncoderGflops / peak
-          peak_rss_mb = ProcessStats.PeakRssMb(); threads = env.Threads
+          peak_rss_mb = ProcessStats.PeakRssMb(); streamed = streamed; threads = env.Threads
           memory_format = (if Ssl.Core.Models.SafeConv.ChannelsLast then "channels-last" else "nchw")
           phases_ms_per_step =
               let perStep (seconds: float) = 1000.0 * seconds / float m.Steps
@@ -135,16 +145,23 @@ let table (records: BenchRecord list) =
     | [] -> ()
     sb.ToString()
 
-/// Replaces the text between the bench markers of `readme` with `content`; an error names the file
+/// Replaces the text between `start` and `stop` in `readme` with `content`; an error names the file
 /// when the markers are missing.
-let replaceBetweenMarkers (readme: string) (content: string) =
+let replaceBetween (start: string) (stop: string) (readme: string) (content: string) =
     let text = File.ReadAllText readme
-    let a = text.IndexOf startMarker
-    let b = text.IndexOf endMarker
+    let a = text.IndexOf start
+    let b = text.IndexOf stop
     if a < 0 || b < a then
-        raise (Ssl.Host.Data.DataException(readme, $"a {startMarker} ... {endMarker} pair of lines", "no such markers"))
-    let updated = text.Substring(0, a + startMarker.Length) + "\n" + content + text.Substring(b)
+        raise (Ssl.Host.Data.DataException(readme, $"a {start} ... {stop} pair of lines", "no such markers"))
+    let updated = text.Substring(0, a + start.Length) + "\n" + content + text.Substring(b)
     RunFolder.WriteAtomically(readme, updated)
+
+/// The training-step table's markers.
+let replaceBetweenMarkers = replaceBetween startMarker endMarker
+
+/// The markers between which `ssl bench --data --readme` writes its table.
+let dataStartMarker = "<!-- data-bench:start -->"
+let dataEndMarker = "<!-- data-bench:end -->"
 
 /// `ssl bench`: runs one child process per method (`ssl bench --method`), writes `<out>/bench.json`
 /// and, given `readme`, the table. With `peer`, each recipe with a twin runs as Peer.pairs
@@ -193,12 +210,15 @@ let run (only: string list option) (preset: Preset) (warmup: int) (steps: int) (
 /// The child's side: one method in this process, its record to `<out>/<method>.json`.
 /// A colour-only recipe without `colourDataset` runs on generated colour images written once into
 /// `<out>/synthetic-colour` (2 classes x 1,000 PNGs of 32x32).
-let runMethod (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads: int) (colourDataset: string option) (out: string) =
+/// With `folder` (`--data`), the step runs on that image folder read as `reading` says.
+let runMethod (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads: int) (colourDataset: string option)
+              (folder: string option) (reading: FolderReading) (out: string) =
     let dataset =
-        match recipe.Traits.Colour, colourDataset with
-        | false, _ -> "fashion-mnist"
-        | true, Some d -> d
-        | true, None ->
+        match folder, recipe.Traits.Colour, colourDataset with
+        | Some path, _, _ -> path
+        | None, false, _ -> "fashion-mnist"
+        | None, true, Some d -> d
+        | None, true, None ->
             let dir = Path.Combine(out, "synthetic-colour")
             if not (Directory.Exists dir) then
                 let partial = dir + ".partial"
@@ -206,7 +226,7 @@ let runMethod (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (thre
                 Synthetic.writeColourFolder partial 2 1000 32 |> ignore
                 Directory.Move(partial, dir)
             dir
-    let record = runOne recipe preset warmup steps threads dataset (Path.Combine(out, recipe.Name))
+    let record = runOne recipe preset warmup steps threads dataset (if folder.IsSome then reading else asRead) (Path.Combine(out, recipe.Name))
     Directory.CreateDirectory out |> ignore
     RunFolder.WriteAtomically(Path.Combine(out, $"{recipe.Name}.json"), JsonSerializer.Serialize(record, options))
     printfn "%s: %.0f img/s, encoder %.1f GFLOP/s (fwd+bwd) = %.0f%% of the %.1f GFLOP/s matmul peak; peak RSS %.0f MiB"
@@ -216,11 +236,19 @@ let runMethod (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (thre
         (record.phases_ms_per_step |> Map.toList |> List.map (fun (k, v) -> $"{k} {v:F1}") |> String.concat ", ")
     0
 
+/// A streamed bench child's budget when none is given: every folder is streamed.
+let streamedBudgetMb = 0L
+/// The in-memory child's: no folder is streamed.
+let inMemoryBudgetMb = 1L <<< 30
+
 /// `ssl bench --data PATH`: decode + resize throughput of an image folder on all cores (what a
-/// run on it pays at load): three full reads, the median images/s, into <out>/bench-data.json.
-/// Files skipped as undecodable count as read (their cost was paid).
-let decode (path: string) (imageSize: int option) (out: string) =
-    let options = Ssl.Host.Data.ImageFolderOptions(Size = Option.toNullable imageSize)
+/// run on it pays at load: three full reads, the median images/s), then `recipe`'s training step
+/// on that folder held in memory and streamed from its files (`pairs` alternating pairs of child
+/// processes, each its own peak RSS; medians), into <out>/bench-data.json. Files skipped as
+/// undecodable count as read (their cost was paid).
+let data (path: string) (imageSize: int option) (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads: int)
+         (pairs: int) (streamedMb: int64 option) (out: string) (readme: string option) =
+    let options = Ssl.Host.Data.ImageFolderOptions(Size = Option.toNullable imageSize, MemoryBudgetMb = Nullable())
     let reads =
         [ for _ in 1 .. 3 ->
               let clock = Diagnostics.Stopwatch.StartNew()
@@ -230,11 +258,56 @@ let decode (path: string) (imageSize: int option) (out: string) =
     let files, images, _ = reads.Head
     let rates = reads |> List.map (fun (f, _, s) -> float f / s) |> List.sort
     let median = rates[1]
+    printfn "decode + resize: %.0f images/s (median of 3 reads of %d files, %d decoded, on %d threads)"
+        median files images Environment.ProcessorCount
     Directory.CreateDirectory out |> ignore
+    let child (mode: string) (budget: int64) (i: int) =
+        let dir = Path.Combine(out, $"{mode}-{i}")
+        let json = Path.Combine(dir, $"{recipe.Name}.json")
+        if File.Exists json then File.Delete json
+        let args =
+            [ "bench"; "--method"; recipe.Name; "--preset"; Preset.name preset; "--warmup"; string warmup; "--steps"; string steps
+              "--threads"; string threads; "--data"; path; "--data-memory-mb"; string budget; "--in-process"; "--out"; dir ]
+            @ (imageSize |> Option.map (fun n -> [ "--image-size"; string n ]) |> Option.defaultValue [])
+        let code, _ = Sweep.runChild args None
+        if code <> 0 || not (File.Exists json) then failwith $"ssl bench --data: the {mode} {recipe.Name} child failed with exit code {code}"
+        JsonSerializer.Deserialize<BenchRecord>(File.ReadAllText json)
+    let streamedBudget = defaultArg streamedMb streamedBudgetMb
+    let runs = [ for i in 1 .. pairs -> child "in-memory" inMemoryBudgetMb i, child "streamed" streamedBudget i ]
+    let medianOf (pick: BenchRecord -> float) (records: BenchRecord list) =
+        let sorted = records |> List.map pick |> List.sort
+        sorted[(sorted.Length - 1) / 2]
+    let memory, streamed = List.map fst runs, List.map snd runs
+    if streamed |> List.exists (fun r -> not r.streamed) then
+        failwith $"ssl bench --data: the streamed child held {path} in memory: its decoded size is under --data-memory-mb {streamedBudget}"
+    let rate = medianOf (fun r -> r.images_per_s)
+    let rss = medianOf (fun r -> r.peak_rss_mb)
+    let ratio = rate streamed / rate memory
     let target = Path.Combine(out, "bench-data.json")
     RunFolder.WriteAtomically(target,
-        JsonSerializer.Serialize({| path = path; image_size = Option.toNullable imageSize; files = files; decoded = images
-                                    threads = Environment.ProcessorCount; images_per_s = median; reads_per_s = rates |}, RunFolder.Json))
-    printfn "decode + resize: %.0f images/s (median of 3 reads of %d files, %d decoded, on %d threads) -> %s"
-        median files images Environment.ProcessorCount target
+        JsonSerializer.Serialize(
+            {| path = path; image_size = Option.toNullable imageSize; files = files; decoded = images
+               threads = Environment.ProcessorCount; images_per_s = median; reads_per_s = rates
+               training =
+                {| recipe = recipe.Name; preset = Preset.name preset; pairs = pairs; streamed_data_memory_mb = streamedBudget
+                   in_memory_images_per_s = rate memory; streamed_images_per_s = rate streamed; streamed_over_in_memory = ratio
+                   in_memory_peak_rss_mb = rss memory; streamed_peak_rss_mb = rss streamed
+                   in_memory_runs = memory |> List.map (fun r -> r.images_per_s); streamed_runs = streamed |> List.map (fun r -> r.images_per_s) |} |},
+            RunFolder.Json))
+    printfn "%s %s step: %.0f img/s in memory, %.0f img/s streamed (%.2fx; medians of %d pairs); peak RSS %.0f / %.0f MiB -> %s"
+        recipe.Name (Preset.name preset) (rate memory) (rate streamed) ratio pairs (rss memory) (rss streamed) target
+    readme |> Option.iter (fun file ->
+        let f (d: int) (x: float) = x.ToString("N" + string d, Globalization.CultureInfo.InvariantCulture)
+        let r = memory.Head
+        let size = imageSize |> Option.map (fun n -> $"{n} px") |> Option.defaultValue "as stored"
+        let sizeFlag = imageSize |> Option.map (fun n -> $" --image-size {n}") |> Option.defaultValue ""
+        let table =
+            $"| folder | files | size | decode + resize img/s | {recipe.Name} {Preset.name preset} img/s in memory | streamed | streamed / in memory | peak RSS MiB in memory | streamed |\n" +
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n" +
+            $"| {Path.GetFileName(Path.TrimEndingDirectorySeparator path)} | {files} | {size} | {f 0 median} | {f 0 (rate memory)} | {f 0 (rate streamed)} | {f 2 ratio} | {f 0 (rss memory)} | {f 0 (rss streamed)} |\n\n" +
+            $"Generated by `ssl bench --data {path}{sizeFlag} --readme README.md` " +
+            $"(medians of {pairs} alternating pairs, {r.warmup_steps} warm-up + {r.steps} timed steps, streamed with --data-memory-mb {streamedBudget}, {r.threads} threads) " +
+            $"on {r.machine.CpuModel}, {r.machine.Cores} cores; commit `{r.versions.Commit}`. Do not edit: rerun it.\n"
+        replaceBetween dataStartMarker dataEndMarker file table
+        printfn "bench: table written to %s" file)
     0

@@ -43,6 +43,8 @@ type TrainArgs =
     | [<AltCommandLine("-d")>] Dataset of name: string
     | Eval_Dataset of name: string
     | Image_Size of pixels: int
+    | Data_Memory_Mb of mib: int64
+    | Workers of threads: int
     | Data_Root of dir: string
     | Labels of perClass: int
     | Seed of int64
@@ -62,6 +64,8 @@ type TrainArgs =
             | Dataset _ -> "data set: fashion-mnist (default), mnist, cifar10, cifar100, stl10, or an image folder (a class tree, train/ + val/ trees, or unlabelled images)."
             | Eval_Dataset _ -> "the labelled set the probes, kNN and baselines read (for an unlabelled --dataset, or another one)."
             | Image_Size _ -> "image folders: resize the shorter side to N and centre-crop N x N at load."
+            | Data_Memory_Mb _ -> "image folders whose decoded pixels exceed this many MiB are streamed from their files, batches decoded ahead (default 2048; 0 streams any folder)."
+            | Workers _ -> "image decoding threads (default: all cores)."
             | Data_Root _ -> "folder holding the data set's files (default: $SSL_DATA, then /usr/share/datasets)."
             | Labels _ -> "labels per class (few-label and semi-supervised runs), drawn with the seed."
             | Seed _ -> "seed for torch and .NET randomness, data order and label splits (default 0)."
@@ -215,14 +219,20 @@ type BenchArgs =
     | Colour_Dataset of dataset: string
     | Data of path: string
     | Image_Size of pixels: int
+    | Data_Memory_Mb of mib: int64
+    | Pairs of count: int
+    | [<Hidden>] In_Process
     | Peer
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Peer -> "beside each recipe with a PyTorch twin (supervised, rotnet, moco: scripts/peer/, on Debian's python3-torch), run ours and the twin alternately, three pairs: medians and ratio ours / twin."
-            | Data _ -> "time decoding and resizing this image folder (images/s on all cores) instead of training steps."
+            | Data _ -> "time decoding and resizing this image folder (images/s on all cores), then --method's step (default moco) on it in memory against streamed."
             | Image_Size _ -> "with --data: resize the shorter side to N and centre-crop, as a run's --image-size."
+            | Data_Memory_Mb _ -> "with --data: the streamed run's --data-memory-mb (default 0: stream whatever its size)."
+            | Pairs _ -> "with --data: alternating pairs of in-memory and streamed runs (default 3)."
+            | In_Process -> "with --data: time --method's step on the folder in this process (what each child of `ssl bench --data` does)."
             | Colour_Dataset _ -> "colour data set for the colour-only recipes (default: generated colour images, throughput only)."
             | Only _ -> "comma-separated recipes to benchmark (default: every registered one)."
             | Method _ -> "benchmark this one recipe in this process (what each child process of `ssl bench` does)."

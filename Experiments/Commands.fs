@@ -125,6 +125,14 @@ let train (args: ParseResults<TrainArgs>) =
             match args.TryGetResult TrainArgs.Image_Size |> Option.orElse (field<int> filePath run "image_size") with
             | Some n when n < 1 -> invalidArg "--image-size" $"--image-size: expected a size of at least 1 pixel, found {n}"
             | size -> size
+          DataMemoryMb =
+            match args.TryGetResult TrainArgs.Data_Memory_Mb with
+            | Some n when n < 0L -> invalidArg "--data-memory-mb" $"--data-memory-mb: expected a size in MiB, 0 or more (0 streams every image folder), found {n}"
+            | n -> defaultArg n Recipe.defaultDataMemoryMb
+          Workers =
+            match args.TryGetResult TrainArgs.Workers with
+            | Some n when n < 1 -> invalidArg "--workers" $"--workers: expected at least 1 decoding thread, found {n}"
+            | n -> defaultArg n 0
           DataRoot = args.TryGetResult TrainArgs.Data_Root
           Labels = labels
           Seed = args.TryGetResult TrainArgs.Seed |> Option.orElse (field<int64> filePath run "seed") |> Option.defaultValue 0L
@@ -197,8 +205,7 @@ let data (args: ParseResults<DataArgs>) =
 
     match args.TryGetResult DataArgs.Grid with
     | Some png ->
-        use picks = torch.tensor(samplesByClass dataset 10)
-        use images = dataset.Images.index_select(0, picks)
+        use images = dataset.Batch(samplesByClass dataset 10)
         ImageGrid.SavePng(images, png, columns = 10, scale = (if dataset.Height <= 32L then 3 else 1))
         AnsiConsole.MarkupLine $"sample grid: [link]{Markup.Escape(Path.GetFullPath png)}[/]"
     | None -> ()
@@ -280,7 +287,8 @@ let eval (args: ParseResults<EvalArgs>) =
                                     threads = args.GetResult(EvalArgs.Threads, defaultValue = 0), seed = seed)
     let request: Recipe.Request =
         { Method = recipe.Name; Preset = preset; Dataset = text "dataset"; EvalDataset = optionalText "eval_dataset"
-          ImageSize = (match recorded["image_size"] with null -> None | v -> Some(v.GetValue<int>())); DataRoot = None; Labels = labels; Seed = seed
+          ImageSize = (match recorded["image_size"] with null -> None | v -> Some(v.GetValue<int>()))
+          DataMemoryMb = Recipe.defaultDataMemoryMb; Workers = 0; DataRoot = None; Labels = labels; Seed = seed
           Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = dir; Resume = false
           Config = Some recipeConfig; Overrides = [] }
     let layer = args.TryGetResult EvalArgs.Layer
@@ -460,13 +468,23 @@ let bench (args: ParseResults<BenchArgs>) =
     let peer = args.Contains BenchArgs.Peer
     match args.TryGetResult BenchArgs.Data with
     | Some _ when peer -> invalidArg "--peer" "--peer: expected a training-step bench, found --data (decoding has no twin)"
-    | Some path -> Bench.decode path (args.TryGetResult BenchArgs.Image_Size) out
-    | None ->
+    | Some path when not (IO.Directory.Exists path) ->
+        invalidArg "--data" $"--data: expected an image folder, found '{path}' (no such folder)"
+    | Some path when not (args.Contains BenchArgs.In_Process) ->
+        let pairs = args.GetResult(BenchArgs.Pairs, defaultValue = 3)
+        if pairs < 1 then invalidArg "--pairs" $"--pairs: expected at least 1, found {pairs}"
+        let recipe = findRecipe "--method" (args.GetResult(BenchArgs.Method, defaultValue = "moco"))
+        Bench.data path (args.TryGetResult BenchArgs.Image_Size) recipe preset warmup steps threads pairs
+                   (args.TryGetResult BenchArgs.Data_Memory_Mb) out (args.TryGetResult BenchArgs.Readme)
+    | data ->
     match args.TryGetResult BenchArgs.Method with
     | Some _ when peer -> invalidArg "--peer" "--peer: expected the whole bench (it starts ours and the twin as children), found --method"
     | Some name ->
+        let reading: Bench.FolderReading =
+            { ImageSize = args.TryGetResult BenchArgs.Image_Size
+              DataMemoryMb = args.GetResult(BenchArgs.Data_Memory_Mb, defaultValue = Recipe.defaultDataMemoryMb) }
         match Registry.tryFind name with
-        | Some recipe -> Bench.runMethod recipe preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) out
+        | Some recipe -> Bench.runMethod recipe preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) data reading out
         | None -> findRecipe "--method" name |> ignore; 2
     | None ->
         let only = args.TryGetResult BenchArgs.Only |> Option.map (Repro.parseOnly Registry.recipes)

@@ -39,7 +39,9 @@ type Data =
 let badFileLimit = 0.01
 
 let private folderOptions (request: Request) (channels: int option) =
-    ImageFolderOptions(Size = Option.toNullable request.ImageSize, Channels = Option.toNullable channels)
+    ImageFolderOptions(Size = Option.toNullable request.ImageSize, Channels = Option.toNullable channels,
+                       MemoryBudgetMb = Nullable request.DataMemoryMb,
+                       Workers = (if request.Workers > 0 then request.Workers else Environment.ProcessorCount))
 
 /// Train and test splits of one data set; `smoke` keeps the first 2,000 training and 1,000 test
 /// images. `channels`: what an image folder is converted to (an evaluation set takes the training set's).
@@ -106,7 +108,7 @@ let recordData (folder: RunFolder) (data: Data) =
     let describe (d: Data) =
         JsonSerializer.SerializeToNode
             {| name = d.Name; channels = d.Train.Channels; height = d.Train.Height; width = d.Train.Width
-               train_images = d.Train.Count; test_images = d.Test.Count; labelled = d.Train.IsLabelled
+               train_images = d.Train.Count; test_images = d.Test.Count; labelled = d.Train.IsLabelled; streamed = d.Train.IsStreamed
                classes = (if d.Train.IsLabelled then d.Classes else 0)
                skipped_files = Seq.append d.Train.Skipped d.Test.Skipped |> Seq.distinct |> Seq.length |}
     let described = describe data
@@ -117,8 +119,7 @@ let recordData (folder: RunFolder) (data: Data) =
 /// Training images at `batch` (indices) as float32 pixel values in [0, 1] on `device`, for
 /// augmentations defined on pixel values (brightness, contrast, Lab); `standardise` afterwards.
 let unitPixels (data: Data) (batch: int64[]) (device: torch.Device) =
-    use idx = torch.tensor(batch)
-    use images = data.Train.Images.index_select(0L, idx)
+    use images = data.Train.Batch batch
     Features.ToInput(images, Array.zeroCreate data.Mean.Length, Array.create data.Std.Length 1.0, device)
 
 /// [0, 1] pixel values (N, C, H, W) standardised with the training set's per-channel statistics, as
@@ -166,8 +167,8 @@ let evaluateFeatures (budget: EvalBudget) (data: Data) (seed: int64) (trainFeatu
 
 /// Features of train and test under a frozen encoder.
 let extract (encoder: Encoder) (data: Data) (device: torch.Device) =
-    Features.Extract(encoder, data.Train.Images, data.Mean, data.Std, device),
-    Features.Extract(encoder, data.Test.Images, data.Mean, data.Std, device)
+    Features.Extract(encoder, data.Train, data.Mean, data.Std, device),
+    Features.Extract(encoder, data.Test, data.Mean, data.Std, device)
 
 /// A figure that does not depend on the method (a baseline), computed once per key and kept as
 /// JSON in runs/.cache beside the run folders, since every recipe on the same protocol shares it.
@@ -198,12 +199,16 @@ let protocolBaselines (request: Request) (data: Data) (name: string) (encoderNam
             let rProbe, rKnn, _ = evaluateFeatures budget data request.Seed rtr rte
             ProtocolFigures(LinearProbeAcc = Nullable rProbe, KnnAcc = Nullable rKnn))
     let rawPixels =
-        cached request $"raw-pixels-{name}-{Preset.name request.Preset}-seed{request.Seed}" (fun () ->
-            use ptr = Features.RawPixels data.Train.Images
-            use pte = Features.RawPixels data.Test.Images
-            let pProbe = LinearProbe.Evaluate(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes, request.Seed, budget.ProbeIterations).TestAccuracy
-            let pKnn = Knn.Accuracy(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes)
-            ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn))
+        if data.Train.IsStreamed || data.Test.IsStreamed then
+            eprintfn "raw-pixel baseline not run: %s is streamed from its files (over --data-memory-mb), and its pixels as features would not fit either" data.Name
+            ProtocolFigures()
+        else
+            cached request $"raw-pixels-{name}-{Preset.name request.Preset}-seed{request.Seed}" (fun () ->
+                use ptr = Features.RawPixels data.Train.Images
+                use pte = Features.RawPixels data.Test.Images
+                let pProbe = LinearProbe.Evaluate(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes, request.Seed, budget.ProbeIterations).TestAccuracy
+                let pKnn = Knn.Accuracy(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes)
+                ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn))
     [| randomInit; rawPixels |]
 
 /// Loss (and any other logged figure) per epoch as PNG curves in plots/.

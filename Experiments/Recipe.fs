@@ -17,6 +17,10 @@ module Preset =
     let all = [ Smoke; Quick; Paper ]
     let tryParse (text: string) = all |> List.tryFind (fun p -> name p = text.ToLowerInvariant())
 
+/// `--data-memory-mb`'s default: image folders up to 2 GiB of decoded pixels are held in memory.
+[<Literal>]
+let defaultDataMemoryMb = 2048L
+
 /// One `ssl train` invocation, fully resolved.
 type Request =
     { Method: string
@@ -26,6 +30,10 @@ type Request =
       EvalDataset: string option
       /// Image folders: shorter side resized to N and centre-cropped N x N at load (--image-size).
       ImageSize: int option
+      /// Image folders whose decoded pixels exceed this many MiB are streamed from their files (--data-memory-mb).
+      DataMemoryMb: int64
+      /// Image decoding threads; 0 = the cores (--workers).
+      Workers: int
       DataRoot: string option
       /// Labels per class for few-label and semi-supervised runs; None = all labels.
       Labels: int option
@@ -44,7 +52,7 @@ type Request =
     static member Create(method: string, preset: Preset, [<Optional; DefaultParameterValue("fashion-mnist")>] dataset: string,
                          [<Optional; DefaultParameterValue(0L)>] seed: int64, [<Optional; DefaultParameterValue(null: string)>] folder: string,
                          [<Optional; DefaultParameterValue(0)>] labels: int) =
-        { Method = method; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = None; DataRoot = None
+        { Method = method; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = None; DataMemoryMb = defaultDataMemoryMb; Workers = 0; DataRoot = None
           Labels = (if labels > 0 then Some labels else None); Seed = seed; Device = DeviceRequest.Cpu; Threads = 0
           Deterministic = false; Out = (if isNull folder then System.IO.Path.Combine("runs", $"{method}-{Preset.name preset}") else folder)
           Resume = false; Config = None; Overrides = [] }

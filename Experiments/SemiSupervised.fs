@@ -76,11 +76,10 @@ let trainingOf (c: Context<'Config>) (p: Parts) (step: Ssl.Host.Engine.ITraining
 
 /// The images at `indices` as float32 (N, C, H, W) in [0, 1] on `device` (not yet standardised, so
 /// warps fill with black and photometric transforms see [0, 1] values).
-let pixels (images: Tensor) (indices: int64[]) (device: torch.Device) : Tensor =
+let pixels (images: ImageDataset) (indices: int64[]) (device: torch.Device) : Tensor =
     use scope = torch.NewDisposeScope()
-    let channels = int images.shape[1]
-    use idx = torch.tensor(indices)
-    Features.ToInput(images.index_select(0L, idx), Array.create channels 0.0, Array.create channels 1.0, device).MoveToOuterDisposeScope()
+    let channels = int images.Channels
+    Features.ToInput(images.Batch indices, Array.create channels 0.0, Array.create channels 1.0, device).MoveToOuterDisposeScope()
 
 
 /// One-hot targets of int64 class indices: (N) → float32 (N, classes).

@@ -53,8 +53,9 @@ type Step(encoder: Encoder, head: LinearHead, data: Data, examples: int64[], con
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
         member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
-            use idx = torch.tensor(batch |> Array.map (fun i -> examples[int i]))
-            let x = Features.ToInput(data.Train.Images.index_select(0L, idx), data.Mean, data.Std, ctx.Device)
+            let picked = batch |> Array.map (fun i -> examples[int i])
+            use idx = torch.tensor(picked)
+            let x = Features.ToInput(data.Train.Batch picked, data.Mean, data.Std, ctx.Device)
             let y = data.Train.Labels.index_select(0L, idx).``to``(ctx.Device)
             let h, w = x.shape[2], x.shape[3]
             let augmented =
@@ -75,7 +76,7 @@ let schedule (config: Config) (examples: int) =
 
 /// Test accuracy of head(encoder(x)).
 let testAccuracy (encoder: Encoder) (head: LinearHead) (data: Data) (device: torch.Device) =
-    use features = Features.Extract(encoder, data.Test.Images, data.Mean, data.Std, device)
+    use features = Features.Extract(encoder, data.Test, data.Mean, data.Std, device)
     head.eval()
     use noGrad = torch.no_grad()
     use logits = head.forward(features.``to``(device))

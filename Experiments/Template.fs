@@ -190,7 +190,7 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
         for m in t.Step.Modules.Values do m.``to``(env.Device) |> ignore
         let options =
             TrainerOptions(Epochs = t.Epochs, BatchSize = t.BatchSize, ExampleCount = t.Examples, Seed = request.Seed,
-                           Resume = request.Resume, LogEvery = t.LogEvery,
+                           Resume = request.Resume, LogEvery = t.LogEvery, Plan = data.Train,
                            ConfigDigest = $"{request.Method} {configJson.ToJsonString()} labels={request.Labels}")
         let summary = Trainer.Run(t.Step, options, folder, env.Device, ConsoleProgress(), t.AfterEpoch)
         let testAcc = t.Classifier |> Option.map (fun (e, h) -> SupervisedTraining.testAccuracy e h data env.Device)

@@ -63,9 +63,12 @@ let tests =
             Expect.equal (Program.run [| "eval"; Fixtures.tempDir "no-run" |]) 1 "exit code"
         }
         testSequenced <| testList "smoke" [
+            // One parent folder, so the runs share its baseline cache (.cache) as runs under runs/ do: a
+            // baseline is computed once per data set, encoder and seed, not once per recipe.
+            let root = lazy (Fixtures.tempDir "smoke")
             for recipe in Registry.recipes |> List.filter (fun r -> r.Name <> "supervised") do
                 test $"ssl train {recipe.Name} --preset smoke writes result.json with its baselines" {
-                    let dir = Path.Combine(Fixtures.tempDir $"smoke-{recipe.Name}", "run")
+                    let dir = Path.Combine(root.Force(), recipe.Name)
                     // Colour-only recipes refuse the grey default data set: they train on the colour fixture.
                     let dataset = if List.contains recipe.Name colourOnlyRecipes then [| "--dataset"; Fixtures.colourFolder () |] else [||]
                     Expect.equal (Program.run (Array.append [| "train"; recipe.Name; "--preset"; "smoke"; "--out"; dir |] dataset)) 0 "exit code"

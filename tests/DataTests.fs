@@ -264,6 +264,63 @@ let folderTests =
             expectDataError root [ "val/ or test/" ] (fun () -> DataCatalog.Load(root, Split.Test))
         }
 
+        test "a folder over the memory budget is streamed: the same bytes per batch (planned or not), statistics, subsets and skipped files" {
+            let root = tempDir "streamed"
+            for cls in [ "a"; "b" ] do
+                Directory.CreateDirectory(Path.Combine(root, cls)) |> ignore
+                for i in 0 .. 19 do
+                    let ext = if i % 2 = 0 then "png" else "jpg"
+                    writeImage (Path.Combine(root, cls, $"{i:D2}.{ext}")) (i + (if cls = "a" then 0 else 50)) (12 + i) (30 - i)
+            let bad = Path.Combine(root, "b", "99.png")
+            writeImage bad 1 16 16
+            truncate bad 40
+            use memory = ImageFolder.Read(root, Split.Train, ImageFolderOptions(Size = 10))
+            use streamed = ImageFolder.Read(root, Split.Train, ImageFolderOptions(Size = 10, MemoryBudgetMb = 0L, Workers = 2))
+            Expect.isFalse memory.IsStreamed "the default budget holds it"
+            Expect.isTrue streamed.IsStreamed "a budget of 0 streams it"
+            Expect.equal (streamed.Count, streamed.Channels, streamed.Height, streamed.Width) (memory.Count, 3L, 10L, 10L) "the same shape"
+            Expect.sequenceEqual (streamed.Labels.data<int64>().ToArray()) (memory.Labels.data<int64>().ToArray()) "the same labels"
+            Expect.sequenceEqual streamed.Skipped memory.Skipped "the same file skipped, found before training"
+            let struct (m1, s1) = memory.ChannelStatistics()
+            let struct (m2, s2) = streamed.ChannelStatistics()
+            Expect.sequenceEqual (Array.append m2 s2) (Array.append m1 s1) "the same statistics to the last bit"
+            let same (message: string) (a: torch.Tensor) (b: torch.Tensor) =
+                use a = a
+                use b = b
+                Expect.isTrue (a.shape = b.shape && a.eq(b).all().item<bool>()) message
+            same "an unplanned batch" (streamed.Batch [| 5L; 0L; 33L; 7L |]) (memory.Batch [| 5L; 0L; 33L; 7L |])
+            let plan = [| [| 1L; 2L |]; [| 30L; 4L; 9L |]; [| 6L |]; [| 38L; 0L |] |]
+            streamed.Plan plan
+            same "a batch outside the plan" (streamed.Batch [| 3L |]) (memory.Batch [| 3L |])
+            for batch in plan do same "each planned batch, decoded ahead" (streamed.Batch batch) (memory.Batch batch)
+            same "rows" (streamed.Rows(2L, 3L)) (memory.Rows(2L, 3L))
+            Expect.throwsT<InvalidOperationException> (fun () -> streamed.Images |> ignore) "no whole tensor when streamed"
+            use sub = streamed.Subset [| 21L; 3L; 8L |]
+            use subMemory = memory.Subset [| 21L; 3L; 8L |]
+            Expect.isTrue sub.IsStreamed "a subset stays streamed"
+            let struct (m3, s3) = sub.ChannelStatistics()
+            let struct (m4, s4) = subMemory.ChannelStatistics()
+            Expect.sequenceEqual (Array.append m3 s3) (Array.append m4 s4) "a subset's statistics from its images' sums"
+            same "a subset's images" (sub.Rows(0L, 3L)) (subMemory.Rows(0L, 3L))
+        }
+
+        // Alone (sequenced): other tests' allocations would move this process's resident memory.
+        testSequenced <| test "decoding with --image-size keeps no native memory per image (resident memory flat over reads)" {
+            let root = tempDir "flat-rss"
+            Threading.Tasks.Parallel.For(0, 1000, fun i -> writeImage (Path.Combine(root, $"{i:D4}.jpg")) i (20 + i % 13) (24 + i % 7)) |> ignore
+            let read () =
+                use data = ImageFolder.Read(root, Split.Train, ImageFolderOptions(Size = 16, MemoryBudgetMb = 0L))
+                GC.Collect()
+                GC.WaitForPendingFinalizers()
+                Ssl.Host.Runtime.ProcessStats.RssMb()
+            read () |> ignore
+            let first = read ()
+            for _ in 1 .. 6 do read () |> ignore
+            let last = read ()
+            // The subset bitmap this replaced kept ~8 KB per image: 56 MiB over these seven reads.
+            Expect.isLessThan (last - first) 20.0 $"resident memory grew {last - first:F1} MiB over 7 reads of 1,000 files"
+        }
+
         test "an empty class folder" {
             let root = tempDir "folder"
             Directory.CreateDirectory(Path.Combine(root, "empty")) |> ignore

@@ -7,53 +7,23 @@ open System
 open System.IO
 open System.Text.Json.Nodes
 open Expecto
-open SkiaSharp
 open Ssl.Host.Data
 open Ssl.Experiments
-
-/// The first `n` images of `images` (uint8 (N, 1, 28, 28)) as 784-byte arrays.
-let private firstImages (images: TorchSharp.torch.Tensor) (n: int) =
-    let all = images.narrow(0L, 0L, int64 n).contiguous().data<byte>().ToArray()
-    Array.init n (fun i -> all[i * 784 .. i * 784 + 783])
-
-/// Writes a 28x28 grey image resized to width x height as PNG or JPEG.
-let private writeFashion (pixels: byte[]) (path: string) (width: int) (height: int) =
-    use source = new SKBitmap(28, 28, SKColorType.Gray8, SKAlphaType.Opaque)
-    Runtime.InteropServices.Marshal.Copy(pixels, 0, source.GetPixels(), pixels.Length)
-    use sized = source.Resize(SKImageInfo(width, height, SKColorType.Gray8, SKAlphaType.Opaque), SKSamplingOptions(SKFilterMode.Linear))
-    use image = SKImage.FromBitmap sized
-    let format = if path.EndsWith ".png" then SKEncodedImageFormat.Png else SKEncodedImageFormat.Jpeg
-    use data = image.Encode(format, 90)
-    File.WriteAllBytes(path, data.ToArray())
 
 /// A flat folder of `count` Fashion-MNIST training images of random sizes 40-120 px (JPEG and PNG)
 /// and a labelled tree of `labelled` test images (one sub-folder per class, 48 px PNG); returns both.
 let private writeFolders (count: int) (labelled: int) =
-    use train = DataCatalog.Load("fashion-mnist", Split.Train)
+    let flat = Synthetic.writeFashionFolder (Fixtures.tempDir "own-flat") count 40 120 7
     use test = DataCatalog.Load("fashion-mnist", Split.Test)
-    let flat = Fixtures.tempDir "own-flat"
-    let random = Random(7)
-    let sizes = Array.init count (fun _ -> random.Next(40, 121), random.Next(40, 121))
-    let pixels = firstImages train.Images count
-    Threading.Tasks.Parallel.For(0, count, fun i ->
-        let ext = if i % 2 = 0 then "jpg" else "png"
-        writeFashion pixels[i] (Path.Combine(flat, $"img{i:D5}.{ext}")) (fst sizes[i]) (snd sizes[i])) |> ignore
     let tree = Fixtures.tempDir "own-tree"
     let labels = test.Labels.data<int64>().ToArray()
-    let pixels = firstImages test.Images labelled
+    let pixels = Synthetic.greyImages test.Images labelled
     let dirs = [| for i in 0 .. labelled - 1 -> Path.Combine(tree, test.ClassNames[int labels[i]].Replace('/', '-')) |]
     for d in Array.distinct dirs do Directory.CreateDirectory d |> ignore
-    Threading.Tasks.Parallel.For(0, labelled, fun i -> writeFashion pixels[i] (Path.Combine(dirs[i], $"t{i:D5}.png")) 48 48) |> ignore
+    Threading.Tasks.Parallel.For(0, labelled, fun i -> Synthetic.writeGrey pixels[i] (Path.Combine(dirs[i], $"t{i:D5}.png")) 48 48) |> ignore
     flat, tree
 
-/// `n` corrupt files in `dir`, named `<prefix>k`: truncated JPEGs, empty PNGs and text named .jpg.
-let private corrupt (dir: string) (prefix: string) (n: int) =
-    let sample = Directory.GetFiles(dir, "*.jpg") |> Array.head |> File.ReadAllBytes
-    for k in 0 .. n - 1 do
-        match k % 3 with
-        | 0 -> File.WriteAllBytes(Path.Combine(dir, $"{prefix}{k}.jpg"), sample[.. sample.Length / 3])
-        | 1 -> File.WriteAllBytes(Path.Combine(dir, $"{prefix}{k}.png"), [||])
-        | _ -> File.WriteAllText(Path.Combine(dir, $"{prefix}{k}.jpg"), "this is not an image")
+let private corrupt = Synthetic.writeCorruptFiles
 
 let private result (dir: string) = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
 
@@ -68,7 +38,7 @@ let tests =
             let flat, tree = writeFolders 5000 2000
             corrupt flat "bad" 20
             let dir = Path.Combine(Fixtures.tempDir "own-run", "run")
-            let args = [| "train"; "moco"; "--preset"; "smoke"; "--dataset"; flat; "--eval-dataset"; tree; "--image-size"; "32"; "--out"; dir |]
+            let args = [| "train"; "moco"; "--preset"; "smoke"; "--dataset"; flat; "--eval-dataset"; tree; "--image-size"; "32"; "--deterministic"; "--out"; dir |]
             Expect.equal (Program.run args) 0 "trains"
             let errors = File.ReadAllLines(Path.Combine(dir, "data_errors.txt"))
             Expect.equal errors.Length 20 "the 20 corrupt files listed"
@@ -86,10 +56,19 @@ let tests =
             Expect.equal ((at config [ "data"; "labelled" ]).GetValue<bool>()) false "unlabelled"
             Expect.equal ((at config [ "data"; "eval"; "classes" ]).GetValue<int>()) 10 "the tree's classes"
             Expect.equal (config["image_size"].GetValue<int>()) 32 "the flag recorded"
-            let bench = Fixtures.tempDir "own-bench"
-            Expect.equal (Program.run [| "bench"; "--data"; flat; "--image-size"; "32"; "--out"; bench |]) 0 "ssl bench --data"
-            let rate = (JsonNode.Parse(File.ReadAllText(Path.Combine(bench, "bench-data.json")))).["images_per_s"].GetValue<float>()
-            Expect.isGreaterThan rate 0.0 "a decode rate"
+            Expect.isFalse ((at config [ "data"; "streamed" ]).GetValue<bool>()) "held in memory"
+            // The same folder streamed from its files (a budget of 0 MiB) at the same seed: the same losses.
+            let streamed = Path.Combine(Fixtures.tempDir "own-streamed", "run")
+            let args = [| "train"; "moco"; "--preset"; "smoke"; "--dataset"; flat; "--image-size"; "32"; "--data-memory-mb"; "0"; "--workers"; "2"; "--deterministic"; "--out"; streamed |]
+            Expect.equal (Program.run args) 0 "trains streamed"
+            let config = JsonNode.Parse(File.ReadAllText(Path.Combine(streamed, "config.json")))
+            Expect.isTrue ((at config [ "data"; "streamed" ]).GetValue<bool>()) "streamed"
+            let losses (run: string) =
+                File.ReadAllLines(Path.Combine(run, "metrics.jsonl")) |> Array.map JsonNode.Parse
+                |> Array.filter (fun r -> not (isNull r["loss"])) |> Array.map (fun r -> r["loss"].GetValue<float>())
+            Expect.isNonEmpty (losses dir) "losses logged"
+            Expect.sequenceEqual (losses streamed) (losses dir) "streamed and in memory: identical losses"
+            Expect.equal (File.ReadAllLines(Path.Combine(streamed, "data_errors.txt")).Length) 20 "the same 20 files found before training"
             // 81 more corrupt files make 101 of 5,101 (2%): stopped before training, exit 1.
             corrupt flat "worse" 81
             let stopped = Path.Combine(Fixtures.tempDir "own-stop", "run")
@@ -104,13 +83,20 @@ let tests =
         test "an unlabelled set without --eval-dataset trains and says no probe ran; label-hungry methods refuse it" {
             let flat = Fixtures.tempDir "own-small"
             use train = DataCatalog.Load("fashion-mnist", Split.Train)
-            let pixels = firstImages train.Images 300
-            for i in 0 .. 299 do writeFashion pixels[i] (Path.Combine(flat, $"{i}.png")) 28 28
+            let pixels = Synthetic.greyImages train.Images 300
+            for i in 0 .. 299 do Synthetic.writeGrey pixels[i] (Path.Combine(flat, $"{i}.png")) 28 28
             let dir = Path.Combine(Fixtures.tempDir "own-noprobe", "run")
             Expect.equal (Program.run [| "train"; "rotnet"; "--preset"; "smoke"; "--dataset"; flat; "--out"; dir |]) 0 "trains"
             let r = result dir
             Expect.isNull (at r [ "eval"; "linear_probe_acc" ]) "no probe"
             Expect.isTrue (File.Exists(Path.Combine(dir, "export", "encoder.dat"))) "exported"
+            let bench = Fixtures.tempDir "own-bench"
+            let args = [| "bench"; "--data"; flat; "--method"; "rotnet"; "--preset"; "quick"; "--pairs"; "1"; "--warmup"; "1"; "--steps"; "2"; "--out"; bench |]
+            Expect.equal (Program.run args) 0 "ssl bench --data"
+            let report = JsonNode.Parse(File.ReadAllText(Path.Combine(bench, "bench-data.json")))
+            Expect.isGreaterThan (report["images_per_s"].GetValue<float>()) 0.0 "a decode rate"
+            for key in [ "in_memory_images_per_s"; "streamed_images_per_s"; "streamed_peak_rss_mb" ] do
+                Expect.isGreaterThan ((at report [ "training"; key ]).GetValue<float>()) 0.0 $"training {key}"
             for recipe in [ "supervised"; "mixmatch" ] do
                 let out = Path.Combine(Fixtures.tempDir "own-refused", "run")
                 Expect.equal (Program.run [| "train"; recipe; "--preset"; "smoke"; "--dataset"; flat; "--out"; out |]) 2 $"{recipe} refuses"

@@ -117,8 +117,7 @@ type private Step(gan: BigBiGan, data: Data, standardiser: Standardiser, config:
                        Seq.append (gan.Encoder.named_parameters ()) (gan.Generator.named_parameters ())) |] :> IReadOnlyList<_>
         member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
-            use idx = torch.tensor(batch)
-            let x = Features.ToInput(data.Train.Images.index_select(0L, idx), data.Mean, data.Std, ctx.Device)
+            let x = Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)
             let z = gan.SamplePrior(x.shape[0], ctx.Generator)
             let zHat = gan.Encoder.Sample(x, ctx.Generator)
             let xHat = standardiser.FromTanh(gan.Generator.forward z)
@@ -166,7 +165,7 @@ let private saveReconstructions (gan: BigBiGan) (standardiser: Standardiser) (da
     use scope = torch.NewDisposeScope()
     let rows = 5L
     let n = min (rows * 10L) data.Test.Count
-    let x = Features.ToInput(data.Test.Images.narrow(0L, 0L, n), data.Mean, data.Std, device)
+    let x = Features.ToInput(data.Test.Rows(0L, n), data.Mean, data.Std, device)
     let pixels (t: torch.Tensor) = standardiser.ToPixels(t).view(n / 10L, 1L, 10L, t.shape[1], t.shape[2], t.shape[3])
     let grid = torch.cat([| pixels x; pixels (reconstruct gan standardiser x) |], 1L).reshape(-1L, x.shape[1], x.shape[2], x.shape[3])
     ImageGrid.SavePng(grid, path, columns = 10)
@@ -211,7 +210,7 @@ let private reconstructionFigures (gan: BigBiGan) (standardiser: Standardiser) (
     for start in 0L .. batch .. data.Test.Count - 1L do
         use scope = torch.NewDisposeScope()
         let length = min batch (data.Test.Count - start)
-        let x = Features.ToInput(data.Test.Images.narrow(0L, start, length), data.Mean, data.Std, device)
+        let x = Features.ToInput(data.Test.Rows(start, length), data.Mean, data.Std, device)
         let label (images: torch.Tensor) = head.forward(judgeEncoder.forward images).argmax(1L).cpu()
         let original = label x
         let reconstructed = label (reconstruct gan standardiser x)

@@ -206,7 +206,7 @@ let colourReport (config: Config) (net: ColorizationNet) (head: SafeConv.SafeCon
     while start < count do
         use scope = NewDisposeScope()
         let length = min 256L (count - start)
-        let pixels = Ssl.Host.Eval.Features.ToInput(data.Test.Images.narrow(0L, start, length), [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |], device)
+        let pixels = Ssl.Host.Eval.Features.ToInput(data.Test.Rows(start, length), [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |], device)
         let lab, _ = labAndTargets pixels
         let truth = lab.narrow(1L, 1L, 2L)
         let logits = head.forward(net.Dense(lab.narrow(1L, 0L, 1L)))
@@ -231,7 +231,7 @@ let build (c: Context<Config>) =
     let bins = (Color.abGamut config.GridSize 64).to_type(ScalarType.Float32).``to``(c.Device)
     let priorCount = min (int64 config.PriorImages) c.Data.Train.Count
     let weights, prior =
-        use pixels = Ssl.Host.Eval.Features.ToInput(c.Data.Train.Images.narrow(0L, 0L, priorCount), [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |], c.Device)
+        use pixels = Ssl.Host.Eval.Features.ToInput(c.Data.Train.Rows(0L, priorCount), [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |], c.Device)
         rebalancingWeights config bins pixels c.Device
     let net = new ColorizationNet(config.Width, c.Data.Mean, c.Data.Std)
     let head = new SafeConv.SafeConv2d(net.FeatureDim, bins.shape[0], 1L, 1L, 0L, true)

@@ -104,10 +104,10 @@ type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, la
             let generator = ctx.Generator
             let weak x = weakAugment config.TranslatePixels config.FlipProbability generator x
             let labelledIdx = labelledBatch generator labelled config.BatchSize
-            let x = pixels data.Train.Images labelledIdx ctx.Device |> weak
+            let x = pixels data.Train labelledIdx ctx.Device |> weak
             let y = labelsOf data ctx.Device labelledIdx
             let unlabelledIdx = batch |> Array.map (fun i -> pool[int i])
-            let raw = pixels data.Train.Images unlabelledIdx ctx.Device
+            let raw = pixels data.Train unlabelledIdx ctx.Device
             let weakView = weak raw
             let strongView = weak raw |> RandAugment.strongAugment config.StrongOperations config.CutoutFraction 0.5 generator
             let logits = head.forward(encoder.forward(standardise data (torch.cat([| x; weakView; strongView |], 0L))))
@@ -131,7 +131,7 @@ type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, la
 /// pseudo-label would pass τ, and the accuracy of all pseudo-labels and of those passing.
 let poolFigures (ema: EmaClassifier) (data: Data) (pool: int64[]) (threshold: float) (device: torch.Device) () =
     use idx = torch.tensor(pool)
-    use images = data.Train.Images.index_select(0L, idx)
+    use images = data.Train.Subset pool
     use truth = data.Train.Labels.index_select(0L, idx)
     use features = Features.Extract(ema.Encoder, images, data.Mean, data.Std, device)
     ema.Head.eval()

@@ -77,8 +77,7 @@ type Step(encoder: Encoder, classifier: MlpHead, permutations: torch.Tensor, dat
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (classifier.named_parameters ())) |] :> IReadOnlyList<_>
         member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
-            use idx = torch.tensor(batch)
-            let x = Features.ToInput(data.Train.Images.index_select(0L, idx), data.Mean, data.Std, ctx.Device)
+            let x = Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)
             let tiles, labels = Patches.jigsaw permutations config.CellSize config.TileSize ctx.Generator x
             let count = tiles.shape[0]
             let flat = tiles.view(count * 9L, tiles.shape[2], tiles.shape[3], tiles.shape[4])

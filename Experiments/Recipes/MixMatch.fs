@@ -140,11 +140,11 @@ let batches (config: Config) (data: Data) (labelled: int64[]) (pool: int64[]) (c
     let generator = ctx.Generator
     let augment x = weakAugment config.TranslatePixels config.FlipProbability generator x
     let labelledIdx = labelledBatch generator labelled config.BatchSize
-    let x = pixels data.Train.Images labelledIdx ctx.Device |> augment |> standardise data
+    let x = pixels data.Train labelledIdx ctx.Device |> augment |> standardise data
     use labelIdx = torch.tensor(labelledIdx)
     let targets = oneHot data.Classes (data.Train.Labels.index_select(0L, labelIdx).``to``(ctx.Device))
     let unlabelledIdx = batch |> Array.map (fun i -> pool[int i])
-    let raw = pixels data.Train.Images unlabelledIdx ctx.Device
+    let raw = pixels data.Train unlabelledIdx ctx.Device
     let augmented = List.init config.Augmentations (fun _ -> augment raw)
     x, targets, List.map (standardise data) augmented, augmented.Head, unlabelledIdx
 

@@ -66,8 +66,7 @@ type Step(encoder: Encoder, classifier: MlpHead, data: Data, config: Config) =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (classifier.named_parameters ())) |] :> IReadOnlyList<_>
         member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
-            use idx = torch.tensor(batch)
-            let x = Features.ToInput(data.Train.Images.index_select(0L, idx), data.Mean, data.Std, ctx.Device)
+            let x = Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)
             let centres, neighbours, labels, _ = Patches.relativePatchPairs config.PatchSize config.Gap config.Jitter ctx.Generator x
             let count = centres.shape[0]
             let features = encoder.forward(torch.cat([| centres; neighbours |], 0L))

@@ -53,9 +53,8 @@ type Step(encoder: Encoder, head: LinearHead, data: Data, config: Config) =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
         member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
-            use idx = torch.tensor(batch)
             let x =
-                Features.ToInput(data.Train.Images.index_select(0L, idx), data.Mean, data.Std, ctx.Device)
+                Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)
                 |> Geometric.randomHorizontalFlip config.FlipProbability ctx.Generator
             let rotated, rotations = Geometric.rotationBatch x
             let logits = head.forward(encoder.forward rotated)

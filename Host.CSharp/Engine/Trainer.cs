@@ -21,6 +21,8 @@ public sealed record TrainerOptions
     public string ConfigDigest { get; init; } = "";
     /// <summary>Stop (as if interrupted) after this many epochs of this process; null = train to the end.</summary>
     public int? StopAfterEpochs { get; init; }
+    /// <summary>Told each epoch's batches before they run (a streamed data set decodes them ahead); null: nothing to tell.</summary>
+    public IBatchPlan? Plan { get; init; }
 }
 
 /// <summary>What a training run measured (result.json's <c>train</c> block).</summary>
@@ -90,7 +92,9 @@ public static class Trainer
             var epochClock = Stopwatch.StartNew();
             long epochImages = 0;
             long b = 0;
-            foreach (var batch in sampler.Batches(epoch))
+            var batches = sampler.Batches(epoch).ToArray();
+            options.Plan?.Plan(batches);
+            foreach (var batch in batches)
             {
                 var stepClock = Stopwatch.StartNew();
                 var at = epoch + (double)b / stepsPerEpoch;
@@ -121,6 +125,7 @@ public static class Trainer
                 progress.Step(epoch, b, figures, rate);
             }
             fence.Close();
+            options.Plan?.Plan(Array.Empty<long[]>());
             trainingSeconds += epochClock.Elapsed.TotalSeconds;
             imagesSeen += epochImages;
             var means = sums.ToDictionary(kv => kv.Key, kv => kv.Value / Math.Max(b, 1));

@@ -26,7 +26,14 @@ public static class Features
     /// Features of every image under the frozen encoder (eval mode, no gradients), in batches:
     /// images uint8 (N, C, H, W) → float32 (N, D) on the CPU. The encoder's training flag is restored.
     /// </summary>
-    public static Tensor Extract(nn.Module<Tensor, Tensor> encoder, Tensor images, double[] mean, double[] std, Device device, int batchSize = 512)
+    public static Tensor Extract(nn.Module<Tensor, Tensor> encoder, Tensor images, double[] mean, double[] std, Device device, int batchSize = 512) =>
+        Extract(encoder, images.shape[0], (start, length) => images.narrow(0, start, length), mean, std, device, batchSize);
+
+    /// <summary>The same over a data set, held in memory or streamed (decoded a batch at a time).</summary>
+    public static Tensor Extract(nn.Module<Tensor, Tensor> encoder, Ssl.Host.Data.ImageDataset data, double[] mean, double[] std, Device device, int batchSize = 512) =>
+        Extract(encoder, data.Count, data.Rows, mean, std, device, batchSize);
+
+    static Tensor Extract(nn.Module<Tensor, Tensor> encoder, long count, Func<long, long, Tensor> rows, double[] mean, double[] std, Device device, int batchSize)
     {
         var wasTraining = encoder.training;
         encoder.eval();
@@ -34,11 +41,10 @@ public static class Features
         {
             using var noGrad = no_grad();
             var parts = new List<Tensor>();
-            for (long start = 0; start < images.shape[0]; start += batchSize)
+            for (long start = 0; start < count; start += batchSize)
             {
                 using var scope = NewDisposeScope();
-                var length = Math.Min(batchSize, images.shape[0] - start);
-                var x = ToInput(images.narrow(0, start, length), mean, std, device);
+                var x = ToInput(rows(start, Math.Min(batchSize, count - start)), mean, std, device);
                 parts.Add(encoder.forward(x).flatten(1).cpu().MoveToOuterDisposeScope());
             }
             var all = cat(parts, 0);
