@@ -84,6 +84,8 @@ type PeerRun =
       threads: int
       parameters: int64
       encoder_forward_mflop_per_image: float
+      /// Milliseconds per timed step: backward, optimizer (zero_grad, gradient norm, step) and forward+other, as ours.
+      phases_ms_per_step: Map<string, float>
       losses: float[] }
 
 /// The config document the twin of `recipe` reads: `<out>/<name>.peer-config.json`.
@@ -126,6 +128,8 @@ type PeerFigures =
       images_per_s: float
       /// Median of ours / median of the twin's.
       ratio: float
+      /// Each phase's median over the twin's runs, milliseconds per timed step (empty from a twin without phases).
+      phases_ms_per_step: Map<string, float>
       pairs: PeerPair[] }
 
 /// The median of a non-empty list (the mean of the middle two for an even count).
@@ -146,6 +150,11 @@ let figures (pairs: (float * PeerRun) list) =
         { program = "scripts/peer/peer.py"; torch = first.torch; onednn = first.onednn; cpu_capability = first.cpu_capability
           blas = first.blas; blas_note = first.blas_note; threads = first.threads
           images_per_s = peerMedian; ratio = oursMedian / peerMedian
+          phases_ms_per_step =
+              let runs = pairs |> List.map snd |> List.filter (fun p -> not (isNull (box p.phases_ms_per_step)))
+              runs |> List.collect (fun p -> Map.keys p.phases_ms_per_step |> List.ofSeq) |> List.distinct
+              |> List.map (fun k -> k, median (runs |> List.choose (fun p -> Map.tryFind k p.phases_ms_per_step)))
+              |> Map.ofList
           pairs =
             [| for ours, p in pairs ->
                    { ours_images_per_s = ours; peer_images_per_s = p.images_per_s; ratio = ours / p.images_per_s } |] }

@@ -27,7 +27,8 @@ let private record (methodName: string) (rate: float) : Bench.BenchRecord =
 
 let private twinRun (rate: float) : Peer.PeerRun =
     { images_per_s = rate; torch = "1.13.0a0"; onednn = "2.6.3"; cpu_capability = "AVX2"; blas = "OpenBLAS 0.3.21 (OpenMP, Haswell kernels)"
-      blas_note = null; threads = 2; parameters = 70330L; encoder_forward_mflop_per_image = 11.06; losses = [| 2.3 |] }
+      blas_note = null; threads = 2; parameters = 70330L; encoder_forward_mflop_per_image = 11.06
+      phases_ms_per_step = Map [ "backward", 60.0; "optimizer", 2.0; "forward+other", 50.0 ]; losses = [| 2.3 |] }
 
 /// Runs the twin program with Debian's python3 and `args`; (exit code, stdout + stderr).
 let private twin (interpreterArgs: string list) (args: string list) =
@@ -61,6 +62,7 @@ let tests =
             Expect.floatClose Accuracy.high peer.ratio 1.2 "median ours / median twin"
             Expect.equal [ for p in peer.pairs -> p.ours_images_per_s, p.peer_images_per_s ] [ 1200.0, 1000.0; 900.0, 1100.0; 1300.0, 950.0 ] "every pair, in order"
             Expect.floatClose Accuracy.high peer.pairs[1].ratio (900.0 / 1100.0) "each pair's ratio"
+            Expect.equal peer.phases_ms_per_step (Map [ "backward", 60.0; "forward+other", 50.0; "optimizer", 2.0 ]) "the twin's phases, medians"
             let records = [ paired; record "jigsaw" 4400.0 ]
             let table = Bench.table records
             Expect.stringContains table "| method | data | img/s | PyTorch img/s | ratio |" "the twin's columns"
@@ -115,6 +117,8 @@ let tests =
                 Expect.equal run.losses.Length 3 $"{name}: a loss per step"
                 Expect.isTrue (run.losses |> Array.forall (fun l -> Double.IsFinite l && l > 0.0)) $"{name}: finite, positive losses {run.losses}"
                 Expect.stringContains run.blas "OpenBLAS" $"{name}: OpenBLAS loaded"
+                Expect.equal (run.phases_ms_per_step |> Map.keys |> List.ofSeq) [ "backward"; "forward+other"; "optimizer" ] $"{name}: the phases"
+                Expect.isTrue (run.phases_ms_per_step |> Map.forall (fun _ ms -> ms > 0.0)) $"{name}: each phase took time {run.phases_ms_per_step}"
                 Expect.equal run.threads 1 $"{name}: the threads asked for"
         }
     ]

@@ -214,7 +214,7 @@ def main():
     except KeyError as e:
         fail(f"--config {args.config}: expected the field {e} in its config (the {method} recipe's), found none")
     try:
-        images, seconds, losses = engine.benchmark(recipe, train[0].shape[0], recipe.batch_size, recipe.epochs, args.seed,
+        images, seconds, losses, phases = engine.benchmark(recipe, train[0].shape[0], recipe.batch_size, recipe.epochs, args.seed,
                                                    args.warmup, args.steps)
     except ValueError as e:
         fail(f"{method}: {e}")
@@ -225,7 +225,7 @@ def main():
         "parameters": sum(p.numel() for o in recipe.optimizers for p in o.all),
         "encoder_forward_mflop_per_image": models.forward_mflop_per_image(recipe.encoder, tuple(train[0].shape[1:])),
         "matmul_peak_gflop_per_s": peak, "threads": torch.get_num_threads(), "malloc_thresholds_pinned": pinned,
-        "losses": losses, **info}
+        "phases_ms_per_step": phases, "losses": losses, **info}
     text = json.dumps(result, indent=2)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

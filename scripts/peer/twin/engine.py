@@ -4,6 +4,8 @@ zero_grad, backward, gradient norm, step), and the trainer loop of `ssl bench` (
 StepBenchmark.cs): per step the schedule, the global seed and a fresh generator from (seed, step),
 the step, its duration from before the schedule to after its tensors are freed; after the warm-up
 steps, the timed ones; img/s = the images the timed steps drew / the sum of their durations.
+Inside the timed steps the backward pass and the optimizer (zero_grad, gradient norm, step) are
+timed as StepContext.Optimize times ours (StepBenchmark.AddPhase), the rest is "forward+other".
 """
 import math
 import time
@@ -11,6 +13,14 @@ import time
 import torch
 
 from .sampling import batch_order, derive
+
+# Seconds per phase over the timed steps (StepBenchmark's phases); None outside them.
+_phases = None
+
+
+def add_phase(name: str, seconds: float):
+    if _phases is not None:
+        _phases[name] = _phases.get(name, 0.0) + seconds
 
 
 class OptimizerSpec:
@@ -53,13 +63,18 @@ class TrainingOptimizer:
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"loss is {value}: expected a finite number")
+        start = time.perf_counter()
         # TorchSharp 0.107's zero_grad zeroes the gradients in place, as PyTorch 1.13's default does.
         self.optimizer.zero_grad(set_to_none=False)
+        zeroed = time.perf_counter()
         loss.backward()
+        backward = time.perf_counter()
         with torch.no_grad():
             grads = [p.grad for p in self.all if p.grad is not None]
             self.gradient_norm = torch.stack([g.norm() for g in grads]).norm().item() if grads else 0.0
             self.optimizer.step()
+        add_phase("backward", backward - zeroed)
+        add_phase("optimizer", zeroed - start + time.perf_counter() - backward)
         return value
 
 
@@ -74,11 +89,19 @@ class Context:
 def benchmark(recipe, examples: int, batch_size: int, epochs: int, seed: int, warmup: int, steps: int):
     """Runs warmup + steps training steps of `recipe` over the batches BatchSampler gives each epoch
     (its modules in training mode from every epoch's start) and returns (images, seconds) of the
-    timed steps and the losses of every step."""
+    timed steps, the losses of every step and the milliseconds per timed step of each phase
+    (backward, optimizer, forward+other)."""
+    global _phases
     per_epoch = examples // batch_size
     if warmup + steps > epochs * per_epoch:
         raise ValueError(f"the run has {epochs * per_epoch} steps, fewer than the {warmup + steps} asked for; lower --steps")
     images, seconds, losses = 0, 0.0, []
+    phases = {}
+
+    def per_step():
+        timed = {k: 1000.0 * v / steps for k, v in phases.items()}
+        return {**timed, "forward+other": 1000.0 * seconds / steps - sum(timed.values())}
+
     for epoch in range(epochs):
         order = batch_order(examples, seed, epoch)
         for m in recipe.modules:
@@ -86,7 +109,9 @@ def benchmark(recipe, examples: int, batch_size: int, epochs: int, seed: int, wa
         for b in range(per_epoch):
             step = epoch * per_epoch + b
             if step == warmup + steps:
-                return images, seconds, losses
+                _phases = None
+                return images, seconds, losses, per_step()
+            _phases = phases if step >= warmup else None
             batch = order[b * batch_size:(b + 1) * batch_size]
             start = time.perf_counter()
             for o in recipe.optimizers:
@@ -98,7 +123,8 @@ def benchmark(recipe, examples: int, batch_size: int, epochs: int, seed: int, wa
             if step >= warmup:
                 images += len(batch)
                 seconds += elapsed
-    return images, seconds, losses
+    _phases = None
+    return images, seconds, losses, per_step()
 
 
 def matmul_peak_gflops(seconds_per_size: float = 0.5) -> float:
