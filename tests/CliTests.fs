@@ -32,6 +32,11 @@ let tests =
         test "zero labels per class exits 2" {
             Expect.equal (Program.run [| "train"; "supervised"; "--labels"; "0" |]) 2 "exit code"
         }
+        test "a negative --data-memory-mb, zero --workers and --data of a missing folder exit 2" {
+            Expect.equal (Program.run [| "train"; "rotnet"; "--data-memory-mb"; "-1" |]) 2 "--data-memory-mb -1"
+            Expect.equal (Program.run [| "train"; "rotnet"; "--workers"; "0" |]) 2 "--workers 0"
+            Expect.equal (Program.run [| "bench"; "--data"; Path.Combine(Fixtures.tempDir "no-folder", "missing") |]) 2 "bench --data"
+        }
         test "train supervised --preset smoke writes the run folder of the contract, and --resume of a finished run trains nothing" {
             let dir = Path.Combine(Fixtures.tempDir "cli-train", "run")
             Expect.equal (Program.run [| "train"; "supervised"; "--preset"; "smoke"; "--out"; dir; "--deterministic" |]) 0 "exit code"
