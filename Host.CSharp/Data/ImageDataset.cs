@@ -8,7 +8,15 @@ public enum Split { Train, Test, Unlabelled }
 
 /// <summary>Per-image, per-channel pixel sums and sums of squares, (N·C) row-major: what a streamed
 /// set's channel statistics are summed from without decoding it again.</summary>
-public sealed record PixelSums(long[] Sums, long[] Squares);
+public sealed record PixelSums(long[] Sums, long[] Squares)
+{
+    /// <summary>The sums of the images at <paramref name="rows"/>, in that order.</summary>
+    public PixelSums Rows(IReadOnlyList<long> rows, int channels)
+    {
+        long[] Pick(long[] perImage) => rows.SelectMany(i => perImage.AsSpan((int)i * channels, channels).ToArray()).ToArray();
+        return new PixelSums(Pick(Sums), Pick(Squares));
+    }
+}
 
 /// <summary>
 /// A data set: <c>Labels</c> int64 (N), class indices in [0, ClassNames.Length) or -1 for unlabelled
@@ -126,11 +134,9 @@ public sealed class ImageDataset : IDisposable, IBatchPlan
         var idx = tensor(indices, dtype: int64);
         if (streamed is not null)
         {
-            var c = (int)Channels;
             var paths = indices.Select(i => streamed.Paths[(int)i]).ToArray();
-            long[] Pick(long[] perImage) => indices.SelectMany(i => perImage.Skip((int)i * c).Take(c)).ToArray();
             return new ImageDataset(name ?? Name, Split, new StreamedImages(paths, streamed.Sizing, streamed.Workers, streamed.Depth),
-                Labels.index_select(0, idx), ClassNames, paths, new PixelSums(Pick(pixelSums!.Sums), Pick(pixelSums.Squares)))
+                Labels.index_select(0, idx), ClassNames, paths, pixelSums!.Rows(indices, (int)Channels))
                 { Skipped = Skipped, FilesSeen = FilesSeen, DecodedBytes = DecodedBytes };
         }
         return new ImageDataset(name ?? Name, Split, images!.index_select(0, idx), Labels.index_select(0, idx), ClassNames, Sources)

@@ -104,7 +104,7 @@ public static class ImageFolder
         var bytes = sizing.Bytes;
         var decoded = (long)readable.Length * bytes;
         var streamed = options.Streams(decoded);
-        var pixels = streamed ? Array.Empty<byte>() : new byte[(long)readable.Length * bytes];
+        var pixels = streamed ? Array.Empty<byte>() : new byte[decoded];
         var sums = streamed ? new long[readable.Length * channels] : Array.Empty<long>();
         var squares = streamed ? new long[readable.Length * channels] : Array.Empty<long>();
         var errors = new string?[readable.Length];
@@ -137,10 +137,8 @@ public static class ImageFolder
         var paths = kept.Select(k => files[readable[k]].Path).ToArray();
         if (streamed)
         {
-            var keptSums = kept.SelectMany(k => sums.Skip(k * channels).Take(channels)).ToArray();
-            var keptSquares = kept.SelectMany(k => squares.Skip(k * channels).Take(channels)).ToArray();
             return new ImageDataset(name, split, new StreamedImages(paths, sizing, options.Workers), labels, classNames!, paths,
-                new PixelSums(keptSums, keptSquares)) { Skipped = skipped, FilesSeen = files.Count, DecodedBytes = decoded };
+                new PixelSums(sums, squares).Rows(kept.Select(k => (long)k).ToArray(), channels)) { Skipped = skipped, FilesSeen = files.Count, DecodedBytes = decoded };
         }
         var all = tensor(pixels, new long[] { readable.Length, channels, height, width }, dtype: uint8);
         var images = kept.Length == readable.Length ? all : all.index_select(0, tensor(kept.Select(k => (long)k).ToArray()));
