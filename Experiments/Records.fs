@@ -115,6 +115,32 @@ let currentDigest (recipes: Template.Recipe list) (r: RunRecord) =
         try Some(Sweep.digest r.Method (recipe.Resolve preset None r.Overrides) r.Labels r.Dataset) with :? ArgumentException -> None
     | _ -> None
 
+/// The representation a record's linear probe, kNN and baselines read, from its recipe's config
+/// today (rows are only compared while fresh): "output", or the recipe's `ProbeLayer` pooled
+/// `ProbePool` x `ProbePool` (the pretext tasks read an inner block, whose random-init baseline is
+/// stronger than the output's); "?" when the recipe no longer resolves the record.
+let probedAt (recipes: Template.Recipe list) (r: RunRecord) =
+    match recipes |> List.tryFind (fun x -> x.Name = r.Method), Preset.tryParse r.Preset with
+    | Some recipe, Some preset ->
+        try
+            let config = recipe.Resolve preset None r.Overrides
+            match config["ProbeLayer"], config["ProbePool"] with
+            | null, _ -> "output"
+            | layer, _ when layer.GetValue<string>() = "" -> "output"
+            | layer, null -> layer.GetValue<string>()
+            | layer, pool -> $"{layer.GetValue<string>()}, pool {pool.ToJsonString()}"
+        with :? ArgumentException -> "?"
+    | _ -> "?"
+
+/// The overrides a row was run with, "—" when none or when today's preset alone resolves to the
+/// row's digest (the overrides became the preset, as a trial run that set the new defaults).
+let private overridesCell (recipes: Template.Recipe list) (r: RunRecord) =
+    let presetAlone = currentDigest recipes { r with Overrides = [] }
+    match r.Overrides with
+    | [] -> Report.missing
+    | _ when presetAlone = Some r.Digest -> Report.missing
+    | os -> os |> List.map (fun o -> $"`{o}`") |> String.concat " "
+
 /// Mean and sample standard deviation (n − 1) of the values present; None when there are none.
 let meanStd (values: float option list) : (float * float * int) option =
     match List.choose id values with
@@ -155,7 +181,7 @@ let rows (recipes: Template.Recipe list) (records: RunRecord list) : Row list =
 
 let private line (sb: StringBuilder) (cells: string list) = sb.AppendLine("| " + String.Join(" | ", cells) + " |") |> ignore
 
-let private methodsTable (rows: Row list) =
+let private methodsTable (recipes: Template.Recipe list) (rows: Row list) =
     let sb = StringBuilder()
     let head = [ "method"; "preset"; "labels/class"; "overrides"; "n"; "seeds"; "linear probe"; "kNN"; "probe, 10 labels/class"
                  "probe, 100 labels/class"; "test acc (own classifier)"; "supervised only"; "training s"; "digest"; "commits" ]
@@ -165,7 +191,7 @@ let private methodsTable (rows: Row list) =
         let method, preset, labels, digest, _ = row.Key
         let rs = row.Records
         let few (n: int) (r: RunRecord) = match r.Result.Eval.FewLabelLinearAcc.TryGetValue(string n) with | true, v -> percent v | _ -> None
-        let overrides = match rs.Head.Overrides with [] -> Report.missing | os -> os |> List.map (fun o -> $"`{o}`") |> String.concat " "
+        let overrides = overridesCell recipes rs.Head
         let commits = rs |> List.map (fun r -> if r.Commit.Length > 10 then r.Commit.Substring(0, 10) else r.Commit) |> List.distinct
         line sb
             [ method; preset; (labels |> Option.map string |> Option.defaultValue "all"); overrides; string rs.Length
@@ -180,16 +206,16 @@ let private methodsTable (rows: Row list) =
               $"`{digest}`"; commits |> String.concat ", " ]
     sb.ToString()
 
-let private baselinesTable (records: RunRecord list) =
+let private baselinesTable (recipes: Template.Recipe list) (records: RunRecord list) =
     let sb = StringBuilder()
-    let head = [ "data set"; "preset"; "encoder"; "n (seeds)"; "random-init linear probe"; "random-init kNN"; "raw-pixel linear probe"; "raw-pixel kNN" ]
+    let head = [ "data set"; "preset"; "encoder"; "probed at"; "n (seeds)"; "random-init linear probe"; "random-init kNN"; "raw-pixel linear probe"; "raw-pixel kNN" ]
     line sb head
     line sb (head |> List.map (fun _ -> "---"))
-    for (dataset, preset, encoder), group in records |> List.groupBy (fun r -> r.Dataset, r.Preset, r.Encoder) do
-        // One baseline per seed: every run of that seed on this encoder shares it.
+    for (dataset, preset, encoder, at), group in records |> List.groupBy (fun r -> r.Dataset, r.Preset, r.Encoder, probedAt recipes r) do
+        // One baseline per seed: every run of that seed on this encoder and layer shares it.
         let perSeed = group |> List.distinctBy (fun r -> r.Seed)
         let b (f: BaselineFigures -> Nullable<float>) = formatMeanStd [ for r in perSeed -> percent (f r.Result.Baselines) ]
-        line sb [ dataset; preset; encoder; string perSeed.Length
+        line sb [ dataset; preset; encoder; at; string perSeed.Length
                   b (fun x -> x.RandomInit.LinearProbeAcc); b (fun x -> x.RandomInit.KnnAcc)
                   b (fun x -> x.RawPixels.LinearProbeAcc); b (fun x -> x.RawPixels.KnnAcc) ]
     sb.ToString()
@@ -221,13 +247,14 @@ let render (recipes: Template.Recipe list) (recordsDir: string) (outPath: string
     say "\"supervised only\" trains the same encoder on the run's labelled subset alone. A row is one config digest:"
     say "the recipe's resolved config, label budget and data set."
     say ""
-    if fresh.IsEmpty then say "No fresh records." else sb.Append(methodsTable fresh) |> ignore
+    if fresh.IsEmpty then say "No fresh records." else sb.Append(methodsTable recipes fresh) |> ignore
     say ""
     say "## Baselines"
     say ""
-    say "The same encoder randomly initialised, and raw pixels, through the same linear probe and kNN, per seed."
+    say "The same encoder randomly initialised, and raw pixels, through the same linear probe and kNN, per seed; \"probed"
+    say "at\" is the representation both the method and its random-init baseline are read at (a recipe's ProbeLayer)."
     say ""
-    sb.Append(baselinesTable (fresh |> List.collect (fun r -> r.Records))) |> ignore
+    sb.Append(baselinesTable recipes (fresh |> List.collect (fun r -> r.Records))) |> ignore
     say ""
     if not stale.IsEmpty then
         say "## Stale"
@@ -235,7 +262,7 @@ let render (recipes: Template.Recipe list) (recordsDir: string) (outPath: string
         say "Records whose recipe resolves to another config today (its preset changed since, or it is gone): kept, not"
         say "compared with the rows above. Rerun them to refresh."
         say ""
-        sb.Append(methodsTable stale) |> ignore
+        sb.Append(methodsTable recipes stale) |> ignore
         say ""
     if not fresh.IsEmpty then
         Directory.CreateDirectory figuresDir |> ignore

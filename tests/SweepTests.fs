@@ -26,6 +26,10 @@ let private fakeRecipe (name: string) : Template.Recipe =
         fun preset _ overrides ->
             let o = JsonObject()
             o["Epochs"] <- JsonValue.Create(if preset = Smoke then 1 else 10)
+            // As the real RotNet: its probe and baselines read an inner block.
+            if name = "rotnet" then
+                o["ProbeLayer"] <- JsonValue.Create "branch"
+                o["ProbePool"] <- JsonValue.Create 3L
             for a in overrides do
                 match a.Split('=') with
                 | [| "Epochs"; v |] -> o["Epochs"] <- JsonValue.Create(int v)
@@ -54,7 +58,7 @@ let private fakeRun (dir: string) (methodName: string) (seed: int64) (labels: in
     File.WriteAllText(Path.Combine(dir, "result.json"), JsonSerializer.Serialize(result, RunFolder.Json))
     let config =
         {| ``method`` = methodName; preset = "quick"; dataset = "fashion-mnist"; labels_per_class = Option.toNullable labels; seed = seed
-           encoder = "SmallConvNet16"; overrides = ([||]: string[]); config = {| Epochs = epochs |} |}
+           encoder = "SmallConvNet16"; overrides = ([||]: string[]); config = (fakeRecipe methodName).Resolve Quick None [ $"Epochs={epochs}" ] |}
     File.WriteAllText(Path.Combine(dir, "config.json"), JsonSerializer.Serialize(config, RunFolder.Json))
 
 let private run (args: string list) = Program.run (List.toArray args)
@@ -173,12 +177,18 @@ let tests =
             let records = Path.Combine(Fixtures.tempDir "records", "results")
             for seed, acc in [ 0L, 0.80; 1L, 0.82; 2L, 0.84 ] do fakeRun (Path.Combine(runs, $"rotnet-seed{seed}")) "rotnet" seed None acc "abc" 10
             fakeRun (Path.Combine(runs, "rotnet-old")) "rotnet" 0L None 0.5 "old" 7
+            // A trial run whose override is today's preset value: the same digest as the preset.
+            let trial = Path.Combine(runs, "colorization-seed0")
+            fakeRun trial "colorization" 0L None 0.70 "abc" 10
+            let config = JsonNode.Parse(File.ReadAllText(Path.Combine(trial, "config.json")))
+            config["overrides"] <- JsonArray(JsonValue.Create "Epochs=10")
+            File.WriteAllText(Path.Combine(trial, "config.json"), config.ToJsonString())
             let written = Records.record runs records
-            Expect.equal written.Length 4 "one record per run"
+            Expect.equal written.Length 5 "one record per run"
             Expect.isTrue (written |> List.forall (fun p -> FileInfo(p).Length < 4096L)) "kilobytes"
             let out = Path.Combine(Fixtures.tempDir "records-out", "RESULTS.md")
             let count, stale = Records.write recipes records out (Path.Combine(Path.GetDirectoryName out, "figures")) []
-            Expect.equal (count, stale) (4, 1) "four records, the 7-epoch config stale"
+            Expect.equal (count, stale) (5, 1) "five records, the 7-epoch config stale"
             let text = File.ReadAllText out
             let fresh = text.Split('\n') |> Array.find (fun l -> l.StartsWith "| rotnet | quick | all | — | 3 |")
             Expect.stringContains fresh "| 82.00 ± 2.00 |" "linear probe mean ± sample std over 3 seeds"
@@ -187,7 +197,9 @@ let tests =
             let staleRow = text.Substring(text.IndexOf "## Stale").Split('\n') |> Array.find (fun l -> l.StartsWith "| rotnet |")
             Expect.stringContains staleRow "50.00 (n = 1)" "one seed said as such"
             Expect.isFalse (text.Substring(0, text.IndexOf "## Stale").Contains "50.00") "never mixed with fresh rows"
-            Expect.stringContains text "| fashion-mnist | quick | SmallConvNet16 | 3 | 79.00 ± 1.00 |" "baselines over seeds"
+            Expect.stringContains text "| fashion-mnist | quick | SmallConvNet16 | branch, pool 3 | 3 | 79.00 ± 1.00 |" "baselines over seeds, at the probed layer"
+            Expect.stringContains text "| fashion-mnist | quick | SmallConvNet16 | output | 1 | 78.00 (n = 1) |" "another layer, another baseline row"
+            Expect.isTrue (text.Split('\n') |> Array.exists (fun l -> l.StartsWith "| colorization | quick | all | — | 1 |")) "an override that is the preset's own value is not shown"
         }
         test "repro's shards are disjoint and together the whole grid; --shard is checked" {
             let runs, _ = Sweep.expand recipes { grid [ "rotnet"; "mixmatch" ] with Seeds = [ 0L; 1L; 2L ] }

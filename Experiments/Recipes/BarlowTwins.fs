@@ -40,6 +40,9 @@ type Config =
       [<Range(0.0)>] LearningRate: float
       [<Range(0.0)>] WeightDecay: float
       [<Range(0.0)>] WarmupEpochs: float
+      /// LARS's trust coefficient η: a weight moves by at most about lr · η of its norm per step
+      /// (You et al. 2017, Alg. 1; the paper's 0.001).
+      [<Range(0.0)>] LarsEta: float
       Augmentation: Augmentation }
 
 /// `paper`: ResNet-18 (512-d features), D = 2,048 at batch 512 (D/N = 4 as the paper) for 800
@@ -48,7 +51,7 @@ type Config =
 let config preset =
     let paper =
         { Encoder = ResNet18; ProjectionDim = 2048L; OffDiagonalWeight = 5e-3; LossScale = 0.024; Epochs = 800; BatchSize = 512
-          LearningRate = 0.2; WeightDecay = 1.5e-6; WarmupEpochs = 10.0; Augmentation = { mocoAugmentation with ColourJitter = (0.2, 0.1) } }
+          LearningRate = 0.2; WeightDecay = 1.5e-6; WarmupEpochs = 10.0; LarsEta = 0.001; Augmentation = { mocoAugmentation with ColourJitter = (0.2, 0.1) } }
     let small = { paper with Encoder = SmallConvNet 16L; ProjectionDim = 1024L; BatchSize = 256; WarmupEpochs = 1.0 }
     match preset with
     | Smoke -> { small with Epochs = 1; BatchSize = 128; ProjectionDim = 512L; WarmupEpochs = 0.0 }
@@ -67,7 +70,7 @@ let projector (features: int64) (dim: int64) =
 type Step(encoder: Encoder, projector: TorchSharp.Modules.Sequential, data: Data, config: Config) =
     let spec =
         OptimizerSpec(Kind = OptimizerKind.Lars, LearningRate = config.LearningRate, Momentum = 0.9,
-                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
+                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs, LarsEta = config.LarsEta)
     interface ITrainingStep with
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "projector", (projector :> torch.nn.Module) ]
         member _.Optimizers =

@@ -39,6 +39,9 @@ type Config =
       [<Range(0.0)>] LearningRate: float
       [<Range(0.0)>] WeightDecay: float
       [<Range(0.0)>] WarmupEpochs: float
+      /// LARS's trust coefficient η: a weight moves by at most about lr · η of its norm per step
+      /// (You et al. 2017, Alg. 1; the paper's 0.001).
+      [<Range(0.0)>] LarsEta: float
       Augmentation: Augmentation }
 
 /// `paper`: ResNet-18 (512-d features, hidden 4,096, d = 256) at batch 512 for 800 epochs (solo-learn's
@@ -50,7 +53,7 @@ type Config =
 let config preset =
     let paper =
         { Encoder = ResNet18; HiddenDim = 4096L; ProjectionDim = 256L; BaseMomentum = 0.996; Epochs = 800; BatchSize = 512
-          LearningRate = 0.4; WeightDecay = 1.5e-6; WarmupEpochs = 10.0; Augmentation = { mocoAugmentation with ColourJitter = (0.2, 0.1) } }
+          LearningRate = 0.4; WeightDecay = 1.5e-6; WarmupEpochs = 10.0; LarsEta = 0.001; Augmentation = { mocoAugmentation with ColourJitter = (0.2, 0.1) } }
     let small = { paper with Encoder = SmallConvNet 16L; HiddenDim = 1024L; BatchSize = 256; LearningRate = 0.2; WarmupEpochs = 1.0 }
     match preset with
     | Smoke -> { small with Epochs = 1; BatchSize = 128; WarmupEpochs = 0.0 }
@@ -67,7 +70,7 @@ let private projected (encoder: Encoder) (config: Config) =
 type Step(online: TorchSharp.Modules.Sequential, predictor: MlpHead, target: MomentumCopy, data: Data, config: Config) =
     let spec =
         OptimizerSpec(Kind = OptimizerKind.Lars, LearningRate = config.LearningRate, Momentum = 0.9,
-                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
+                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs, LarsEta = config.LarsEta)
     interface ITrainingStep with
         member _.Modules =
             readOnlyDict [ "online", (online :> torch.nn.Module); "predictor", (predictor :> torch.nn.Module)
