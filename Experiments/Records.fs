@@ -141,6 +141,10 @@ let private overridesCell (recipes: Template.Recipe list) (r: RunRecord) =
     | _ when presetAlone = Some r.Digest -> Report.missing
     | os -> os |> List.map (fun o -> $"`{o}`") |> String.concat " "
 
+/// A trial: a record run with overrides that today's preset does not set (a tried setting, not the
+/// preset's figure). Trials get a table of their own so the methods table holds the presets alone.
+let isTrial (recipes: Template.Recipe list) (r: RunRecord) = overridesCell recipes r <> Report.missing
+
 /// Mean and sample standard deviation (n − 1) of the values present; None when there are none.
 let meanStd (values: float option list) : (float * float * int) option =
     match List.choose id values with
@@ -225,7 +229,8 @@ let private baselinesTable (recipes: Template.Recipe list) (records: RunRecord l
 let render (recipes: Template.Recipe list) (recordsDir: string) (outPath: string) (figuresDir: string) (notRun: (string * string) list) =
     let records = load recordsDir
     let all = rows recipes records
-    let fresh = all |> List.filter (fun r -> not r.Stale)
+    let fresh, trials =
+        all |> List.filter (fun r -> not r.Stale) |> List.partition (fun r -> not (isTrial recipes r.Records.Head))
     let stale = all |> List.filter (fun r -> r.Stale)
     let outDir = Path.GetDirectoryName(Path.GetFullPath outPath)
     let relative (p: string) = Path.GetRelativePath(outDir, Path.GetFullPath p).Replace('\\', '/')
@@ -256,6 +261,14 @@ let render (recipes: Template.Recipe list) (recordsDir: string) (outPath: string
     say ""
     sb.Append(baselinesTable recipes (fresh |> List.collect (fun r -> r.Records))) |> ignore
     say ""
+    if not trials.IsEmpty then
+        say "## Trials"
+        say ""
+        say "Runs with overrides on top of a preset (settings tried, as in docs/experiments): fresh, but not the"
+        say "preset's figure, so kept out of the tables above; n is their own seed count."
+        say ""
+        sb.Append(methodsTable recipes trials) |> ignore
+        say ""
     if not stale.IsEmpty then
         say "## Stale"
         say ""
@@ -303,7 +316,8 @@ let render (recipes: Template.Recipe list) (recordsDir: string) (outPath: string
     say $"- commits: {commits}"
     sb.ToString(), records.Length, stale.Length
 
-/// Writes RESULTS.md from the records (atomically); returns (records, stale rows).
+/// Writes RESULTS.md from the records (atomically); returns (records, stale rows); trial rows are in
+/// their own section.
 let write (recipes: Template.Recipe list) (recordsDir: string) (outPath: string) (figuresDir: string) (notRun: (string * string) list) =
     let text, count, stale = render recipes recordsDir outPath figuresDir notRun
     let full = Path.GetFullPath outPath

@@ -172,7 +172,7 @@ let tests =
             Expect.equal ((at configMap [ "metadata"; "name" ]).GetValue<string>()) ((at job [ "metadata"; "name" ]).GetValue<string>()) "the Job mounts its ConfigMap"
             Expect.stringContains ((at configMap [ "data"; "tasks.json" ]).GetValue<string>()) "mixmatch-100-seed0" "the run list"
         }
-        test "records hold each run; RESULTS.md shows mean ± std over seeds per digest and keeps stale rows apart" {
+        test "records hold each run; RESULTS.md shows mean ± std over seeds per digest and keeps trials and stale rows apart" {
             let runs = Fixtures.tempDir "records-runs"
             let records = Path.Combine(Fixtures.tempDir "records", "results")
             for seed, acc in [ 0L, 0.80; 1L, 0.82; 2L, 0.84 ] do fakeRun (Path.Combine(runs, $"rotnet-seed{seed}")) "rotnet" seed None acc "abc" 10
@@ -183,12 +183,18 @@ let tests =
             let config = JsonNode.Parse(File.ReadAllText(Path.Combine(trial, "config.json")))
             config["overrides"] <- JsonArray(JsonValue.Create "Epochs=10")
             File.WriteAllText(Path.Combine(trial, "config.json"), config.ToJsonString())
+            // A trial proper: an override today's preset does not set.
+            let tried = Path.Combine(runs, "rotnet-epochs12")
+            fakeRun tried "rotnet" 0L None 0.60 "abc" 12
+            let config = JsonNode.Parse(File.ReadAllText(Path.Combine(tried, "config.json")))
+            config["overrides"] <- JsonArray(JsonValue.Create "Epochs=12")
+            File.WriteAllText(Path.Combine(tried, "config.json"), config.ToJsonString())
             let written = Records.record runs records
-            Expect.equal written.Length 5 "one record per run"
+            Expect.equal written.Length 6 "one record per run"
             Expect.isTrue (written |> List.forall (fun p -> FileInfo(p).Length < 4096L)) "kilobytes"
             let out = Path.Combine(Fixtures.tempDir "records-out", "RESULTS.md")
             let count, stale = Records.write recipes records out (Path.Combine(Path.GetDirectoryName out, "figures")) []
-            Expect.equal (count, stale) (5, 1) "five records, the 7-epoch config stale"
+            Expect.equal (count, stale) (6, 1) "six records, the 7-epoch config stale"
             let text = File.ReadAllText out
             let fresh = text.Split('\n') |> Array.find (fun l -> l.StartsWith "| rotnet | quick | all | — | 3 |")
             Expect.stringContains fresh "| 82.00 ± 2.00 |" "linear probe mean ± sample std over 3 seeds"
@@ -197,6 +203,10 @@ let tests =
             let staleRow = text.Substring(text.IndexOf "## Stale").Split('\n') |> Array.find (fun l -> l.StartsWith "| rotnet |")
             Expect.stringContains staleRow "50.00 (n = 1)" "one seed said as such"
             Expect.isFalse (text.Substring(0, text.IndexOf "## Stale").Contains "50.00") "never mixed with fresh rows"
+            let methods = text.Substring(0, text.IndexOf "## Baselines")
+            Expect.isFalse (methods.Contains "60.00") "a trial is not a row of the methods table"
+            let trials = text.Substring(text.IndexOf "## Trials", text.IndexOf "## Stale" - text.IndexOf "## Trials")
+            Expect.isTrue (trials.Split('\n') |> Array.exists (fun l -> l.StartsWith "| rotnet | quick | all | `Epochs=12` | 1 |" && l.Contains "60.00 (n = 1)")) "it is in the trials table"
             Expect.stringContains text "| fashion-mnist | quick | SmallConvNet16 | branch, pool 3 | 3 | 79.00 ± 1.00 |" "baselines over seeds, at the probed layer"
             Expect.stringContains text "| fashion-mnist | quick | SmallConvNet16 | output | 1 | 78.00 (n = 1) |" "another layer, another baseline row"
             Expect.isTrue (text.Split('\n') |> Array.exists (fun l -> l.StartsWith "| colorization | quick | all | — | 1 |")) "an override that is the preset's own value is not shown"
