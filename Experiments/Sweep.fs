@@ -264,10 +264,19 @@ let runTask (tasksPath: string) (index: int) (root: string option) (threads: int
 
 let private clock (seconds: float) = TimeSpan.FromSeconds(Math.Round seconds).ToString(@"hh\:mm\:ss")
 
+/// The last progress line of a run's train.log ("epoch 1/1 [##--] 42% loss … img/s ETA …"), if any.
+let lastProgress (log: string) =
+    try
+        use stream = new FileStream(log, FileMode.Open, FileAccess.Read, FileShare.ReadWrite)
+        use reader = new StreamReader(stream)
+        reader.ReadToEnd().Split('\n') |> Array.map (fun l -> l.Trim()) |> Array.filter (fun l -> l.StartsWith "epoch ") |> Array.tryLast
+    with :? IOException -> None
+
 /// Runs the pending runs on `processes` local processes at once, each with cores / processes torch
-/// threads and its output in <run>/train.log; prints one progress line per change. Exit code 1
-/// when a run failed (they are listed; the next call retries them).
-let local (root: string) (commit: string) (processes: int) (runs: RunSpec list) =
+/// threads and its output in <run>/train.log; prints one progress line per change, and every
+/// `heartbeat` the running runs' own progress (their train.log's last bar: done, rate, ETA). Exit
+/// code 1 when a run failed (they are listed; the next call retries them).
+let localWith (heartbeat: TimeSpan) (root: string) (commit: string) (processes: int) (runs: RunSpec list) =
     if processes < 1 then invalidArg "--local" $"--local: expected at least 1 process, found {processes}"
     let threads = max 1 (Environment.ProcessorCount / processes)
     let pending = pendingOf root commit runs
@@ -276,13 +285,23 @@ let local (root: string) (commit: string) (processes: int) (runs: RunSpec list) 
         runs.Length skipped pending.Length processes threads commit
     let started = Stopwatch.StartNew()
     let gate = obj ()
-    let mutable finished, failed, seconds = 0, [], 0.0
+    let mutable finished, failed, seconds, running = 0, [], 0.0, Set.empty<string>
     let progress (event: string) =
         lock gate (fun () ->
             let running = min processes (pending.Length - finished)
             let eta = if finished = 0 then "—" else clock (started.Elapsed.TotalSeconds / float finished * float (pending.Length - finished))
             printfn "[%d/%d] %d running · %d failed · %s elapsed · ETA %s · %s"
                 finished pending.Length running failed.Length (clock started.Elapsed.TotalSeconds) eta event)
+    let beat _ =
+        let now = lock gate (fun () -> running)
+        if not now.IsEmpty then
+            [ for name in now ->
+                  match lastProgress (Path.Combine(root, name, "train.log")) with
+                  | Some bar -> $"{name}: {bar}"
+                  | None -> $"{name}: starting" ]
+            |> String.concat " | "
+            |> progress
+    use _timer = new Threading.Timer(beat, null, heartbeat, heartbeat)
     use slots = new Threading.SemaphoreSlim(processes)
     // Each run on a pool thread of its own (Task.Run): the slots bound how many train at once.
     let work (r: RunSpec) : Task =
@@ -290,8 +309,10 @@ let local (root: string) (commit: string) (processes: int) (runs: RunSpec list) 
             slots.Wait()
             try
                 progress $"start {r.Name}"
+                lock gate (fun () -> running <- running.Add r.Name)
                 let code, took = runOne root commit (Some threads) true r
                 lock gate (fun () ->
+                    running <- running.Remove r.Name
                     finished <- finished + 1
                     seconds <- seconds + defaultArg took 0.0
                     if code <> 0 then failed <- r.Name :: failed)
@@ -307,6 +328,9 @@ let local (root: string) (commit: string) (processes: int) (runs: RunSpec list) 
     | names ->
         eprintfn "ssl sweep: %d failed (the next call retries them): %s" names.Length (String.concat ", " (List.rev names))
         1
+
+/// `localWith` with a heartbeat every 2 minutes.
+let local root commit processes runs = localWith (TimeSpan.FromMinutes 2.0) root commit processes runs
 
 /// What the emitted job asks of each task.
 type Resources =

@@ -147,6 +147,18 @@ type TwoOptimizerTask() =
 
 let trainerTests =
     testList "trainer" [
+        test "redirected progress: a line at each tenth of a one-epoch run and one at its end, each with its ETA" {
+            let writer = new StringWriter()
+            let progress = ConsoleProgress(writer)
+            let task = LinearTask(3L)
+            Trainer.Run(task, TrainerOptions(Epochs = 1, BatchSize = 8, ExampleCount = 200L, Seed = 1L, LogEvery = 100), RunFolder(Fixtures.tempDir "progress"),
+                        torch.CPU, progress) |> ignore
+            let lines = writer.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            Expect.equal lines.Length 10 "25 steps: 9 tenths mid-epoch and the epoch's end"
+            Expect.isTrue (lines |> Array.forall (fun l -> l.StartsWith "epoch 1/1 [" && l.Contains "ETA")) "bar, rate and ETA"
+            Expect.stringContains lines[0] "] 12" "the first past a tenth (3 of 25 steps: 12 per cent)"
+            Expect.stringContains lines[9] "] 100" "the end"
+        }
         test "several optimizers step in one training step, each on its own parameters" {
             let folder = RunFolder(Fixtures.tempDir "two")
             let task = TwoOptimizerTask()

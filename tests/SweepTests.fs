@@ -220,6 +220,15 @@ let tests =
             let e = Prop.throws<ArgumentException> (fun () -> Repro.parseShard "4/3" |> ignore)
             Expect.stringContains e.Message "--shard: expected i/n with 1 <= i <= n, found '4/3'" "checked"
         }
+        test "a local sweep's heartbeat shows each running run's own bar from its train.log" {
+            let root = Fixtures.tempDir "sweep-heartbeat"
+            let runs, _ = Sweep.expand recipes { grid [ "rotnet" ] with Seeds = [ 0L ] }
+            let log = Path.Combine(root, runs.Head.Name, "train.log")
+            Directory.CreateDirectory(Path.GetDirectoryName log) |> ignore
+            File.WriteAllText(log, "training rotnet\nepoch 1/1 [##----] 10% loss 1.0 ETA 00:09:00\nepoch 1/1 [###---] 20% loss 0.9 ETA 00:08:00\n")
+            Expect.equal (Sweep.lastProgress log) (Some "epoch 1/1 [###---] 20% loss 0.9 ETA 00:08:00") "the last bar"
+            Expect.equal (Sweep.lastProgress (Path.Combine(root, "none.log"))) None "no log yet"
+        }
         test "ssl sweep runs rotnet and jigsaw on 2 seeds with 2 local processes; a second call skips all four" {
             let root = Path.Combine(Fixtures.tempDir "sweep-local", "sweep")
             let args = [ "sweep"; "--method"; "rotnet,jigsaw"; "--seeds"; "0,1"; "--preset"; "smoke"; "--local"; "2"; "--out"; root ]

@@ -20,7 +20,9 @@ public sealed class SilentProgress : IProgressReporter
 
 /// <summary>
 /// A progress line on the console: a bar over all epochs, the loss, img/s and ETA, redrawn in place
-/// on a terminal (at most a few times a second); one line per epoch when the output is redirected.
+/// on a terminal (at most a few times a second); when the output is redirected (a log file, a sweep's
+/// train.log), one line per epoch and one at each tenth of the run, so a one-epoch run of half an hour
+/// still shows its rate and ETA.
 /// </summary>
 public sealed class ConsoleProgress(TextWriter? output = null) : IProgressReporter
 {
@@ -33,19 +35,29 @@ public sealed class ConsoleProgress(TextWriter? output = null) : IProgressReport
     long stepsDone;
     long startStep;
     TimeSpan lastDraw;
+    long lastTenth;
 
     public void Start(int epochs, long stepsPerEpoch, int startEpoch)
     {
         (this.epochs, this.stepsPerEpoch) = (epochs, stepsPerEpoch);
         totalSteps = epochs * stepsPerEpoch;
         stepsDone = startStep = startEpoch * stepsPerEpoch;
+        lastTenth = Tenth(stepsDone);
         clock.Restart();
     }
 
     public void Step(int epoch, long stepInEpoch, IReadOnlyDictionary<string, double> figures, double imagesPerSecond)
     {
         stepsDone = epoch * stepsPerEpoch + stepInEpoch;
-        if (!live || clock.Elapsed - lastDraw < TimeSpan.FromMilliseconds(250)) return;
+        if (!live)
+        {
+            var tenth = Tenth(stepsDone);
+            // A tenth reached mid-epoch (an epoch's end has a line of its own).
+            if (tenth > lastTenth && stepInEpoch < stepsPerEpoch) output.WriteLine(Line(epoch, figures, imagesPerSecond));
+            lastTenth = Math.Max(lastTenth, tenth);
+            return;
+        }
+        if (clock.Elapsed - lastDraw < TimeSpan.FromMilliseconds(250)) return;
         lastDraw = clock.Elapsed;
         output.Write("\r" + Line(epoch, figures, imagesPerSecond).PadRight(Math.Max(Console.WindowWidth - 1, 20)));
     }
@@ -57,6 +69,8 @@ public sealed class ConsoleProgress(TextWriter? output = null) : IProgressReport
     }
 
     public void Stop() { }
+
+    long Tenth(long steps) => totalSteps == 0 ? 10 : steps * 10 / totalSteps;
 
     string Line(int epoch, IReadOnlyDictionary<string, double> figures, double rate)
     {
