@@ -49,8 +49,8 @@ type Config =
 /// batch 256, one warm-up epoch of ten (the paper's 1%), τ_base 0.996 as the paper: SimSiam's budget
 /// on 2 cores, LARS at lr 1.0 with η = 0.02 (solo-learn's CIFAR recipe: lr 1.0, η 0.02) instead of
 /// the paper's 0.2 and 0.001: LARS moves a weight by lr × η of its norm per step, and in 1% of the
-/// paper's steps 2e-4 left the encoder where it started (docs/experiments/byol.md). `smoke`: one
-/// epoch of the smoke subset.
+/// paper's steps 2e-4 left the encoder where it started (one seed; docs/experiments/byol.md).
+/// `smoke`: one epoch of the smoke subset.
 let config preset =
     let paper =
         { Encoder = ResNet18; HiddenDim = 4096L; ProjectionDim = 256L; BaseMomentum = 0.996; Epochs = 800; BatchSize = 512

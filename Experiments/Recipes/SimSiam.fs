@@ -40,8 +40,8 @@ type Config =
 /// `quick`: SmallConvNet-16 (64-d features), d = 256, bottleneck 64, batch 256, 20 epochs at lr 0.1
 /// (BYOL's quick wall time on 2 cores: a SimSiam step costs about half of BYOL's): at 1% of the
 /// paper's steps its rule's 0.03 left the probe 2.8 points under lr 0.1, and 10 epochs under raw
-/// pixels (solo-learn's CIFAR recipe runs SGD at 0.5; docs/experiments/simsiam.md); `paper`: the
-/// paper's CIFAR run; `smoke`: one epoch on the smoke subset.
+/// pixels, one seed each (solo-learn's CIFAR recipe runs SGD at 0.5; docs/experiments/simsiam.md);
+/// `paper`: the paper's CIFAR run; `smoke`: one epoch on the smoke subset.
 let config preset =
     let paper =
         { Encoder = ResNet18; ProjectionDim = 2048L; PredictorHidden = 512L; Epochs = 800; BatchSize = 512; LearningRate = 0.06
