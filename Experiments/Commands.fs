@@ -308,8 +308,7 @@ let eval (args: ParseResults<EvalArgs>) =
     if not randomInit then trained.load(weights) |> ignore
     let encoder: Ssl.Core.Models.Encoder =
         match layer with
-        | Some name ->
-            new Ssl.Core.Models.LayerFeatures(trained, name, int64 pool, [| data.Train.Channels; data.Train.Height; data.Train.Width |])
+        | Some name -> fst (Pipeline.probed name (int64 pool) data trained)
         | None -> trained
     encoder.``to``(env.Device) |> ignore
     let examples =

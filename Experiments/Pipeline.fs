@@ -241,13 +241,26 @@ let plotReport (budget: EvalBudget) (folder: RunFolder) (result: RunResult) (dat
     use map = Tsne.Embed(features, perplexity = min 30.0 (float n / 4.0), iterations = budget.TsneIterations, seed = result.Seed)
     Plots.ClassMap(Path.Combine(folder.PlotsDir, "tsne.png"), $"t-SNE of {n} test features ({result.Method})", map, labels, data.Test.ClassNames)
 
-/// The representation a recipe evaluates: its encoder's output (`layer` = "") or one inner layer
+/// The representation a recipe evaluates: its encoder's output (`layer` = ""); one inner layer
 /// average-pooled to `pool` x `pool` (Core's LayerFeatures), for pretext tasks whose papers read
-/// their features from an inner block (RotNet: Gidaris et al. 2018, Table 1, ConvB2). Returns the
+/// their features from an inner block (RotNet: Gidaris et al. 2018, Table 1, ConvB2), "branch"
+/// naming a staged encoder's own branch layer; or "class-tokens", a ViT's class tokens of its last
+/// `pool` blocks concatenated (DINO's linear evaluation, Core's ClassTokenFeatures). Returns the
 /// encoder to evaluate and the suffix that names the representation in baseline cache keys.
 let probed (layer: string) (pool: int64) (data: Data) (encoder: Encoder) : Encoder * string =
-    if layer = "" then encoder, ""
-    else
+    match layer, box encoder with
+    | "", _ -> encoder, ""
+    | "class-tokens", (:? VisionTransformer as vit) ->
+        if pool < 1L || pool > int64 vit.Depth then
+            invalidArg "ProbePool" $"ProbePool: with ProbeLayer 'class-tokens', the number of last blocks read: expected 1 to the ViT's depth {vit.Depth}, found {pool}"
+        new ClassTokenFeatures(vit, int pool) :> Encoder, $"-class-tokens{pool}"
+    | "class-tokens", _ ->
+        invalidArg "ProbeLayer" $"ProbeLayer: 'class-tokens' needs a ViT encoder (VisionTransformer), found {encoder.GetType().Name}"
+    | "branch", (:? IStagedEncoder as staged) ->
+        new LayerFeatures(encoder, staged.BranchLayer, pool, [| data.Train.Channels; data.Train.Height; data.Train.Width |]) :> Encoder,
+        $"-{staged.BranchLayer}-pool{pool}"
+    | "branch", _ -> invalidArg "ProbeLayer" $"ProbeLayer: 'branch' needs an encoder with stages (IStagedEncoder), found {encoder.GetType().Name}"
+    | layer, _ ->
         new LayerFeatures(encoder, layer, pool, [| data.Train.Channels; data.Train.Height; data.Train.Width |]) :> Encoder,
         $"-{layer}-pool{pool}"
 
@@ -282,7 +295,7 @@ let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: D
             Versions = RunFolder.CurrentVersions())
     folder.WriteResult result
     // The export is the whole encoder, also when an inner layer was evaluated (`ssl eval --layer` reads it there).
-    let exported = match encoder with :? LayerFeatures as l -> l.Encoder | e -> e
+    let exported = match box encoder with :? IEncoderView as view -> view.Encoder | _ -> encoder
     Ssl.Host.Export.EncoderExport.Save(exported, Path.Combine(folder.Root, "export")) |> ignore
     plotCurves folder
     match probedFeatures with

@@ -128,6 +128,7 @@ let probedAt (recipes: Template.Recipe list) (r: RunRecord) =
             | null, _ -> "output"
             | layer, _ when layer.GetValue<string>() = "" -> "output"
             | layer, null -> layer.GetValue<string>()
+            | layer, pool when layer.GetValue<string>() = "class-tokens" -> $"class tokens of the last {pool.ToJsonString()} blocks"
             | layer, pool -> $"{layer.GetValue<string>()}, pool {pool.ToJsonString()}"
         with :? ArgumentException -> "?"
     | _ -> "?"

@@ -133,14 +133,7 @@ let requireSquare (what: string) (data: Data) =
     if data.Train.Height <> data.Train.Width then
         invalidArg "--dataset" $"--dataset: {what} needs square images, found {data.Train.Height}x{data.Train.Width}"
 
-let private resolveProbe (layer: string) (encoder: Encoder) =
-    match layer, box encoder with
-    | "branch", (:? IStagedEncoder as staged) -> staged.BranchLayer
-    | "branch", _ -> invalidArg "ProbeLayer" $"ProbeLayer: 'branch' needs an encoder with stages (IStagedEncoder), found {encoder.GetType().Name}"
-    | layer, _ -> layer
-
-let private probedEncoder (layer: string, pool: int64) (data: Data) (encoder: Encoder) =
-    probed (resolveProbe layer encoder) pool data encoder
+let private probedEncoder (layer: string, pool: int64) (data: Data) (encoder: Encoder) = probed layer pool data encoder
 
 /// Runs `spec` with `config` for `request`: the whole run, from config.json to result.json.
 let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =

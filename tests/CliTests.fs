@@ -85,6 +85,13 @@ let tests =
                     let baselines = doc.RootElement.GetProperty "baselines"
                     Expect.isTrue (fraction (baselines.GetProperty("random_init").GetProperty("linear_probe_acc"))) "random-init baseline"
                     Expect.isTrue (fraction (baselines.GetProperty("raw_pixels").GetProperty("knn_acc"))) "raw-pixel baseline"
+                    // DINO's protocol reads class tokens of the last blocks; `ssl eval --layer class-tokens` does the same.
+                    if recipe.Name = "dino" then
+                        Expect.equal (Program.run [| "eval"; dir; "--protocol"; "knn"; "--layer"; "class-tokens"; "--pool"; "1" |]) 0 "eval class tokens"
+                        use figure = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "eval-knn-class-tokens-pool1.json")))
+                        Expect.equal (figure.RootElement.GetProperty("feature_dim").GetInt64()) 192L "one block's class token"
+                        Expect.equal (Program.run [| "eval"; dir; "--protocol"; "knn"; "--layer"; "class-tokens"; "--pool"; "2" |]) 2
+                            "more blocks than the smoke ViT's one is a usage error"
                 }
         ]
         test "colorization refuses grey data, and on colour images writes the colour PNG and its per-pixel accuracy" {

@@ -310,6 +310,11 @@ type LayerTap(model: nn.Module, layer: string, detach: bool) =
             if not (isNull caught) then caught.Dispose()
             caught <- null
 
+/// A representation read from another encoder (an inner layer, a ViT's class tokens): what a run
+/// exports is that encoder, whole.
+type IEncoderView =
+    abstract Encoder: Encoder
+
 /// The features of one inner layer of `encoder`, for asking where a pretext task's best features
 /// sit: Gidaris et al. 2018 (RotNet, Table 1) and Noroozi & Favaro 2016 probe each conv block, and
 /// VISSL's benchmarks fit linear classifiers on several layers at once. `encoder` runs whole; the
@@ -346,6 +351,9 @@ type LayerFeatures(encoder: Encoder, layer: string, pool: int64, inputShape: int
 
     /// The encoder whose layer this reads (what a run exports).
     member _.Encoder = encoder
+
+    interface IEncoderView with
+        member _.Encoder = encoder
 
     /// Removes the forward hook from the encoder.
     member _.RemoveHook() = (tap :> System.IDisposable).Dispose()

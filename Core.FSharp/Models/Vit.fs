@@ -178,3 +178,30 @@ type VisionTransformer(inputChannels: int64, patchSize: int64, dim: int64, depth
     override m.forward(images) =
         use scope = NewDisposeScope()
         (m.Mix(m.Tokens images)).select(1L, 0L).MoveToOuterDisposeScope()
+
+    /// The class token after each of the last `n` blocks, each through the final LayerNorm, oldest
+    /// first, concatenated: DINO's linear evaluation of a ViT (Caron et al. 2021, Sec. 4.1 and App.
+    /// D; eval_linear.py's get_intermediate_layers with n_last_blocks 4 for ViT-S). n = 1 is forward.
+    /// images → (N, n·dim); n outside 1..depth is an error naming it.
+    member m.ClassTokens(images: Tensor, n: int) : Tensor =
+        if n < 1 || n > depth then invalidArg "n" $"n: expected 1 to the depth {depth} of last blocks, found {n}"
+        use scope = NewDisposeScope()
+        let mutable x = m.Tokens images
+        let tokens = ResizeArray<Tensor>()
+        for i in 0 .. depth - 1 do
+            x <- blocks[i].call x
+            if i >= depth - n then tokens.Add((norm.call x).select(1L, 0L))
+        cat(tokens.ToArray(), 1L).MoveToOuterDisposeScope()
+
+/// A ViT read as DINO's linear evaluation reads it: the class tokens of its last `blocks` blocks
+/// (VisionTransformer.ClassTokens), FeatureDim = blocks · dim; the probes' view, not trained through.
+type ClassTokenFeatures(vit: VisionTransformer, blocks: int) as this =
+    inherit Encoder("ClassTokenFeatures")
+    do if blocks < 1 || blocks > vit.Depth then invalidArg "blocks" $"blocks: expected 1 to the ViT's depth {vit.Depth}, found {blocks}"
+    do this.RegisterComponents()
+    override _.FeatureDim = int64 blocks * vit.FeatureDim
+    override _.forward(images) = vit.ClassTokens(images, blocks)
+    member _.Encoder = vit
+
+    interface IEncoderView with
+        member _.Encoder = vit

@@ -52,7 +52,11 @@ type Config =
       [<Range(0.0)>] WeightDecay: float
       [<Range(0.0)>] WeightDecayEnd: float
       [<Range(0.0)>] ClipGradNorm: float
-      [<Range(0.0)>] FreezeLastLayerEpochs: int }
+      [<Range(0.0)>] FreezeLastLayerEpochs: int
+      /// What the probes read: "class-tokens", the class tokens of the last ProbePool blocks
+      /// concatenated (eval_linear.py's n_last_blocks: 4 for ViT-S, Sec. 4.1), or "" for the output.
+      ProbeLayer: string
+      [<Range(1.0)>] ProbePool: int64 }
 
 /// `paper`: main_dino.py's defaults on ViT-Tiny patch 4 (the paper's ViT-S/16 sees a 14x14 grid of
 /// 224 px; 28 px in 4 px patches gives 7x7) with the paper's τ_t 0.04 → 0.07 over 30 epochs, 8 local
@@ -60,7 +64,9 @@ type Config =
 /// 1-block smoke step ran at 22 img/s): ViT-Tiny with 2 blocks on 7 px patches (4x4 tokens; patch 4
 /// costs 3-5x more), 2 local crops of 14 px, head hidden 1024, K 4,096, 300 steps of 64 over the first
 /// 19,200 images: τ_t stays at 0.04 (main_dino's default) and the last layer is not frozen (the
-/// reference freezes 1 of 100 epochs). Measured: docs/experiments/dino.md.
+/// reference freezes 1 of 100 epochs). The probes read the class tokens of the last ProbePool blocks
+/// as eval_linear.py does (4 for ViT-S; quick: both of its 2 blocks, smoke: its 1), the random-init
+/// baseline read the same way. Measured: docs/experiments/dino.md.
 let config preset =
     let paper =
         { Encoder = VitTiny(4L, 12); HeadHidden = 2048L; HeadBottleneck = 256L; Outputs = 65536L; TeacherMomentum = 0.996
@@ -68,15 +74,16 @@ let config preset =
           TeacherTemperatureWarmupEpochs = 30; LocalCrops = 8; GlobalCropScale = (0.4, 1.0); LocalCropScale = (0.05, 0.4)
           LocalCropSize = 12L; Jitter = 0.4; BlurSigma = (0.1, 1.0); BlurKernel = 3L; Epochs = 100; PretrainImages = 0L; BatchSize = 1024
           LearningRatePer256 = 0.0005; MinLearningRate = 1e-6; WarmupEpochs = 10.0; WeightDecay = 0.04; WeightDecayEnd = 0.4
-          ClipGradNorm = 3.0; FreezeLastLayerEpochs = 1 }
+          ClipGradNorm = 3.0; FreezeLastLayerEpochs = 1; ProbeLayer = "class-tokens"; ProbePool = 4L }
     match preset with
     | Smoke ->
         { paper with Encoder = VitTiny(7L, 1); HeadHidden = 256L; Outputs = 512L; LocalCrops = 2; LocalCropSize = 14L
-                     TeacherTemperatureWarmupEpochs = 1; Epochs = 1; PretrainImages = 640L; BatchSize = 64; WarmupEpochs = 0.2 }
+                     TeacherTemperatureWarmupEpochs = 1; Epochs = 1; PretrainImages = 640L; BatchSize = 64; WarmupEpochs = 0.2
+                     ProbePool = 1L }
     | Quick ->
         { paper with Encoder = VitTiny(7L, 2); HeadHidden = 1024L; Outputs = 4096L; LocalCrops = 2; LocalCropSize = 14L
                      TeacherTemperatureWarmupEpochs = 1; Epochs = 1; PretrainImages = 19200L; BatchSize = 64; WarmupEpochs = 0.1
-                     FreezeLastLayerEpochs = 0 }
+                     FreezeLastLayerEpochs = 0; ProbePool = 2L }
     | Paper -> paper
 
 /// The student or teacher network: images → encoder → head logits (N, K).
@@ -150,7 +157,7 @@ let build (ctx: Context<Config>) =
     let evaluated = (teacher.Copy :?> DinoNet).Encoder
     let examples = if c.PretrainImages > 0L then min c.PretrainImages ctx.Data.Train.Count else ctx.Data.Train.Count
     { training (Step(student, teacher, center, ctx.Data, c)) c.Epochs c.BatchSize evaluated ctx with
-        Examples = examples; Owned = [ student; teacher; center ] }
+        Examples = examples; Probe = (c.ProbeLayer, c.ProbePool); Owned = [ student; teacher; center ] }
 
 let spec =
     { backboneSpec "dino" "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers (DINO)" selfSupervised config

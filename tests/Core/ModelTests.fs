@@ -1085,6 +1085,34 @@ let private vitTests =
             forwardLeavesOnlyOutput "vit forward, resized positions" vit local
             expectGradientsReachEveryParameter "vit" vit (fun () -> vit.forward x)
         }
+        test "ClassTokens: each last block's class token through the final norm, oldest first; 1 block is forward; ClassTokenFeatures reads it" {
+            use vit = VisionTransformer.Tiny(1L, 7L, 3, 4L)
+            vit.eval ()
+            use x = randn 11 [| 3L; 1L; 28L; 28L |]
+            use _ = torch.no_grad ()
+            let modules = dict [ for struct (name, m) in vit.named_modules () -> name, m ]
+            let norm = modules["norm"] :?> torch.nn.Module<torch.Tensor, torch.Tensor>
+            // The slow reference: the blocks one by one, the class token after each through the norm.
+            let reference =
+                let mutable t = vit.Tokens x
+                [ for i in 0 .. 2 ->
+                      t <- (modules[$"blocks.{i}"] :?> torch.nn.Module<torch.Tensor, torch.Tensor>).call t
+                      (norm.call t).select(1L, 0L) ]
+            use one = vit.ClassTokens(x, 1)
+            use out = vit.forward x
+            Expect.isTrue (one.allclose(out, 1e-5, 1e-6)) "n = 1 is forward"
+            use two = vit.ClassTokens(x, 2)
+            expectShape "two blocks" [| 3L; 384L |] two
+            use expected = torch.cat([| reference[1]; reference[2] |], 1L)
+            Expect.isTrue (two.allclose(expected, 1e-5, 1e-6)) "blocks 2 and 3, in order"
+            use features = new ClassTokenFeatures(vit, 3)
+            Expect.equal features.FeatureDim 576L "3 · 192"
+            use all = features.forward x
+            use expectedAll = torch.cat(List.toArray reference, 1L)
+            Expect.isTrue (all.allclose(expectedAll, 1e-5, 1e-6)) "all three"
+            let e = Prop.throws<ArgumentException> (fun () -> vit.ClassTokens(x, 4).Dispose())
+            Expect.stringContains e.Message "expected 1 to the depth 3 of last blocks, found 4" "n out of range named"
+        }
         test "initialisation as the reference: LayerNorms 1 and 0, linear biases 0, weights of std about 0.02" {
             use vit = VisionTransformer.Tiny(1L, 4L, 2, 7L)
             for struct (name, p) in vit.named_parameters () do
