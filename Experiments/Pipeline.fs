@@ -248,6 +248,7 @@ let plotReport (budget: EvalBudget) (folder: RunFolder) (result: RunResult) (dat
 /// `pool` blocks concatenated (DINO's linear evaluation, Core's ClassTokenFeatures). Returns the
 /// encoder to evaluate and the suffix that names the representation in baseline cache keys.
 let probed (layer: string) (pool: int64) (data: Data) (encoder: Encoder) : Encoder * string =
+    let input = [| data.Train.Channels; data.Train.Height; data.Train.Width |]
     match layer, box encoder with
     | "", _ -> encoder, ""
     | "class-tokens", (:? VisionTransformer as vit) ->
@@ -257,12 +258,11 @@ let probed (layer: string) (pool: int64) (data: Data) (encoder: Encoder) : Encod
     | "class-tokens", _ ->
         invalidArg "ProbeLayer" $"ProbeLayer: 'class-tokens' needs a ViT encoder (VisionTransformer), found {encoder.GetType().Name}"
     | "branch", (:? IStagedEncoder as staged) ->
-        new LayerFeatures(encoder, staged.BranchLayer, pool, [| data.Train.Channels; data.Train.Height; data.Train.Width |]) :> Encoder,
+        new LayerFeatures(encoder, staged.BranchLayer, pool, input) :> Encoder,
         $"-{staged.BranchLayer}-pool{pool}"
     | "branch", _ -> invalidArg "ProbeLayer" $"ProbeLayer: 'branch' needs an encoder with stages (IStagedEncoder), found {encoder.GetType().Name}"
     | layer, _ ->
-        new LayerFeatures(encoder, layer, pool, [| data.Train.Channels; data.Train.Height; data.Train.Width |]) :> Encoder,
-        $"-{layer}-pool{pool}"
+        new LayerFeatures(encoder, layer, pool, input) :> Encoder, $"-{layer}-pool{pool}"
 
 /// Evaluates a trained encoder by every protocol beside its baselines, then writes result.json, the
 /// exported encoder and the plots. `testAcc`: the method's own classifier accuracy where it has one;

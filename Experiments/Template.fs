@@ -133,8 +133,6 @@ let requireSquare (what: string) (data: Data) =
     if data.Train.Height <> data.Train.Width then
         invalidArg "--dataset" $"--dataset: {what} needs square images, found {data.Train.Height}x{data.Train.Width}"
 
-let private probedEncoder (layer: string, pool: int64) (data: Data) (encoder: Encoder) = probed layer pool data encoder
-
 /// Runs `spec` with `config` for `request`: the whole run, from config.json to result.json.
 let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
     let semi = not spec.Traits.LabelBudgets.IsEmpty
@@ -196,8 +194,9 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
             | OwnResult -> request.Labels |> Option.bind (fun _ -> testAcc)
             | NotReported -> None
         let extra = t.Extra()
-        let evaluated, suffix = probedEncoder t.Probe data t.Evaluated
-        let makeEncoder () = fst (probedEncoder t.Probe data (newEncoder ()))
+        let layer, pool = t.Probe
+        let evaluated, suffix = probed layer pool data t.Evaluated
+        let makeEncoder () = fst (probed layer pool data (newEncoder ()))
         let result =
             finish request env folder data evaluated (spec.EncoderName config + suffix) makeEncoder summary testAcc supervisedOnly
         if extra.IsEmpty then result
