@@ -4,7 +4,9 @@ module Ssl.Experiments.Pipeline
 
 open System
 open System.IO
+open System.Collections.Generic
 open System.Text.Json
+open System.Text.Json.Nodes
 open TorchSharp
 open Ssl.Core.Models
 open Ssl.Host.Data
@@ -211,17 +213,34 @@ let protocolBaselines (request: Request) (data: Data) (name: string) (encoderNam
                 ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn))
     [| randomInit; rawPixels |]
 
-/// Loss (and any other logged figure) per epoch as PNG curves in plots/.
-let plotCurves (folder: RunFolder) =
-    let epochs = folder.ReadMetrics() |> Seq.filter (fun r -> r.ContainsKey "summary") |> Seq.toArray
+/// The figures of metrics.jsonl to draw, each as (name, step logs, epoch means): the logged steps
+/// at x = global step / steps per epoch (so a one-epoch run still shows its course) and each epoch's
+/// mean at x = epoch + 1, where that epoch's last step lands. Bookkeeping keys are left out.
+let curveSeries (metrics: IReadOnlyList<JsonObject>) : (string * (float[] * float[]) * (float[] * float[])) list =
+    let epochs = metrics |> Seq.filter (fun r -> r.ContainsKey "summary") |> Seq.toArray
+    let steps = metrics |> Seq.filter (fun r -> not (r.ContainsKey "summary") && r.ContainsKey "step") |> Seq.toArray
+    let value (r: JsonObject) (key: string) = if r.ContainsKey key then r[key].GetValue<float>() else nan
+    let stepsPerEpoch =
+        match Array.tryLast epochs with
+        | Some last -> value last "step" / (value last "epoch" + 1.0)
+        | None -> nan
     let keys =
-        epochs |> Seq.collect (fun r -> r |> Seq.map (fun kv -> kv.Key)) |> Seq.distinct
+        Seq.append epochs steps |> Seq.collect (fun r -> r |> Seq.map (fun kv -> kv.Key)) |> Seq.distinct
         |> Seq.filter (fun k -> not (List.contains k [ "epoch"; "step"; "summary"; "images_per_s"; "rss_mb"; "peak_rss_mb"; "live_tensors" ]))
-        |> Seq.toArray
+        |> Seq.toList
+    let stepX = steps |> Array.map (fun r -> value r "step" / stepsPerEpoch)
+    let epochX = epochs |> Array.map (fun r -> value r "epoch" + 1.0)
+    [ for key in keys -> key, (stepX, steps |> Array.map (fun r -> value r key)), (epochX, epochs |> Array.map (fun r -> value r key)) ]
+
+/// Loss (and any other logged figure) over training as PNG curves in plots/: the logged steps and
+/// the epoch means; resident memory after each epoch.
+let plotCurves (folder: RunFolder) =
+    let metrics = folder.ReadMetrics()
+    for key, (stepX, stepY), (epochX, epochY) in curveSeries metrics do
+        Plots.Curves(Path.Combine(folder.PlotsDir, $"{key.Replace('/', '_')}.png"), key, "epoch", key,
+                     readOnlyDict [ "logged steps", struct (stepX, stepY); "epoch mean", struct (epochX, epochY) ])
+    let epochs = metrics |> Seq.filter (fun r -> r.ContainsKey "summary") |> Seq.toArray
     let x = epochs |> Array.map (fun r -> r["epoch"].GetValue<float>() + 1.0)
-    for key in keys do
-        let y = epochs |> Array.map (fun r -> if r.ContainsKey key then r[key].GetValue<float>() else nan)
-        Plots.Curves(Path.Combine(folder.PlotsDir, $"{key.Replace('/', '_')}.png"), key, "epoch", key, readOnlyDict [ key, (x, y) ])
     let rss = epochs |> Array.map (fun r -> r["rss_mb"].GetValue<float>())
     Plots.Curves(Path.Combine(folder.PlotsDir, "memory.png"), "resident memory after each epoch", "epoch", "MiB", readOnlyDict [ "RSS", (x, rss) ])
 

@@ -64,6 +64,22 @@ let plotTests =
                 Expect.isNotNull bitmap $"{name} decodes"
                 Expect.equal (bitmap.Width, bitmap.Height) (w, h) $"{name} size"
         }
+        test "curves put logged steps at fractional epochs beside the epoch means, bookkeeping left out" {
+            let row (text: string) = System.Text.Json.Nodes.JsonNode.Parse(text).AsObject()
+            let metrics =
+                [| row """{"epoch":0,"step":50,"images_per_s":9,"loss":3.0}"""
+                   row """{"epoch":0,"step":100,"summary":"epoch","rss_mb":1,"loss":2.5}"""
+                   row """{"epoch":1,"step":150,"loss":2.0,"lr/main":0.1}"""
+                   row """{"epoch":1,"step":200,"summary":"epoch","rss_mb":1,"loss":1.5}""" |]
+            let series = Ssl.Experiments.Pipeline.curveSeries metrics
+            Expect.equal (series |> List.map (fun (k, _, _) -> k)) [ "loss"; "lr/main" ] "figures drawn"
+            let _, (sx, sy), (ex, ey) = series |> List.find (fun (k, _, _) -> k = "loss")
+            Expect.equal (sx, sy) ([| 0.5; 1.5 |], [| 3.0; 2.0 |]) "logged steps at step / steps per epoch"
+            Expect.equal (ex, ey) ([| 1.0; 2.0 |], [| 2.5; 1.5 |]) "epoch means at epoch + 1"
+            let _, (_, lrSteps), (_, lrMeans) = series |> List.find (fun (k, _, _) -> k = "lr/main")
+            Expect.isTrue (Double.IsNaN lrSteps[0] && lrSteps[1] = 0.1) "a figure missing from a row is NaN there"
+            Expect.isTrue (lrMeans |> Array.forall Double.IsNaN) "no epoch mean logged: NaN, which Curves skips"
+        }
     ]
 
 let exportTests =
