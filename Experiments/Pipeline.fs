@@ -213,17 +213,16 @@ let protocolBaselines (request: Request) (data: Data) (name: string) (encoderNam
                 ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn))
     [| randomInit; rawPixels |]
 
+/// Steps per epoch of a finished run (its total steps over its epochs), the x scale of its curves.
+let stepsPerEpoch (train: TrainFigures) = if train.Epochs > 0 then max 1.0 (float train.Steps / float train.Epochs) else 1.0
+
 /// The figures of metrics.jsonl to draw, each as (name, step logs, epoch means): the logged steps
-/// at x = global step / steps per epoch (so a one-epoch run still shows its course) and each epoch's
+/// at x = global step / `stepsPerEpoch` (so a one-epoch run still shows its course) and each epoch's
 /// mean at x = epoch + 1, where that epoch's last step lands. Bookkeeping keys are left out.
-let curveSeries (metrics: IReadOnlyList<JsonObject>) : (string * (float[] * float[]) * (float[] * float[])) list =
+let curveSeries (stepsPerEpoch: float) (metrics: IReadOnlyList<JsonObject>) : (string * (float[] * float[]) * (float[] * float[])) list =
     let epochs = metrics |> Seq.filter (fun r -> r.ContainsKey "summary") |> Seq.toArray
     let steps = metrics |> Seq.filter (fun r -> not (r.ContainsKey "summary") && r.ContainsKey "step") |> Seq.toArray
     let value (r: JsonObject) (key: string) = if r.ContainsKey key then r[key].GetValue<float>() else nan
-    let stepsPerEpoch =
-        match Array.tryLast epochs with
-        | Some last -> value last "step" / (value last "epoch" + 1.0)
-        | None -> nan
     let keys =
         Seq.append epochs steps |> Seq.collect (fun r -> r |> Seq.map (fun kv -> kv.Key)) |> Seq.distinct
         |> Seq.filter (fun k -> not (List.contains k [ "epoch"; "step"; "summary"; "images_per_s"; "rss_mb"; "peak_rss_mb"; "live_tensors" ]))
@@ -234,9 +233,9 @@ let curveSeries (metrics: IReadOnlyList<JsonObject>) : (string * (float[] * floa
 
 /// Loss (and any other logged figure) over training as PNG curves in plots/: the logged steps and
 /// the epoch means; resident memory after each epoch.
-let plotCurves (folder: RunFolder) =
+let plotCurves (folder: RunFolder) (train: TrainFigures) =
     let metrics = folder.ReadMetrics()
-    for key, (stepX, stepY), (epochX, epochY) in curveSeries metrics do
+    for key, (stepX, stepY), (epochX, epochY) in curveSeries (stepsPerEpoch train) metrics do
         Plots.Curves(Path.Combine(folder.PlotsDir, $"{key.Replace('/', '_')}.png"), key, "epoch", key,
                      readOnlyDict [ "logged steps", struct (stepX, stepY); "epoch mean", struct (epochX, epochY) ])
     let epochs = metrics |> Seq.filter (fun r -> r.ContainsKey "summary") |> Seq.toArray
@@ -316,7 +315,7 @@ let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: D
     // The export is the whole encoder, also when an inner layer was evaluated (`ssl eval --layer` reads it there).
     let exported = match box encoder with :? IEncoderView as view -> view.Encoder | _ -> encoder
     Ssl.Host.Export.EncoderExport.Save(exported, Path.Combine(folder.Root, "export")) |> ignore
-    plotCurves folder
+    plotCurves folder result.Train
     match probedFeatures with
     | Some(probe, testFeatures) ->
         use testFeatures = testFeatures

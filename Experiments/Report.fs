@@ -55,19 +55,14 @@ let private floatField (node: JsonNode option) (key: string) =
     node
     |> Option.bind (fun n -> match n[key] with null -> None | v -> (try Some(v.GetValue<float>()) with _ -> None))
 
+/// The logged steps' loss of the run in `dir` at fractional epochs (Pipeline.curveSeries), read
+/// without touching the folder.
 let private lossCurve (dir: string) (result: RunResult) =
     let path = Path.Combine(dir, "metrics.jsonl")
-    if not (File.Exists path) then [||], [||]
-    else
-        let stepsPerEpoch = if result.Train.Epochs > 0 then float result.Train.Steps / float result.Train.Epochs else 1.0
-        let points =
-            File.ReadLines path
-            |> Seq.filter (fun l -> l.Length > 0)
-            |> Seq.map (fun l -> JsonNode.Parse(l).AsObject())
-            |> Seq.filter (fun r -> not (r.ContainsKey "summary") && r.ContainsKey "loss" && r.ContainsKey "step")
-            |> Seq.map (fun r -> r["step"].GetValue<float>() / max stepsPerEpoch 1.0, r["loss"].GetValue<float>())
-            |> Seq.toArray
-        Array.map fst points, Array.map snd points
+    let rows = if File.Exists path then File.ReadLines path |> Seq.filter (fun l -> l.Length > 0) |> Seq.map (fun l -> JsonNode.Parse(l).AsObject()) |> Seq.toArray else [||]
+    match Pipeline.curveSeries (Pipeline.stepsPerEpoch result.Train) rows |> List.tryFind (fun (key, _, _) -> key = "loss") with
+    | Some(_, logged, _) -> logged
+    | None -> [||], [||]
 
 /// Where a recipe name sits in the registry's order (unknown names go last, by name).
 let private contractRank (name: string) =

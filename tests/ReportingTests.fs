@@ -71,7 +71,7 @@ let plotTests =
                    row """{"epoch":0,"step":100,"summary":"epoch","rss_mb":1,"loss":2.5}"""
                    row """{"epoch":1,"step":150,"loss":2.0,"lr/main":0.1}"""
                    row """{"epoch":1,"step":200,"summary":"epoch","rss_mb":1,"loss":1.5}""" |]
-            let series = Ssl.Experiments.Pipeline.curveSeries metrics
+            let series = Ssl.Experiments.Pipeline.curveSeries 100.0 metrics
             Expect.equal (series |> List.map (fun (k, _, _) -> k)) [ "loss"; "lr/main" ] "figures drawn"
             let _, (sx, sy), (ex, ey) = series |> List.find (fun (k, _, _) -> k = "loss")
             Expect.equal (sx, sy) ([| 0.5; 1.5 |], [| 3.0; 2.0 |]) "logged steps at step / steps per epoch"
