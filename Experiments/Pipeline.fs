@@ -310,7 +310,7 @@ let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: D
                                         SupervisedOnly = SupervisedFigures(TestAcc = Option.toNullable supervisedOnly)),
             Train = TrainFigures(Epochs = summary.Epochs, Steps = summary.Steps, WallSeconds = summary.WallSeconds,
                                  ImagesPerSecond = summary.ImagesPerSecond, PeakRssMb = summary.PeakRssMb),
-            Versions = RunFolder.CurrentVersions())
+            Versions = env.Versions)
     folder.WriteResult result
     // The export is the whole encoder, also when an inner layer was evaluated (`ssl eval --layer` reads it there).
     let exported = match box encoder with :? IEncoderView as view -> view.Encoder | _ -> encoder

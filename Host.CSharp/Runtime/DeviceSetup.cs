@@ -1,4 +1,5 @@
 using Ssl.Host.Native;
+using Ssl.Host.Runs;
 using TorchSharp;
 
 namespace Ssl.Host.Runtime;
@@ -23,6 +24,9 @@ public sealed class RunEnvironment
     public required Random Random { get; init; }
     /// <summary>Lines a user should see (for example that <c>auto</c> fell back to CPU).</summary>
     public required IReadOnlyList<string> Notes { get; init; }
+    /// <summary>The commit and library versions when the run started: what result.json records, so a
+    /// commit made while a run trains is not taken for the code that trained it.</summary>
+    public VersionFigures Versions { get; init; } = RunFolder.CurrentVersions();
 
     public string DeviceName => Device.ToString();
 }
