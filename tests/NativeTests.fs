@@ -48,6 +48,18 @@ let tests =
                 Expect.isFalse Ssl.Host.Runtime.NativeMemory.ThresholdsPinned "left to the user's settings or the platform"
         }
 
+        test "loading libtorch turns NNPACK off: a batch-1 3x3 convolution (libtorch's native path) prints no warning and is right" {
+            TorchRuntime.EnsureLoaded()
+            if OperatingSystem.IsLinux() then
+                Expect.equal TorchContext.NnpackEnabled (Nullable false) "at::globalContext().userEnabledNNPACK() after EnsureLoaded"
+            torch.manual_seed 3L |> ignore
+            use x = torch.randn(2L, 4L, 6L, 6L)
+            use w = torch.randn(16L, 4L, 3L, 3L)
+            use one = torch.nn.functional.conv2d(x.narrow(0L, 0L, 1L), w, padding = [| 1L; 1L |])
+            use reference = torch.nn.functional.conv2d(x.narrow(0L, 0L, 1L).to_type(torch.float64), w.to_type(torch.float64), padding = [| 1L; 1L |])
+            Expect.isTrue (one.to_type(torch.float64).allclose(reference, 1e-5, 1e-5)) "batch 1 against float64"
+        }
+
         test "the built libLibTorchSharp.so loads here: its GLIBCXX_3.4.32 need is weak where the system lacks it" {
             let lib = torchSharpNative ()
             Expect.isTrue (File.Exists lib) $"expected {lib} in the test output"

@@ -29,6 +29,8 @@ public static class TorchRuntime
             // mapped, faulted in and unmapped again on every step (NativeMemory, 1.5x on MoCo's step).
             Ssl.Host.Runtime.NativeMemory.PinThresholds();
             torch.InitializeDeviceType(DeviceType.CPU);
+            // Quiet logs: no NNPACK warning per small convolution on CPUs NNPACK does not support.
+            TorchContext.DisableNnpack();
             loaded = true;
         }
     }
