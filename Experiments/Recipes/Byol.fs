@@ -42,7 +42,13 @@ type Config =
       /// LARS's trust coefficient η: a weight moves by at most about lr · η of its norm per step
       /// (You et al. 2017, Alg. 1; the paper's 0.001).
       [<Range(0.0)>] LarsEta: float
-      Augmentation: Augmentation }
+      Augmentation: Augmentation
+      /// The layer the protocols read ("" = the output, the paper's representation y) and its pooled
+      /// size. Quick reads SmallConvNet's last block pooled 2 x 2 (256-d) rather than its 64-d global
+      /// pool: the same block, less averaged; its random-init baseline is read there too
+      /// (docs/experiments/byol.md, "The probe's layer").
+      ProbeLayer: string
+      [<Range(1.0)>] ProbePool: int64 }
 
 /// `paper`: ResNet-18 (512-d features, hidden 4,096, d = 256) at batch 512 for 800 epochs (solo-learn's
 /// CIFAR budget), lr 0.2 · 512 / 256. `quick`: SmallConvNet-16 (64-d features), hidden 1,024, d = 256,
@@ -50,15 +56,16 @@ type Config =
 /// on 2 cores, LARS at lr 1.0 with η = 0.02 (solo-learn's CIFAR recipe: lr 1.0, η 0.02) instead of
 /// the paper's 0.2 and 0.001: LARS moves a weight by lr × η of its norm per step, and in 1% of the
 /// paper's steps 2e-4 left the encoder where it started (one seed; docs/experiments/byol.md).
-/// `smoke`: one epoch of the smoke subset.
+/// Quick probes block 3 pooled 2 x 2 (see ProbeLayer). `smoke`: one epoch of the smoke subset.
 let config preset =
     let paper =
         { Encoder = ResNet18; HiddenDim = 4096L; ProjectionDim = 256L; BaseMomentum = 0.996; Epochs = 800; BatchSize = 512
-          LearningRate = 0.4; WeightDecay = 1.5e-6; WarmupEpochs = 10.0; LarsEta = 0.001; Augmentation = { mocoAugmentation with ColourJitter = (0.2, 0.1) } }
+          LearningRate = 0.4; WeightDecay = 1.5e-6; WarmupEpochs = 10.0; LarsEta = 0.001; Augmentation = { mocoAugmentation with ColourJitter = (0.2, 0.1) }
+          ProbeLayer = ""; ProbePool = 1L }
     let small = { paper with Encoder = SmallConvNet 16L; HiddenDim = 1024L; BatchSize = 256; LearningRate = 0.2; WarmupEpochs = 1.0 }
     match preset with
     | Smoke -> { small with Epochs = 1; BatchSize = 128; WarmupEpochs = 0.0 }
-    | Quick -> { small with Epochs = 10; LearningRate = 1.0; LarsEta = 0.02 }
+    | Quick -> { small with Epochs = 10; LearningRate = 1.0; LarsEta = 0.02; ProbeLayer = "features.block3b_relu"; ProbePool = 2L }
     | Paper -> paper
 
 /// g(f(x)): an encoder and its projector as one module, so the target can be a MomentumCopy of it.
@@ -98,7 +105,8 @@ let build (c: Context<Config>) =
     let online = projected encoder c.Config
     let target = new MomentumCopy(online, projected (c.NewEncoder()) c.Config)
     let q = new MlpHead(c.Config.ProjectionDim, c.Config.HiddenDim, c.Config.ProjectionDim, true)
-    { training (Step(online, q, target, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with Owned = [ online; q; target ] }
+    { training (Step(online, q, target, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with
+        Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ online; q; target ] }
 
 let spec =
     backboneSpec "byol" "Grill et al. 2020, Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning" selfSupervised config
