@@ -43,22 +43,29 @@ type Config =
       /// LARS's trust coefficient η: a weight moves by at most about lr · η of its norm per step
       /// (You et al. 2017, Alg. 1; the paper's 0.001).
       [<Range(0.0)>] LarsEta: float
-      Augmentation: Augmentation }
+      Augmentation: Augmentation
+      /// The layer the protocols read ("" = the output, the paper's representation) and its pooled
+      /// size. Quick reads SmallConvNet's block 3 pooled 2 x 2 (256-d) as BYOL's quick does; its
+      /// random-init baseline is read there too (docs/experiments/barlow-twins.md, "The probe's layer").
+      ProbeLayer: string
+      [<Range(1.0)>] ProbePool: int64 }
 
 /// `paper`: ResNet-18 (512-d features), D = 2,048 at batch 512 (D/N = 4 as the paper) for 800
 /// epochs (solo-learn's CIFAR budget). `quick`: SmallConvNet-16, D = 1,024, batch 256 (D/N = 4),
 /// one warm-up epoch of ten, 10 epochs: SimSiam's budget on 2 cores, LARS at lr 1.0 with η = 0.02
 /// (solo-learn's CIFAR η, whose clipped LARS moves a weight by at most 0.02 of its norm a step; ours
 /// by lr · η = 0.02): at the paper's 0.2 · 0.001 = 2e-4 the 2,340 steps (1% of the paper's) left the
-/// probe 2.5 points under raw pixels (one seed; docs/experiments/barlow-twins.md). `smoke`: one epoch.
+/// probe 2.5 points under raw pixels (one seed; docs/experiments/barlow-twins.md). Quick probes block
+/// 3 pooled 2 x 2 (see ProbeLayer). `smoke`: one epoch.
 let config preset =
     let paper =
         { Encoder = ResNet18; ProjectionDim = 2048L; OffDiagonalWeight = 5e-3; LossScale = 0.024; Epochs = 800; BatchSize = 512
-          LearningRate = 0.2; WeightDecay = 1.5e-6; WarmupEpochs = 10.0; LarsEta = 0.001; Augmentation = { mocoAugmentation with ColourJitter = (0.2, 0.1) } }
+          LearningRate = 0.2; WeightDecay = 1.5e-6; WarmupEpochs = 10.0; LarsEta = 0.001; Augmentation = { mocoAugmentation with ColourJitter = (0.2, 0.1) }
+          ProbeLayer = ""; ProbePool = 1L }
     let small = { paper with Encoder = SmallConvNet 16L; ProjectionDim = 1024L; BatchSize = 256; WarmupEpochs = 1.0 }
     match preset with
     | Smoke -> { small with Epochs = 1; BatchSize = 128; ProjectionDim = 512L; WarmupEpochs = 0.0 }
-    | Quick -> { small with Epochs = 10; LearningRate = 1.0; LarsEta = 0.02 }
+    | Quick -> { small with Epochs = 10; LearningRate = 1.0; LarsEta = 0.02; ProbeLayer = "features.block3b_relu"; ProbePool = 2L }
     | Paper -> paper
 
 /// The projector: linear → BN → ReLU, linear → BN → ReLU, linear (the authors' main.py).
@@ -98,7 +105,8 @@ type Step(encoder: Encoder, projector: TorchSharp.Modules.Sequential, data: Data
 let build (c: Context<Config>) =
     let encoder = c.NewEncoder()
     let g = projector encoder.FeatureDim c.Config.ProjectionDim
-    { training (Step(encoder, g, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with Owned = [ encoder; g ] }
+    { training (Step(encoder, g, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with
+        Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; g ] }
 
 let spec =
     backboneSpec "barlow-twins" "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction" selfSupervised config

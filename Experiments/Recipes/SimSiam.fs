@@ -35,21 +35,28 @@ type Config =
       [<Range(0.0)>] LearningRate: float
       [<Range(0.0)>] WeightDecay: float
       [<Range(0.0)>] WarmupEpochs: float
-      Augmentation: Augmentation }
+      Augmentation: Augmentation
+      /// The layer the protocols read ("" = the output, the paper's representation) and its pooled
+      /// size. Quick reads SmallConvNet's block 3 pooled 2 x 2 (256-d) as BYOL's quick does; its
+      /// random-init baseline is read there too (docs/experiments/simsiam.md, "The probe's layer").
+      ProbeLayer: string
+      [<Range(1.0)>] ProbePool: int64 }
 
 /// `quick`: SmallConvNet-16 (64-d features), d = 256, bottleneck 64, batch 256, 20 epochs at lr 0.1
 /// (BYOL's quick wall time on 2 cores: a SimSiam step costs about half of BYOL's): at 1% of the
 /// paper's steps its rule's 0.03 left the probe 2.8 points under lr 0.1, and 10 epochs under raw
 /// pixels, one seed each (solo-learn's CIFAR recipe runs SGD at 0.5; docs/experiments/simsiam.md);
-/// `paper`: the paper's CIFAR run; `smoke`: one epoch on the smoke subset.
+/// quick probes block 3 pooled 2 x 2 (see ProbeLayer); `paper`: the paper's CIFAR run; `smoke`: one
+/// epoch on the smoke subset.
 let config preset =
     let paper =
         { Encoder = ResNet18; ProjectionDim = 2048L; PredictorHidden = 512L; Epochs = 800; BatchSize = 512; LearningRate = 0.06
-          WeightDecay = 5e-4; WarmupEpochs = 0.0; Augmentation = { mocoAugmentation with ColourJitter = (0.4, 0.1) } }
+          WeightDecay = 5e-4; WarmupEpochs = 0.0; Augmentation = { mocoAugmentation with ColourJitter = (0.4, 0.1) }
+          ProbeLayer = ""; ProbePool = 1L }
     let small = { paper with Encoder = SmallConvNet 16L; ProjectionDim = 256L; PredictorHidden = 64L; BatchSize = 256; LearningRate = 0.03 }
     match preset with
     | Smoke -> { small with Epochs = 1; BatchSize = 128 }
-    | Quick -> { small with Epochs = 20; LearningRate = 0.1 }
+    | Quick -> { small with Epochs = 20; LearningRate = 0.1; ProbeLayer = "features.block3b_relu"; ProbePool = 2L }
     | Paper -> paper
 
 /// g: fc → BN → ReLU → fc → BN (the paper's CIFAR projector, App. D: two layers, BN on the output,
@@ -84,7 +91,8 @@ let build (c: Context<Config>) =
     let encoder = c.NewEncoder()
     let g = projector encoder.FeatureDim c.Config.ProjectionDim
     let h = new MlpHead(c.Config.ProjectionDim, c.Config.PredictorHidden, c.Config.ProjectionDim, true)
-    { training (Step(encoder, g, h, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with Owned = [ encoder; g; h ] }
+    { training (Step(encoder, g, h, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with
+        Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; g; h ] }
 
 let spec =
     backboneSpec "simsiam" "Chen & He 2021, Exploring Simple Siamese Representation Learning" selfSupervised config
