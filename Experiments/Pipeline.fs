@@ -263,18 +263,21 @@ let plotReport (budget: EvalBudget) (folder: RunFolder) (result: RunResult) (dat
 /// average-pooled to `pool` x `pool` (Core's LayerFeatures), for pretext tasks whose papers read
 /// their features from an inner block (RotNet: Gidaris et al. 2018, Table 1, ConvB2), "branch"
 /// naming a staged encoder's own branch layer; or "class-tokens", a ViT's class tokens of its last
-/// `pool` blocks concatenated (DINO's linear evaluation, Core's ClassTokenFeatures). Returns the
-/// encoder to evaluate and the suffix that names the representation in baseline cache keys.
+/// `pool` blocks concatenated (DINO's linear evaluation, Core's ClassTokenFeatures), and
+/// "class-tokens-patch-mean" those and the mean of the last block's patch tokens (its
+/// --avgpool_patchtokens). Returns the encoder to evaluate and the suffix that names the
+/// representation in baseline cache keys.
 let probed (layer: string) (pool: int64) (data: Data) (encoder: Encoder) : Encoder * string =
     let input = [| data.Train.Channels; data.Train.Height; data.Train.Width |]
     match layer, box encoder with
     | "", _ -> encoder, ""
-    | "class-tokens", (:? VisionTransformer as vit) ->
+    | ("class-tokens" | "class-tokens-patch-mean"), (:? VisionTransformer as vit) ->
         if pool < 1L || pool > int64 vit.Depth then
-            invalidArg "ProbePool" $"ProbePool: with ProbeLayer 'class-tokens', the number of last blocks read: expected 1 to the ViT's depth {vit.Depth}, found {pool}"
-        new ClassTokenFeatures(vit, int pool) :> Encoder, $"-class-tokens{pool}"
-    | "class-tokens", _ ->
-        invalidArg "ProbeLayer" $"ProbeLayer: 'class-tokens' needs a ViT encoder (VisionTransformer), found {encoder.GetType().Name}"
+            invalidArg "ProbePool" $"ProbePool: with ProbeLayer '{layer}', the number of last blocks read: expected 1 to the ViT's depth {vit.Depth}, found {pool}"
+        let patchMean = layer = "class-tokens-patch-mean"
+        new ClassTokenFeatures(vit, int pool, patchMean) :> Encoder, $"""-class-tokens{pool}{if patchMean then "-patch-mean" else ""}"""
+    | ("class-tokens" | "class-tokens-patch-mean"), _ ->
+        invalidArg "ProbeLayer" $"ProbeLayer: '{layer}' needs a ViT encoder (VisionTransformer), found {encoder.GetType().Name}"
     | "branch", (:? IStagedEncoder as staged) ->
         new LayerFeatures(encoder, staged.BranchLayer, pool, input) :> Encoder,
         $"-{staged.BranchLayer}-pool{pool}"

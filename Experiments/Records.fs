@@ -129,6 +129,8 @@ let probedAt (recipes: Template.Recipe list) (r: RunRecord) =
             | layer, _ when layer.GetValue<string>() = "" -> "output"
             | layer, null -> layer.GetValue<string>()
             | layer, pool when layer.GetValue<string>() = "class-tokens" -> $"class tokens of the last {pool.ToJsonString()} blocks"
+            | layer, pool when layer.GetValue<string>() = "class-tokens-patch-mean" ->
+                $"class tokens of the last {pool.ToJsonString()} blocks and the patch-token mean"
             | layer, pool -> $"{layer.GetValue<string>()}, pool {pool.ToJsonString()}"
         with :? ArgumentException -> "?"
     | _ -> "?"

@@ -183,24 +183,35 @@ type VisionTransformer(inputChannels: int64, patchSize: int64, dim: int64, depth
     /// first, concatenated: DINO's linear evaluation of a ViT (Caron et al. 2021, Sec. 4.1 and App.
     /// D; eval_linear.py's get_intermediate_layers with n_last_blocks 4 for ViT-S). n = 1 is forward.
     /// images → (N, n·dim); n outside 1..depth is an error naming it.
-    member m.ClassTokens(images: Tensor, n: int) : Tensor =
+    member m.ClassTokens(images: Tensor, n: int) : Tensor = m.ClassTokens(images, n, false)
+
+    /// As ClassTokens(images, n), with `patchMean` the mean of the last block's patch tokens (after
+    /// the final LayerNorm) appended: eval_linear.py's --avgpool_patchtokens (its ViT-B protocol, n 1;
+    /// here any n). images → (N, (n + 1)·dim).
+    member m.ClassTokens(images: Tensor, n: int, patchMean: bool) : Tensor =
         if n < 1 || n > depth then invalidArg "n" $"n: expected 1 to the depth {depth} of last blocks, found {n}"
         use scope = NewDisposeScope()
         let mutable x = m.Tokens images
         let tokens = ResizeArray<Tensor>()
+        let mutable last = x
         for i in 0 .. depth - 1 do
             x <- blocks[i].call x
-            if i >= depth - n then tokens.Add((norm.call x).select(1L, 0L))
+            if i >= depth - n then
+                last <- norm.call x
+                tokens.Add(last.select(1L, 0L))
+        if patchMean then tokens.Add(last.narrow(1L, 1L, last.shape[1] - 1L).mean([| 1L |]))
         cat(tokens.ToArray(), 1L).MoveToOuterDisposeScope()
 
 /// A ViT read as DINO's linear evaluation reads it: the class tokens of its last `blocks` blocks
-/// (VisionTransformer.ClassTokens), FeatureDim = blocks · dim; the probes' view, not trained through.
-type ClassTokenFeatures(vit: VisionTransformer, blocks: int) as this =
+/// (VisionTransformer.ClassTokens), with `patchMean` also the mean of the last block's patch tokens,
+/// FeatureDim = (blocks [+ 1]) · dim; the probes' view, not trained through.
+type ClassTokenFeatures(vit: VisionTransformer, blocks: int, patchMean: bool) as this =
     inherit Encoder("ClassTokenFeatures")
     do if blocks < 1 || blocks > vit.Depth then invalidArg "blocks" $"blocks: expected 1 to the ViT's depth {vit.Depth}, found {blocks}"
     do this.RegisterComponents()
-    override _.FeatureDim = int64 blocks * vit.FeatureDim
-    override _.forward(images) = vit.ClassTokens(images, blocks)
+    new(vit, blocks) = new ClassTokenFeatures(vit, blocks, false)
+    override _.FeatureDim = int64 (if patchMean then blocks + 1 else blocks) * vit.FeatureDim
+    override _.forward(images) = vit.ClassTokens(images, blocks, patchMean)
     member _.Encoder = vit
 
     interface IEncoderView with

@@ -54,7 +54,8 @@ type Config =
       [<Range(0.0)>] ClipGradNorm: float
       [<Range(0.0)>] FreezeLastLayerEpochs: int
       /// What the probes read: "class-tokens", the class tokens of the last ProbePool blocks
-      /// concatenated (eval_linear.py's n_last_blocks: 4 for ViT-S, Sec. 4.1), or "" for the output.
+      /// concatenated (eval_linear.py's n_last_blocks: 4 for ViT-S, Sec. 4.1), "class-tokens-patch-mean"
+      /// those and the mean of the last block's patch tokens (its --avgpool_patchtokens), "" the output.
       ProbeLayer: string
       [<Range(1.0)>] ProbePool: int64 }
 

@@ -1113,6 +1113,28 @@ let private vitTests =
             let e = Prop.throws<ArgumentException> (fun () -> vit.ClassTokens(x, 4).Dispose())
             Expect.stringContains e.Message "expected 1 to the depth 3 of last blocks, found 4" "n out of range named"
         }
+        test "ClassTokens with the patch mean: the class tokens, then the mean of the last block's normed patch tokens" {
+            use vit = VisionTransformer.Tiny(1L, 7L, 3, 4L)
+            vit.eval ()
+            use x = randn 12 [| 3L; 1L; 28L; 28L |]
+            use _ = torch.no_grad ()
+            let modules = dict [ for struct (name, m) in vit.named_modules () -> name, m ]
+            let norm = modules["norm"] :?> torch.nn.Module<torch.Tensor, torch.Tensor>
+            // The slow reference: all tokens after the last block through the norm; patch tokens averaged one by one.
+            let mutable t = vit.Tokens x
+            for i in 0 .. 2 do t <- (modules[$"blocks.{i}"] :?> torch.nn.Module<torch.Tensor, torch.Tensor>).call t
+            use last = norm.call t
+            let patches = [ for j in 1L .. 16L -> last.select(1L, j) ]
+            use mean = (List.reduce (fun a b -> a + b) patches) / 16.0
+            use features = new ClassTokenFeatures(vit, 2, true)
+            Expect.equal features.FeatureDim 576L "(2 + 1) · 192"
+            use out = features.forward x
+            expectShape "two class tokens and the patch mean" [| 3L; 576L |] out
+            use classes = vit.ClassTokens(x, 2)
+            Expect.isTrue (out.narrow(1L, 0L, 384L).allclose(classes, 1e-5, 1e-6)) "the class tokens first, as ClassTokens"
+            Expect.isTrue (out.narrow(1L, 384L, 192L).allclose(mean, 1e-5, 1e-6)) "then the mean of the 16 patch tokens"
+            Expect.isFalse (out.narrow(1L, 384L, 192L).allclose(last.select(1L, 0L), 1e-3, 1e-3)) "not the class token again"
+        }
         test "initialisation as the reference: LayerNorms 1 and 0, linear biases 0, weights of std about 0.02" {
             use vit = VisionTransformer.Tiny(1L, 4L, 2, 7L)
             for struct (name, p) in vit.named_parameters () do
