@@ -103,7 +103,7 @@ type EvalArgs =
         member a.Usage =
             match a with
             | Layer _ -> "probe this inner layer of the encoder instead of its output (linear or knn; e.g. features.block2b_relu of SmallConvNet, branch for a staged encoder's branch layer, class-tokens for a ViT's class tokens of its last --pool blocks, class-tokens-patch-mean for those and the mean of the last block's patch tokens)."
-            | Pool _ -> "with --layer: average-pool the layer's maps to size x size before flattening (default 2); with class-tokens, the number of last blocks."
+            | Pool _ -> "with --layer: average-pool the layer's maps to size x size before flattening (default 2); with class-tokens or class-tokens-patch-mean, the number of last blocks."
             | Random_Init -> "evaluate the same architecture randomly initialised (seeded by the run's seed) instead of the trained weights: the baseline."
             | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
             | Protocol _ -> "linear (default), knn or finetune."
