@@ -29,26 +29,48 @@ let ChannelBlock = 16L
 /// Set once at start-up (Host's DeviceSetup reads SSL_MEMORY_FORMAT); false gives the NCHW kernels.
 let mutable ChannelsLast = true
 
-/// x (N, C, H, W) with channels-last strides (C densest): a copy, or x's own memory when it already
-/// is channels-last. TorchSharp 0.107 has no memory_format argument, so the layout is made by
-/// permuting to NHWC, making that contiguous and permuting back; libtorch reads it from the strides.
-let channelsLast (x: Tensor) = x.permute(0L, 2L, 3L, 1L).contiguous().permute(0L, 3L, 1L, 2L)
+/// Whether x (N, C, H, W) is dense in channels-last order, C densest (libtorch's
+/// is_contiguous(ChannelsLast)): dimensions of size 1 may have any stride.
+let private denseChannelsLast (shape: int64[]) (strides: int64[]) =
+    let mutable expected, dense = 1L, true
+    for d in [ 1; 3; 2; 0 ] do
+        if shape[d] <> 1L && strides[d] <> expected then dense <- false
+        expected <- expected * shape[d]
+    dense
 
-/// Whether x (N, C, H, W) is dense in channels-last order (libtorch's is_contiguous(ChannelsLast):
-/// strides C·H·W... with C densest; dimensions of size 1 are free).
+/// Whether libtorch reads strides as channels-last (is_channels_last_strides_2d_s4 in
+/// c10/core/MemoryFormat.h, what suggest_memory_format and so a convolution go by): strides
+/// non-decreasing in the order C, W, H, N, each at least the span of the ones before; ties go to NCHW.
+let private stridesSayChannelsLast (shape: int64[]) (strides: int64[]) =
+    let mutable least, ordered = 0L, strides[1] <> 0L
+    for d in [ 1; 3; 2; 0 ] do
+        if shape[d] = 0L || strides[d] < least || (d = 0 && least = strides[1]) then ordered <- false
+        least <- strides[d] * (if shape[d] > 1L then shape[d] else 1L)
+    ordered
+
+/// Whether a convolution on x (N, C, H, W) runs channels-last, and reads x's memory as it is: x is
+/// dense in that order and its strides say so. The second matters where sizes of 1 make both orders
+/// dense: a 1-channel image batch with NCHW strides (784, 784, 28, 1) counts as NCHW, and then its
+/// convolution's output and every batch norm, ReLU and max-pool after it run NCHW (they did in the
+/// supervised step's first stage, ~2x slower: docs/performance.md, "Step by step").
 let isChannelsLast (x: Tensor) =
-    x.dim() = 4L
-    && (let shape, strides = x.shape, x.stride()
-        let mutable expected, dense = 1L, true
-        for d in [ 1; 3; 2; 0 ] do
-            if shape[d] <> 1L && strides[d] <> expected then dense <- false
-            expected <- expected * shape[d]
-        dense)
+    x.dim() = 4L && denseChannelsLast x.shape (x.stride()) && stridesSayChannelsLast x.shape (x.stride())
+
+/// x (N, C, H, W) with channels-last strides (C densest): x itself when it already is, else a copy.
+/// TorchSharp 0.107 has no memory_format argument: the copy goes into an empty tensor made with
+/// the canonical channels-last strides (C·H·W, 1, W·C, C), which libtorch reads as channels-last
+/// whatever the sizes (permute, contiguous, permute back keeps NCHW strides when C = 1).
+let channelsLast (x: Tensor) =
+    if isChannelsLast x then x
+    else
+        let shape = x.shape
+        let strides = [| shape[1] * shape[2] * shape[3]; 1L; shape[3] * shape[1]; shape[1] |]
+        empty_strided(shape, strides, dtype = x.dtype, device = x.device).copy_(x)
 
 /// The layout a convolution made here reads: x itself when it is already channels-last, is not a
 /// 4-D CPU tensor or `ChannelsLast` is off; else a channels-last copy of x.
 let convolutionInput (x: Tensor) =
-    if ChannelsLast && x.dim() = 4L && x.device_type = DeviceType.CPU && not (isChannelsLast x) then channelsLast x else x
+    if ChannelsLast && x.dim() = 4L && x.device_type = DeviceType.CPU then channelsLast x else x
 
 /// Zero output channels to append so libtorch's backward-data is right: up to a multiple of 16.
 let outputPadding (outputs: int64) = (ChannelBlock - outputs % ChannelBlock) % ChannelBlock

@@ -809,17 +809,35 @@ let safeConvTests =
                 let relative = ((p.grad.to_type(ScalarType.Float64) - e).norm() / e.norm()).item<float>()
                 Expect.isLessThan relative 1e-2 $"{name}'s gradient, relative to float64"
         }
+        test "SafeConv.channelsLast gives the same values with strides libtorch reads as channels-last, for any channel count" {
+            use scope = torch.NewDisposeScope()
+            for shape in [ [| 3L; 1L; 5L; 7L |]; [| 3L; 16L; 5L; 7L |]; [| 1L; 4L; 1L; 1L |] ] do
+                let x = torch.randn(shape)
+                let y = SafeConv.channelsLast x
+                Expect.isTrue (SafeConv.isChannelsLast y) $"{shape}: channels-last after, strides {y.stride()}"
+                Expect.isTrue (x.allclose(y, 0.0, 0.0)) $"{shape}: same values"
+                Expect.isTrue (obj.ReferenceEquals(SafeConv.channelsLast y, y)) $"{shape}: a channels-last tensor is returned as it is"
+            // The 1-channel case as libtorch sees it: a convolution on the copy writes channels-last.
+            let w = torch.randn([| 16L; 1L; 3L; 3L |])
+            let x1 = torch.randn([| 2L; 1L; 6L; 6L |])
+            Expect.isFalse (SafeConv.isChannelsLast x1) "1-channel NCHW input: libtorch reads NCHW"
+            let out = torch.nn.functional.conv2d(SafeConv.channelsLast x1, w, padding = [| 1L; 1L |])
+            Expect.isTrue (SafeConv.isChannelsLast out) $"1-channel convolution output channels-last, strides {out.stride()}"
+        }
         test "SafeConv.layer's convolutions run channels-last when ChannelsLast is on, NCHW when it is off" {
             use scope = torch.NewDisposeScope()
             use plain = SafeConv.layer 16L 32L 3L 1L 1L false
             use padded = SafeConv.layer 40L 80L 3L 1L 1L false
+            use stem = SafeConv.layer 1L 16L 3L 1L 1L false
             let x16 = torch.randn([| 2L; 16L; 6L; 6L |])
             let x40 = torch.randn([| 2L; 40L; 6L; 6L |])
+            // One channel: NCHW strides are dense in both orders, and libtorch reads them as NCHW.
+            let x1 = torch.randn([| 2L; 1L; 6L; 6L |])
             let saved = SafeConv.ChannelsLast
             try
                 for on in [ true; false ] do
                     SafeConv.ChannelsLast <- on
-                    for name, output in [ "nn.Conv2d", plain.call x16; "SafeConv2d", padded.call x40 ] do
+                    for name, output in [ "nn.Conv2d", plain.call x16; "SafeConv2d", padded.call x40; "1-channel nn.Conv2d", stem.call x1 ] do
                         Expect.equal (SafeConv.isChannelsLast output) on $"{name}: channels-last output = {on}"
                         Expect.equal (output.is_contiguous ()) (not on) $"{name}: NCHW-contiguous output = {not on}"
             finally SafeConv.ChannelsLast <- saved
