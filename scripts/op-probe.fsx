@@ -3,7 +3,7 @@
 // its backward timed separately (the input's gradient where the step needs it, the parameters'
 // gradients zeroed in place as the optimizer does). `scripts/peer/op_probe.py` times the same layers
 // in the PyTorch twin; alternate the two and join them with `op_probe.py --join`:
-//   dotnet fsi scripts/op-probe.fsx [threads] [out.json] [nchw]
+//   DOTNET_TieredCompilation=0 dotnet fsi scripts/op-probe.fsx [threads] [out.json] [nchw]
 // Channels-last unless `nchw` (the layout the step runs: SafeConv's input hook). Run after a build,
 // from the repository root; docs/performance.md quotes the joined table.
 #r "../Experiments/bin/Release/net10.0/TorchSharp.dll"

@@ -3,8 +3,9 @@
 // timed in place, in the order the step runs them: where the bench's "forward+other" goes.
 // `scripts/peer/step_probe.py` times the same parts of the PyTorch twin; alternate the two and join
 // them with `step_probe.py --join`:
-//   dotnet fsi scripts/step-probe.fsx [threads] [out.json] [nchw]
-// Channels-last unless `nchw`. Run after a build, from the repository root, with Fashion-MNIST
+//   DOTNET_TieredCompilation=0 dotnet fsi scripts/step-probe.fsx [threads] [out.json] [nchw]
+// (ssl runs with tiered compilation off; with it on, the JIT's background thread adds a tail of slow
+// steps: docs/performance.md, "Step by step"). Channels-last unless `nchw`. Run after a build, from the repository root, with Fashion-MNIST
 // installed (the build's demo or bench target installs it); docs/performance.md quotes the table.
 #r "../Experiments/bin/Release/net10.0/TorchSharp.dll"
 #r "../Experiments/bin/Release/net10.0/Ssl.Host.dll"
