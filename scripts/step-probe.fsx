@@ -1,6 +1,7 @@
 // The supervised quick step (SupervisedTraining.Step: Fashion-MNIST batch 256, random resized crop,
 // flip, SmallConvNet-16 + linear head, cross-entropy, SGD with Nesterov) cut into its parts, each
-// timed in place, in the order the step runs them: where the bench's "forward+other" goes.
+// timed in place, in the order the step runs them: where the bench's "forward+other" goes. Each part's
+// median over the steps, and its mean and 90th percentile (the bench divides by the total, a mean).
 // `scripts/peer/step_probe.py` times the same parts of the PyTorch twin; alternate the two and join
 // them with `step_probe.py --join`:
 //   DOTNET_TieredCompilation=0 dotnet fsi scripts/step-probe.fsx [threads] [out.json] [nchw]
@@ -83,11 +84,17 @@ for s in 0 .. warmup + steps - 1 do
     lap "accuracy"
     if measuring then times["step"].Add(clock.Elapsed.TotalMilliseconds)
 
-let median (xs: ResizeArray<float>) = (Seq.sort xs |> Array.ofSeq)[xs.Count / 2]
+let sorted (xs: ResizeArray<float>) = Seq.sort xs |> Array.ofSeq
+let median xs = (sorted xs)[xs.Count / 2]
+/// The mean and the 90th percentile: a tail of slow steps moves these and not the median.
+let tail (xs: ResizeArray<float>) = Seq.average xs, (sorted xs)[xs.Count * 9 / 10]
 let layout = if Ssl.Core.Models.SafeConv.ChannelsLast then "channels-last" else "nchw"
 eprintfn "threads %d, libtorch %s, %s, median of %d steps" threads torch.__version__ layout steps
-for p in parts do eprintfn "%-16s %7.2f ms" p (median times[p])
-let rows = [ for p in parts -> sprintf "{\"part\": \"%s\", \"ms\": %.4f}" p (median times[p]) ]
+for p in parts do eprintfn "%-16s %7.2f ms  (mean %.2f, p90 %.2f)" p (median times[p]) (fst (tail times[p])) (snd (tail times[p]))
+let rows =
+    [ for p in parts ->
+        let mean, p90 = tail times[p]
+        sprintf "{\"part\": \"%s\", \"ms\": %.4f, \"mean_ms\": %.4f, \"p90_ms\": %.4f}" p (median times[p]) mean p90 ]
 let document =
     sprintf "{\"side\": \"ours\", \"torch\": \"%s\", \"threads\": %d, \"layout\": \"%s\", \"parts\": [\n  %s\n]}\n"
         torch.__version__ threads layout (String.Join(",\n  ", rows))
