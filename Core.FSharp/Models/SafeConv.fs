@@ -55,7 +55,7 @@ let private stridesSayChannelsLast (shape: int64[]) (strides: int64[]) =
 /// convolution's output and every batch norm, ReLU and max-pool after it run NCHW (they did in the
 /// supervised step's first stage, ~2x slower: docs/performance.md, "Step by step").
 let isChannelsLast (x: Tensor) =
-    x.dim() = 4L && denseChannelsLast x.shape (x.stride()) && stridesSayChannelsLast x.shape (x.stride())
+    x.dim() = 4L && (let shape, strides = x.shape, x.stride() in denseChannelsLast shape strides && stridesSayChannelsLast shape strides)
 
 /// x (N, C, H, W) with channels-last strides (C densest): x itself when it already is, else a copy.
 /// TorchSharp 0.107 has no memory_format argument: the copy goes into an empty tensor made with
