@@ -5,14 +5,16 @@
 /// float64 (docs/conv-backward-bug.md):
 /// - backward-data (the gradient with respect to the input, and so everything upstream of the layer)
 ///   when the output channel count is not a multiple of 16 (any count: 1-20, 24 all failed);
-/// - the forward pass when the input channel count is above 16 and not a multiple of 16 (17-31 and
-///   33-47 all failed, relative errors 0.15-0.45 or NaN; 1-16, 32, 48 were right). oneDNN then
-///   reorders the input into a channel-blocked layout padded to 16 ("ap" in ONEDNN_VERBOSE), and
-///   the result changes from call to call: an uninitialised read.
+/// - the forward pass of an NCHW input when the input channel count is above 16 and not a multiple
+///   of 16 (17-31 and 33-47 all failed, relative errors 0.15-0.45 or NaN; 1-16, 32, 48 were right).
+///   oneDNN then reorders the input into a channel-blocked layout padded to 16 ("ap" in
+///   ONEDNN_VERBOSE), and the result changes from call to call: an uninitialised read. A
+///   channels-last input is read as it is (nhwc), and its 3x3 and 5x5 convolutions were right for
+///   17-47 (its 1x1 ones were not).
 /// Weight gradients were right in every case measured, and float64 is right. Padding the filters
-/// with zeros up to the next multiple of 16 outputs (dropping the extra outputs), and the input and
-/// the filters with zero channels up to the next multiple of 16 inputs, computes the same function
-/// with right values and gradients.
+/// with zeros up to the next multiple of 16 outputs (dropping the extra outputs) where the input's
+/// gradient is needed, and the input (NCHW, or a 1x1 kernel) and the filters with zero channels up
+/// to the next multiple of 16 inputs, computes the same function with right values and gradients.
 module Ssl.Core.Models.SafeConv
 
 open TorchSharp
@@ -84,15 +86,32 @@ let inputPadding (inputs: int64) =
 /// Whether a convolution from `inputs` to `outputs` channels needs SafeConv on a float32 CPU.
 let needsPadding (inputs: int64) (outputs: int64) = outputPadding outputs > 0L || inputPadding inputs > 0L
 
+/// Whether a convolution's backward will compute the gradient of its input x (backward-data, the
+/// kernel that needs the output padding): gradients are on and x requires one. The forward and the
+/// weight gradient are right without it, so a first layer reading images, or any layer under
+/// no_grad (a momentum encoder's keys), runs unpadded outputs.
+let needsInputGradient (x: Tensor) = torch.is_grad_enabled () && x.requires_grad
+
+/// Whether a convolution on x runs channels-last (`convolutionInput` makes it so).
+let runsChannelsLast (x: Tensor) = ChannelsLast && x.dim() = 4L && x.device_type = DeviceType.CPU
+
+/// Whether x's channels need no padding for `weight` (O, C, kh, kw): the convolution runs
+/// channels-last with a kernel wider than 1x1. oneDNN then reads the source as it is (nhwc), and
+/// its forward and gradients were right for every input count from 17 to 47 (3x3 and 5x5, strides
+/// 1 and 2); an NCHW source is reordered into 16-channel blocks whose padding is read uninitialised,
+/// and 1x1 channels-last convolutions were wrong too (docs/conv-backward-bug.md).
+let readsAnyInputCount (x: Tensor) (weight: Tensor) = runsChannelsLast x && weight.shape[2] > 1L && weight.shape[3] > 1L
+
 /// conv2d(x, weight, bias) with zero filters appended up to a multiple of `ChannelBlock` output
-/// channels and, above `ChannelBlock` inputs, zero channels appended to x and the filters up to a
+/// channels (when x's gradient will be computed: `needsInputGradient`) and, above `ChannelBlock`
+/// inputs (unless `readsAnyInputCount`), zero channels appended to x and the filters up to a
 /// multiple of `ChannelBlock` inputs (float32 on the CPU only; elsewhere, or when no padding is
 /// needed, a plain conv2d); the extra outputs dropped.
 /// x: (N, C, H, W); weight: (O, C, k, k); bias: (O) or null → (N, O, H', W').
 let conv2d (stride: int64) (padding: int64) (x: Tensor) (weight: Tensor) (bias: Tensor) : Tensor =
     let outputs = weight.shape[0]
-    let extraOut = outputPadding outputs
-    let extraIn = inputPadding weight.shape[1]
+    let extraOut = if needsInputGradient x then outputPadding outputs else 0L
+    let extraIn = if readsAnyInputCount x weight then 0L else inputPadding weight.shape[1]
     if (extraOut = 0L && extraIn = 0L) || x.dtype <> ScalarType.Float32 || x.device.``type`` <> DeviceType.CPU then
         use scope = NewDisposeScope()
         nn.functional.conv2d(convolutionInput x, weight, bias, strides = [| stride; stride |], padding = [| padding; padding |])
@@ -108,10 +127,12 @@ let conv2d (stride: int64) (padding: int64) (x: Tensor) (weight: Tensor) (bias: 
         let paddedWeight = widen (widen weight 1 extraIn) 0 extraOut
         let paddedBias = if isNull bias then null else widen bias 0 extraOut
         let output =
-            nn.functional.conv2d(convolutionInput (widen x 1 extraIn), paddedWeight, paddedBias, strides = [| stride; stride |], padding = [| padding; padding |])
-                .narrow(1L, 0L, outputs)
-        // The narrowed map is strided; a dense channels-last copy keeps the layers after it on their fast paths.
-        (if ChannelsLast then convolutionInput output else output).MoveToOuterDisposeScope()
+            nn.functional.conv2d(widen (convolutionInput x) 1 extraIn, paddedWeight, paddedBias, strides = [| stride; stride |], padding = [| padding; padding |])
+        if extraOut = 0L then output.MoveToOuterDisposeScope()
+        else
+            let narrowed = output.narrow(1L, 0L, outputs)
+            // The narrowed map is strided; a dense channels-last copy keeps the layers after it on their fast paths.
+            (if ChannelsLast then convolutionInput narrowed else narrowed).MoveToOuterDisposeScope()
 
 /// An nn.Conv2d (under the name `conv`: parameters `conv.weight`, `conv.bias`) computed through
 /// `SafeConv.conv2d`.

@@ -767,14 +767,83 @@ let safeConvTests =
                 let exactForward = plainConv x64
                 let relative (exact: Tensor) (a: Tensor) =
                     ((a.to_type(ScalarType.Float64) - exact).abs().max() / exact.abs().max()).item<float>()
-                let safeGradient = relative exactGradient (inputGradient safeConv x0)
-                let safeForward = relative exactForward (safeConv x0)
-                printfn "    %d -> %d: relative error of plain conv2d / SafeConv, forward %.2g / %.2g, input gradient %.2g / %.2g"
-                    inputs outputs (relative exactForward (plainConv x0)) safeForward
-                    (relative exactGradient (inputGradient plainConv x0)) safeGradient
-                Expect.isLessThan safeGradient 1e-4 "SafeConv's input gradient"
-                Expect.isLessThan safeForward 1e-5 "SafeConv's forward"
+                let saved = SafeConv.ChannelsLast
+                try
+                    // Both layouts: NCHW pads the input channels, channels-last does not need to.
+                    for on in [ false; true ] do
+                        SafeConv.ChannelsLast <- on
+                        let layout = if on then "channels-last" else "NCHW"
+                        let safeGradient = relative exactGradient (inputGradient safeConv x0)
+                        let safeForward = relative exactForward (safeConv x0)
+                        printfn "    %d -> %d, %s: relative error of plain conv2d / SafeConv, forward %.2g / %.2g, input gradient %.2g / %.2g"
+                            inputs outputs layout (relative exactForward (plainConv x0)) safeForward
+                            (relative exactGradient (inputGradient plainConv x0)) safeGradient
+                        Expect.isLessThan safeGradient 1e-4 $"SafeConv's input gradient, {layout}"
+                        Expect.isLessThan safeForward 1e-5 $"SafeConv's forward, {layout}"
+                finally SafeConv.ChannelsLast <- saved
             }
+        test "channels-last inputs of 17-47 channels: 3x3 and 5x5 forward and gradients equal float64 on every call, 1x1 through its padding" {
+            // Why SafeConv pads the input channels of NCHW and 1x1 convolutions only
+            // (SafeConv.readsAnyInputCount): oneDNN reads a channels-last source as it is, where it
+            // reorders an NCHW one into 16-channel blocks and reads their padding uninitialised; its
+            // 1x1 channels-last kernels were wrong too (docs/conv-backward-bug.md). Repeated calls,
+            // since that fault changed from call to call.
+            use scope = torch.NewDisposeScope()
+            let relative (a: Tensor) (e: Tensor) =
+                let r = ((a.to_type(ScalarType.Float64) - e).abs().max() / e.abs().max()).item<float>()
+                if Double.IsNaN r then infinity else r
+            let saved = SafeConv.ChannelsLast
+            try
+                SafeConv.ChannelsLast <- true
+                for inputs, outputs, kernel, stride in
+                        [ 17L, 32L, 3L, 1L; 24L, 64L, 3L, 2L; 31L, 80L, 5L, 1L; 40L, 80L, 3L, 1L; 47L, 48L, 5L, 2L; 31L, 80L, 1L, 1L; 40L, 80L, 1L, 2L ] do
+                    use gen = new torch.Generator(uint64 (inputs * 100L + outputs))
+                    let w0 = torch.randn([| outputs; inputs; kernel; kernel |], generator = gen) * 0.1
+                    let x0 = torch.randn([| 32L; inputs; 14L; 14L |], generator = gen)
+                    let padding = kernel / 2L
+                    let run (dtype: ScalarType) (conv: Tensor -> Tensor -> Tensor) =
+                        let w = w0.to_type(dtype).clone().requires_grad_(true)
+                        let x = (SafeConv.channelsLast (x0.to_type dtype)).requires_grad_(true)
+                        let y = conv x w
+                        y.backward([| SafeConv.channelsLast (torch.ones_like(y)) |])
+                        y.detach(), x.grad, w.grad
+                    let plain (x: Tensor) (w: Tensor) = nn.functional.conv2d(x, w, strides = [| stride; stride |], padding = [| padding; padding |])
+                    let ey, ex, ew = run ScalarType.Float64 plain
+                    let safe (x: Tensor) (w: Tensor) = SafeConv.conv2d stride padding x w null
+                    Expect.equal (SafeConv.readsAnyInputCount (SafeConv.channelsLast x0) w0) (kernel > 1L) $"{kernel}x{kernel}: input unpadded"
+                    for call in 1..3 do
+                        let y, gx, gw = run ScalarType.Float32 (if kernel > 1L then plain else safe)
+                        let name = $"{inputs} -> {outputs}, {kernel}x{kernel} stride {stride}, call {call}"
+                        Expect.isLessThan (relative y ey) 1e-5 $"{name}: forward"
+                        Expect.isLessThan (relative gx ex) 1e-4 $"{name}: input gradient"
+                        Expect.isLessThan (relative gw ew) 1e-4 $"{name}: weight gradient"
+            finally SafeConv.ChannelsLast <- saved
+        }
+        test "without the input's gradient (image inputs, no_grad) outputs run unpadded: forward and weight gradient equal float64" {
+            // SafeConv.needsInputGradient: the output padding is for backward-data only; libtorch's
+            // forward and weight gradient are right for any output count (docs/conv-backward-bug.md).
+            use scope = torch.NewDisposeScope()
+            for inputs, outputs in [ 1L, 40L; 3L, 17L; 8L, 3L; 40L, 24L ] do
+                use gen = new torch.Generator(uint64 (inputs * 1000L + outputs))
+                let w0 = torch.randn([| outputs; inputs; 3L; 3L |], generator = gen) * 0.1
+                let x = torch.randn([| 32L; inputs; 14L; 14L |], generator = gen)
+                let g = torch.randn([| 32L; outputs; 14L; 14L |], generator = gen)
+                let weightGradient (dtype: ScalarType) =
+                    let w = w0.to_type(dtype).requires_grad_(true)
+                    let y = SafeConv.conv2d 1L 1L (x.to_type dtype) w null
+                    (y * g.to_type(dtype)).sum().backward()
+                    y.detach(), w.grad
+                Expect.isFalse (SafeConv.needsInputGradient x) $"{inputs} -> {outputs}: an image batch needs no input gradient"
+                let y64, exact = weightGradient ScalarType.Float64
+                let y32, grad32 = weightGradient ScalarType.Float32
+                let relative (a: Tensor) (e: Tensor) = ((a.to_type(ScalarType.Float64) - e).norm() / e.norm()).item<float>()
+                Expect.isLessThan (relative y32 y64) 1e-5 $"{inputs} -> {outputs}: forward against float64"
+                Expect.isLessThan (relative grad32 exact) 1e-5 $"{inputs} -> {outputs}: weight gradient against float64"
+                use _ = torch.no_grad()
+                let xg = x.detach().requires_grad_(true)
+                Expect.isFalse (SafeConv.needsInputGradient xg) $"{inputs} -> {outputs}: under no_grad nothing needs a gradient"
+                Expect.isLessThan (relative (SafeConv.conv2d 1L 1L xg w0 null) y64) 1e-5 $"{inputs} -> {outputs}: forward under no_grad"
+        }
         test "SafeConv2d keeps nn.Conv2d's parameter shapes" {
             use conv = new SafeConv.SafeConv2d(8L, 3L, 3L, 1L, 1L, true)
             let shapes = conv.named_parameters () |> Seq.map (fun struct (n, p) -> n, p.shape) |> Seq.toList

@@ -2,10 +2,12 @@
 
 SafeConv2d pads exactly as Core.FSharp/Models/SafeConv.fs does (ours works around wrong float32
 kernels of libtorch 2.10's oneDNN; the twin pads too, so both run the same convolutions and FLOPs):
-zero filters up to a multiple of 16 outputs, and above 16 inputs zero channels of the input and the
-filters up to a multiple of 16, the extra outputs dropped. conv_layer is SafeConv.layer: a plain
-Conv2d where no padding is needed.
+zero filters up to a multiple of 16 outputs where the input's gradient will be computed, and above
+16 inputs (where ours runs the convolution NCHW, or its kernel is 1x1) zero channels of the input
+and the filters up to a multiple of 16, the extra outputs dropped. conv_layer is SafeConv.layer: a
+plain Conv2d where no padding is needed.
 """
+import os
 from collections import OrderedDict
 
 import torch
@@ -13,6 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 CHANNEL_BLOCK = 16
+# SafeConv.ChannelsLast as ours reads it (SSL_MEMORY_FORMAT): whether ours runs its convolutions
+# channels-last, where a kernel wider than 1x1 takes any input count unpadded. The twin itself runs
+# NCHW (torch 1.13's kernels need no padding); it pads only to do the convolutions ours does.
+OURS_CHANNELS_LAST = os.environ.get("SSL_MEMORY_FORMAT", "").strip().lower() != "nchw"
 
 
 def output_padding(outputs: int) -> int:
@@ -34,8 +40,11 @@ def _widen(tensor: torch.Tensor, dim: int, count: int) -> torch.Tensor:
 def safe_conv2d(stride: int, padding: int, x, weight, bias):
     """SafeConv.conv2d: x (N, C, H, W), weight (O, C, k, k), bias (O) or None -> (N, O, H', W')."""
     outputs = weight.shape[0]
-    extra_out = output_padding(outputs)
-    extra_in = input_padding(weight.shape[1])
+    # SafeConv.needsInputGradient: the output padding only where backward-data will run.
+    extra_out = output_padding(outputs) if torch.is_grad_enabled() and x.requires_grad else 0
+    # SafeConv.readsAnyInputCount: ours pads the input channels of NCHW and 1x1 convolutions only.
+    reads_any = OURS_CHANNELS_LAST and weight.shape[2] > 1 and weight.shape[3] > 1
+    extra_in = 0 if reads_any else input_padding(weight.shape[1])
     if (extra_out == 0 and extra_in == 0) or x.dtype != torch.float32 or x.device.type != "cpu":
         return F.conv2d(x, weight, bias, stride=stride, padding=padding)
     padded_weight = _widen(_widen(weight, 1, extra_in), 0, extra_out)
