@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """The twin's side of scripts/op-probe.fsx: each layer of the supervised quick step's network
-(SmallConvNet-16 + linear head + cross-entropy, batch 256 of 28x28) alone at the shape it sees in
-the step, forward and backward timed separately, in Debian's python3-torch.
+(SmallConvNet-16 + linear head + cross-entropy, batch 256 of 28x28) or, with --moco, of MoCo
+quick's (SmallConvNet-40 through twin/models.py's conv_layer + its fc, one batch-norm group of 32)
+alone at the shape it sees in the step, forward and backward timed separately, in Debian's
+python3-torch.
 
-Usage: /usr/bin/python3 scripts/peer/op_probe.py [--threads N] [--layout nchw|channels-last] [--json OUT]
+Usage: /usr/bin/python3 scripts/peer/op_probe.py [--threads N] [--layout nchw|channels-last] [--moco] [--json OUT]
        /usr/bin/python3 scripts/peer/op_probe.py --join ours1.json twin1.json ours2.json twin2.json ...
 --layout nchw (the default) is what the twin's step runs. As peer.py, it runs with OpenBLAS and glibc's
 malloc thresholds pinned as ours. --join prints a Markdown table: per layer
@@ -18,7 +20,7 @@ import time
 sys.dont_write_bytecode = True
 
 
-def probe(threads: int, channels_last: bool):
+def probe(threads: int, channels_last: bool, moco: bool = False):
     from peer import pin_malloc_thresholds, select_openblas
     select_openblas()  # as peer.py: OpenBLAS for the linear layer, re-executing if needed
     pin_malloc_thresholds()
@@ -60,6 +62,31 @@ def probe(threads: int, channels_last: bool):
         ("cross-entropy", 1, (256, 10), True, lambda x: F.cross_entropy(x, labels)),
     ]
 
+    if moco:
+        from twin import models
+
+        def safe(cin, cout):
+            return models.conv_layer(cin, cout, 3, 1, 1, False)
+
+        b = 32
+        ops = [
+            ("conv 1->40 @28", 4, (b, 1, 28, 28), False, safe(1, 40)),
+            ("batch norm 40 @28", 4, (b, 40, 28, 28), True, nn.BatchNorm2d(40)),
+            ("relu 40 @28", 4, (b, 40, 28, 28), True, nn.ReLU()),
+            ("max-pool 40 @28", 4, (b, 40, 28, 28), True, nn.MaxPool2d(2)),
+            ("conv 40->80 @14", 4, (b, 40, 14, 14), True, safe(40, 80)),
+            ("conv 80->80 @14", 4, (b, 80, 14, 14), True, safe(80, 80)),
+            ("batch norm 80 @14", 8, (b, 80, 14, 14), True, nn.BatchNorm2d(80)),
+            ("relu 80 @14", 8, (b, 80, 14, 14), True, nn.ReLU()),
+            ("max-pool 80 @14", 4, (b, 80, 14, 14), True, nn.MaxPool2d(2)),
+            ("conv 80->160 @7", 4, (b, 80, 7, 7), True, safe(80, 160)),
+            ("conv 160->160 @7", 4, (b, 160, 7, 7), True, safe(160, 160)),
+            ("batch norm 160 @7", 8, (b, 160, 7, 7), True, nn.BatchNorm2d(160)),
+            ("relu 160 @7", 8, (b, 160, 7, 7), True, nn.ReLU()),
+            ("avg-pool + flatten 160 @7", 4, (b, 160, 7, 7), True, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
+            ("linear 160->128", 4, (b, 160), True, nn.Linear(160, 128)),
+        ]
+
     def timed(shape, input_grad, layer, n):
         parameters = list(layer.parameters()) if isinstance(layer, nn.Module) else []
         source = layout(torch.randn(shape))
@@ -88,7 +115,7 @@ def probe(threads: int, channels_last: bool):
         b = statistics.median(r[i][1] for r in rounds)
         print(f"{name:28s} x{count}  forward {f:7.3f} ms  backward {b:7.3f} ms", file=sys.stderr)
         results.append({"op": name, "count": count, "forward_ms": round(f, 4), "backward_ms": round(b, 4)})
-    return {"side": "twin", "torch": torch.__version__, "threads": threads,
+    return {"side": "twin", "network": "moco" if moco else "supervised", "torch": torch.__version__, "threads": threads,
             "layout": "channels-last" if channels_last else "nchw", "ops": results}
 
 
@@ -136,13 +163,17 @@ def join(paths):
           f"| {totals[2] / totals[3]:.2f} |")
 
 
-def cli(description: str, probe_with, join_with, layouts=None):
-    """The command line both probes share: --threads, --json, --join, and --layout where `layouts` lists them;
-    `probe_with(args)` returns the document to write."""
+def cli(description: str, probe_with, join_with, layouts=None, config=False, moco=False):
+    """The command line both probes share: --threads, --json, --join, --layout where `layouts` lists
+    them, --config where `config` and --moco where `moco`; `probe_with(args)` returns the document to write."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     if layouts:
         parser.add_argument("--layout", choices=layouts, default=layouts[0])
+    if moco:
+        parser.add_argument("--moco", action="store_true", help="MoCo quick's layers instead of the supervised step's")
+    if config:
+        parser.add_argument("--config", metavar="FILE", help="the document `ssl config moco --preset quick` prints")
     parser.add_argument("--json")
     parser.add_argument("--join", nargs="+", metavar="FILE")
     args = parser.parse_args()
@@ -158,4 +189,5 @@ def cli(description: str, probe_with, join_with, layouts=None):
 
 
 if __name__ == "__main__":
-    cli(__doc__, lambda args: probe(args.threads, args.layout == "channels-last"), join, ["nchw", "channels-last"])
+    cli(__doc__, lambda args: probe(args.threads, args.layout == "channels-last", args.moco), join, ["nchw", "channels-last"],
+        moco=True)
