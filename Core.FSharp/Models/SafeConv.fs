@@ -70,10 +70,13 @@ let channelsLast (x: Tensor) =
         let strides = [| shape[1] * shape[2] * shape[3]; 1L; shape[3] * shape[1]; shape[1] |]
         empty_strided(shape, strides, dtype = x.dtype, device = x.device).copy_(x)
 
-/// The layout a convolution made here reads: x itself when it is already channels-last, is not a
-/// 4-D CPU tensor or `ChannelsLast` is off; else a channels-last copy of x.
-let convolutionInput (x: Tensor) =
-    if ChannelsLast && x.dim() = 4L && x.device_type = DeviceType.CPU then channelsLast x else x
+/// Whether a convolution made here runs channels-last on x: `ChannelsLast` is on and x is a 4-D
+/// CPU tensor (`convolutionInput` then gives it that layout).
+let runsChannelsLast (x: Tensor) = ChannelsLast && x.dim() = 4L && x.device_type = DeviceType.CPU
+
+/// The layout a convolution made here reads: a channels-last copy of x where it `runsChannelsLast`
+/// and x is not channels-last already, else x itself.
+let convolutionInput (x: Tensor) = if runsChannelsLast x then channelsLast x else x
 
 /// Zero output channels to append so libtorch's backward-data is right: up to a multiple of 16.
 let outputPadding (outputs: int64) = (ChannelBlock - outputs % ChannelBlock) % ChannelBlock
@@ -91,9 +94,6 @@ let needsPadding (inputs: int64) (outputs: int64) = outputPadding outputs > 0L |
 /// weight gradient are right without it, so a first layer reading images, or any layer under
 /// no_grad (a momentum encoder's keys), runs unpadded outputs.
 let needsInputGradient (x: Tensor) = torch.is_grad_enabled () && x.requires_grad
-
-/// Whether a convolution on x runs channels-last (`convolutionInput` makes it so).
-let runsChannelsLast (x: Tensor) = ChannelsLast && x.dim() = 4L && x.device_type = DeviceType.CPU
 
 /// Whether x's channels need no padding for `weight` (O, C, kh, kw): the convolution runs
 /// channels-last with a kernel wider than 1x1. oneDNN then reads the source as it is (nhwc), and
