@@ -297,5 +297,95 @@ let killTests =
         }
     ]
 
+/// Runs `f` with `n` intra-op threads, restoring the count after.
+let private withThreads (n: int) (f: unit -> unit) =
+    let before = torch.get_num_threads ()
+    torch.set_num_threads n
+    try f () finally torch.set_num_threads before
+
+let sideThreadTests =
+    // Two SmallConvNets in training mode (batch norm updates its buffers), made from one seed.
+    let pair () =
+        torch.manual_seed 5L |> ignore
+        let a = new Ssl.Core.Models.SmallConvNet(1L, 8L)
+        torch.manual_seed 6L |> ignore
+        let b = new Ssl.Core.Models.SmallConvNet(1L, 8L)
+        a.train ()
+        b.train ()
+        a, b
+    let gen = new torch.Generator(3UL)
+    let x1 = torch.randn([| 16L; 1L; 28L; 28L |], generator = gen)
+    let x2 = torch.randn([| 16L; 1L; 28L; 28L |], generator = gen)
+    let keys (b: Ssl.Core.Models.SmallConvNet) () =
+        use _ = torch.no_grad ()
+        b.forward x2
+    let maxDiff (u: torch.Tensor) (v: torch.Tensor) = (u - v).abs().max().item<float32> () |> float
+    testSequenced <| testList "side thread" [
+        test "two forwards side by side give what one after the other gives, each on its own thread with half the threads" {
+            withThreads 2 (fun () ->
+                let a0, b0 = pair ()
+                let q0 = a0.forward x1
+                let k0 = keys b0 ()
+                q0.sum().backward ()
+                let a1, b1 = pair ()
+                let caller = Threading.Thread.CurrentThread.ManagedThreadId
+                let mutable sideThread, sideThreads, mainThreads = caller, 0, 0
+                let struct (k1, q1) =
+                    SideThread.Run(torch.CPU,
+                                   (fun () -> sideThread <- Threading.Thread.CurrentThread.ManagedThreadId
+                                              sideThreads <- torch.get_num_threads ()
+                                              keys b1 ()),
+                                   (fun () -> mainThreads <- torch.get_num_threads ()
+                                              a1.forward x1))
+                q1.sum().backward ()
+                Expect.notEqual sideThread caller "the side ran on another thread"
+                Expect.equal (sideThreads, mainThreads) (1, 1) "each with one of the two threads"
+                Expect.equal (torch.get_num_threads ()) 2 "the caller's count is restored"
+                Expect.isLessThan (maxDiff q0 q1) 1e-5 "the main forward's output"
+                Expect.isLessThan (maxDiff k0 k1) 1e-5 "the side forward's output"
+                Expect.isFalse k1.requires_grad "the side's gradient mode is its own (no_grad inside)"
+                for (n, p0), (_, p1) in Seq.zip (a0.named_parameters () |> Seq.map (fun struct (n, p) -> n, p)) (a1.named_parameters () |> Seq.map (fun struct (n, p) -> n, p)) do
+                    // Relative, and loose: one thread sums batch norm's statistics in another order than two, and
+                    // a batch-norm weight's gradient is a sum of 12,544 terms that cancel to about 1.
+                    let scale = 1.0 + (p0.grad.abs().max().item<float32> () |> float)
+                    Expect.isLessThan (maxDiff p0.grad p1.grad / scale) 1e-3 $"gradient of {n}"
+                for (n, u0), (_, u1) in Seq.zip (b0.named_buffers () |> Seq.map (fun struct (n, p) -> n, p)) (b1.named_buffers () |> Seq.map (fun struct (n, p) -> n, p)) do
+                    Expect.isLessThan (maxDiff (u0.to_type torch.ScalarType.Float32) (u1.to_type torch.ScalarType.Float32)) 1e-5 $"side buffer {n}")
+        }
+        test "the side's result joins the caller's dispose scope and the rest of what it made is freed" {
+            withThreads 2 (fun () ->
+                let mutable inner: torch.Tensor = null
+                let mutable result: torch.Tensor = null
+                do
+                    use scope = torch.NewDisposeScope ()
+                    let struct (side, _) =
+                        SideThread.Run(torch.CPU, (fun () -> inner <- x2 * 2.0
+                                                             inner + 1.0), (fun () -> x1 * 3.0))
+                    result <- side
+                    Expect.isTrue inner.IsInvalid "the side's intermediate is freed when it returns"
+                    Expect.isFalse result.IsInvalid "its result lives on in the caller's scope"
+                Expect.isTrue result.IsInvalid "the result is freed with the caller's scope")
+        }
+        test "an error on either side reaches the caller and the thread count is restored" {
+            withThreads 2 (fun () ->
+                let e = Prop.throws<InvalidOperationException> (fun () ->
+                    SideThread.Run(torch.CPU, (fun () -> raise (InvalidOperationException "side failed")), (fun () -> x1 * 1.0)) |> ignore)
+                Expect.equal e.Message "side failed" "the side's own exception"
+                Expect.equal (torch.get_num_threads ()) 2 "count restored after a side error"
+                let e = Prop.throws<ArgumentException> (fun () ->
+                    SideThread.Run(torch.CPU, (fun () -> x2 * 1.0), (fun () -> raise (ArgumentException "main failed"))) |> ignore)
+                Expect.stringContains e.Message "main failed" "the main's own exception"
+                Expect.equal (torch.get_num_threads ()) 2 "count restored after a main error")
+        }
+        test "with one intra-op thread both run on the caller, main first" {
+            withThreads 1 (fun () ->
+                let caller = Threading.Thread.CurrentThread.ManagedThreadId
+                let order = ResizeArray<string * int>()
+                SideThread.Run(torch.CPU, (fun () -> order.Add("side", Threading.Thread.CurrentThread.ManagedThreadId); x2 * 1.0),
+                               (fun () -> order.Add("main", Threading.Thread.CurrentThread.ManagedThreadId); x1 * 1.0)) |> ignore
+                Expect.sequenceEqual order [ "main", caller; "side", caller ] "main, then side, on the caller")
+        }
+    ]
+
 [<Tests>]
-let tests = testList "engine" [ scheduleTests; optimizerTests; trainerTests; killTests ]
+let tests = testList "engine" [ scheduleTests; optimizerTests; trainerTests; killTests; sideThreadTests ]

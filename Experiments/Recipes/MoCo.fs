@@ -105,8 +105,10 @@ type Step(query: EmbeddingNet, key: MomentumCopy, queue: KeyQueue, data: Data, c
             let x = unitPixels data batch ctx.Device
             let xq = view config.Augmentation data ctx.Generator x
             let xk = view config.Augmentation data ctx.Generator x
-            let q = perGroup config.Groups query.forward xq
-            let k = shuffledKeys config.ShuffleBn config.Groups ctx.Generator key.Copy xk
+            // The key network's forward needs nothing of the query's: on the CPU the two run side by side.
+            let struct (k, q) =
+                SideThread.Run(ctx.Device, (fun () -> shuffledKeys config.ShuffleBn config.Groups ctx.Generator key.Copy xk),
+                               (fun () -> perGroup config.Groups query.forward xq))
             let loss = Contrastive.infoNce config.Temperature q k queue.Keys
             let value = ctx.Optimize("main", loss)
             key.Update config.Momentum

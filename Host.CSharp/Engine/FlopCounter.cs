@@ -69,10 +69,17 @@ public sealed class FlopCounter : IDisposable
             }
     }
 
+    readonly object gate = new();
+
+    // Locked: two forwards may run at once (SideThread); gradient mode is the calling thread's.
     void Add(double flops)
     {
-        ForwardFlops += flops;
-        if (is_grad_enabled()) GradForwardFlops += flops;
+        var withGrad = is_grad_enabled();
+        lock (gate)
+        {
+            ForwardFlops += flops;
+            if (withGrad) GradForwardFlops += flops;
+        }
     }
 
     /// <summary>Forward FLOPs of <paramref name="model"/> per example of shape <paramref name="exampleShape"/> (e.g. C, H, W).</summary>

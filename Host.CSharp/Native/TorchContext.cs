@@ -62,4 +62,32 @@ public static class TorchContext
             return context == 0 || get == 0 ? null : Marshal.GetDelegateForFunctionPointer<GetFlagFn>(get)(context);
         }
     }
+
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+    delegate void SetCountFn(int count);
+
+    static SetCountFn? ompSetNumThreads, mklSetNumThreadsLocal;
+
+    /// <summary>
+    /// Sets the intra-op thread count of the calling thread alone: OpenMP's per-thread count
+    /// (<c>omp_set_num_threads</c> of the libgomp libtorch links) and MKL's thread-local one, which are
+    /// what ATen's parallel loops, oneDNN and MKL read. <c>torch.set_num_threads</c> also sets the
+    /// process-wide count and clears libtorch's oneDNN computation cache on every call, too costly
+    /// for every step. Returns false where a symbol is not found (nothing is changed then).
+    /// </summary>
+    public static bool SetCallingThreadCount(int count)
+    {
+        if (ompSetNumThreads is null || mklSetNumThreadsLocal is null)
+        {
+            var omp = Export("omp_set_num_threads");
+            // MKL's C entry point; the lower-case symbol in libtorch_cpu is the Fortran one (int*).
+            var mkl = Export("MKL_Set_Num_Threads_Local");
+            if (omp == 0 || mkl == 0) return false;
+            ompSetNumThreads = Marshal.GetDelegateForFunctionPointer<SetCountFn>(omp);
+            mklSetNumThreadsLocal = Marshal.GetDelegateForFunctionPointer<SetCountFn>(mkl);
+        }
+        ompSetNumThreads(count);
+        mklSetNumThreadsLocal(count);
+        return true;
+    }
 }

@@ -1,0 +1,121 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Ssl.Host.Engine;
+
+/// <summary>
+/// Runs two independent forward passes of a step at once on the CPU: one on a long-lived side
+/// thread, the other on the caller, each with half of the intra-op threads. OpenMP's thread count
+/// is per calling thread (<see cref="Ssl.Host.Native.TorchContext.SetCallingThreadCount"/>), so the
+/// two passes share the cores without oversubscribing them. Why: a quick step's layers are small (a
+/// batch-norm group of 32 images at 7-28 px) and keep two threads only partly busy, while MoCo's
+/// key forward does not depend on its query forward; side by side, each on one core, they finish
+/// sooner than one after the other on two (docs/performance.md, "Two forwards side by side").
+/// It pays where each pass's tensors are small: the side thread allocates from its own glibc arena,
+/// whose heaps (64 MiB each) are unmapped whenever they empty, so a pass with large activations
+/// (BYOL's batch of 256) faults its pages in again on every step; BYOL ran slower with it and DINO
+/// no faster, so only MoCo uses it.
+/// <para>
+/// The results are those of running <c>main</c> and then <c>side</c> on the caller: the two must not
+/// share a module's buffers or a random generator that the other draws from (MoCo's key network and
+/// the shuffle generator are the side's alone). They run one after the other instead (same order)
+/// on a device other than the CPU, with fewer than two intra-op threads, on the side thread itself,
+/// or with <c>SSL_SIDE_THREAD=off</c> (for comparisons).
+/// </para>
+/// </summary>
+public static class SideThread
+{
+    /// <summary>Environment variable that turns the side thread off (<c>off</c>) for comparisons.</summary>
+    public const string Variable = "SSL_SIDE_THREAD";
+
+    /// <summary>Whether two passes may run side by side in this process (<see cref="Variable"/>).</summary>
+    public static readonly bool Enabled =
+        Environment.GetEnvironmentVariable(Variable)?.Trim().ToLowerInvariant() switch
+        {
+            null or "" or "on" => true,
+            "off" => false,
+            var other => throw new ArgumentException($"{Variable}: expected on or off, found '{other}'"),
+        };
+
+    sealed class Job
+    {
+        public required Func<Tensor> Work;
+        public required int Threads;
+        public Tensor? Result;
+        public Exception? Error;
+        public readonly ManualResetEventSlim Done = new(false);
+    }
+
+    static readonly object gate = new();
+    static System.Collections.Concurrent.BlockingCollection<Job>? jobs;
+    [ThreadStatic] static bool onSide;
+
+    static System.Collections.Concurrent.BlockingCollection<Job> Jobs()
+    {
+        lock (gate)
+        {
+            if (jobs is not null) return jobs;
+            var queue = new System.Collections.Concurrent.BlockingCollection<Job>();
+            var thread = new Thread(() =>
+            {
+                onSide = true;
+                // ATen sets a new thread's count to the process-wide one at its first parallel call:
+                // let that happen now, before the side's own count.
+                get_num_threads();
+                var count = 0;
+                foreach (var job in queue.GetConsumingEnumerable())
+                {
+                    try
+                    {
+                        if (count != job.Threads && Ssl.Host.Native.TorchContext.SetCallingThreadCount(job.Threads)) count = job.Threads;
+                        using var scope = NewDisposeScope();
+                        job.Result = job.Work().DetachFromDisposeScope();
+                    }
+                    catch (Exception e) { job.Error = e; }
+                    finally { job.Done.Set(); }
+                }
+            }) { IsBackground = true, Name = "ssl side forward" };
+            thread.Start();
+            return jobs = queue;
+        }
+    }
+
+    /// <summary>
+    /// <c>(side(), main())</c>, computed side by side where the device and thread count allow. The
+    /// side's result joins the caller's dispose scope; everything else the side made is freed
+    /// (several results: stack them). <c>main</c> runs on the caller, in its scope.
+    /// </summary>
+    public static (Tensor Side, T Main) Run<T>(Device device, Func<Tensor> side, Func<T> main)
+    {
+        var threads = get_num_threads();
+        if (!Enabled || device.type != DeviceType.CPU || threads < 2 || onSide
+            || !Ssl.Host.Native.TorchContext.SetCallingThreadCount(threads - threads / 2))
+        {
+            var first = main();
+            return (side(), first);
+        }
+        var job = new Job { Work = side, Threads = threads / 2 };
+        Jobs().Add(job);
+        T mainResult;
+        try { mainResult = main(); }
+        catch
+        {
+            job.Done.Wait();
+            job.Result?.Dispose();
+            throw;
+        }
+        finally
+        {
+            job.Done.Wait();
+            Ssl.Host.Native.TorchContext.SetCallingThreadCount(threads);
+        }
+        if (job.Error is not null)
+        {
+            (mainResult as IDisposable)?.Dispose();
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(job.Error).Throw();
+        }
+        var sideResult = job.Result!;
+        CurrentDisposeScope?.Attach(sideResult);
+        return (sideResult, mainResult);
+    }
+}
