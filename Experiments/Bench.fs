@@ -46,6 +46,8 @@ type BenchRecord =
       threads: int
       /// The convolutions' memory layout: "channels-last" (default) or "nchw" (SSL_MEMORY_FORMAT).
       memory_format: string
+      /// Whether two independent forwards of a step may run side by side (SideThread; MoCo's).
+      side_thread: bool
       /// Milliseconds per timed step in each phase: backward, optimizer (StepBenchmark) and the rest,
       /// "forward+other" (forward passes, augmentation, losses, bookkeeping).
       phases_ms_per_step: Map<string, float>
@@ -95,6 +97,7 @@ let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads
           matmul_peak_gflop_per_s = peak; encoder_fraction_of_peak = m.EncoderGflops / peak
           peak_rss_mb = ProcessStats.PeakRssMb(); streamed = streamed; threads = env.Threads
           memory_format = (if Ssl.Core.Models.SafeConv.ChannelsLast then "channels-last" else "nchw")
+          side_thread = SideThread.Enabled
           phases_ms_per_step =
               let perStep (seconds: float) = 1000.0 * seconds / float m.Steps
               let timed = m.PhaseSeconds |> Seq.map (fun kv -> kv.Key, perStep kv.Value) |> Map.ofSeq

@@ -21,7 +21,7 @@ let private record (methodName: string) (rate: float) : Bench.BenchRecord =
     { method = methodName; preset = "quick"; dataset = "fashion-mnist"; labels_per_class = Nullable(); warmup_steps = 5; steps = 30
       images = 7680L; seconds = 7680.0 / rate; images_per_s = rate; encoder_forward_mflop_per_image = 11.06
       encoder_gflop_per_s = 100.0; all_modules_gflop_per_s = 101.0; matmul_peak_gflop_per_s = 170.0; encoder_fraction_of_peak = 0.59
-      peak_rss_mb = 1000.0; streamed = false; threads = 2; memory_format = "channels-last"; phases_ms_per_step = Map.empty
+      peak_rss_mb = 1000.0; streamed = false; threads = 2; memory_format = "channels-last"; side_thread = true; phases_ms_per_step = Map.empty
       versions = VersionFigures(Commit = "0123456789abcdef", TorchSharp = "0.107.0", LibTorch = "2.10.0.0")
       machine = MachineInfo.Current(); peer = None }
 

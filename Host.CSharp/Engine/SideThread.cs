@@ -28,14 +28,16 @@ public static class SideThread
     /// <summary>Environment variable that turns the side thread off (<c>off</c>) for comparisons.</summary>
     public const string Variable = "SSL_SIDE_THREAD";
 
-    /// <summary>Whether two passes may run side by side in this process (<see cref="Variable"/>).</summary>
-    public static readonly bool Enabled =
+    static readonly Lazy<bool> enabled = new(() =>
         Environment.GetEnvironmentVariable(Variable)?.Trim().ToLowerInvariant() switch
         {
             null or "" or "on" => true,
             "off" => false,
             var other => throw new ArgumentException($"{Variable}: expected on or off, found '{other}'"),
-        };
+        });
+
+    /// <summary>Whether two passes may run side by side in this process (<see cref="Variable"/>).</summary>
+    public static bool Enabled => enabled.Value;
 
     sealed class Job
     {
