@@ -16,7 +16,8 @@ namespace Ssl.Host.Engine;
 /// (BYOL's batch of 256) faults its pages in again on every step; BYOL ran slower with it and DINO
 /// no faster, so only MoCo uses it.
 /// <para>
-/// The results are those of running <c>main</c> and then <c>side</c> on the caller: the two must not
+/// The two compute what <c>main</c> and then <c>side</c> compute on the caller (up to the order in which
+/// one thread sums what two would: batch-norm statistics differ in the last bits); they must not
 /// share a module's buffers or a random generator that the other draws from (MoCo's key network and
 /// the shuffle generator are the side's alone). They run one after the other instead (same order)
 /// on a device other than the CPU, with fewer than two intra-op threads, on the side thread itself,
@@ -108,7 +109,7 @@ public static class SideThread
         }
         finally
         {
-            job.Done.Wait();
+            job.Done.Wait(); // at once after the catch's wait
             Ssl.Host.Native.TorchContext.SetCallingThreadCount(threads);
         }
         if (job.Error is not null)
