@@ -132,7 +132,7 @@ let conv2d (stride: int64) (padding: int64) (x: Tensor) (weight: Tensor) (bias: 
         else
             let narrowed = output.narrow(1L, 0L, outputs)
             // The narrowed map is strided; a dense channels-last copy keeps the layers after it on their fast paths.
-            (if ChannelsLast then convolutionInput narrowed else narrowed).MoveToOuterDisposeScope()
+            (convolutionInput narrowed).MoveToOuterDisposeScope()
 
 /// An nn.Conv2d (under the name `conv`: parameters `conv.weight`, `conv.bias`) computed through
 /// `SafeConv.conv2d`.
