@@ -46,7 +46,7 @@ type BenchRecord =
       threads: int
       /// The convolutions' memory layout: "channels-last" (default) or "nchw" (SSL_MEMORY_FORMAT).
       memory_format: string
-      /// Whether two independent forwards of a step may run side by side (SideThread; MoCo's).
+      /// Whether two independent passes of a step may run side by side (SideThread: MoCo's forwards and backward halves).
       side_thread: bool
       /// Milliseconds per timed step in each phase: backward, optimizer (StepBenchmark) and the rest,
       /// "forward+other" (forward passes, augmentation, losses, bookkeeping).

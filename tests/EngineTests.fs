@@ -13,7 +13,9 @@ open Ssl.Tests.Prop
 open FsCheck
 
 /// A softmax regression on fixed synthetic data: small enough to train in milliseconds.
-type LinearTask(seed: int64, ?lr: float, ?poison: bool) =
+/// With `parts`, the batch's loss is the sum of its two halves' shares, each half through the model on
+/// its own (StepContext.Optimize of parts: two backward passes side by side).
+type LinearTask(seed: int64, ?lr: float, ?poison: bool, ?parts: bool) =
     let gen = new torch.Generator(uint64 seed)
     let x = torch.randn([| 256L; 8L |], generator = gen)
     let truth = torch.randn([| 8L; 3L |], generator = gen)
@@ -30,10 +32,18 @@ type LinearTask(seed: int64, ?lr: float, ?poison: bool) =
         member _.State = Dictionary<string, torch.Tensor>() :> IReadOnlyDictionary<_, _>
         member _.Step(ctx, batch) =
             use idx = torch.tensor(batch)
-            let logits = model.forward(x.index_select(0L, idx))
-            let loss = torch.nn.functional.cross_entropy(logits, y.index_select(0L, idx))
-            let loss = if defaultArg poison false && ctx.Epoch = 1 then loss * Double.NaN else loss
-            let value = ctx.Optimize("main", loss)
+            let poisoned (loss: torch.Tensor) = if defaultArg poison false && ctx.Epoch = 1 then loss * Double.NaN else loss
+            let value =
+                if defaultArg parts false then
+                    let n = float batch.Length
+                    let terms =
+                        idx.chunk(2L) |> Array.map (fun half ->
+                            let loss = torch.nn.functional.cross_entropy(model.forward(x.index_select(0L, half)), y.index_select(0L, half))
+                            poisoned (loss * (float half.shape[0] / n)))
+                    ctx.Optimize("main", terms)
+                else
+                    let logits = model.forward(x.index_select(0L, idx))
+                    ctx.Optimize("main", poisoned (torch.nn.functional.cross_entropy(logits, y.index_select(0L, idx))))
             readOnlyDict [ "loss", value ]
 
 /// LinearTask's step with ~1 MiB of small managed garbage per step, recording for each step whether a
@@ -327,16 +337,20 @@ let sideThreadTests =
                 let q0 = a0.forward x1
                 let k0 = keys b0 ()
                 q0.sum().backward ()
-                let a1, b1 = pair ()
+                let owner = obj ()
                 let caller = Threading.Thread.CurrentThread.ManagedThreadId
                 let mutable sideThread, sideThreads, mainThreads = caller, 0, 0
-                let struct (k1, q1) =
-                    SideThread.Run(torch.CPU,
+                let run (a: Ssl.Core.Models.SmallConvNet) b =
+                    SideThread.Run(torch.CPU, owner, "x1",
                                    (fun () -> sideThread <- Threading.Thread.CurrentThread.ManagedThreadId
                                               sideThreads <- torch.get_num_threads ()
-                                              keys b1 ()),
+                                              keys b ()),
                                    (fun () -> mainThreads <- torch.get_num_threads ()
-                                              a1.forward x1))
+                                              a.forward x1))
+                // The owner's first call runs one after the other (another pair, whose batch-norm buffers it moves).
+                run (fst (pair ())) (snd (pair ())) |> ignore
+                let a1, b1 = pair ()
+                let struct (k1, q1) = run a1 b1
                 q1.sum().backward ()
                 Expect.notEqual sideThread caller "the side ran on another thread"
                 Expect.equal (sideThreads, mainThreads) (1, 1) "each with one of the two threads"
@@ -359,8 +373,10 @@ let sideThreadTests =
                 do
                     use scope = torch.NewDisposeScope ()
                     let struct (side, _) =
-                        SideThread.Run(torch.CPU, (fun () -> inner <- x2 * 2.0
-                                                             inner + 1.0), (fun () -> x1 * 3.0))
+                        SideThread.Run(torch.CPU, obj (), "scope",
+                                       (fun () -> inner <- x2 * 2.0
+                                                  inner + 1.0),
+                                       (fun () -> x1 * 3.0))
                     result <- side
                     Expect.isTrue inner.IsInvalid "the side's intermediate is freed when it returns"
                     Expect.isFalse result.IsInvalid "its result lives on in the caller's scope"
@@ -368,22 +384,64 @@ let sideThreadTests =
         }
         test "an error on either side reaches the caller and the thread count is restored" {
             withThreads 2 (fun () ->
-                let e = Prop.throws<InvalidOperationException> (fun () ->
-                    SideThread.Run(torch.CPU, (fun () -> raise (InvalidOperationException "side failed")), (fun () -> x1 * 1.0)) |> ignore)
-                Expect.equal e.Message "side failed" "the side's own exception"
-                Expect.equal (torch.get_num_threads ()) 2 "count restored after a side error"
-                let e = Prop.throws<ArgumentException> (fun () ->
-                    SideThread.Run(torch.CPU, (fun () -> x2 * 1.0), (fun () -> raise (ArgumentException "main failed"))) |> ignore)
-                Expect.stringContains e.Message "main failed" "the main's own exception"
-                Expect.equal (torch.get_num_threads ()) 2 "count restored after a main error")
+                let owner = obj ()
+                for call in [ "first"; "later" ] do
+                    let e = Prop.throws<InvalidOperationException> (fun () ->
+                        SideThread.Run(torch.CPU, owner, "side", (fun () -> raise (InvalidOperationException "side failed")), (fun () -> x1 * 1.0)) |> ignore)
+                    Expect.equal e.Message "side failed" $"the side's own exception ({call} call)"
+                    Expect.equal (torch.get_num_threads ()) 2 $"count restored after a side error ({call} call)"
+                    let e = Prop.throws<ArgumentException> (fun () ->
+                        SideThread.Run(torch.CPU, owner, "main", (fun () -> x2 * 1.0), (fun () -> raise (ArgumentException "main failed"))) |> ignore)
+                    Expect.stringContains e.Message "main failed" $"the main's own exception ({call} call)"
+                    Expect.equal (torch.get_num_threads ()) 2 $"count restored after a main error ({call} call)")
         }
         test "with one intra-op thread both run on the caller, main first" {
             withThreads 1 (fun () ->
                 let caller = Threading.Thread.CurrentThread.ManagedThreadId
                 let order = ResizeArray<string * int>()
-                SideThread.Run(torch.CPU, (fun () -> order.Add("side", Threading.Thread.CurrentThread.ManagedThreadId); x2 * 1.0),
+                SideThread.Run(torch.CPU, obj (), "one thread", (fun () -> order.Add("side", Threading.Thread.CurrentThread.ManagedThreadId); x2 * 1.0),
                                (fun () -> order.Add("main", Threading.Thread.CurrentThread.ManagedThreadId); x1 * 1.0)) |> ignore
                 Expect.sequenceEqual order [ "main", caller; "side", caller ] "main, then side, on the caller")
+        }
+        test "the first call of an owner and signature runs main, then side; later calls overlap" {
+            withThreads 2 (fun () ->
+                let owner = obj ()
+                // Whether the side had started when main ended (main waits up to `patience` for it).
+                let overlapped signature (patience: TimeSpan) =
+                    use started = new Threading.ManualResetEventSlim(false)
+                    let mutable sideThreads = 0
+                    let mutable seen = false
+                    SideThread.Run(torch.CPU, owner, signature,
+                                   (fun () -> sideThreads <- torch.get_num_threads (); started.Set()),
+                                   (fun () -> seen <- started.Wait patience)) |> ignore
+                    Expect.equal sideThreads 1 $"{signature}: the side ran with its own count"
+                    seen
+                Expect.isFalse (overlapped "a" (TimeSpan.FromMilliseconds 200.0)) "first call of a: one after the other"
+                Expect.isTrue (overlapped "a" (TimeSpan.FromSeconds 30.0)) "second call of a: side by side"
+                Expect.isFalse (overlapped "b" (TimeSpan.FromMilliseconds 200.0)) "first call of another signature: one after the other"
+                Expect.isFalse (SideThread.Run(torch.CPU, obj (), "a", (fun () -> null), (fun () -> true)) |> fun struct (s, _) -> not (isNull s))
+                    "a side without a result gives null")
+        }
+        test "a loss in parts trains as the whole loss does, its backward passes side by side, and repeats bit for bit" {
+            withThreads 2 (fun () ->
+                Ssl.Host.Runtime.DeviceSetup.Configure(Ssl.Host.Runtime.DeviceRequest.Cpu, threads = 2, seed = 5L, deterministic = true) |> ignore
+                let train (parts: bool) =
+                    torch.manual_seed 5L |> ignore
+                    let task = LinearTask(4L, parts = parts)
+                    let folder = RunFolder(Fixtures.tempDir "parts")
+                    Trainer.Run(task, options 3, folder, torch.CPU, SilentProgress()) |> ignore
+                    epochLosses folder, weights task.Model
+                let wholeLosses, whole = train false
+                let partLosses, parted = train true
+                let _, again = train true
+                Expect.sequenceEqual again parted "two runs in parts end with the same weights, bit for bit"
+                let gap = Array.map2 (fun (u: float32) v -> abs (u - v)) whole parted |> Array.max
+                Expect.isLessThan (float gap) 1e-5 "the weights of the whole loss's run"
+                for u, v in Array.zip wholeLosses partLosses do Expect.floatClose Accuracy.medium v u "the epoch losses (the parts' sums)"
+                Expect.equal (torch.get_num_threads ()) 2 "the count is restored"
+                let e = Prop.throws<NonFiniteLossException> (fun () ->
+                    Trainer.Run(LinearTask(3L, poison = true, parts = true), options 3, RunFolder(Fixtures.tempDir "nan-parts"), torch.CPU, SilentProgress()) |> ignore)
+                Expect.stringContains e.Message "main" "a NaN part stops training, naming the optimizer")
         }
     ]
 

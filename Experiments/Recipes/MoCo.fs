@@ -90,9 +90,9 @@ let shuffledKeys (shuffle: bool) (groups: int) (generator: torch.Generator) (key
     if shuffle then shuffledPerGroup groups generator keyNet.forward x else perGroup groups keyNet.forward x
 
 /// One MoCo step (Algorithm 1): two views, q from the query network per group, k₊ from the momentum
-/// network per (shuffled) group, InfoNCE against the queue, SGD on the query network, momentum
-/// update of the key network, enqueue the keys.
-type Step(query: EmbeddingNet, key: MomentumCopy, queue: KeyQueue, data: Data, config: Config) =
+/// network per (shuffled) group, InfoNCE against the queue (the mean over the batch, as the sum of its
+/// two halves' shares), SGD on the query network, momentum update of the key network, enqueue the keys.
+type Step(query: EmbeddingNet, key: MomentumCopy, queue: KeyQueue, data: Data, config: Config) as this =
     let spec =
         OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9,
                       WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
@@ -106,11 +106,19 @@ type Step(query: EmbeddingNet, key: MomentumCopy, queue: KeyQueue, data: Data, c
             let xq = view config.Augmentation data ctx.Generator x
             let xk = view config.Augmentation data ctx.Generator x
             // The key network's forward needs nothing of the query's: on the CPU the two run side by side.
-            let struct (k, q) =
-                SideThread.Run(ctx.Device, (fun () -> shuffledKeys config.ShuffleBn config.Groups ctx.Generator key.Copy xk),
-                               (fun () -> perGroup config.Groups query.forward xq))
-            let loss = Contrastive.infoNce config.Temperature q k queue.Keys
-            let value = ctx.Optimize("main", loss)
+            // The queries come in two halves of whole groups (one where Groups is odd), each with its own
+            // graph: the loss is the sum of the halves' terms, whose backward passes also run side by side.
+            let halves = if config.Groups % 2 = 0 then 2L else 1L
+            let struct (k, qs) =
+                SideThread.Run(ctx.Device, this, $"forward {xq.shape}",
+                               (fun () -> shuffledKeys config.ShuffleBn config.Groups ctx.Generator key.Copy xk),
+                               (fun () -> xq.chunk(halves, 0L) |> Array.map (perGroup (config.Groups / int halves) query.forward)))
+            let n = float xq.shape[0]
+            let parts =
+                Array.map2 (fun (q: torch.Tensor) k -> Contrastive.infoNce config.Temperature q k queue.Keys * (float q.shape[0] / n))
+                    qs (k.chunk(halves, 0L))
+            let value = ctx.Optimize("main", parts)
+            let q = torch.cat(qs, 0L)
             key.Update config.Momentum
             // Instance accuracy: how often k₊ is the most similar key (the pretext task's top-1).
             let positive = (q * k).sum(1L, keepdim = true)

@@ -4,24 +4,35 @@ using static TorchSharp.torch;
 namespace Ssl.Host.Engine;
 
 /// <summary>
-/// Runs two independent forward passes of a step at once on the CPU: one on a long-lived side
-/// thread, the other on the caller, each with half of the intra-op threads. OpenMP's thread count
-/// is per calling thread (<see cref="Ssl.Host.Native.TorchContext.SetCallingThreadCount"/>), so the
-/// two passes share the cores without oversubscribing them. Why: a quick step's layers are small (a
-/// batch-norm group of 32 images at 7-28 px) and keep two threads only partly busy, while MoCo's
-/// key forward does not depend on its query forward; side by side, each on one core, they finish
-/// sooner than one after the other on two (docs/performance.md, "Two forwards side by side").
+/// Runs two independent passes of a step at once on the CPU: one on a long-lived side thread, the
+/// other on the caller, each with half of the intra-op threads. OpenMP's thread count is per calling
+/// thread (<see cref="Ssl.Host.Native.TorchContext.SetCallingThreadCount"/>), so the two share the
+/// cores without oversubscribing them. Why: a quick step's layers are small (a batch-norm group of
+/// 32 images at 7-28 px) and keep two threads only partly busy. MoCo's key forward does not depend on
+/// its query forward, and the backward passes of two halves of its query batch (whole batch-norm
+/// groups each) share nothing but the parameters; side by side, each on one core, they finish sooner
+/// than one after the other on two (docs/performance.md, "Two forwards side by side", "Two backward
+/// passes side by side").
 /// It pays where each pass's tensors are small: the side thread allocates from its own glibc arena,
 /// whose heaps (64 MiB each) are unmapped whenever they empty, so a pass with large activations
 /// (BYOL's batch of 256) faults its pages in again on every step; BYOL ran slower with it and DINO
 /// no faster, so only MoCo uses it.
 /// <para>
+/// The first call for an (owner, signature) runs <c>main</c>, then <c>side</c>, one after the other,
+/// each on the thread and with the thread count it has later. libtorch 2.10's oneDNN (3.7.1) is not
+/// safe when two threads create the same convolution primitive at once: MoCo's two backward halves,
+/// side by side from the first step, crashed in 7 of 23 runs, and one run that did not had reordered
+/// a weight for one backward-data kernel (brgemm) and run another on it. With the first call one
+/// after the other, 0 of 24; later calls find the primitives in oneDNN's cache. <c>owner</c>: what
+/// holds the modules (a step, an optimizer); <c>signature</c>: what else decides the shapes (the batch).
+/// </para>
+/// <para>
 /// The two compute what <c>main</c> and then <c>side</c> compute on the caller (up to the order in which
 /// one thread sums what two would: batch-norm statistics differ in the last bits); they must not
-/// share a module's buffers or a random generator that the other draws from (MoCo's key network and
-/// the shuffle generator are the side's alone). They run one after the other instead (same order)
-/// on a device other than the CPU, with fewer than two intra-op threads, on the side thread itself,
-/// or with <c>SSL_SIDE_THREAD=off</c> (for comparisons).
+/// share a module's buffers, a graph node other than a leaf, or a random generator that the other
+/// draws from (MoCo's key network and the shuffle generator are the side's alone). They run one after
+/// the other on the caller instead (same order) on a device other than the CPU, with fewer than two
+/// intra-op threads, on the side thread itself, or with <c>SSL_SIDE_THREAD=off</c> (for comparisons).
 /// </para>
 /// </summary>
 public static class SideThread
@@ -42,7 +53,7 @@ public static class SideThread
 
     sealed class Job
     {
-        public required Func<Tensor> Work;
+        public required Func<Tensor?> Work;
         public required int Threads;
         public Tensor? Result;
         public Exception? Error;
@@ -72,7 +83,7 @@ public static class SideThread
                     {
                         if (count != job.Threads && Ssl.Host.Native.TorchContext.SetCallingThreadCount(job.Threads)) count = job.Threads;
                         using var scope = NewDisposeScope();
-                        job.Result = job.Work().DetachFromDisposeScope();
+                        job.Result = job.Work()?.DetachFromDisposeScope();
                     }
                     catch (Exception e) { job.Error = e; }
                     finally { job.Done.Set(); }
@@ -83,12 +94,25 @@ public static class SideThread
         }
     }
 
+    /// <summary>(owner, signature) pairs whose first call ran to its end: their primitives exist.</summary>
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<object, HashSet<string>> warmed = new();
+
+    static bool Warmed(object owner, string signature, bool mark)
+    {
+        lock (gate)
+        {
+            var signatures = warmed.GetOrCreateValue(owner);
+            return mark ? !signatures.Add(signature) : signatures.Contains(signature);
+        }
+    }
+
     /// <summary>
-    /// <c>(side(), main())</c>, computed side by side where the device and thread count allow. The
-    /// side's result joins the caller's dispose scope; everything else the side made is freed
+    /// <c>(side(), main())</c>, computed side by side where the device and thread count allow (the
+    /// first call for <paramref name="owner"/> and <paramref name="signature"/> one after the other). The
+    /// side's result, if any, joins the caller's dispose scope; everything else the side made is freed
     /// (several results: stack them). <c>main</c> runs on the caller, in its scope.
     /// </summary>
-    public static (Tensor Side, T Main) Run<T>(Device device, Func<Tensor> side, Func<T> main)
+    public static (Tensor? Side, T Main) Run<T>(Device device, object owner, string signature, Func<Tensor?> side, Func<T> main)
     {
         var threads = get_num_threads();
         if (!Enabled || device.type != DeviceType.CPU || threads < 2 || onSide
@@ -98,27 +122,38 @@ public static class SideThread
             return (side(), first);
         }
         var job = new Job { Work = side, Threads = threads / 2 };
-        Jobs().Add(job);
+        var oneAfterOther = !Warmed(owner, signature, mark: false);
+        if (!oneAfterOther) Jobs().Add(job);
         T mainResult;
-        try { mainResult = main(); }
+        try
+        {
+            mainResult = main();
+            if (oneAfterOther) Jobs().Add(job);
+        }
         catch
         {
-            job.Done.Wait();
+            if (!oneAfterOther) job.Done.Wait();
             job.Result?.Dispose();
+            Ssl.Host.Native.TorchContext.SetCallingThreadCount(threads);
             throw;
         }
-        finally
-        {
-            job.Done.Wait(); // at once after the catch's wait
-            Ssl.Host.Native.TorchContext.SetCallingThreadCount(threads);
-        }
+        job.Done.Wait();
+        Ssl.Host.Native.TorchContext.SetCallingThreadCount(threads);
         if (job.Error is not null)
         {
             (mainResult as IDisposable)?.Dispose();
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(job.Error).Throw();
         }
-        var sideResult = job.Result!;
-        CurrentDisposeScope?.Attach(sideResult);
+        if (oneAfterOther) Warmed(owner, signature, mark: true);
+        var sideResult = job.Result;
+        if (sideResult is not null) CurrentDisposeScope?.Attach(sideResult);
         return (sideResult, mainResult);
     }
+
+    /// <summary>
+    /// <c>side()</c> and <c>main()</c> as <see cref="Run{T}"/> does, for passes that leave their results
+    /// elsewhere (backward passes, which accumulate into the parameters' gradients).
+    /// </summary>
+    public static void Run(Device device, object owner, string signature, Action side, Action main) =>
+        Run(device, owner, signature, () => { side(); return null; }, () => { main(); return true; });
 }

@@ -6,7 +6,7 @@ namespace Ssl.Host.Engine;
 /// <param name="EncoderTrainingFlops">forward + backward FLOPs of the module named "encoder" (all modules if none is)</param>
 /// <param name="AllTrainingFlops">forward + backward FLOPs of every module of the step (heads, teachers, ...)</param>
 /// <param name="PhaseSeconds">seconds spent per phase over the window: "backward" and "optimizer" (zero_grad and step),
-/// timed in <see cref="StepContext.Optimize"/>; the rest of <paramref name="Seconds"/> is forward passes, augmentation,
+/// timed in <see cref="StepContext.Optimize(string, TorchSharp.torch.Tensor, bool)"/> (and its overload); the rest of <paramref name="Seconds"/> is forward passes, augmentation,
 /// losses and bookkeeping (recipes call their modules' forward directly, so it is not split further here)</param>
 public sealed record StepBenchmarkResult(int Steps, long Images, double Seconds, double EncoderTrainingFlops, double AllTrainingFlops,
     IReadOnlyDictionary<string, double> PhaseSeconds)

@@ -104,7 +104,7 @@ public static class Trainer
                 using (var scope = NewDisposeScope())
                 {
                     manual_seed(Seeds.Derive(options.Seed, globalStep));
-                    var context = new StepContext(epoch, globalStep, options.Epochs * stepsPerEpoch, options.Seed, device, optimizers);
+                    var context = new StepContext(epoch, globalStep, options.Epochs * stepsPerEpoch, options.Seed, device, optimizers, batch.Length);
                     try { figures = step.Step(context, batch); }
                     finally { context.Generator.Dispose(); }
                 }

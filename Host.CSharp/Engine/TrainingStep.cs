@@ -22,7 +22,7 @@ public interface ITrainingStep
 
     /// <summary>
     /// One training step on the examples at <paramref name="batch"/>. Losses go through
-    /// <see cref="StepContext.Optimize"/>; the returned figures are logged (loss terms, accuracies).
+    /// <see cref="StepContext.Optimize(string, Tensor, bool)"/>; the returned figures are logged (loss terms, accuracies).
     /// Runs inside a dispose scope the engine opens and closes around it.
     /// </summary>
     IReadOnlyDictionary<string, double> Step(StepContext context, long[] batch);
@@ -36,8 +36,9 @@ public sealed class StepContext
 {
     readonly IReadOnlyDictionary<string, TrainingOptimizer> optimizers;
 
-    internal StepContext(int epoch, long step, long totalSteps, long seed, Device device, IReadOnlyDictionary<string, TrainingOptimizer> optimizers)
+    internal StepContext(int epoch, long step, long totalSteps, long seed, Device device, IReadOnlyDictionary<string, TrainingOptimizer> optimizers, int batchSize)
     {
+        BatchSize = batchSize;
         Epoch = epoch;
         GlobalStep = step;
         TotalSteps = totalSteps;
@@ -47,6 +48,9 @@ public sealed class StepContext
     }
 
     public int Epoch { get; }
+
+    /// <summary>The examples in this step's batch (the last batch of an epoch may be smaller).</summary>
+    public int BatchSize { get; }
     public long GlobalStep { get; }
 
     /// <summary>The steps of the whole run (epochs × batches per epoch): the horizon of per-step schedules (BYOL's τ, DINO's temperatures).</summary>
@@ -63,10 +67,34 @@ public sealed class StepContext
     /// infinite loss stops training with a message naming the optimizer, epoch and step.
     /// Returns the loss value.
     /// </summary>
-    public double Optimize(string optimizer, Tensor loss, bool retainGraph = false)
+    public double Optimize(string optimizer, Tensor loss, bool retainGraph = false) =>
+        Optimize(optimizer, loss.item<float>(), () => loss.backward(retain_graph: retainGraph));
+
+    /// <summary>
+    /// <see cref="Optimize(string, Tensor, bool)"/> of a loss that is the sum of <paramref name="parts"/>
+    /// whose graphs share nothing but leaves (the parameters): the backward passes of the first and
+    /// second half of the parts run side by side (<see cref="SideThread"/>; one after the other where it
+    /// does not run them so), and the gradients they accumulate sum to the whole loss's. MoCo's query
+    /// batch in two halves of whole batch-norm groups is such a sum. Returns the loss value (the sum).
+    /// </summary>
+    public double Optimize(string optimizer, IReadOnlyList<Tensor> parts)
+    {
+        if (parts.Count == 0) throw new ArgumentException("parts: expected at least one loss term, found none");
+        var value = 0.0f;
+        foreach (var part in parts) value += part.item<float>();
+        var half = (parts.Count + 1) / 2;
+        void Backward(int from, int to) { for (var i = from; i < to; i++) parts[i].backward(); }
+        return Optimize(optimizer, value, () =>
+        {
+            if (parts.Count == 1) parts[0].backward();
+            else SideThread.Run(Device, Get(optimizer), $"backward of {parts.Count} parts, batch {BatchSize}",
+                                () => Backward(half, parts.Count), () => Backward(0, half));
+        });
+    }
+
+    double Optimize(string optimizer, float value, Action backward)
     {
         var target = Get(optimizer);
-        var value = loss.item<float>();
         if (!float.IsFinite(value))
             throw new NonFiniteLossException(
                 $"loss of optimizer '{optimizer}' is {value} at epoch {Epoch}, step {GlobalStep}: expected a finite number. " +
@@ -74,12 +102,12 @@ public sealed class StepContext
         var start = System.Diagnostics.Stopwatch.GetTimestamp();
         target.ZeroGrad();
         var zeroed = System.Diagnostics.Stopwatch.GetTimestamp();
-        loss.backward(retain_graph: retainGraph);
-        var backward = System.Diagnostics.Stopwatch.GetTimestamp();
+        backward();
+        var afterBackward = System.Diagnostics.Stopwatch.GetTimestamp();
         target.Step();
         var seconds = (long ticks) => (double)ticks / System.Diagnostics.Stopwatch.Frequency;
-        StepBenchmark.AddPhase("backward", seconds(backward - zeroed));
-        StepBenchmark.AddPhase("optimizer", seconds(zeroed - start + System.Diagnostics.Stopwatch.GetTimestamp() - backward));
+        StepBenchmark.AddPhase("backward", seconds(afterBackward - zeroed));
+        StepBenchmark.AddPhase("optimizer", seconds(zeroed - start + System.Diagnostics.Stopwatch.GetTimestamp() - afterBackward));
         return value;
     }
 
