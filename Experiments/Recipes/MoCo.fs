@@ -110,7 +110,7 @@ type Step(query: EmbeddingNet, key: MomentumCopy, queue: KeyQueue, data: Data, c
             // graph: the loss is the sum of the halves' terms, whose backward passes also run side by side.
             let halves = if config.Groups % 2 = 0 then 2L else 1L
             let struct (k, qs) =
-                SideThread.Run(ctx.Device, this, $"forward {xq.shape}",
+                SideThread.Run(ctx.Device, this, "forward " + System.String.Join("x", xq.shape),
                                (fun () -> shuffledKeys config.ShuffleBn config.Groups ctx.Generator key.Copy xk),
                                (fun () -> xq.chunk(halves, 0L) |> Array.map (perGroup (config.Groups / int halves) query.forward)))
             let n = float xq.shape[0]
