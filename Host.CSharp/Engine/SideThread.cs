@@ -23,7 +23,7 @@ namespace Ssl.Host.Engine;
 /// safe when two threads create the same convolution primitive at once: MoCo's two backward halves,
 /// side by side from the first step, crashed in 7 of 23 runs, and one run that did not had reordered
 /// a weight for one backward-data kernel (brgemm) and run another on it. With the first call one
-/// after the other, 0 of 24; later calls find the primitives in oneDNN's cache. <c>owner</c>: what
+/// after the other, none of 47 runs since; later calls find the primitives in oneDNN's cache. <c>owner</c>: what
 /// holds the modules (a step, an optimizer); <c>signature</c>: what else decides the shapes (the batch).
 /// </para>
 /// <para>
