@@ -348,7 +348,8 @@ let sideThreadTests =
                                    (fun () -> mainThreads <- torch.get_num_threads ()
                                               a.forward x1))
                 // The owner's first call runs one after the other (another pair, whose batch-norm buffers it moves).
-                run (fst (pair ())) (snd (pair ())) |> ignore
+                let aw, bw = pair ()
+                run aw bw |> ignore
                 let a1, b1 = pair ()
                 let struct (k1, q1) = run a1 b1
                 q1.sum().backward ()

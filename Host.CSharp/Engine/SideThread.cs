@@ -88,7 +88,7 @@ public static class SideThread
                     catch (Exception e) { job.Error = e; }
                     finally { job.Done.Set(); }
                 }
-            }) { IsBackground = true, Name = "ssl side forward" };
+            }) { IsBackground = true, Name = "ssl side pass" };
             thread.Start();
             return jobs = queue;
         }
