@@ -36,18 +36,11 @@ public static class DataCatalog
     };
 
     /// <summary>
-    /// An image folder's split: a folder holding <c>train/</c> and <c>val/</c> (or <c>test/</c>) reads the
-    /// split's tree; any other folder is read whole for every split (a class tree, or unlabelled images).
+    /// An image folder's split, read in <see cref="ImageFolderOptions.Layout"/> (<see cref="ImageFolder"/>
+    /// states the rules): a split folder (train/ beside val/ or test/) reads the split's side; any other
+    /// layout reads the whole folder for every split.
     /// </summary>
-    static ImageDataset LoadFolder(string path, Split split, ImageFolderOptions options)
-    {
-        var train = Path.Combine(path, "train");
-        if (!Directory.Exists(train)) return ImageFolder.Read(path, split, options);
-        if (split == Split.Train) return ImageFolder.Read(train, split, options);
-        var held = new[] { "val", "test" }.Select(d => Path.Combine(path, d)).FirstOrDefault(Directory.Exists)
-            ?? throw new DataException(path, "beside train/ a val/ or test/ folder for evaluation", "train/ alone");
-        return ImageFolder.Read(held, split, options);
-    }
+    static ImageDataset LoadFolder(string path, Split split, ImageFolderOptions options) => ImageFolder.Read(path, split, options);
 
     /// <summary>Whether <paramref name="name"/> names an image folder rather than a built-in set.</summary>
     public static bool IsFolder(string name) => !Names.Contains(name) && Directory.Exists(name);

@@ -44,6 +44,9 @@ public sealed class ImageDataset : IDisposable, IBatchPlan
     /// <summary>An image folder's decoded size in bytes (its images whose headers read, at the size and
     /// channels chosen): what <see cref="ImageFolderOptions.Streams"/> compares with the budget. 0 for the built-in sets.</summary>
     public long DecodedBytes { get; init; }
+    /// <summary>An image folder's layout said in one line: the layout chosen, why, the image files read and
+    /// every file not read, counted and the first named; null for the built-in sets.</summary>
+    public string? LayoutNote { get; init; }
 
     public ImageDataset(string name, Split split, Tensor images, Tensor labels, IReadOnlyList<string> classNames, IReadOnlyList<string> sources)
     {
@@ -137,10 +140,10 @@ public sealed class ImageDataset : IDisposable, IBatchPlan
             var paths = indices.Select(i => streamed.Paths[(int)i]).ToArray();
             return new ImageDataset(name ?? Name, Split, new StreamedImages(paths, streamed.Sizing, streamed.Workers, streamed.Depth),
                 Labels.index_select(0, idx), ClassNames, paths, pixelSums!.Rows(indices, (int)Channels))
-                { Skipped = Skipped, FilesSeen = FilesSeen, DecodedBytes = DecodedBytes };
+                { Skipped = Skipped, FilesSeen = FilesSeen, DecodedBytes = DecodedBytes, LayoutNote = LayoutNote };
         }
         return new ImageDataset(name ?? Name, Split, images!.index_select(0, idx), Labels.index_select(0, idx), ClassNames, Sources)
-            { Skipped = Skipped, FilesSeen = FilesSeen, DecodedBytes = DecodedBytes };
+            { Skipped = Skipped, FilesSeen = FilesSeen, DecodedBytes = DecodedBytes, LayoutNote = LayoutNote };
     }
 
     /// <summary>Images per class, index = class; unlabelled images are not counted.</summary>
