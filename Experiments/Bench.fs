@@ -67,8 +67,8 @@ let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads
     let labels = List.tryHead recipe.Traits.LabelBudgets
     let config = recipe.Resolve preset None []
     let request: Request =
-        { Method = recipe.Name; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = reading.ImageSize; DataMemoryMb = reading.DataMemoryMb; Workers = 0; DataRoot = None; Labels = labels; Seed = 0L
-          Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = out; Resume = false
+        { Method = recipe.Name; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = reading.ImageSize; DataMemoryMb = reading.DataMemoryMb; Workers = 0; Layout = Ssl.Host.Data.FolderLayout.Auto; DataRoot = None; Labels = labels; Seed = 0L
+          Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = out; Resume = false; Force = false
           Config = Some config; Overrides = [] }
     let peak = MachineInfo.MatmulPeakGflops()
     let perImage, streamed =

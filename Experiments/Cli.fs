@@ -3,8 +3,14 @@ module Ssl.Experiments.Cli
 
 open Argu
 
+/// What --layout says in every command that reads image folders.
+[<Literal>]
+let layoutUsage =
+    "how an image folder is read: auto (default: train/ + val/ trees are a split, no images at the top and 2 or more sub-folders with images a class tree, else unlabelled; the log says which and why), unlabelled, classes or split."
+
 type DataArgs =
     | [<AltCommandLine("-d")>] Dataset of name: string
+    | Layout of layout: string
     | Split of split: string
     | Data_Root of dir: string
     | Grid of png: string
@@ -16,6 +22,7 @@ type DataArgs =
             match a with
             | Dataset _ -> "data set: fashion-mnist (default), mnist, cifar10, cifar100, stl10, or an image-folder path."
             | Split _ -> "train (default), test, or unlabelled (stl10 only)."
+            | Layout _ -> layoutUsage
             | Data_Root _ -> "folder holding the data set's files (default: $SSL_DATA, then /usr/share/datasets)."
             | Grid _ -> "write a PNG grid of samples, one row per class, to this path."
             | Json _ -> "write the statistics as JSON to this path."
@@ -45,6 +52,7 @@ type TrainArgs =
     | Image_Size of pixels: int
     | Data_Memory_Mb of mib: int64
     | Workers of threads: int
+    | Layout of layout: string
     | Data_Root of dir: string
     | Labels of perClass: int
     | Seed of int64
@@ -53,6 +61,7 @@ type TrainArgs =
     | Deterministic
     | Out of dir: string
     | Resume
+    | Force
 
     interface IArgParserTemplate with
         member a.Usage =
@@ -66,14 +75,16 @@ type TrainArgs =
             | Image_Size _ -> "image folders: resize the shorter side to N and centre-crop N x N at load."
             | Data_Memory_Mb _ -> "image folders whose decoded pixels exceed this many MiB are streamed from their files, batches decoded ahead (default 2048; 0 streams any folder)."
             | Workers _ -> "image decoding threads (default: all cores)."
+            | Layout _ -> layoutUsage
             | Data_Root _ -> "folder holding the data set's files (default: $SSL_DATA, then /usr/share/datasets)."
             | Labels _ -> "labels per class (few-label and semi-supervised runs), drawn with the seed."
             | Seed _ -> "seed for torch and .NET randomness, data order and label splits (default 0)."
             | Device _ -> "cpu (default), cuda or auto."
             | Threads _ -> "torch threads (default: all cores)."
             | Deterministic -> "fixed threads, seeded generators, no TF32: CPU runs repeat exactly."
-            | Out _ -> "run folder (default runs/<method>-<preset>)."
-            | Resume -> "continue from the run folder's last checkpoint."
+            | Out _ -> "run folder (default runs/<method>-<preset>[-<data set>][-labelsN][-seedS][-set-<digest of the --set list>]); a folder holding a run is refused without --resume or --force."
+            | Resume -> "continue the run folder's run from its last checkpoint (a finished run: evaluate it again, its training figures kept)."
+            | Force -> "replace the run the folder holds (its config, metrics, checkpoints, results and plots are deleted first)."
 
 type ConfigArgs =
     | [<MainCommand; ExactlyOnce>] Method of method: string
@@ -97,13 +108,15 @@ type EvalArgs =
     | Threads of int
     | Layer of name: string
     | Pool of size: int
+    | Eval_Dataset of name: string
     | Random_Init
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Layer _ -> "probe this inner layer of the encoder instead of its output (linear or knn; e.g. features.block2b_relu of SmallConvNet, branch for a staged encoder's branch layer, class-tokens for a ViT's class tokens of its last --pool blocks, class-tokens-patch-mean for those and the mean of the last block's patch tokens)."
+            | Layer _ -> "probe this layer instead of the one the run's evaluation read (config.json's probe; default: that one, so figures match result.json); linear or knn. `output` reads the encoder's output; e.g. features.block2b_relu of SmallConvNet, branch for a staged encoder's branch layer, class-tokens for a ViT's class tokens of its last --pool blocks, class-tokens-patch-mean for those and the mean of the last block's patch tokens."
             | Pool _ -> "with --layer: average-pool the layer's maps to size x size before flattening (default 2); with class-tokens or class-tokens-patch-mean, the number of last blocks."
+            | Eval_Dataset _ -> "the labelled set to evaluate on (default: the run's --eval-dataset, else its --dataset); needed for runs trained on unlabelled images."
             | Random_Init -> "evaluate the same architecture randomly initialised (seeded by the run's seed) instead of the trained weights: the baseline."
             | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
             | Protocol _ -> "linear (default), knn or finetune."

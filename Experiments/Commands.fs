@@ -30,6 +30,9 @@ let methods () =
     AnsiConsole.MarkupLine $"{Registry.recipes.Length} recipes registered; `ssl config <recipe>` prints one's config, `--set Field=value` changes it."
     0
 
+/// The first line of a message (native libraries append their traces below it).
+let private firstLine (message: string) = message.Split('\n', 2).[0].Trim()
+
 let private formatAcc (v: Nullable<float>) = if v.HasValue then $"{v.Value:P2}" else "-"
 
 /// Prints the result beside its baselines, and where the plots are.
@@ -88,6 +91,29 @@ let private field<'T> (path: string) (o: JsonObject) (key: string) : 'T option =
             raise (DataException(path, $"\"{key}\": {kind}", o[key].ToJsonString()))
     else None
 
+/// The largest --image-size: a side of 4,096 pixels is 48 MiB a colour image, past what a batch of them can hold.
+[<Literal>]
+let maxImageSize = 4096
+
+/// The run folder `ssl train` writes when --out is not given: runs/<method>-<preset>, then whatever
+/// sets this run apart from the preset's defaults (data set, labels, seed, a digest of the
+/// overrides), so two runs that differ never share a folder by default.
+let defaultOut (request: Recipe.Request) =
+    let safe (text: string) = String(text |> Seq.map (fun ch -> if Char.IsLetterOrDigit ch || ch = '-' || ch = '.' then ch else '_') |> Array.ofSeq)
+    let digest (texts: string list) =
+        let bytes = Text.Encoding.UTF8.GetBytes(String.concat "\n" texts)
+        Convert.ToHexString(Security.Cryptography.SHA256.HashData bytes).Substring(0, 8).ToLowerInvariant()
+    let dataName (d: string) = safe (IO.Path.GetFileName(IO.Path.TrimEndingDirectorySeparator d))
+    let parts =
+        [ request.Method; Recipe.Preset.name request.Preset
+          if request.Dataset <> "fashion-mnist" then dataName request.Dataset
+          match request.EvalDataset with Some e -> $"eval-{dataName e}" | None -> ()
+          match request.ImageSize with Some n -> $"{n}px" | None -> ()
+          match request.Labels with Some n -> $"labels{n}" | None -> ()
+          if request.Seed <> 0L then $"seed{request.Seed}"
+          if not request.Overrides.IsEmpty then $"set-{digest request.Overrides}" ]
+    IO.Path.Combine("runs", String.concat "-" parts)
+
 let train (args: ParseResults<TrainArgs>) =
     let file = args.TryGetResult TrainArgs.Config |> Option.map (fun p -> p, readConfigFile p)
     let run = file |> Option.map (fun (_, (r, _)) -> r) |> Option.defaultWith (fun () -> JsonObject())
@@ -123,7 +149,8 @@ let train (args: ParseResults<TrainArgs>) =
           EvalDataset = args.TryGetResult TrainArgs.Eval_Dataset |> Option.orElse (text "eval_dataset")
           ImageSize =
             match args.TryGetResult TrainArgs.Image_Size |> Option.orElse (field<int> filePath run "image_size") with
-            | Some n when n < 1 -> invalidArg "--image-size" $"--image-size: expected a size of at least 1 pixel, found {n}"
+            | Some n when n < 1 || n > maxImageSize ->
+                invalidArg "--image-size" $"--image-size: expected a size of 1 to {maxImageSize} pixels, found {n}"
             | size -> size
           DataMemoryMb =
             match args.TryGetResult TrainArgs.Data_Memory_Mb with
@@ -133,24 +160,32 @@ let train (args: ParseResults<TrainArgs>) =
             match args.TryGetResult TrainArgs.Workers with
             | Some n when n < 1 -> invalidArg "--workers" $"--workers: expected at least 1 decoding thread, found {n}"
             | n -> defaultArg n 0
+          Layout =
+            args.TryGetResult TrainArgs.Layout |> Option.orElse (text "layout")
+            |> Option.map ImageFolder.ParseLayout |> Option.defaultValue FolderLayout.Auto
           DataRoot = args.TryGetResult TrainArgs.Data_Root
           Labels = labels
           Seed = args.TryGetResult TrainArgs.Seed |> Option.orElse (field<int64> filePath run "seed") |> Option.defaultValue 0L
           Device = DeviceSetup.Parse(args.GetResult(TrainArgs.Device, defaultValue = "cpu"))
           Threads = args.GetResult(TrainArgs.Threads, defaultValue = 0)
           Deterministic = args.Contains TrainArgs.Deterministic
-          Out = args.GetResult(TrainArgs.Out, defaultValue = IO.Path.Combine("runs", $"{name}-{Recipe.Preset.name preset}"))
+          Out = ""
           Resume = args.Contains TrainArgs.Resume
+          Force = args.Contains TrainArgs.Force
           Config = Some config
           Overrides = recorded @ sets }
+    let request = { request with Out = args.TryGetResult TrainArgs.Out |> Option.defaultWith (fun () -> defaultOut request) }
     let env = DeviceSetup.Configure(request.Device, request.Threads, request.Seed, request.Deterministic)
     for note in env.Notes do AnsiConsole.MarkupLine $"[yellow]{Markup.Escape note}[/]"
-    let folder = Ssl.Host.Runs.RunFolder(request.Out)
-    let changed = if request.Overrides.IsEmpty then "" else " with " + String.concat " " request.Overrides
-    AnsiConsole.MarkupLine $"training [bold]{name}[/] ({Recipe.Preset.name preset}{Markup.Escape changed}) on {request.Dataset}, {env.DeviceName}, {env.Threads} threads, seed {request.Seed} -> {Markup.Escape folder.Root}"
-    let result = recipe.Run request env folder
-    report folder result
-    0
+    let folder = Ssl.Host.Runs.RunFolder.Claim(request.Out)
+    try
+        let changed = if request.Overrides.IsEmpty then "" else " with " + String.concat " " request.Overrides
+        AnsiConsole.MarkupLine $"training [bold]{name}[/] ({Recipe.Preset.name preset}{Markup.Escape changed}) on {Markup.Escape request.Dataset}, {env.DeviceName}, {env.Threads} threads, seed {request.Seed} -> {Markup.Escape folder.Root}"
+        let result = recipe.Run request env folder
+        report folder result
+        0
+    finally
+        folder.Release()
 
 /// `ssl config <method>`: the resolved config as JSON that `ssl train --config` reads back, or its fields.
 let config (args: ParseResults<ConfigArgs>) =
@@ -185,7 +220,9 @@ let data (args: ParseResults<DataArgs>) =
     let split = args.TryGetResult DataArgs.Split |> Option.map parseSplit |> Option.defaultValue Split.Train
     let env = DeviceSetup.Configure(DeviceRequest.Cpu, threads = args.GetResult(DataArgs.Threads, defaultValue = 0))
     let clock = Stopwatch.StartNew()
-    use dataset = DataCatalog.Load(name, split, args.TryGetResult DataArgs.Data_Root |> Option.toObj)
+    let layout = args.TryGetResult DataArgs.Layout |> Option.map ImageFolder.ParseLayout |> Option.defaultValue FolderLayout.Auto
+    use dataset = DataCatalog.Load(name, split, args.TryGetResult DataArgs.Data_Root |> Option.toObj, folder = ImageFolderOptions(Layout = layout))
+    if not (isNull dataset.LayoutNote) then eprintfn "data: %s" dataset.LayoutNote
     let loadSeconds = clock.Elapsed.TotalSeconds
     let struct (mean, std) = dataset.ChannelStatistics()
     let counts = dataset.ClassCounts()
@@ -250,8 +287,29 @@ let version () =
     printfn "ssl %O, TorchSharp %s, libtorch %s" ssl ts lt
     0
 
+/// A run's recorded data set as `ssl eval` can read it from any folder: a built-in name as it is; a
+/// folder by its recorded absolute path, else as written relative to the shell's folder, else
+/// relative to the run folder.
+let private locateData (runDir: string) (given: string) (recordedPath: string option) =
+    if List.contains given (List.ofArray DataCatalog.Names) then given
+    else
+        [ yield! Option.toList recordedPath; given; IO.Path.Combine(runDir, given) ]
+        |> List.tryFind IO.Directory.Exists
+        |> Option.defaultValue given
+
+/// A field of a run's config.json read as 'T, or None where absent or null; another type is an
+/// error naming the file, the field and what it holds.
+let private recordedField<'T> (path: string) (o: JsonObject) (key: string) (what: string) : 'T option =
+    match o[key] with
+    | null -> None
+    | v ->
+        try Some(v.GetValue<'T>())
+        with :? InvalidOperationException | :? FormatException -> raise (DataException(path, $"\"{key}\": {what}", v.ToJsonString()))
+
 /// `ssl eval <run-dir>`: rebuilds the run's encoder, loads its exported weights and applies one
-/// protocol; prints the figure and writes it to eval-<protocol>[-<labels>].json in the run folder.
+/// protocol to the representation the run's own evaluation read (config.json's probe: layer and
+/// pool), unless --layer names another; prints the figure and writes it to
+/// eval-<protocol>[-<labels>][-<layer>].json in the run folder.
 let eval (args: ParseResults<EvalArgs>) =
     let dir = IO.Path.GetFullPath(args.GetResult EvalArgs.Run_Dir)
     let configPath = IO.Path.Combine(dir, "config.json")
@@ -259,23 +317,30 @@ let eval (args: ParseResults<EvalArgs>) =
     for path in [ configPath; weights ] do
         if not (IO.File.Exists path) then
             raise (DataException(path, "a file written by `ssl train` (a finished run folder)", "no such file"))
-    use config = JsonDocument.Parse(IO.File.ReadAllText configPath)
-    let text (key: string) = config.RootElement.GetProperty(key).GetString()
-    let recorded = JsonNode.Parse(IO.File.ReadAllText configPath)
-    let optionalText (key: string) = match recorded[key] with null -> None | v -> Some(v.GetValue<string>())
+    let recorded =
+        let node =
+            try JsonNode.Parse(IO.File.ReadAllText configPath)
+            with :? JsonException as e -> raise (DataException(configPath, "the JSON config.json `ssl train` wrote", e.Message.Split('\n')[0]))
+        match node with
+        | :? JsonObject as o -> o
+        | _ -> raise (DataException(configPath, "a JSON object (the config.json `ssl train` wrote)", if isNull node then "null" else node.ToJsonString()))
+    let field (key: string) (what: string) : 'T option = recordedField configPath recorded key what
+    let required key what : 'T = match recordedField configPath recorded key what with Some v -> v | None -> raise (DataException(configPath, $"\"{key}\": {what}", "none"))
+    let methodName = required "method" "a recipe name"
     let recipe =
-        match Registry.tryFind (text "method") with
+        match Registry.tryFind methodName with
         | Some r -> r
-        | None -> raise (DataException(configPath, "a method registered in this build", text "method"))
+        | None -> raise (DataException(configPath, "a method registered in this build", methodName))
     let recipeConfig =
-        match JsonNode.Parse(IO.File.ReadAllText configPath)["config"] with
+        match recorded["config"] with
         | :? JsonObject as c -> c
         | _ -> raise (DataException(configPath, "a \"config\" object (a config.json written by `ssl train`)", "none"))
     let preset =
-        match Recipe.Preset.tryParse (text "preset") with
+        let name = required "preset" "smoke, quick or paper"
+        match Recipe.Preset.tryParse name with
         | Some p -> p
-        | None -> raise (DataException(configPath, "preset smoke, quick or paper", text "preset"))
-    let seed = config.RootElement.GetProperty("seed").GetInt64()
+        | None -> raise (DataException(configPath, "preset smoke, quick or paper", name))
+    let seed = required "seed" "an integer"
     let protocol = args.GetResult(EvalArgs.Protocol, defaultValue = "linear").ToLowerInvariant()
     if not (List.contains protocol [ "linear"; "knn"; "finetune" ]) then
         invalidArg "--protocol" $"--protocol: expected linear, knn or finetune, found '{protocol}'"
@@ -285,31 +350,57 @@ let eval (args: ParseResults<EvalArgs>) =
     | _ -> ()
     let env = DeviceSetup.Configure(DeviceSetup.Parse(args.GetResult(EvalArgs.Device, defaultValue = "cpu")),
                                     threads = args.GetResult(EvalArgs.Threads, defaultValue = 0), seed = seed)
+    let dataset = locateData dir (required "dataset" "a data set name or folder") (field "dataset_path" "a folder")
+    let evalDataset =
+        match args.TryGetResult EvalArgs.Eval_Dataset with
+        | Some d -> Some d
+        | None -> field "eval_dataset" "a data set name or folder" |> Option.map (fun d -> locateData dir d (field "eval_dataset_path" "a folder"))
     let request: Recipe.Request =
-        { Method = recipe.Name; Preset = preset; Dataset = text "dataset"; EvalDataset = optionalText "eval_dataset"
-          ImageSize = (match recorded["image_size"] with null -> None | v -> Some(v.GetValue<int>()))
+        { Method = recipe.Name; Preset = preset; Dataset = dataset; EvalDataset = evalDataset
+          ImageSize = field "image_size" "an integer"
           DataMemoryMb = Recipe.defaultDataMemoryMb; Workers = 0; DataRoot = None; Labels = labels; Seed = seed
-          Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = dir; Resume = false
+          Layout = field "layout" "auto, unlabelled, classes or split" |> Option.map ImageFolder.ParseLayout |> Option.defaultValue FolderLayout.Auto
+          Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = dir; Resume = false; Force = false
           Config = Some recipeConfig; Overrides = [] }
-    let layer = args.TryGetResult EvalArgs.Layer
-    let pool = args.GetResult(EvalArgs.Pool, defaultValue = 2)
+    // The run's own representation: config.json's "probe", or (runs before it was recorded) the
+    // recipe config's ProbeLayer and ProbePool.
+    let runLayer, runPool =
+        let probe = match recorded["probe"] with :? JsonObject as p -> Some p | _ -> None
+        let fromProbe (key: string) = probe |> Option.bind (fun p -> Option.ofObj p[key])
+        let fromConfig (key: string) = Option.ofObj recipeConfig[key]
+        let layer = fromProbe "layer" |> Option.orElse (fromConfig "ProbeLayer") |> Option.map (fun v -> v.GetValue<string>()) |> Option.defaultValue ""
+        let pool = fromProbe "pool" |> Option.orElse (fromConfig "ProbePool") |> Option.map (fun v -> v.GetValue<int64>()) |> Option.defaultValue 0L
+        layer, pool
+    let layer, pool =
+        match args.TryGetResult EvalArgs.Layer with
+        | Some "output" -> "", 0L
+        | Some l -> l, int64 (args.GetResult(EvalArgs.Pool, defaultValue = 2))
+        | None ->
+            if args.Contains EvalArgs.Pool then invalidArg "--pool" "--pool: sets the pooling of --layer; expected --layer with it, found none"
+            runLayer, runPool
     let randomInit = args.Contains EvalArgs.Random_Init
-    if layer.IsSome && protocol = "finetune" then invalidArg "--layer" "--layer: probes an inner layer with the linear or knn protocol, not finetune"
-    if pool < 1 then invalidArg "--pool" $"--pool: expected a positive size, found {pool}"
+    if layer <> "" && protocol = "finetune" then
+        if args.Contains EvalArgs.Layer then invalidArg "--layer" "--layer: probes an inner layer with the linear or knn protocol, not finetune"
+    if layer <> "" && pool < 1L then invalidArg "--pool" $"--pool: expected a positive size, found {pool}"
+    if args.Contains EvalArgs.Layer then
+        let runs = if runLayer = "" then "its encoder's output" else $"layer '{runLayer}' pooled {runPool}"
+        eprintfn "--layer: reading '%s' pooled %d instead of what the run's evaluation read (%s); figures differ from result.json's" layer pool runs
     use all = Pipeline.loadData request
     let data =
         match all.Probed with
         | Some d -> d
-        | None -> raise (DataException(request.Dataset, "labelled images to evaluate on (the run had no --eval-dataset)", "unlabelled images"))
+        | None -> raise (DataException(request.Dataset, "labelled images to evaluate on (give --eval-dataset <a labelled set>)", "unlabelled images"))
     torch.manual_seed(seed) |> ignore
     let trained =
         try recipe.Encoder recipeConfig data
         with :? ArgumentException as e -> raise (DataException(configPath, $"a {recipe.Name} config of this build", e.Message))
-    if not randomInit then trained.load(weights) |> ignore
+    if not randomInit then
+        try trained.load(weights) |> ignore
+        with e when not (e :? OutOfMemoryException) ->
+            raise (DataException(weights, $"the {recipe.Name} encoder `ssl train` exported for this config", firstLine e.Message))
     let encoder: Ssl.Core.Models.Encoder =
-        match layer with
-        | Some name -> fst (Pipeline.probed name (int64 pool) data trained)
-        | None -> trained
+        if protocol = "finetune" || layer = "" then trained
+        else fst (Pipeline.probed layer pool data trained)
     encoder.``to``(env.Device) |> ignore
     let examples =
         match labels with
@@ -336,14 +427,17 @@ let eval (args: ParseResults<EvalArgs>) =
             else LinearProbe.Evaluate(x, y, testFeatures, data.Test.Labels, data.Classes, seed).TestAccuracy
     let suffix =
         (labels |> Option.map (sprintf "-%d") |> Option.defaultValue "")
-        + (layer |> Option.map (fun l -> $"-{l}-pool{pool}") |> Option.defaultValue "")
+        + (match args.TryGetResult EvalArgs.Layer with
+           | Some "output" -> "-output"
+           | Some _ -> $"-{layer}-pool{pool}"
+           | None -> "")
         + (if randomInit then "-random-init" else "")
     let out = IO.Path.Combine(dir, $"eval-{protocol}{suffix}.json")
     Ssl.Host.Runs.RunFolder.WriteAtomically(
         out,
         JsonSerializer.Serialize
-            {| protocol = protocol; labels_per_class = Option.toNullable labels; layer = Option.toObj layer
-               pool = (if layer.IsSome then Nullable pool else Nullable()); weights = (if randomInit then "random-init" else "trained")
+            {| protocol = protocol; labels_per_class = Option.toNullable labels; layer = (if layer = "" || protocol = "finetune" then null else layer)
+               pool = (if layer = "" || protocol = "finetune" then Nullable() else Nullable pool); weights = (if randomInit then "random-init" else "trained")
                feature_dim = encoder.FeatureDim; test_acc = accuracy |})
     let budget = labels |> Option.map (sprintf " with %d labels per class") |> Option.defaultValue ""
     AnsiConsole.MarkupLine $"{protocol}{budget}: test top-1 [bold]{accuracy:P2}[/] -> {Markup.Escape out}"

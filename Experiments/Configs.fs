@@ -60,7 +60,11 @@ let rec private parseLeaf (t: Type) (text: string) : Result<obj, string> =
     let number (parse: string -> bool * 'a) = match parse text with | true, v -> Ok(box v) | _ -> Error(typeName t)
     if t = typeof<int> then number (fun s -> Int32.TryParse(s, NumberStyles.Integer, invariant))
     elif t = typeof<int64> then number (fun s -> Int64.TryParse(s, NumberStyles.Integer, invariant))
-    elif t = typeof<float> then number (fun s -> Double.TryParse(s, NumberStyles.Float, invariant))
+    elif t = typeof<float> then
+        // A config number is finite: NaN and infinities are no learning rate, and JSON cannot hold them.
+        match Double.TryParse(text, NumberStyles.Float, invariant) with
+        | true, v when Double.IsFinite v -> Ok(box v)
+        | _ -> Error "a finite number"
     elif t = typeof<bool> then number (fun s -> Boolean.TryParse s)
     elif t = typeof<string> then Ok(box text)
     elif FSharpType.IsTuple t then

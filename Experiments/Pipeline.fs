@@ -42,7 +42,7 @@ let badFileLimit = 0.01
 
 let private folderOptions (request: Request) (channels: int option) =
     ImageFolderOptions(Size = Option.toNullable request.ImageSize, Channels = Option.toNullable channels,
-                       MemoryBudgetMb = Nullable request.DataMemoryMb,
+                       MemoryBudgetMb = Nullable request.DataMemoryMb, Layout = request.Layout,
                        Workers = (if request.Workers > 0 then request.Workers else Environment.ProcessorCount))
 
 /// Train and test splits of one data set; `smoke` keeps the first 2,000 training and 1,000 test
@@ -53,10 +53,12 @@ let private readSplits (request: Request) (dataset: string) (channels: int optio
         invalidArg "--image-size" $"--image-size: resizes image folders at load; '{dataset}' is a built-in set of one size"
     let train = DataCatalog.Load(dataset, Split.Train, root, folder = folderOptions request channels)
     let channels = if DataCatalog.IsFolder dataset then Some(int train.Channels) else channels
-    // An image folder without train/ and val/ trees is one set for both splits: decoded once.
+    // An image folder read as one set (not train/ + val/ trees) serves both splits: decoded once.
     let test =
-        if DataCatalog.IsFolder dataset && not (Directory.Exists(Path.Combine(dataset, "train"))) then train
+        if DataCatalog.IsFolder dataset && (ImageFolder.ChooseLayout(dataset, request.Layout)).Layout <> FolderLayout.Split then train
         else DataCatalog.Load(dataset, Split.Test, root, folder = folderOptions request channels)
+    for d in (if Object.ReferenceEquals(train, test) then [ train ] else [ train; test ]) do
+        if not (isNull d.LayoutNote) then eprintfn "data: %s" d.LayoutNote
     match request.Preset with
     | Smoke ->
         let first (d: ImageDataset) n = d.Subset(Array.init (int (min n d.Count)) int64)
@@ -84,29 +86,31 @@ let loadData (request: Request) =
             { Train = etrain; Test = etest; Mean = mean; Std = std; Classes = etrain.ClassNames.Count; Eval = None })
     { Train = train; Test = test; Mean = mean; Std = std; Classes = train.ClassNames.Count; Eval = eval }
 
-/// The image files of the data sets that could not be decoded, as `path<TAB>reason` lines in
-/// <run>/data_errors.txt (written only when there are some); more than `badFileLimit` of a set's
-/// files stops the run before training with the first ten named. Returns the count skipped.
-let checkSkipped (folder: RunFolder) (data: Data) =
+/// The image files of the data sets that could not be decoded, as `path<TAB>reason` lines for
+/// <run>/data_errors.txt; more than `badFileLimit` of a set's files stops the run before anything is
+/// written, with the first ten named.
+let checkSkipped (data: Data) =
     let sets = [ data.Train; data.Test ] @ (data.Eval |> Option.map (fun e -> [ e.Train; e.Test ]) |> Option.defaultValue [])
     let skipped = sets |> List.collect (fun d -> List.ofSeq d.Skipped) |> List.distinct
+    for d in sets do
+        let share = float d.Skipped.Count / float (max 1L d.FilesSeen)
+        if share > badFileLimit then
+            let first = d.Skipped |> Seq.truncate 10 |> Seq.map (fun struct (p, why) -> $"{p} ({why})") |> String.concat "; "
+            raise (DataException($"{d.Name} ({d.Split})", $"at most {badFileLimit:P0} undecodable files",
+                                 $"{d.Skipped.Count} of {d.FilesSeen} ({share:P1}); the first: {first}"))
+    skipped
+
+/// Writes the undecodable files (checkSkipped) to <run>/data_errors.txt, when there are some.
+let writeSkipped (folder: RunFolder) (skipped: struct (string * string) list) =
     if not skipped.IsEmpty then
         let path = Path.Combine(folder.Root, "data_errors.txt")
         RunFolder.WriteAtomically(path, String.Join("\n", skipped |> List.map (fun struct (p, why) -> $"{p}\t{why}")) + "\n")
         eprintfn "data: %d image files could not be decoded and are skipped (listed in %s)" skipped.Length path
-        for d in sets do
-            let share = float d.Skipped.Count / float (max 1L d.FilesSeen)
-            if share > badFileLimit then
-                let first = d.Skipped |> Seq.truncate 10 |> Seq.map (fun struct (p, why) -> $"{p} ({why})") |> String.concat "; "
-                raise (DataException($"{d.Name} ({d.Split})", $"at most {badFileLimit:P0} undecodable files",
-                                     $"{d.Skipped.Count} of {d.FilesSeen} ({share:P1}); the first: {first}; all in {path}"))
-    skipped.Length
 
-/// Adds to config.json what was read: "data" with the channels (an image folder's majority, or
+/// What config.json's "data" holds of what was read: the channels (an image folder's majority, or
 /// what it was converted to), image size, image counts, labels and undecodable files, and the same
 /// of the evaluation set.
-let recordData (folder: RunFolder) (data: Data) =
-    let node = Nodes.JsonNode.Parse(File.ReadAllText folder.ConfigPath).AsObject()
+let describeData (data: Data) : JsonNode =
     let describe (d: Data) =
         JsonSerializer.SerializeToNode
             {| name = d.Name; channels = d.Train.Channels; height = d.Train.Height; width = d.Train.Width
@@ -115,8 +119,7 @@ let recordData (folder: RunFolder) (data: Data) =
                skipped_files = Seq.append d.Train.Skipped d.Test.Skipped |> Seq.distinct |> Seq.length |}
     let described = describe data
     data.Eval |> Option.iter (fun e -> described["eval"] <- describe e)
-    node["data"] <- described
-    RunFolder.WriteAtomically(folder.ConfigPath, node.ToJsonString(RunFolder.Json))
+    described
 
 /// Training images at `batch` (indices) as float32 pixel values in [0, 1] on `device`, for
 /// augmentations defined on pixel values (brightness, contrast, Lab); `standardise` afterwards.
@@ -153,13 +156,30 @@ let evalBudget preset =
     | Smoke -> { ProbeIterations = 60; TsnePoints = 300L; TsneIterations = 250 }
     | _ -> { ProbeIterations = 300; TsnePoints = 1000L; TsneIterations = 750 }
 
-/// Linear probe, kNN and few-label linear probes of an encoder's frozen features.
-let evaluateFeatures (budget: EvalBudget) (data: Data) (seed: int64) (trainFeatures: torch.Tensor) (testFeatures: torch.Tensor) =
+/// The fewest training images of any class of a labelled set, with that class's name.
+let smallestClass (data: Data) =
+    let counts = data.Train.ClassCounts()
+    if counts.Length = 0 then 0L, "(none)"
+    else
+        let c = Array.IndexOf(counts, Array.min counts)
+        counts[c], data.Train.ClassNames[c]
+
+/// The few-label budgets (fewLabelBudgets) every class of `data` can serve, and a note for each one
+/// left out (result.json's "notes"; its figure stays null).
+let feasibleBudgets (data: Data) =
+    let smallest, name = smallestClass data
+    let fits, left = fewLabelBudgets |> List.partition (fun n -> int64 n <= smallest)
+    fits, [ for n in left -> $"few_label_linear_acc {n}: not run, class '{name}' of {data.Name} has {smallest} training images (fewer than {n} per class)" ]
+
+/// Linear probe, kNN and few-label linear probes (at `budgets` labels per class; the others of
+/// fewLabelBudgets are null) of an encoder's frozen features.
+let evaluateFeatures (budget: EvalBudget) (budgets: int list) (data: Data) (seed: int64) (trainFeatures: torch.Tensor) (testFeatures: torch.Tensor) =
     let probe =
         LinearProbe.Evaluate(trainFeatures, data.Train.Labels, testFeatures, data.Test.Labels, data.Classes, seed, budget.ProbeIterations)
     let knn = Knn.Accuracy(trainFeatures, data.Train.Labels, testFeatures, data.Test.Labels, data.Classes)
     let few = Collections.Generic.Dictionary<string, Nullable<float>>()
-    for n in fewLabelBudgets do
+    for n in fewLabelBudgets do few[string n] <- Nullable()
+    for n in budgets do
         let split = LabelSplitter.Draw(data.Train, n, seed)
         use idx = torch.tensor(split.Labelled)
         use x = trainFeatures.index_select(0L, idx)
@@ -177,13 +197,27 @@ let extract (encoder: Encoder) (data: Data) (device: torch.Device) =
 let cached<'T> (request: Request) (key: string) (compute: unit -> 'T) : 'T =
     let cacheDir = Path.Combine(Path.GetDirectoryName(Path.GetFullPath request.Out), ".cache")
     let cache = Path.Combine(cacheDir, key + ".json")
-    if File.Exists cache then
-        JsonSerializer.Deserialize<'T>(File.ReadAllText cache)
-    else
+    let stored =
+        if File.Exists cache then
+            // A cache file that does not read back (cut short, edited) is computed again.
+            try Some(JsonSerializer.Deserialize<'T>(File.ReadAllText cache)) with :? JsonException -> None
+        else None
+    match stored with
+    | Some value when not (isNull (box value)) -> value
+    | _ ->
         let value = compute ()
         Directory.CreateDirectory cacheDir |> ignore
         RunFolder.WriteAtomically(cache, JsonSerializer.Serialize value)
         value
+
+/// Runs `work`, one phase of the evaluation after training, between a line naming it and its time,
+/// so no minute passes without a word (docs/reliability.md).
+let phase (name: string) (work: unit -> 'T) : 'T =
+    eprintfn "eval: %s ..." name
+    let clock = Diagnostics.Stopwatch.StartNew()
+    let result = work ()
+    eprintfn "eval: %s done in %.1f s" name clock.Elapsed.TotalSeconds
+    result
 
 /// Figures of the baselines that do not depend on the method: the randomly initialised encoder
 /// (cached per data set, preset, encoder and seed) and raw pixels (cached per data set, preset and
@@ -192,25 +226,27 @@ let protocolBaselines (request: Request) (data: Data) (name: string) (encoderNam
     let budget = evalBudget request.Preset
     let randomInit =
         cached request $"random-init-{name}-{Preset.name request.Preset}-{encoderName}-seed{request.Seed}" (fun () ->
+          phase "random-init baseline (features, linear probe, kNN)" (fun () ->
             torch.manual_seed(request.Seed) |> ignore
             use random = makeEncoder ()
             random.``to``(device) |> ignore
             let rtr, rte = extract random data device
             use rtr = rtr
             use rte = rte
-            let rProbe, rKnn, _ = evaluateFeatures budget data request.Seed rtr rte
-            ProtocolFigures(LinearProbeAcc = Nullable rProbe, KnnAcc = Nullable rKnn))
+            let rProbe, rKnn, _ = evaluateFeatures budget [] data request.Seed rtr rte
+            ProtocolFigures(LinearProbeAcc = Nullable rProbe, KnnAcc = Nullable rKnn)))
     let rawPixels =
         if data.Train.IsStreamed || data.Test.IsStreamed then
             eprintfn "raw-pixel baseline not run: %s is streamed from its files (over --data-memory-mb), and its pixels as features would not fit either" data.Name
             ProtocolFigures()
         else
             cached request $"raw-pixels-{name}-{Preset.name request.Preset}-seed{request.Seed}" (fun () ->
+              phase "raw-pixel baseline (linear probe, kNN)" (fun () ->
                 use ptr = Features.RawPixels data.Train.Images
                 use pte = Features.RawPixels data.Test.Images
                 let pProbe = LinearProbe.Evaluate(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes, request.Seed, budget.ProbeIterations).TestAccuracy
                 let pKnn = Knn.Accuracy(ptr, data.Train.Labels, pte, data.Test.Labels, data.Classes)
-                ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn))
+                ProtocolFigures(LinearProbeAcc = Nullable pProbe, KnnAcc = Nullable pKnn)))
     [| randomInit; rawPixels |]
 
 /// Steps per epoch of a finished run (its total steps over its epochs), the x scale of its curves.
@@ -289,14 +325,20 @@ let probed (layer: string) (pool: int64) (data: Data) (encoder: Encoder) : Encod
 /// exported encoder and the plots. `testAcc`: the method's own classifier accuracy where it has one;
 /// `supervisedOnly`: the supervised-only baseline on the same labels where it applies.
 let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: Data) (encoder: Encoder) (encoderName: string)
-           (makeEncoder: unit -> Encoder) (summary: Ssl.Host.Engine.TrainSummary) (testAcc: float option) (supervisedOnly: float option) =
+           (makeEncoder: unit -> Encoder) (summary: Ssl.Host.Engine.TrainSummary) (testAcc: float option) (supervisedOnly: float option)
+           (extra: (string * float) list) (notes: string list) =
     let budget = evalBudget request.Preset
     let eval, baselines, probedFeatures =
         match data.Probed with
         | Some probe ->
-            let trainFeatures, testFeatures = extract encoder probe env.Device
+            let trainFeatures, testFeatures =
+                phase $"features of {probe.Train.Count:N0} training and {probe.Test.Count:N0} test images" (fun () -> extract encoder probe env.Device)
             use trainFeatures = trainFeatures
-            let accuracy, knn, few = evaluateFeatures budget probe request.Seed trainFeatures testFeatures
+            let budgets, _ = feasibleBudgets probe
+            let few = budgets |> List.map string |> String.concat ", "
+            let accuracy, knn, few =
+                phase $"linear probe, kNN, few-label probes ({few} labels/class)" (fun () ->
+                    evaluateFeatures budget budgets probe request.Seed trainFeatures testFeatures)
             // The baselines of an evaluation set depend on the training set too (its statistics standardise the inputs).
             let name = match data.Eval with Some e -> $"{e.Name}-by-{data.Name}" | None -> data.Name
             EvalFigures(LinearProbeAcc = Nullable accuracy, KnnAcc = Nullable knn, TestAcc = Option.toNullable testAcc, FewLabelLinearAcc = few),
@@ -313,8 +355,11 @@ let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: D
                                         SupervisedOnly = SupervisedFigures(TestAcc = Option.toNullable supervisedOnly)),
             Train = TrainFigures(Epochs = summary.Epochs, Steps = summary.Steps, WallSeconds = summary.WallSeconds,
                                  ImagesPerSecond = summary.ImagesPerSecond, PeakRssMb = summary.PeakRssMb),
-            Versions = env.Versions)
-    folder.WriteResult result
+            Versions = env.Versions, Notes = (if notes.IsEmpty then null else Collections.Generic.List<string>(notes)))
+    let result =
+        if extra.IsEmpty then result
+        else result.WithExtra(extra |> List.map (fun (k, v) -> Collections.Generic.KeyValuePair(k, Nullable v)))
+    FaultInjection.At "eval"
     // The export is the whole encoder, also when an inner layer was evaluated (`ssl eval --layer` reads it there).
     let exported = match box encoder with :? IEncoderView as view -> view.Encoder | _ -> encoder
     Ssl.Host.Export.EncoderExport.Save(exported, Path.Combine(folder.Root, "export")) |> ignore
@@ -322,6 +367,8 @@ let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: D
     match probedFeatures with
     | Some(probe, testFeatures) ->
         use testFeatures = testFeatures
-        plotReport budget folder result probe testFeatures
+        phase "plots (accuracy bars, t-SNE map)" (fun () -> plotReport budget folder result probe testFeatures)
     | None -> ()
+    // result.json last: a folder holding it is a finished run whose export and plots are there too.
+    folder.WriteResult result
     result

@@ -34,6 +34,8 @@ type Request =
       DataMemoryMb: int64
       /// Image decoding threads; 0 = the cores (--workers).
       Workers: int
+      /// How an image folder is read: auto, unlabelled, classes or split (--layout).
+      Layout: Ssl.Host.Data.FolderLayout
       DataRoot: string option
       /// Labels per class for few-label and semi-supervised runs; None = all labels.
       Labels: int option
@@ -43,6 +45,8 @@ type Request =
       Deterministic: bool
       Out: string
       Resume: bool
+      /// Replace the run a folder holds (--force); without it a folder holding a run is refused.
+      Force: bool
       /// The recipe's resolved config (Configs.toJson of its record); None = the preset's own.
       Config: JsonObject option
       /// The `--set` overrides the config holds, as given (config.json lists them).
@@ -52,7 +56,7 @@ type Request =
     static member Create(method: string, preset: Preset, [<Optional; DefaultParameterValue("fashion-mnist")>] dataset: string,
                          [<Optional; DefaultParameterValue(0L)>] seed: int64, [<Optional; DefaultParameterValue(null: string)>] folder: string,
                          [<Optional; DefaultParameterValue(0)>] labels: int) =
-        { Method = method; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = None; DataMemoryMb = defaultDataMemoryMb; Workers = 0; DataRoot = None
+        { Method = method; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = None; DataMemoryMb = defaultDataMemoryMb; Workers = 0; Layout = Ssl.Host.Data.FolderLayout.Auto; DataRoot = None
           Labels = (if labels > 0 then Some labels else None); Seed = seed; Device = DeviceRequest.Cpu; Threads = 0
           Deterministic = false; Out = (if isNull folder then System.IO.Path.Combine("runs", $"{method}-{Preset.name preset}") else folder)
-          Resume = false; Config = None; Overrides = [] }
+          Resume = false; Force = false; Config = None; Overrides = [] }

@@ -123,9 +123,10 @@ let expand (recipes: Recipe list) (grid: Grid) : RunSpec list * (string * string
     | (name, _) :: _ -> invalidArg "--method" $"--method: expected distinct runs, found '{name}' twice (a method or seed listed twice)"
     | [] -> runs, notRun
 
-/// The `ssl train` arguments of `run` into `dir`, with `threads` torch threads where given.
+/// The `ssl train` arguments of `run` into `dir`, with `threads` torch threads where given. A run
+/// the sweep starts is one it found not done (upToDate), so it replaces what the folder holds (--force).
 let trainArgs (run: RunSpec) (dir: string) (threads: int option) =
-    [ "train"; run.Method; "--preset"; Preset.name run.Preset; "--seed"; string run.Seed; "--out"; dir ]
+    [ "train"; run.Method; "--preset"; Preset.name run.Preset; "--seed"; string run.Seed; "--out"; dir; "--force" ]
     @ (run.Labels |> Option.map (fun n -> [ "--labels"; string n ]) |> Option.defaultValue [])
     @ (run.Dataset |> Option.map (fun d -> [ "--dataset"; d ]) |> Option.defaultValue [])
     @ (run.Overrides |> List.collect (fun o -> [ "--set"; o ]))

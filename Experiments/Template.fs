@@ -133,29 +133,68 @@ let requireSquare (what: string) (data: Data) =
     if data.Train.Height <> data.Train.Width then
         invalidArg "--dataset" $"--dataset: {what} needs square images, found {data.Train.Height}x{data.Train.Width}"
 
-/// Runs `spec` with `config` for `request`: the whole run, from config.json to result.json.
-let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
-    let semi = not spec.Traits.LabelBudgets.IsEmpty
-    let request = if semi then { request with Labels = Some(defaultArg request.Labels spec.Traits.LabelBudgets.Head) } else request
-    let configJson = Configs.toJson config
-    if request.Resume && IO.File.Exists folder.ConfigPath then
-        let before = JsonNode.Parse(IO.File.ReadAllText folder.ConfigPath)
+/// The checks of `folder` before a run starts in it (nothing is written): a finished run is
+/// refused unless --resume (re-evaluate) or --force (replace); an unfinished one unless --resume or
+/// --force; --resume needs the run's config.json and asks for the same config, seed and labels.
+/// Returns whether the run resumes (false when --resume finds no run yet, which starts one).
+let checkFolder (request: Request) (configJson: JsonObject) (folder: RunFolder) =
+    let state = folder.State
+    if request.Resume && request.Force then
+        invalidArg "--force" "--force: replaces a run folder's run, --resume continues it; expected one of them, found both"
+    match state, request.Resume, request.Force with
+    | _, false, true -> false
+    | RunState.Finished, false, false ->
+        raise (RunFolderException(folder.Root, "a folder without a run (--out)",
+                                  "a finished run (result.json); pass --resume to evaluate it again, --force to replace it, or another --out"))
+    | RunState.Unfinished, false, false ->
+        raise (RunFolderException(folder.Root, "a folder without a run (--out)",
+                                  "an unfinished run; pass --resume to continue it, --force to replace it, or another --out"))
+    | RunState.Empty, true, _ ->
+        eprintfn "--resume: %s holds no run yet; starting one" folder.Root
+        false
+    | _, true, _ when not (IO.File.Exists folder.ConfigPath) ->
+        raise (RunFolderException(folder.ConfigPath, "the config.json of the run to resume",
+                                  "no such file (the folder holds a checkpoint or metrics without it); start again with --force, or use another --out"))
+    | _, true, _ ->
+        let before =
+            try JsonNode.Parse(IO.File.ReadAllText folder.ConfigPath)
+            with :? Text.Json.JsonException as e -> raise (DataException(folder.ConfigPath, "the JSON config.json `ssl train` wrote", e.Message.Split('\n')[0]))
+        if isNull before || before.GetValueKind() <> Text.Json.JsonValueKind.Object then
+            raise (DataException(folder.ConfigPath, "the JSON object config.json `ssl train` wrote", (if isNull before then "null" else before.ToJsonString())))
         let same (key: string) (now: JsonNode) =
             let was = before[key]
             (if isNull was then "null" else was.ToJsonString()) = (if isNull now then "null" else now.ToJsonString())
         let labels = request.Labels |> Option.map (fun n -> JsonValue.Create n :> JsonNode) |> Option.toObj
-        for key, now in [ "config", configJson :> JsonNode; "seed", JsonValue.Create request.Seed; "labels_per_class", labels ] do
+        for key, now in [ "method", JsonValue.Create request.Method :> JsonNode; "dataset", JsonValue.Create request.Dataset
+                          "config", configJson :> JsonNode
+                          "seed", JsonValue.Create request.Seed; "labels_per_class", labels ] do
             if not (same key now) then
                 invalidArg "--resume"
                     $"--resume: {folder.ConfigPath} holds {key} {before[key]}, this command asks for {now}; resume with the run's own settings (--config {folder.ConfigPath}) or use another --out"
-    folder.WriteConfig
-        {| method = request.Method; preset = Preset.name request.Preset; dataset = request.Dataset
-           eval_dataset = Option.toObj request.EvalDataset; image_size = Option.toNullable request.ImageSize
-           labels_per_class = Option.toNullable request.Labels; seed = request.Seed; device = env.DeviceName; threads = env.Threads
-           deterministic = env.Deterministic; encoder = spec.EncoderName config; overrides = request.Overrides; config = configJson |}
+        true
+    | RunState.Empty, false, false -> false
+    | _ -> false
+
+/// Bytes a checkpoint of these modules and optimizers takes at most: every parameter and buffer,
+/// and up to two optimizer moments per parameter, as float32 (4 bytes), with a margin for the rest.
+let checkpointBytes (step: ITrainingStep) =
+    let count (t: torch.Tensor) = t.numel() * 4L
+    let parameters = step.Modules.Values |> Seq.sumBy (fun m -> m.parameters() |> Seq.sumBy count)
+    let buffers = step.Modules.Values |> Seq.sumBy (fun m -> m.buffers() |> Seq.sumBy count)
+    let state = step.State.Values |> Seq.sumBy count
+    (3L * parameters + buffers + state) + (16L <<< 20)
+
+/// Runs `spec` with `config` for `request`: the whole run, from config.json to result.json. Every
+/// check (the folder, the data, the labels each probe needs, the probed layer) comes before the
+/// first byte goes into the run folder (docs/reliability.md).
+let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
+    let semi = not spec.Traits.LabelBudgets.IsEmpty
+    let request = if semi then { request with Labels = Some(defaultArg request.Labels spec.Traits.LabelBudgets.Head) } else request
+    let configJson = Configs.toJson config
+    let resuming = checkFolder request configJson folder
+    let request = { request with Resume = resuming }
     use data = loadData request
-    checkSkipped folder data |> ignore
-    recordData folder data
+    let skipped = checkSkipped data
     let needsLabels = semi || spec.Traits.SupervisedOnly = OwnResult
     if needsLabels && not data.Train.IsLabelled then
         invalidArg "--dataset"
@@ -163,6 +202,11 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
     if spec.Traits.Colour && data.Train.Channels <> 3L then
         invalidArg "--dataset"
             $"--dataset: {request.Method} needs colour (3-channel) images such as cifar10, cifar100, stl10 or an image folder; '{request.Dataset}' has {data.Train.Channels} channel(s)"
+    match data.Probed with
+    | Some probe when probe.Classes < 2 ->
+        let flag = if data.Eval.IsSome then "--eval-dataset" else "--dataset"
+        invalidArg flag $"{flag}: expected labelled images of at least 2 classes to probe, found {probe.Classes} class in '{probe.Name}'"
+    | _ -> ()
     spec.CheckData config data
     let split =
         if semi then
@@ -172,12 +216,55 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
                 invalidArg "--labels" $"--labels: expected fewer labels per class than the training set holds, found {perClass} (nothing left unlabelled)"
             Some split
         else None
-    torch.manual_seed(request.Seed) |> ignore
+    // What the evaluation will need, checked now rather than after training.
+    let notes = Collections.Generic.List<string>()
+    data.Probed |> Option.iter (fun probe -> notes.AddRange(snd (feasibleBudgets probe)))
+    let supervisedLabels =
+        match spec.Traits.SupervisedOnly, data.Probed with
+        | Trained, Some probe ->
+            let perClass = defaultArg request.Labels 10
+            let smallest, name = smallestClass probe
+            if int64 perClass <= smallest then Some perClass
+            elif request.Labels.IsSome then
+                invalidArg "--labels" $"--labels: expected at most {smallest} per class (class '{name}' of {probe.Name} has {smallest} training images), found {perClass}"
+            else
+                notes.Add $"supervised_only: not run, class '{name}' of {probe.Name} has {smallest} training images (fewer than {perClass} per class)"
+                None
+        | _ -> None
     let newEncoder () = spec.Encoder config data
+    torch.manual_seed(request.Seed) |> ignore
     let context =
         { Request = request; Env = env; Folder = folder; Data = data; Config = config; Split = split; NewEncoder = newEncoder }
     let t = spec.Build context
     try
+        let layer, pool = t.Probe
+        // The probed layer exists (a typo fails now, not after training); built on a copy of the
+        // trained encoder's architecture, after Build so the run's random draws are unchanged.
+        (let state = torch.get_rng_state()
+         try
+            use check = newEncoder ()
+            let probedCheck, _ = probed layer pool data check
+            if not (Object.ReferenceEquals(probedCheck, check)) then probedCheck.Dispose()
+         finally
+            torch.set_rng_state state
+            state.Dispose())
+        folder.RequireFreeSpace(checkpointBytes t.Step, "a checkpoint of this run")
+        // Every check passed: the folder is written from here on.
+        if request.Force then folder.ClearRun()
+        folder.CreateLayout()
+        writeSkipped folder skipped
+        folder.WriteConfig
+            {| method = request.Method; preset = Preset.name request.Preset; dataset = request.Dataset
+               dataset_path = (if DataCatalog.IsFolder request.Dataset then IO.Path.GetFullPath request.Dataset else null)
+               eval_dataset = Option.toObj request.EvalDataset
+               eval_dataset_path =
+                   (match request.EvalDataset with Some d when DataCatalog.IsFolder d -> IO.Path.GetFullPath d | _ -> null)
+               image_size = Option.toNullable request.ImageSize
+               layout = (match request.Layout with FolderLayout.Auto -> null | l -> l.ToString().ToLowerInvariant())
+               labels_per_class = Option.toNullable request.Labels; seed = request.Seed; device = env.DeviceName; threads = env.Threads
+               deterministic = env.Deterministic; encoder = spec.EncoderName config
+               probe = {| layer = layer; pool = pool |}
+               overrides = request.Overrides; config = configJson; data = describeData data |}
         for m in t.Step.Modules.Values do m.``to``(env.Device) |> ignore
         let options =
             TrainerOptions(Epochs = t.Epochs, BatchSize = t.BatchSize, ExampleCount = t.Examples, Seed = request.Seed,
@@ -189,21 +276,18 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
             match spec.Traits.SupervisedOnly with
             | Trained ->
                 let backbone = spec.Backbone config |> Option.defaultValue (SupervisedTraining.config request.Preset).Encoder
-                data.Probed
-                |> Option.map (fun probe -> SupervisedTraining.supervisedOnlyCached request backbone probe (defaultArg request.Labels 10) folder env.Device)
+                match data.Probed, supervisedLabels with
+                | Some probe, Some perClass ->
+                    Some(phase $"supervised-only baseline on {perClass} labels/class" (fun () ->
+                        SupervisedTraining.supervisedOnlyCached request backbone probe perClass folder env.Device))
+                | _ -> None
             | OwnResult -> request.Labels |> Option.bind (fun _ -> testAcc)
             | NotReported -> None
         let extra = t.Extra()
-        let layer, pool = t.Probe
         let evaluated, suffix = probed layer pool data t.Evaluated
         let makeEncoder () = fst (probed layer pool data (newEncoder ()))
-        let result =
-            finish request env folder data evaluated (spec.EncoderName config + suffix) makeEncoder summary testAcc supervisedOnly
-        if extra.IsEmpty then result
-        else
-            let result = result.WithExtra(extra |> List.map (fun (k, v) -> Collections.Generic.KeyValuePair(k, Nullable v)))
-            folder.WriteResult result
-            result
+        finish request env folder data evaluated (spec.EncoderName config + suffix) makeEncoder summary testAcc supervisedOnly
+            extra (List.ofSeq notes)
     finally
         for d in List.rev t.Owned do d.Dispose()
 

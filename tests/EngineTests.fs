@@ -259,7 +259,7 @@ let trainerTests =
         test "a resume with another config is refused" {
             let folder = RunFolder(Fixtures.tempDir "digest")
             Trainer.Run(LinearTask(4L), options 1, folder, torch.CPU, SilentProgress()) |> ignore
-            let e = Prop.throws<InvalidOperationException> (fun () ->
+            let e = Prop.throws<InvalidDataException> (fun () ->
                 Trainer.Run(LinearTask(4L), (optionsWith 2 None true "other"), folder, torch.CPU, SilentProgress()) |> ignore)
             Expect.stringContains e.Message "expected a checkpoint of this config" "message"
         }

@@ -92,7 +92,7 @@ let tests =
                 "names, in order; semi-supervised at its own budgets"
             let r = runs |> List.find (fun r -> r.Name = "mixmatch-100-Epochs-3-seed1")
             Expect.equal (Sweep.trainArgs r "d" (Some 1))
-                [ "train"; "mixmatch"; "--preset"; "quick"; "--seed"; "1"; "--out"; "d"; "--labels"; "100"; "--set"; "Epochs=3"; "--threads"; "1" ] "arguments"
+                [ "train"; "mixmatch"; "--preset"; "quick"; "--seed"; "1"; "--out"; "d"; "--force"; "--labels"; "100"; "--set"; "Epochs=3"; "--threads"; "1" ] "arguments"
             let digests = runs |> List.map (fun r -> r.Digest) |> List.distinct
             Expect.equal digests.Length 6 "one digest per (method, labels, config); seeds share it"
             let labelled, _ = Sweep.expand recipes { grid [ "mixmatch" ] with Labels = [ 40 ] }

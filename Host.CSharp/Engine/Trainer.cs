@@ -63,23 +63,32 @@ public static class Trainer
         var checkpoint = Path.Combine(folder.CheckpointsDir, CheckpointName);
         var startEpoch = 0;
         long globalStep = 0;
+        TrainingPosition? resumed = null;
         if (options.Resume && File.Exists(checkpoint))
         {
-            var position = Checkpoint.Load(checkpoint, step, optimizers);
+            var position = Checkpoint.ReadPosition(checkpoint);
             if (position.Seed != options.Seed || position.ConfigDigest != options.ConfigDigest)
-                throw new InvalidOperationException(
+                throw new InvalidDataException(
                     $"{checkpoint}: expected a checkpoint of this config (seed {options.Seed}, digest {options.ConfigDigest}), " +
                     $"found seed {position.Seed}, digest {position.ConfigDigest}; use another --out folder or drop --resume");
-            (startEpoch, globalStep) = (position.NextEpoch, position.GlobalStep);
+            resumed = Checkpoint.Load(checkpoint, step, optimizers);
+            (startEpoch, globalStep) = (resumed.NextEpoch, resumed.GlobalStep);
+            // Rows the dead process wrote after this checkpoint (and a half-written last line) go: the
+            // resumed run writes them again.
+            folder.TrimMetrics(startEpoch, globalStep);
         }
+        else if (options.Resume)
+            folder.TrimMetrics(0, 0);
 
         var sampler = new BatchSampler(options.ExampleCount, options.BatchSize, options.Seed);
         var stepsPerEpoch = sampler.BatchesPerEpoch;
         var tensorboard = utils.tensorboard.SummaryWriter(Path.Combine(folder.Root, "tensorboard"));
         progress.Start(options.Epochs, stepsPerEpoch, startEpoch);
         var clock = Stopwatch.StartNew();
-        var trainingSeconds = 0.0;
-        long imagesSeen = 0;
+        var wallBefore = resumed?.WallSeconds ?? 0.0;
+        var trainingSeconds = resumed?.TrainingSeconds ?? 0.0;
+        long imagesSeen = resumed?.ImagesSeen ?? 0;
+        var peakBefore = resumed?.PeakRssMb ?? 0.0;
         var epochsRun = 0;
         var lastEpoch = startEpoch;
         var benchmark = StepBenchmark.Active;
@@ -106,9 +115,17 @@ public static class Trainer
                     manual_seed(Seeds.Derive(options.Seed, globalStep));
                     var context = new StepContext(epoch, globalStep, options.Epochs * stepsPerEpoch, options.Seed, device, optimizers, batch.Length);
                     try { figures = step.Step(context, batch); }
+                    catch (NonFiniteLossException e)
+                    {
+                        var kept = File.Exists(checkpoint)
+                            ? $"{checkpoint} holds the state after {epoch} of {options.Epochs} epochs; --resume continues from there"
+                            : "no checkpoint was written yet (it stopped in the first epoch)";
+                        throw new NonFiniteLossException($"{e.Message} Training stopped; {kept}.");
+                    }
                     finally { context.Generator.Dispose(); }
                 }
                 benchmark?.AfterStep(step, batch.Length, stepClock.Elapsed.TotalSeconds);
+                FaultInjection.At("step");
                 foreach (var (k, v) in figures) sums[k] = sums.GetValueOrDefault(k) + v;
                 globalStep++;
                 b++;
@@ -129,7 +146,8 @@ public static class Trainer
             trainingSeconds += epochClock.Elapsed.TotalSeconds;
             imagesSeen += epochImages;
             var means = sums.ToDictionary(kv => kv.Key, kv => kv.Value / Math.Max(b, 1));
-            Checkpoint.Save(checkpoint, new TrainingPosition(epoch + 1, globalStep, options.Seed, options.ConfigDigest), step, optimizers);
+            // Order (docs/reliability.md): the epoch's hook and metrics row first, then the checkpoint
+            // that covers them, so a process killed in between loses no row a resume would not write again.
             afterEpoch?.Invoke(epoch, means);
             var summary = new Dictionary<string, object?>
             {
@@ -140,6 +158,10 @@ public static class Trainer
             };
             foreach (var (k, v) in means) summary[k] = v;
             folder.AppendMetrics(summary);
+            FaultInjection.At("metrics-row");
+            var peak = Math.Max(peakBefore, ProcessStats.PeakRssMb());
+            Checkpoint.Save(checkpoint, new TrainingPosition(epoch + 1, globalStep, options.Seed, options.ConfigDigest,
+                trainingSeconds, wallBefore + clock.Elapsed.TotalSeconds, imagesSeen, peak), step, optimizers);
             foreach (var (k, v) in means) tensorboard.add_scalar($"epoch/{k}", (float)v, epoch);
             progress.EpochEnd(epoch, means, epochImages / Math.Max(epochClock.Elapsed.TotalSeconds, 1e-9));
             epochsRun++;
@@ -147,7 +169,7 @@ public static class Trainer
         }
         progress.Stop();
         var finished = lastEpoch >= options.Epochs;
-        return new TrainSummary(lastEpoch, globalStep, clock.Elapsed.TotalSeconds,
-            imagesSeen / Math.Max(trainingSeconds, 1e-9), ProcessStats.PeakRssMb(), finished);
+        return new TrainSummary(lastEpoch, globalStep, wallBefore + clock.Elapsed.TotalSeconds,
+            imagesSeen / Math.Max(trainingSeconds, 1e-9), Math.Max(peakBefore, ProcessStats.PeakRssMb()), finished);
     }
 }

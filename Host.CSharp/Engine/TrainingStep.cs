@@ -28,7 +28,7 @@ public interface ITrainingStep
     IReadOnlyDictionary<string, double> Step(StepContext context, long[] batch);
 }
 
-/// <summary>A loss that is NaN or infinite: training stops and the last good checkpoint stays.</summary>
+/// <summary>A loss that is NaN or infinite: training stops; the trainer's message says which checkpoint, if any, holds the last good state.</summary>
 public sealed class NonFiniteLossException(string message) : Exception(message);
 
 /// <summary>What a step sees of the engine: where it is, its randomness, and its optimizers.</summary>
@@ -97,8 +97,7 @@ public sealed class StepContext
         var target = Get(optimizer);
         if (!float.IsFinite(value))
             throw new NonFiniteLossException(
-                $"loss of optimizer '{optimizer}' is {value} at epoch {Epoch}, step {GlobalStep}: expected a finite number. " +
-                "Training stopped; the last checkpoint holds the last good state (lower the learning rate or check the data).");
+                $"loss of optimizer '{optimizer}' is {value} at epoch {Epoch}, step {GlobalStep}: expected a finite number (lower the learning rate or check the data).");
         var start = System.Diagnostics.Stopwatch.GetTimestamp();
         target.ZeroGrad();
         var zeroed = System.Diagnostics.Stopwatch.GetTimestamp();

@@ -19,10 +19,29 @@ public static class EncoderExport
         var dat = Path.Combine(directory, name + ".dat");
         var safetensors = Path.Combine(directory, name + ".safetensors");
         var names = Path.Combine(directory, name + ".names.txt");
-        encoder.save(dat);
-        encoder.save_safetensors(safetensors);
-        File.WriteAllLines(names, Describe(encoder));
+        // Each file through a temp file and a rename, so a killed process leaves the previous export whole.
+        Ssl.Host.Runs.RunFolder.Guard(dat, "the exported encoder", () =>
+        {
+            Replace(dat, temp => encoder.save(temp));
+            Replace(safetensors, temp => encoder.save_safetensors(temp));
+            Replace(names, temp => File.WriteAllLines(temp, Describe(encoder)));
+        });
         return (dat, safetensors, names);
+    }
+
+    static void Replace(string path, Action<string> write)
+    {
+        var temp = path + ".tmp";
+        try
+        {
+            write(temp);
+            File.Move(temp, path, true);
+        }
+        catch
+        {
+            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
     }
 
     /// <summary>One line per state tensor: <c>name dtype [d0, d1, ...]</c>.</summary>

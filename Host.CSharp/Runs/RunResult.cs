@@ -66,6 +66,14 @@ public sealed record RunResult
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public Dictionary<string, double?>? Extra { get; init; }
 
+    /// <summary>
+    /// What the run left out and why (a few-label probe a class is too small for, a baseline not
+    /// run), one sentence each; absent from result.json when nothing was left out.
+    /// </summary>
+    [JsonPropertyName("notes")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public List<string>? Notes { get; init; }
+
     /// <summary>This result with <paramref name="extra"/> as its method-specific figures.</summary>
     public RunResult WithExtra(IEnumerable<KeyValuePair<string, double?>> extra) => this with { Extra = new Dictionary<string, double?>(extra) };
 }
