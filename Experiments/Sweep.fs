@@ -370,6 +370,15 @@ let emitSlurm (root: string) (commit: string) (pending: RunSpec list) (resources
     RunFolder.WriteAtomically(script, String.concat "\n" lines + "\n")
     script
 
+/// The name of a sweep's Kubernetes Job and ConfigMap: "ssl-sweep-<commit's first 8>-<sweep's 8>",
+/// the sweep's part a hash of the sweep folder's full path and its tasks.json (commit and pending
+/// runs): two sweeps of one commit never share a name, and one sweep emitted again keeps its name.
+/// A valid DNS-1123 label: lowercase letters, digits and '-', at most 28 characters.
+let kubernetesName (root: string) (commit: string) (tasks: string) =
+    let clean = commit.ToLowerInvariant() |> String.map (fun c -> if Char.IsAsciiLetterOrDigit c then c else '-')
+    let sweep = SHA256.HashData(Encoding.UTF8.GetBytes $"{Path.GetFullPath root}\n{tasks}") |> Convert.ToHexString
+    $"ssl-sweep-{clean.Substring(0, min 8 clean.Length)}-{sweep.Substring(0, 8).ToLowerInvariant()}"
+
 /// Writes <root>/sweep-job.json: a Kubernetes List of a ConfigMap holding tasks.json and a batch/v1
 /// Indexed Job (completions = pending runs) whose pod k runs `ssl sweep-task /sweep/tasks.json k`
 /// with the run folders on the PersistentVolumeClaim `claim` at /runs. JSON is what kubectl applies
@@ -378,8 +387,8 @@ let emitKubernetes (root: string) (commit: string) (pending: RunSpec list) (reso
                    (parallelism: int) =
     let root = Path.GetFullPath root
     Directory.CreateDirectory root |> ignore
-    let name = $"ssl-sweep-{commit.Substring(0, min 8 commit.Length)}"
     let tasks = tasksJson commit pending
+    let name = kubernetesName root commit tasks
     RunFolder.WriteAtomically(Path.Combine(root, tasksName), tasks)
     let command =
         $"exec ssl sweep-task /sweep/{tasksName} \"$JOB_COMPLETION_INDEX\" --root /runs --threads {resources.Cpus}"

@@ -205,7 +205,26 @@ let tests =
             Expect.equal ((at job [ "spec"; "template"; "spec"; "restartPolicy" ]).GetValue<string>()) "Never" "restartPolicy"
             let configMap = items |> Seq.find (fun i -> i["kind"].GetValue<string>() = "ConfigMap")
             Expect.equal ((at configMap [ "metadata"; "name" ]).GetValue<string>()) ((at job [ "metadata"; "name" ]).GetValue<string>()) "the Job mounts its ConfigMap"
+            Expect.stringStarts ((at job [ "metadata"; "name" ]).GetValue<string>()) "ssl-sweep-abcdef01-" "named by the commit, then the sweep"
             Expect.stringContains ((at configMap [ "data"; "tasks.json" ]).GetValue<string>()) "mixmatch-100-seed0" "the run list"
+        }
+        test "a sweep's Kubernetes name is of its commit and the sweep: two sweeps of one commit differ, one emitted twice keeps it" {
+            let runs, _ = Sweep.expand recipes { grid [ "rotnet"; "mixmatch" ] with Seeds = [ 0L ] }
+            let resources: Sweep.Resources = { Cpus = 1; MemoryGb = 2; Hours = 1 }
+            let commit = "0123456789abcdef0123456789abcdef01234567"
+            let name (root: string) (pending: Sweep.RunSpec list) =
+                let manifest = JsonNode.Parse(File.ReadAllText(Sweep.emitKubernetes root commit pending resources "img:1" "pvc" 1))
+                let names = [ for i in manifest["items"].AsArray() -> (at i [ "metadata"; "name" ]).GetValue<string>() ] |> List.distinct
+                Expect.equal names.Length 1 "the Job and its ConfigMap share the name"
+                names.Head
+            let one, other = Fixtures.tempDir "sweep-name-a", Fixtures.tempDir "sweep-name-b"
+            let first = name one runs
+            Expect.equal (name one runs) first "the same sweep emitted again: the same name"
+            Expect.notEqual (name other runs) first "another sweep folder, one commit: another name"
+            Expect.notEqual (name one runs.Tail) first "other pending runs: another name"
+            for n in [ first; Sweep.kubernetesName one "Unknown_Build.x" "{}"; Sweep.kubernetesName one "" "{}" ] do
+                Expect.isTrue (Text.RegularExpressions.Regex.IsMatch(n, "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$") && n.Length <= 63) $"a DNS-1123 label: {n}"
+            Expect.stringStarts first "ssl-sweep-01234567-" "the commit's first 8 digits"
         }
         test "records hold each run; RESULTS.md shows mean ± std over seeds per digest and keeps trials and stale rows apart" {
             let runs = Fixtures.tempDir "records-runs"
