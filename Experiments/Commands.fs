@@ -520,7 +520,7 @@ let sweep (args: ParseResults<SweepArgs>) =
     let root = args.GetResult(SweepArgs.Out, defaultValue = IO.Path.Combine("runs", "sweep"))
     let runs, notRun = Sweep.expand Registry.recipes grid
     for name, reason in notRun do printfn "not run %s: %s" name reason
-    let commit = Ssl.Host.Runs.RunFolder.GitCommit() |> Option.ofObj |> Option.defaultValue "unknown"
+    let commit = Ssl.Host.Runtime.BuildInfo.Commit
     let resources: Sweep.Resources =
         { Cpus = args.GetResult(SweepArgs.Cpus, defaultValue = 2); MemoryGb = args.GetResult(SweepArgs.Mem_Gb, defaultValue = 8)
           Hours = args.GetResult(SweepArgs.Hours, defaultValue = 4) }

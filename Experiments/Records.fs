@@ -199,7 +199,7 @@ let private methodsTable (recipes: Template.Recipe list) (rows: Row list) =
         let rs = row.Records
         let few (n: int) (r: RunRecord) = match r.Result.Eval.FewLabelLinearAcc.TryGetValue(string n) with | true, v -> percent v | _ -> None
         let overrides = overridesCell recipes rs.Head
-        let commits = rs |> List.map (fun r -> if r.Commit.Length > 10 then r.Commit.Substring(0, 10) else r.Commit) |> List.distinct
+        let commits = rs |> List.map (fun r -> BuildInfo.Short r.Commit) |> List.distinct
         line sb
             [ method; preset; (labels |> Option.map string |> Option.defaultValue "all"); overrides; string rs.Length
               rs |> List.map (fun r -> string r.Seed) |> String.concat ","
@@ -315,7 +315,7 @@ let render (recipes: Template.Recipe list) (recordsDir: string) (outPath: string
     for m in records |> List.map (fun r -> r.Machine) |> List.distinct do say $"- machine: {m}"
     let versions (f: RunResult -> string) = records |> List.map (fun r -> f r.Result) |> List.distinct |> List.map (sprintf "`%s`") |> String.concat ", "
     say $"- TorchSharp: {versions (fun r -> r.Versions.TorchSharp)}; libtorch: {versions (fun r -> r.Versions.LibTorch)}"
-    let commits = records |> List.map (fun r -> r.Commit.Substring(0, min 10 r.Commit.Length)) |> List.distinct |> String.concat ", "
+    let commits = records |> List.map (fun r -> BuildInfo.Short r.Commit) |> List.distinct |> String.concat ", "
     say $"- commits: {commits}"
     sb.ToString(), records.Length, stale.Length
 

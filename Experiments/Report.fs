@@ -112,7 +112,7 @@ let private row (cells: string seq) = "| " + String.Join(" | ", cells) + " |"
 let private header (cells: string list) =
     row cells + "\n" + row (cells |> List.map (fun _ -> "---"))
 
-let private shortCommit (c: string) = if String.IsNullOrEmpty c then missing elif c.Length > 10 then c.Substring(0, 10) else c
+let private shortCommit (c: string) = if String.IsNullOrEmpty c then missing else BuildInfo.Short c
 
 /// The table of every run: protocols, the method's own test accuracy, its supervised-only baseline
 /// and what training cost.

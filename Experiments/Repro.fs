@@ -56,7 +56,7 @@ let writeMachine (runsDir: string) =
 /// (the report is written all the same).
 let run (grid: Sweep.Grid) (shardOf: (int * int) option) (processes: int) (runsDir: string) (recordsDir: string)
         (reportPath: string) (figuresDir: string) =
-    let commit = RunFolder.GitCommit() |> Option.ofObj |> Option.defaultValue "unknown"
+    let commit = BuildInfo.Commit
     let runs, notRun = Sweep.expand Registry.recipes grid
     let mine = match shardOf with Some s -> shard s runs | None -> runs
     writeMachine runsDir

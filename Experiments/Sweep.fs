@@ -145,14 +145,18 @@ let private readNode (path: string) = if File.Exists path then Some(JsonNode.Par
 let private text (node: JsonNode) (key: string) = match node[key] with null -> "" | v -> v.ToJsonString().Trim('"')
 
 /// Whether the run in `dir` is done: Ok () to skip it, Error with the reason to (re)run it. Done
-/// means result.json names `commit` and sweep.json records this digest, this commit and exit code 0.
+/// means result.json names `commit` (the build's, BuildInfo.Commit) and sweep.json records this
+/// digest, this commit and exit code 0. A run of a dirty build (result.json's commit ends in
+/// "-dirty") or of a build with no known commit is never done: its code is not known to be any
+/// commit's.
 let upToDate (dir: string) (commit: string) (run: RunSpec) : Result<unit, string> =
     match readNode (Path.Combine(dir, "result.json")), readNode (Path.Combine(dir, stampName)) with
     | None, _ -> Error "no result.json"
     | Some _, None -> Error $"no {stampName}"
+    | _ when commit = "unknown" -> Error "this build records no commit (built outside a git clone)"
     | Some result, Some stamp ->
         let resultCommit = text result["versions"] "commit"
-        if resultCommit <> commit then Error $"result.json is of commit {resultCommit}, HEAD is {commit}"
+        if resultCommit <> commit then Error $"result.json is of commit {resultCommit}, this build of {commit}"
         elif text stamp "digest" <> run.Digest then Error $"""another config (digest {text stamp "digest"}, now {run.Digest})"""
         elif text stamp "commit" <> commit then Error $"""{stampName} is of commit {text stamp "commit"}"""
         elif text stamp "exit_code" <> "0" then Error $"""the last attempt failed (exit code {text stamp "exit_code"})"""
@@ -253,7 +257,7 @@ let runTask (tasksPath: string) (index: int) (root: string option) (threads: int
         invalidArg "index" $"index: expected 0 to {runs.Length - 1} ({tasksPath} lists {runs.Length} runs), found {index}"
     let run = runs[index]
     let root = defaultArg root (Path.GetDirectoryName(Path.GetFullPath tasksPath))
-    let commit = RunFolder.GitCommit() |> Option.ofObj |> Option.defaultValue "unknown"
+    let commit = Ssl.Host.Runtime.BuildInfo.Commit
     printfn "ssl sweep-task: %s (%d of %d) into %s" run.Name (index + 1) runs.Length root
     match runOne root commit threads false run with
     | _, None ->
@@ -284,6 +288,9 @@ let localWith (heartbeat: TimeSpan) (root: string) (commit: string) (processes: 
     let skipped = runs.Length - pending.Length
     printfn "ssl sweep: %d runs, %d done already (skipped), %d to run on %d processes of %d threads (commit %s)"
         runs.Length skipped pending.Length processes threads commit
+    if Ssl.Host.Runtime.BuildInfo.Dirty then
+        printfn "ssl sweep: this build is of a dirty tree; its runs record commit %s and are never counted as done"
+            Ssl.Host.Runtime.BuildInfo.Described
     let started = Stopwatch.StartNew()
     let gate = obj ()
     let mutable finished, failed, seconds, running = 0, [], 0.0, Set.empty<string>
@@ -364,6 +371,15 @@ let emitSlurm (root: string) (commit: string) (pending: RunSpec list) (resources
     RunFolder.WriteAtomically(script, String.concat "\n" lines + "\n")
     script
 
+/// The name of a sweep's Kubernetes Job and ConfigMap: "ssl-sweep-<commit's first 8>-<sweep's 8>",
+/// the sweep's part a hash of the sweep folder's full path and its tasks.json (commit and pending
+/// runs): two sweeps of one commit never share a name, and one sweep emitted again keeps its name.
+/// A valid DNS-1123 label: lowercase letters, digits and '-', at most 28 characters.
+let kubernetesName (root: string) (commit: string) (tasks: string) =
+    let clean = commit.ToLowerInvariant() |> String.map (fun c -> if Char.IsAsciiLetterOrDigit c then c else '-')
+    let sweep = SHA256.HashData(Encoding.UTF8.GetBytes $"{Path.GetFullPath root}\n{tasks}") |> Convert.ToHexString
+    $"ssl-sweep-{clean.Substring(0, min 8 clean.Length)}-{sweep.Substring(0, 8).ToLowerInvariant()}"
+
 /// Writes <root>/sweep-job.json: a Kubernetes List of a ConfigMap holding tasks.json and a batch/v1
 /// Indexed Job (completions = pending runs) whose pod k runs `ssl sweep-task /sweep/tasks.json k`
 /// with the run folders on the PersistentVolumeClaim `claim` at /runs. JSON is what kubectl applies
@@ -372,8 +388,8 @@ let emitKubernetes (root: string) (commit: string) (pending: RunSpec list) (reso
                    (parallelism: int) =
     let root = Path.GetFullPath root
     Directory.CreateDirectory root |> ignore
-    let name = $"ssl-sweep-{commit.Substring(0, min 8 commit.Length)}"
     let tasks = tasksJson commit pending
+    let name = kubernetesName root commit tasks
     RunFolder.WriteAtomically(Path.Combine(root, tasksName), tasks)
     let command =
         $"exec ssl sweep-task /sweep/{tasksName} \"$JOB_COMPLETION_INDEX\" --root /runs --threads {resources.Cpus}"

@@ -145,6 +145,41 @@ let tests =
             stamp "000000000000" 0
             Expect.isError (Sweep.upToDate dir "abc" r) "another config"
         }
+        test "a dirty build's run is never done, nor any run for a build with no commit" {
+            let root = Fixtures.tempDir "sweep-dirty"
+            let runs, _ = Sweep.expand recipes (grid [ "rotnet" ])
+            let r = runs.Head
+            let dir = Path.Combine(root, r.Name)
+            let commit = String('a', 40)
+            fakeRun dir "rotnet" 0L None 0.8 $"{commit}-dirty" 10
+            File.WriteAllText(Path.Combine(dir, Sweep.stampName), JsonSerializer.Serialize {| commit = commit; digest = r.Digest; exit_code = 0 |})
+            Expect.isError (Sweep.upToDate dir commit r) "a dirty build's result is not this commit's"
+            fakeRun dir "rotnet" 0L None 0.8 "unknown" 10
+            File.WriteAllText(Path.Combine(dir, Sweep.stampName), JsonSerializer.Serialize {| commit = "unknown"; digest = r.Digest; exit_code = 0 |})
+            Expect.isError (Sweep.upToDate dir "unknown" r) "no commit: nothing is done"
+            Expect.equal (Ssl.Host.Runtime.BuildInfo.Short $"{commit}-dirty") "aaaaaaaaaa-dirty" "the short form keeps the mark"
+            Expect.equal (Ssl.Host.Runtime.BuildInfo.Short commit) "aaaaaaaaaa" "10 digits"
+        }
+        test "BuildInfo.Commit is HEAD of the clone it was built in; result.json records it from any folder" {
+            let repo = Path.GetFullPath(Path.Combine(__SOURCE_DIRECTORY__, ".."))
+            let code, head = if Path.Exists(Path.Combine(repo, ".git")) then sh $"git -C '{repo}' rev-parse HEAD" [] else 1, "no .git"
+            if code <> 0 then skiptestf "not built in a git clone with git on the path: %s" (head.Trim())
+            let commit = Ssl.Host.Runtime.BuildInfo.Commit
+            Expect.isTrue (Ssl.Host.Runtime.BuildInfo.IsCommit commit) $"40 hex digits, found '{commit}'"
+            Expect.equal commit (head.Trim()) "HEAD at build time (rebuild after a commit)"
+            let outside = Fixtures.tempDir "build-info"
+            let code, _ = sh $"git -C '{outside}' rev-parse HEAD" []
+            Expect.notEqual code 0 "the temp folder is outside any git repository"
+            let before = Environment.CurrentDirectory
+            let versions =
+                try
+                    Environment.CurrentDirectory <- outside
+                    RunFolder.CurrentVersions()
+                finally
+                    Environment.CurrentDirectory <- before
+            let expected = if Ssl.Host.Runtime.BuildInfo.Dirty then $"{commit}-dirty" else commit
+            Expect.equal versions.Commit expected "the binary's commit, run from outside the clone"
+        }
         test "--emit slurm writes an sbatch array over the pending runs; --emit k8s a valid Indexed Job" {
             let root = Fixtures.tempDir "sweep-emit"
             let runs, _ = Sweep.expand recipes { grid [ "rotnet"; "mixmatch" ] with Seeds = [ 0L ] }
@@ -170,7 +205,26 @@ let tests =
             Expect.equal ((at job [ "spec"; "template"; "spec"; "restartPolicy" ]).GetValue<string>()) "Never" "restartPolicy"
             let configMap = items |> Seq.find (fun i -> i["kind"].GetValue<string>() = "ConfigMap")
             Expect.equal ((at configMap [ "metadata"; "name" ]).GetValue<string>()) ((at job [ "metadata"; "name" ]).GetValue<string>()) "the Job mounts its ConfigMap"
+            Expect.stringStarts ((at job [ "metadata"; "name" ]).GetValue<string>()) "ssl-sweep-abcdef01-" "named by the commit, then the sweep"
             Expect.stringContains ((at configMap [ "data"; "tasks.json" ]).GetValue<string>()) "mixmatch-100-seed0" "the run list"
+        }
+        test "a sweep's Kubernetes name is of its commit and the sweep: two sweeps of one commit differ, one emitted twice keeps it" {
+            let runs, _ = Sweep.expand recipes { grid [ "rotnet"; "mixmatch" ] with Seeds = [ 0L ] }
+            let resources: Sweep.Resources = { Cpus = 1; MemoryGb = 2; Hours = 1 }
+            let commit = "0123456789abcdef0123456789abcdef01234567"
+            let name (root: string) (pending: Sweep.RunSpec list) =
+                let manifest = JsonNode.Parse(File.ReadAllText(Sweep.emitKubernetes root commit pending resources "img:1" "pvc" 1))
+                let names = [ for i in manifest["items"].AsArray() -> (at i [ "metadata"; "name" ]).GetValue<string>() ] |> List.distinct
+                Expect.equal names.Length 1 "the Job and its ConfigMap share the name"
+                names.Head
+            let one, other = Fixtures.tempDir "sweep-name-a", Fixtures.tempDir "sweep-name-b"
+            let first = name one runs
+            Expect.equal (name one runs) first "the same sweep emitted again: the same name"
+            Expect.notEqual (name other runs) first "another sweep folder, one commit: another name"
+            Expect.notEqual (name one runs.Tail) first "other pending runs: another name"
+            for n in [ first; Sweep.kubernetesName one "Unknown_Build.x" "{}"; Sweep.kubernetesName one "" "{}" ] do
+                Expect.isTrue (Text.RegularExpressions.Regex.IsMatch(n, "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$") && n.Length <= 63) $"a DNS-1123 label: {n}"
+            Expect.stringStarts first "ssl-sweep-01234567-" "the commit's first 8 digits"
         }
         test "records hold each run; RESULTS.md shows mean ± std over seeds per digest and keeps trials and stale rows apart" {
             let runs = Fixtures.tempDir "records-runs"
@@ -244,7 +298,11 @@ let tests =
             Expect.isTrue overlap "two runs trained at the same time"
             let stamps = [ for d in Directory.GetDirectories root -> File.GetLastWriteTimeUtc(Path.Combine(d, Sweep.stampName)) ]
             Expect.equal (run args) 0 "the second call"
-            Expect.equal [ for d in Directory.GetDirectories root -> File.GetLastWriteTimeUtc(Path.Combine(d, Sweep.stampName)) ] stamps "nothing reran"
+            let again = [ for d in Directory.GetDirectories root -> File.GetLastWriteTimeUtc(Path.Combine(d, Sweep.stampName)) ]
+            // A build of a dirty tree, or of no known commit, never counts a run as done.
+            if Ssl.Host.Runtime.BuildInfo.Dirty || Ssl.Host.Runtime.BuildInfo.Commit = "unknown" then
+                Expect.equal (List.zip again stamps |> List.filter (fun (a, b) -> a <> b) |> List.length) 4 "all four reran"
+            else Expect.equal again stamps "nothing reran"
         }
         test "a real single-node Slurm runs a 3-task array of smoke runs; their records report n = 3" {
             let code, output = sh $"'{slurmScript}' start" []

@@ -224,27 +224,18 @@ public sealed class RunFolder
         }
     }
 
-    /// <summary>The versions block of result.json: git commit (if any), TorchSharp, libtorch.</summary>
+    /// <summary>
+    /// The versions block of result.json: the commit this binary was built from (BuildInfo.Described:
+    /// 40 hex digits, "-dirty" appended for a dirty tree, "unknown" outside a clone), TorchSharp, libtorch.
+    /// </summary>
     public static VersionFigures CurrentVersions()
     {
         var (torchSharp, libTorch) = TorchRuntime.Versions();
-        return new VersionFigures { Commit = GitCommit() ?? "unknown", TorchSharp = torchSharp, LibTorch = libTorch };
+        return new VersionFigures { Commit = Ssl.Host.Runtime.BuildInfo.Described, TorchSharp = torchSharp, LibTorch = libTorch };
     }
 
-    /// <summary>The commit HEAD names in the current folder's git repository, or null outside one.</summary>
-    public static string? GitCommit()
-    {
-        try
-        {
-            var psi = new ProcessStartInfo("git", "rev-parse HEAD") { RedirectStandardOutput = true, RedirectStandardError = true };
-            using var p = Process.Start(psi)!;
-            var output = p.StandardOutput.ReadToEnd().Trim();
-            p.WaitForExit();
-            return p.ExitCode == 0 && output.Length > 0 ? output : null;
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            return null;
-        }
-    }
+    /// <summary>The commit this binary was built from (BuildInfo.Commit), or null for a build outside a clone.</summary>
+    [Obsolete("Use Ssl.Host.Runtime.BuildInfo.Commit: the commit compiled into the binary.")]
+    public static string? GitCommit() =>
+        Ssl.Host.Runtime.BuildInfo.Commit == "unknown" ? null : Ssl.Host.Runtime.BuildInfo.Commit;
 }
