@@ -47,7 +47,7 @@ let private folderOptions (request: Request) (channels: int option) =
 
 /// Train and test splits of one data set; `smoke` keeps the first 2,000 training and 1,000 test
 /// images. `channels`: what an image folder is converted to (an evaluation set takes the training set's).
-let private readSplits (request: Request) (dataset: string) (channels: int option) =
+let private readSplitsOf (request: Request) (dataset: string) (channels: int option) =
     let root = Option.toObj request.DataRoot
     if request.ImageSize.IsSome && not (DataCatalog.IsFolder dataset) then
         invalidArg "--image-size" $"--image-size: resizes image folders at load; '{dataset}' is a built-in set of one size"
@@ -68,15 +68,21 @@ let private readSplits (request: Request) (dataset: string) (channels: int optio
         kept
     | _ -> train, test
 
+/// readSplitsOf, its messages naming `flag` (the catalogue names --dataset; the evaluation set is --eval-dataset).
+let private readSplits (request: Request) (dataset: string) (channels: int option) (flag: string) =
+    try readSplitsOf request dataset channels
+    with :? ArgumentException as e when flag <> "--dataset" && e.Message.StartsWith "--dataset:" ->
+        invalidArg flag (flag + e.Message.Substring("--dataset".Length))
+
 /// Reads the data set (and the evaluation set `--eval-dataset` names, converted to the training
 /// set's channels and checked against its image size).
 let loadData (request: Request) =
-    let train, test = readSplits request request.Dataset None
+    let train, test = readSplits request request.Dataset None "--dataset"
     let struct (mean, std) = train.ChannelStatistics()
     let eval =
         request.EvalDataset
         |> Option.map (fun name ->
-            let etrain, etest = readSplits request name (Some(int train.Channels))
+            let etrain, etest = readSplits request name (Some(int train.Channels)) "--eval-dataset"
             let shape (d: ImageDataset) = $"{d.Channels}x{d.Height}x{d.Width}"
             if (etrain.Height, etrain.Width) <> (train.Height, train.Width) then
                 invalidArg "--eval-dataset"
@@ -86,26 +92,30 @@ let loadData (request: Request) =
             { Train = etrain; Test = etest; Mean = mean; Std = std; Classes = etrain.ClassNames.Count; Eval = None })
     { Train = train; Test = test; Mean = mean; Std = std; Classes = train.ClassNames.Count; Eval = eval }
 
-/// The image files of the data sets that could not be decoded, as `path<TAB>reason` lines for
-/// <run>/data_errors.txt; more than `badFileLimit` of a set's files stops the run before anything is
-/// written, with the first ten named.
-let checkSkipped (data: Data) =
+/// Writes the undecodable files to <run>/data_errors.txt as `path<TAB>reason` lines, when there are
+/// some; returns the file's path.
+let writeSkipped (folder: RunFolder) (skipped: struct (string * string) list) =
+    let path = Path.Combine(folder.Root, "data_errors.txt")
+    if not skipped.IsEmpty then
+        RunFolder.WriteAtomically(path, String.Join("\n", skipped |> List.map (fun struct (p, why) -> $"{p}\t{why}")) + "\n")
+        eprintfn "data: %d image files could not be decoded and are skipped (listed in %s)" skipped.Length path
+    path
+
+/// The image files of the data sets that could not be decoded; more than `badFileLimit` of a set's
+/// files stops the run before training, with the first ten named, and the whole list written to
+/// data_errors.txt only when the folder holds no run (a run's own files are never replaced by a
+/// refused one).
+let checkSkipped (folder: RunFolder) (data: Data) =
     let sets = [ data.Train; data.Test ] @ (data.Eval |> Option.map (fun e -> [ e.Train; e.Test ]) |> Option.defaultValue [])
     let skipped = sets |> List.collect (fun d -> List.ofSeq d.Skipped) |> List.distinct
     for d in sets do
         let share = float d.Skipped.Count / float (max 1L d.FilesSeen)
         if share > badFileLimit then
             let first = d.Skipped |> Seq.truncate 10 |> Seq.map (fun struct (p, why) -> $"{p} ({why})") |> String.concat "; "
+            let listed = if folder.State = RunState.Empty then $"; all in {writeSkipped folder skipped}" else ""
             raise (DataException($"{d.Name} ({d.Split})", $"at most {badFileLimit:P0} undecodable files",
-                                 $"{d.Skipped.Count} of {d.FilesSeen} ({share:P1}); the first: {first}"))
+                                 $"{d.Skipped.Count} of {d.FilesSeen} ({share:P1}); the first: {first}{listed}"))
     skipped
-
-/// Writes the undecodable files (checkSkipped) to <run>/data_errors.txt, when there are some.
-let writeSkipped (folder: RunFolder) (skipped: struct (string * string) list) =
-    if not skipped.IsEmpty then
-        let path = Path.Combine(folder.Root, "data_errors.txt")
-        RunFolder.WriteAtomically(path, String.Join("\n", skipped |> List.map (fun struct (p, why) -> $"{p}\t{why}")) + "\n")
-        eprintfn "data: %d image files could not be decoded and are skipped (listed in %s)" skipped.Length path
 
 /// What config.json's "data" holds of what was read: the channels (an image folder's majority, or
 /// what it was converted to), image size, image counts, labels and undecodable files, and the same
@@ -314,6 +324,8 @@ let probed (layer: string) (pool: int64) (data: Data) (encoder: Encoder) : Encod
         new ClassTokenFeatures(vit, int pool, patchMean) :> Encoder, $"""-class-tokens{pool}{if patchMean then "-patch-mean" else ""}"""
     | ("class-tokens" | "class-tokens-patch-mean"), _ ->
         invalidArg "ProbeLayer" $"ProbeLayer: '{layer}' needs a ViT encoder (VisionTransformer), found {encoder.GetType().Name}"
+    | layer, _ when layer <> "" && (pool < 1L || pool > max data.Train.Height data.Train.Width) ->
+        invalidArg "ProbePool" $"ProbePool: the pooled size of layer '{layer}': expected 1 to {max data.Train.Height data.Train.Width} (the images' side), found {pool}"
     | "branch", (:? IStagedEncoder as staged) ->
         new LayerFeatures(encoder, staged.BranchLayer, pool, input) :> Encoder,
         $"-{staged.BranchLayer}-pool{pool}"

@@ -194,7 +194,7 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
     let resuming = checkFolder request configJson folder
     let request = { request with Resume = resuming }
     use data = loadData request
-    let skipped = checkSkipped data
+    let skipped = checkSkipped folder data
     let needsLabels = semi || spec.Traits.SupervisedOnly = OwnResult
     if needsLabels && not data.Train.IsLabelled then
         invalidArg "--dataset"
@@ -248,11 +248,14 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
          finally
             torch.set_rng_state state
             state.Dispose())
+        if t.Examples < int64 t.BatchSize then
+            invalidArg "BatchSize"
+                $"BatchSize: expected at most {t.Examples} (the examples an epoch walks of {data.Name}; every batch is whole), found {t.BatchSize}; --set BatchSize=N"
         folder.RequireFreeSpace(checkpointBytes t.Step, "a checkpoint of this run")
         // Every check passed: the folder is written from here on.
         if request.Force then folder.ClearRun()
         folder.CreateLayout()
-        writeSkipped folder skipped
+        writeSkipped folder skipped |> ignore
         folder.WriteConfig
             {| method = request.Method; preset = Preset.name request.Preset; dataset = request.Dataset
                dataset_path = (if DataCatalog.IsFolder request.Dataset then IO.Path.GetFullPath request.Dataset else null)

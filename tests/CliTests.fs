@@ -115,8 +115,8 @@ let tests =
             Expect.equal (Program.run args) 0 "exit code"
             use config = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))
             Expect.equal (config.RootElement.GetProperty("encoder").GetString()) "SmallConvNet8" "the encoder named"
-            Expect.equal (Program.run [| "eval"; dir; "--protocol"; "knn" |]) 0 "eval"
-            use figure = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "eval-knn.json")))
+            Expect.equal (Program.run [| "eval"; dir; "--protocol"; "knn"; "--layer"; "output" |]) 0 "eval"
+            use figure = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "eval-knn-output.json")))
             Expect.equal (figure.RootElement.GetProperty("feature_dim").GetInt64()) 32L "width 8's 4w features"
         }
     ]

@@ -67,7 +67,9 @@ let finished =
 /// The figures of result.json that must not depend on interruptions (not the timings).
 let figures (dir: string) =
     let node = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
-    node["eval"].ToJsonString(), node["baselines"].ToJsonString(), node["train"]["epochs"].ToJsonString(), node["train"]["steps"].ToJsonString()
+    let text (n: JsonNode) = n.ToJsonString()
+    let train = node["train"]
+    text (node["eval"]), text (node["baselines"]), text (train["epochs"]), text (train["steps"])
 
 /// metrics.jsonl without what measures the machine (rates, memory) rather than the training.
 let metricRows (dir: string) =
@@ -156,6 +158,10 @@ let cases () =
       { Name = "an unknown --layout"; Prepare = fresh "bad-layout"; Args = (fun d -> train d @ [ "--layout"; "flat" ]); Code = 2; Names = fun _ -> [ "--layout"; "flat" ] }
       { Name = "a probe layer that does not exist, before training"; Prepare = fresh "probe-typo"
         Args = (fun d -> [ "train"; "rotnet"; "--preset"; "smoke"; "--set"; "ProbeLayer=features.nope"; "--out"; d ]); Code = 2; Names = fun _ -> [ "features.nope" ] }
+      { Name = "a probe pool past the images' side, before training"; Prepare = fresh "probe-pool"
+        Args = (fun d -> [ "train"; "rotnet"; "--preset"; "smoke"; "--set"; "ProbePool=1000"; "--out"; d ]); Code = 2; Names = fun _ -> [ "ProbePool"; "1000" ] }
+      { Name = "an unknown --eval-dataset, named as such"; Prepare = fresh "bad-eval-set"
+        Args = (fun d -> [ "train"; "rotnet"; "--preset"; "smoke"; "--eval-dataset"; "imagenet"; "--out"; d ]); Code = 2; Names = fun _ -> [ "--eval-dataset"; "imagenet" ] }
       { Name = "--config of a file that is not JSON"
         Prepare = (fun () -> let d = fresh "bad-config" () in Directory.CreateDirectory d |> ignore; File.WriteAllText(Path.Combine(d, "in.json"), "{ not json"); d)
         Args = (fun d -> [ "train"; "--config"; Path.Combine(d, "in.json"); "--out"; Path.Combine(d, "run") ]); Code = 1; Names = fun d -> [ Path.Combine(d, "in.json"); "JSON" ] }
@@ -177,6 +183,10 @@ let cases () =
       { Name = "ssl data --layout split of a folder without train/"
         Prepare = (fun () -> smallTree (fresh "no-split" ()) 2 3)
         Args = (fun d -> [ "data"; "--dataset"; d; "--layout"; "split" ]); Code = 1; Names = fun d -> [ "train/" ] }
+      { Name = "a batch larger than the data set, before training"
+        Prepare = (fun () -> smallTree (fresh "tiny-tree" ()) 2 10)
+        Args = (fun d -> [ "train"; "rotnet"; "--preset"; "smoke"; "--dataset"; d; "--out"; Path.Combine(d, "..", "tiny-tree-run") ])
+        Code = 2; Names = fun _ -> [ "BatchSize"; "at most 20" ] }
       { Name = "an unknown method"; Prepare = fresh "no-method"; Args = (fun d -> [ "train"; "no-such-method"; "--out"; d ]); Code = 2; Names = fun _ -> [ "no-such-method" ] } ]
 
 [<Tests>]
@@ -269,18 +279,22 @@ let tests =
             let dir = copyRun (finished.Force()) (Path.Combine(root.Force(), "eval-agrees"))
             let code, _, err = ssl [] [ "eval"; dir; "--protocol"; "knn" ]
             Expect.equal code 0 err
-            let trained = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))["eval"]["knn_acc"].GetValue<float>()
-            let again = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "eval-knn.json")))["test_acc"].GetValue<float>()
+            let read (file: string) = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, file)))
+            let result = read "result.json"
+            let trained = (result["eval"]["knn_acc"]).GetValue<float>()
+            let figure = read "eval-knn.json"
+            let again = (figure["test_acc"]).GetValue<float>()
             Expect.equal again trained "the same figure"
         }
         test "an own-image tree with fewer images per class than a probe needs finishes, the probe left out with a note" {
             let tree = smallTree (Path.Combine(root.Force(), "small-classes")) 2 30
             let dir = Path.Combine(root.Force(), "small-classes-run")
-            let code, _, err = ssl [] [ "train"; "rotnet"; "--preset"; "smoke"; "--set"; "Epochs=1"; "--dataset"; tree; "--out"; dir ]
+            let code, _, err = ssl [] [ "train"; "rotnet"; "--preset"; "smoke"; "--set"; "Epochs=1"; "--set"; "BatchSize=16"; "--dataset"; tree; "--out"; dir ]
             Expect.equal code 0 err
             let result = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
-            Expect.isNull result["eval"]["few_label_linear_acc"]["100"] "no 100-label figure"
-            Expect.isNotNull result["eval"]["few_label_linear_acc"]["10"] "the 10-label figure"
+            let few = result["eval"]["few_label_linear_acc"]
+            Expect.isNull few["100"] "no 100-label figure"
+            Expect.isNotNull few["10"] "the 10-label figure"
             let notes = result["notes"].AsArray() |> Seq.map (fun n -> n.GetValue<string>()) |> String.concat " | "
             Expect.stringContains notes "few_label_linear_acc 100" "a note says why"
             Expect.stringContains err "data: image folder" "the layout said out loud"

@@ -6,7 +6,7 @@ namespace Ssl.Host.Runtime;
 /// A test hook that kills this process with SIGKILL (what <c>kill -9</c> sends) at a named point of
 /// a run, so the fault tests stop it exactly there and check that <c>--resume</c> ends as an
 /// uninterrupted run would. <c>SSL_TEST_KILL_AT=&lt;point&gt;:&lt;n&gt;</c> kills on the n-th time
-/// <paramref name="point"/> is reached; unset (every run but those tests), <see cref="At"/> is a
+/// that point is reached; unset (every run but those tests), <see cref="At"/> is a
 /// null check. Points: <c>step</c>, <c>metrics-row</c>, <c>checkpoint-write</c> (half a checkpoint
 /// written), <c>eval</c> (after the probes, before result.json). docs/reliability.md lists the tests.
 /// </summary>
