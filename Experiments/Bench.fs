@@ -96,8 +96,8 @@ let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads
           encoder_forward_mflop_per_image = perImage / 1e6; encoder_gflop_per_s = m.EncoderGflops; all_modules_gflop_per_s = m.AllGflops
           matmul_peak_gflop_per_s = peak; encoder_fraction_of_peak = m.EncoderGflops / peak
           peak_rss_mb = ProcessStats.PeakRssMb(); streamed = streamed; threads = env.Threads
-          memory_format = (if Ssl.Core.Models.SafeConv.ChannelsLast then "channels-last" else "nchw")
-          side_thread = SideThread.Enabled
+          memory_format = RuntimeOptions.Name env.Runtime.MemoryFormat
+          side_thread = env.Runtime.SideThread
           phases_ms_per_step =
               let perStep (seconds: float) = 1000.0 * seconds / float m.Steps
               let timed = m.PhaseSeconds |> Seq.map (fun kv -> kv.Key, perStep kv.Value) |> Map.ofSeq

@@ -8,6 +8,16 @@ open Argu
 let layoutUsage =
     "how an image folder is read: auto (default: train/ + val/ trees are a split, no images at the top and 2 or more sub-folders with images a class tree, else unlabelled; the log says which and why), unlabelled, classes or split."
 
+/// What --memory-format says wherever a run's runtime options are set.
+[<Literal>]
+let memoryFormatUsage =
+    "the convolutions' memory layout: channels-last (default; $SSL_MEMORY_FORMAT sets the default) or nchw. Recorded in config.json's runtime; a resume asks for the same."
+
+/// What --side-thread says.
+[<Literal>]
+let sideThreadUsage =
+    "on (default; $SSL_SIDE_THREAD sets the default) lets a step run two passes side by side on two cores (MoCo), off runs them one after the other. Recorded in config.json's runtime."
+
 type DataArgs =
     | [<AltCommandLine("-d")>] Dataset of name: string
     | Layout of layout: string
@@ -33,6 +43,8 @@ type InfoArgs =
     | Threads of int
     | Seed of int64
     | Deterministic
+    | Memory_Format of format: string
+    | Side_Thread of switch: string
 
     interface IArgParserTemplate with
         member a.Usage =
@@ -41,6 +53,8 @@ type InfoArgs =
             | Threads _ -> "torch threads (default: all cores)."
             | Seed _ -> "seed for torch and .NET randomness (default 0)."
             | Deterministic -> "fixed threads, seeded generators, no TF32: CPU runs repeat exactly."
+            | Memory_Format _ -> memoryFormatUsage
+            | Side_Thread _ -> sideThreadUsage
 
 type TrainArgs =
     | [<MainCommand; Unique>] Method of method: string
@@ -59,6 +73,8 @@ type TrainArgs =
     | Device of string
     | Threads of int
     | Deterministic
+    | Memory_Format of format: string
+    | Side_Thread of switch: string
     | Out of dir: string
     | Resume
     | Force
@@ -84,6 +100,8 @@ type TrainArgs =
             | Deterministic -> "fixed threads, seeded generators, no TF32: CPU runs repeat exactly."
             | Out _ -> "run folder (default runs/<method>-<preset>[-<data set>][-labelsN][-seedS][-set-<digest of the --set list>]); a folder holding a run is refused without --resume or --force."
             | Resume -> "continue the run folder's run from its last checkpoint (a finished run: evaluate it again, its training figures kept)."
+            | Memory_Format _ -> memoryFormatUsage
+            | Side_Thread _ -> sideThreadUsage
             | Force -> "replace the run the folder holds (its config, metrics, checkpoints, results and plots are deleted first)."
 
 type ConfigArgs =

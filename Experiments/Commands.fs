@@ -91,6 +91,15 @@ let private field<'T> (path: string) (o: JsonObject) (key: string) : 'T option =
             raise (DataException(path, $"\"{key}\": {kind}", o[key].ToJsonString()))
     else None
 
+/// The run-time options of a command: its --memory-format and --side-thread, each defaulting to
+/// the environment's documented default (RuntimeOptions), and its --threads.
+let runtimeOptions (memoryFormat: string option) (sideThread: string option) (threads: int) =
+    let defaults = RuntimeOptions.FromEnvironment()
+    RuntimeOptions(
+        MemoryFormat = (memoryFormat |> Option.map (fun f -> RuntimeOptions.ParseMemoryFormat(f, "--memory-format")) |> Option.defaultValue defaults.MemoryFormat),
+        SideThread = (sideThread |> Option.map (fun s -> RuntimeOptions.ParseSwitch(s, "--side-thread")) |> Option.defaultValue defaults.SideThread),
+        Threads = threads)
+
 /// The largest --image-size: a side of 4,096 pixels is 48 MiB a colour image, past what a batch of them can hold.
 [<Literal>]
 let maxImageSize = 4096
@@ -175,7 +184,8 @@ let train (args: ParseResults<TrainArgs>) =
           Config = Some config
           Overrides = recorded @ sets }
     let request = { request with Out = args.TryGetResult TrainArgs.Out |> Option.defaultWith (fun () -> defaultOut request) }
-    let env = DeviceSetup.Configure(request.Device, request.Threads, request.Seed, request.Deterministic)
+    let runtime = runtimeOptions (args.TryGetResult TrainArgs.Memory_Format) (args.TryGetResult TrainArgs.Side_Thread) request.Threads
+    let env = DeviceSetup.Configure(request.Device, request.Threads, request.Seed, request.Deterministic, runtime)
     for note in env.Notes do AnsiConsole.MarkupLine $"[yellow]{Markup.Escape note}[/]"
     let folder = Ssl.Host.Runs.RunFolder.Claim(request.Out)
     try
@@ -266,7 +276,8 @@ let info (args: ParseResults<InfoArgs>) =
             DeviceSetup.Parse(args.GetResult(InfoArgs.Device, defaultValue = "cpu")),
             threads = args.GetResult(InfoArgs.Threads, defaultValue = 0),
             seed = args.GetResult(InfoArgs.Seed, defaultValue = 0L),
-            deterministic = args.Contains InfoArgs.Deterministic)
+            deterministic = args.Contains InfoArgs.Deterministic,
+            runtime = runtimeOptions (args.TryGetResult InfoArgs.Memory_Format) (args.TryGetResult InfoArgs.Side_Thread) 0)
     for note in env.Notes do AnsiConsole.MarkupLine $"[yellow]{Markup.Escape note}[/]"
     let struct (ts, lt) = TorchRuntime.Versions()
     let table = Table().HideHeaders().AddColumns("", "")
@@ -274,6 +285,9 @@ let info (args: ParseResults<InfoArgs>) =
     table.AddRow("threads", string env.Threads) |> ignore
     table.AddRow("seed", string env.Seed) |> ignore
     table.AddRow("deterministic", string env.Deterministic) |> ignore
+    table.AddRow("memory format", RuntimeOptions.Name env.Runtime.MemoryFormat) |> ignore
+    table.AddRow("side thread", (if env.Runtime.SideThread then "on" else "off")) |> ignore
+    table.AddRow("precision", env.Runtime.Precision) |> ignore
     table.AddRow("TorchSharp", ts) |> ignore
     table.AddRow("libtorch", lt) |> ignore
     table.AddRow("natives preloaded from", TorchRuntime.PreloadedFrom |> Option.ofObj |> Option.defaultValue "(found by the .NET host)") |> ignore
@@ -348,8 +362,14 @@ let eval (args: ParseResults<EvalArgs>) =
     match labels with
     | Some n when n <= 0 -> invalidArg "--labels" $"--labels: expected a positive number of labels per class, found {n}"
     | _ -> ()
+    // The run's own memory format (config.json's runtime), so features are computed as the run computed them.
+    let recordedFormat =
+        match recorded["runtime"] with
+        | :? JsonObject as r when not (isNull r["memory_format"]) -> Some(r["memory_format"].GetValue<string>())
+        | _ -> None
     let env = DeviceSetup.Configure(DeviceSetup.Parse(args.GetResult(EvalArgs.Device, defaultValue = "cpu")),
-                                    threads = args.GetResult(EvalArgs.Threads, defaultValue = 0), seed = seed)
+                                    threads = args.GetResult(EvalArgs.Threads, defaultValue = 0), seed = seed,
+                                    runtime = runtimeOptions recordedFormat None 0)
     let dataset = locateData dir (required "dataset" "a data set name or folder") (field "dataset_path" "a folder")
     let evalDataset =
         match args.TryGetResult EvalArgs.Eval_Dataset with

@@ -137,7 +137,7 @@ let requireSquare (what: string) (data: Data) =
 /// refused unless --resume (re-evaluate) or --force (replace); an unfinished one unless --resume or
 /// --force; --resume needs the run's config.json and asks for the same config, seed and labels.
 /// Returns whether the run resumes (false when --resume finds no run yet, which starts one).
-let checkFolder (request: Request) (configJson: JsonObject) (folder: RunFolder) =
+let checkFolder (request: Request) (env: RunEnvironment) (configJson: JsonObject) (folder: RunFolder) =
     let state = folder.State
     if request.Resume && request.Force then
         invalidArg "--force" "--force: replaces a run folder's run, --resume continues it; expected one of them, found both"
@@ -171,6 +171,16 @@ let checkFolder (request: Request) (configJson: JsonObject) (folder: RunFolder) 
             if not (same key now) then
                 invalidArg "--resume"
                     $"--resume: {folder.ConfigPath} holds {key} {before[key]}, this command asks for {now}; resume with the run's own settings (--config {folder.ConfigPath}) or use another --out"
+        // The run-time options that change results: the same as the run's (runs before they were recorded: unchecked).
+        match before["runtime"] with
+        | :? JsonObject as was ->
+            let now = env.Runtime.ToJson(env.Threads)
+            let keys = [ "memory_format", "--memory-format"; "side_thread", "--side-thread" ] @ (if env.Deterministic then [ "threads", "--threads" ] else [])
+            for key, flag in keys do
+                let w = if isNull was[key] then "null" else was[key].ToJsonString()
+                if w <> now[key].ToJsonString() then
+                    invalidArg flag $"{flag}: {folder.ConfigPath} ran with {key} {w}, this command asks for {now[key].ToJsonString()}; resume with the run's own {flag}"
+        | _ -> ()
         true
     | RunState.Empty, false, false -> false
     | _ -> false
@@ -191,7 +201,7 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
     let semi = not spec.Traits.LabelBudgets.IsEmpty
     let request = if semi then { request with Labels = Some(defaultArg request.Labels spec.Traits.LabelBudgets.Head) } else request
     let configJson = Configs.toJson config
-    let resuming = checkFolder request configJson folder
+    let resuming = checkFolder request env configJson folder
     let request = { request with Resume = resuming }
     use data = loadData request
     let skipped = checkSkipped folder data
@@ -265,7 +275,7 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
                image_size = Option.toNullable request.ImageSize
                layout = (match request.Layout with FolderLayout.Auto -> null | l -> l.ToString().ToLowerInvariant())
                labels_per_class = Option.toNullable request.Labels; seed = request.Seed; device = env.DeviceName; threads = env.Threads
-               deterministic = env.Deterministic; encoder = spec.EncoderName config
+               deterministic = env.Deterministic; runtime = env.Runtime.ToJson(env.Threads); encoder = spec.EncoderName config
                probe = {| layer = layer; pool = pool |}
                overrides = request.Overrides; config = configJson; data = describeData data |}
         for m in t.Step.Modules.Values do m.``to``(env.Device) |> ignore

@@ -142,6 +142,8 @@ let cases () =
       { Name = "--resume with another seed"; Prepare = finished; Args = (fun d -> resume d @ [ "--seed"; "5" ]); Code = 2; Names = fun _ -> [ "--resume"; "seed" ] }
       { Name = "--resume with another data set"; Prepare = finished; Args = (fun d -> resume d @ [ "--dataset"; "mnist" ]); Code = 2; Names = fun _ -> [ "--resume"; "dataset" ] }
       { Name = "--resume with another config"; Prepare = finished; Args = (fun d -> resume d @ [ "--set"; "LearningRate=0.5" ]); Code = 2; Names = fun _ -> [ "--resume"; "config" ] }
+      { Name = "--resume with another --memory-format"; Prepare = finished; Args = (fun d -> resume d @ [ "--memory-format"; "nchw" ]); Code = 2
+        Names = fun _ -> [ "--memory-format"; "channels-last" ] }
       { Name = "--resume and --force together"; Prepare = finished; Args = (fun d -> resume d @ [ "--force" ]); Code = 2; Names = fun _ -> [ "--force"; "--resume" ] }
       { Name = "--resume after config.json was deleted"; Prepare = copy "no-config" (fun d -> dropResult d; File.Delete(Path.Combine(d, "config.json")))
         Args = resume; Code = 1; Names = fun d -> [ Path.Combine(d, "config.json") ] }
@@ -285,6 +287,9 @@ let tests =
             let figure = read "eval-knn.json"
             let again = (figure["test_acc"]).GetValue<float>()
             Expect.equal again trained "the same figure"
+            let runtime = (read "config.json")["runtime"]
+            Expect.equal (runtime["memory_format"].GetValue<string>()) "channels-last" "config.json records the memory format"
+            Expect.equal (runtime["side_thread"].GetValue<bool>()) true "and the side thread"
         }
         test "an own-image tree with fewer images per class than a probe needs finishes, the probe left out with a note" {
             let tree = smallTree (Path.Combine(root.Force(), "small-classes")) 2 30

@@ -37,19 +37,9 @@ namespace Ssl.Host.Engine;
 /// </summary>
 public static class SideThread
 {
-    /// <summary>Environment variable that turns the side thread off (<c>off</c>) for comparisons.</summary>
-    public const string Variable = "SSL_SIDE_THREAD";
-
-    static readonly Lazy<bool> enabled = new(() =>
-        Environment.GetEnvironmentVariable(Variable)?.Trim().ToLowerInvariant() switch
-        {
-            null or "" or "on" => true,
-            "off" => false,
-            var other => throw new ArgumentException($"{Variable}: expected on or off, found '{other}'"),
-        });
-
-    /// <summary>Whether two passes may run side by side in this process (<see cref="Variable"/>).</summary>
-    public static bool Enabled => enabled.Value;
+    /// <summary>Whether two passes may run side by side in this process: the run's <c>--side-thread</c>
+    /// (<see cref="Runtime.RuntimeOptions.SideThread"/>, set by DeviceSetup.Configure).</summary>
+    public static bool Enabled { get; set; } = true;
 
     sealed class Job
     {

@@ -24,6 +24,8 @@ public sealed class RunEnvironment
     public required Random Random { get; init; }
     /// <summary>Lines a user should see (for example that <c>auto</c> fell back to CPU).</summary>
     public required IReadOnlyList<string> Notes { get; init; }
+    /// <summary>How the run computes (memory format, side thread, threads resolved): config.json's <c>runtime</c>.</summary>
+    public RuntimeOptions Runtime { get; init; } = new();
     /// <summary>The commit and library versions when the run started: what result.json records, so a
     /// commit made while a run trains is not taken for the code that trained it.</summary>
     public VersionFigures Versions { get; init; } = RunFolder.CurrentVersions();
@@ -42,28 +44,15 @@ public static class DeviceSetup
         _ => throw new ArgumentException($"--device: expected one of cpu, cuda, auto; found '{text}'"),
     };
 
-    /// <summary>The environment variable that picks the convolutions' memory layout (docs/performance.md).</summary>
-    public const string MemoryFormatVariable = "SSL_MEMORY_FORMAT";
-
     /// <summary>
-    /// Whether convolutions run channels-last: <c>SSL_MEMORY_FORMAT</c> unset or <c>channels-last</c>
-    /// (the default, faster on oneDNN here), or <c>nchw</c> (libtorch's default layout, for comparison).
+    /// Loads libtorch, picks the device, sets the thread count (0 = all cores) and the
+    /// <paramref name="runtime"/> options (null: the environment's defaults), seeds every source of
+    /// randomness and, with <paramref name="deterministic"/>, makes CPU runs repeat exactly.
     /// </summary>
-    public static bool MemoryFormatFromEnvironment() =>
-        Environment.GetEnvironmentVariable(MemoryFormatVariable)?.Trim().ToLowerInvariant() switch
-        {
-            null or "" or "channels-last" or "channels_last" or "nhwc" => true,
-            "nchw" or "contiguous" => false,
-            var other => throw new ArgumentException(
-                $"{MemoryFormatVariable}: expected channels-last or nchw, found '{other}'"),
-        };
-
-    /// <summary>
-    /// Loads libtorch, picks the device, sets the thread count (0 = all cores), seeds every source
-    /// of randomness and, with <paramref name="deterministic"/>, makes CPU runs repeat exactly.
-    /// </summary>
-    public static RunEnvironment Configure(DeviceRequest request, int threads = 0, long seed = 0, bool deterministic = false)
+    public static RunEnvironment Configure(DeviceRequest request, int threads = 0, long seed = 0, bool deterministic = false,
+                                           RuntimeOptions? runtime = null)
     {
+        runtime ??= RuntimeOptions.FromEnvironment();
         TorchRuntime.EnsureLoaded();
         var notes = new List<string>();
         var cudaAvailable = torch.cuda.is_available();
@@ -81,7 +70,9 @@ public static class DeviceSetup
         if (request == DeviceRequest.Auto)
             notes.Add(cudaAvailable ? "--device auto: using CUDA." : "--device auto: CUDA not available, using CPU.");
 
-        Ssl.Core.Models.SafeConv.ChannelsLast = MemoryFormatFromEnvironment();
+        // The two process-wide switches the options set (this is the one place that sets them).
+        Ssl.Core.Models.SafeConv.ChannelsLast = runtime.MemoryFormat == MemoryFormat.ChannelsLast;
+        Engine.SideThread.Enabled = runtime.SideThread;
 
         if (threads < 0) throw new ArgumentException($"--threads: expected 0 (all cores) or a positive count, found {threads}");
         var threadCount = threads == 0 ? Environment.ProcessorCount : threads;
@@ -108,6 +99,7 @@ public static class DeviceSetup
             Deterministic = deterministic,
             Random = new Random(unchecked((int)(seed ^ (seed >> 32)))),
             Notes = notes,
+            Runtime = runtime with { Threads = threadCount },
         };
     }
 }

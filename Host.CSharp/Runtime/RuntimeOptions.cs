@@ -1,0 +1,65 @@
+using System.Text.Json.Nodes;
+
+namespace Ssl.Host.Runtime;
+
+/// <summary>The memory layout CPU convolutions run in (docs/performance.md, "Step by step").</summary>
+public enum MemoryFormat { ChannelsLast, Nchw }
+
+/// <summary>
+/// How a run computes, apart from what it computes: the options that can change results in the last
+/// bits (or speed) without changing the experiment. Set by command-line flags; the environment
+/// variables <see cref="MemoryFormatVariable"/> and <see cref="SideThreadVariable"/> only give their
+/// defaults. Every run records them in config.json's <c>runtime</c> and a resume asks for the same.
+/// </summary>
+public sealed record RuntimeOptions
+{
+    /// <summary>Default of <c>--memory-format</c>: <c>channels-last</c> (unset) or <c>nchw</c>.</summary>
+    public const string MemoryFormatVariable = "SSL_MEMORY_FORMAT";
+    /// <summary>Default of <c>--side-thread</c>: <c>on</c> (unset) or <c>off</c>.</summary>
+    public const string SideThreadVariable = "SSL_SIDE_THREAD";
+
+    public MemoryFormat MemoryFormat { get; init; } = MemoryFormat.ChannelsLast;
+    /// <summary>Whether a step may run two passes side by side (<see cref="Engine.SideThread"/>).</summary>
+    public bool SideThread { get; init; } = true;
+    /// <summary>Torch intra-op threads; 0 = every core.</summary>
+    public int Threads { get; init; }
+    /// <summary>The arithmetic of training: float32 (the one this build trains in).</summary>
+    public string Precision { get; init; } = "float32";
+    /// <summary>Processes one run spans: 1 (one process).</summary>
+    public int Ranks { get; init; } = 1;
+
+    /// <summary>The options with the documented defaults of this process's environment.</summary>
+    public static RuntimeOptions FromEnvironment() => new()
+    {
+        MemoryFormat = ParseMemoryFormat(Environment.GetEnvironmentVariable(MemoryFormatVariable), MemoryFormatVariable),
+        SideThread = ParseSwitch(Environment.GetEnvironmentVariable(SideThreadVariable), SideThreadVariable),
+    };
+
+    /// <summary><c>channels-last</c> (also empty) or <c>nchw</c>; <paramref name="source"/> names the flag or variable in the error.</summary>
+    public static MemoryFormat ParseMemoryFormat(string? text, string source) => text?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or "channels-last" or "channels_last" or "nhwc" => MemoryFormat.ChannelsLast,
+        "nchw" or "contiguous" => MemoryFormat.Nchw,
+        var other => throw new ArgumentException($"{source}: expected channels-last or nchw, found '{other}'"),
+    };
+
+    /// <summary><c>on</c> (also empty) or <c>off</c>.</summary>
+    public static bool ParseSwitch(string? text, string source) => text?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or "on" => true,
+        "off" => false,
+        var other => throw new ArgumentException($"{source}: expected on or off, found '{other}'"),
+    };
+
+    public static string Name(MemoryFormat format) => format == MemoryFormat.ChannelsLast ? "channels-last" : "nchw";
+
+    /// <summary>config.json's <c>runtime</c> object (<paramref name="threads"/>: the resolved count).</summary>
+    public JsonObject ToJson(int threads) => new()
+    {
+        ["memory_format"] = Name(MemoryFormat),
+        ["side_thread"] = SideThread,
+        ["threads"] = threads,
+        ["precision"] = Precision,
+        ["ranks"] = Ranks,
+    };
+}
