@@ -145,12 +145,12 @@ let repro (args: string list) =
 
 /// Each recipe's training step timed (img/s, encoder GFLOP/s against a matmul peak measured in the
 /// same process, peak RSS) and, for the recipes with a PyTorch twin, alternately with the twin:
-/// runs/bench/bench.json and the table in README.md's performance section.
+/// runs/bench/bench.json and the table in docs/performance.md ("The bench table").
 let bench (args: string list) =
     ensureFashionMnist ()
     ensurePeer ()
     build ()
-    must (ssl $"bench --peer --out runs/bench --readme README.md{onlyArgument args}") "ssl bench"
+    must (ssl $"bench --peer --out runs/bench --readme docs/performance.md{onlyArgument args}") "ssl bench"
 
 let clean () =
     for dir in [ "Core.FSharp"; "Host.CSharp"; "Experiments"; "tests" ] do

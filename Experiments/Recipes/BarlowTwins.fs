@@ -54,9 +54,9 @@ type Config =
 /// epochs (solo-learn's CIFAR budget). `quick`: SmallConvNet-16, D = 1,024, batch 256 (D/N = 4),
 /// one warm-up epoch of ten, 10 epochs: SimSiam's budget on 2 cores, LARS at lr 1.0 with η = 0.02
 /// (solo-learn's CIFAR η, whose clipped LARS moves a weight by at most 0.02 of its norm a step; ours
-/// by lr · η = 0.02): at the paper's 0.2 · 0.001 = 2e-4 the 2,340 steps (1% of the paper's) left the
-/// probe 2.5 points under raw pixels (one seed; docs/experiments/barlow-twins.md). Quick probes block
-/// 3 pooled 2 x 2 (see ProbeLayer). `smoke`: one epoch.
+/// by lr · η = 0.02): the paper's 0.2 · 0.001 = 2e-4 a step suits its 1,000 epochs, not 1% of its
+/// steps (trials: docs/experiments/barlow-twins.md). Quick probes block 3 pooled 2 x 2 (see
+/// ProbeLayer). `smoke`: one epoch.
 let config preset =
     let paper =
         { Encoder = ResNet18; ProjectionDim = 2048L; OffDiagonalWeight = 5e-3; LossScale = 0.024; Epochs = 800; BatchSize = 512

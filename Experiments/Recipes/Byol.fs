@@ -52,11 +52,10 @@ type Config =
 
 /// `paper`: ResNet-18 (512-d features, hidden 4,096, d = 256) at batch 512 for 800 epochs (solo-learn's
 /// CIFAR budget), lr 0.2 · 512 / 256. `quick`: SmallConvNet-16 (64-d features), hidden 1,024, d = 256,
-/// batch 256, 20 epochs with one of warm-up (SimSiam's quick budget; 10 left the probe +2.8 over
-/// random-init, 20 +3.3 on three seeds: docs/experiments/byol.md), τ_base 0.996 as the paper, LARS
+/// batch 256, 20 epochs with one of warm-up (SimSiam's quick budget), τ_base 0.996 as the paper, LARS
 /// at lr 1.0 with η = 0.02 (solo-learn's CIFAR recipe: lr 1.0, η 0.02) instead of the paper's 0.2
-/// and 0.001: LARS moves a weight by lr × η of its norm per step, and in 1% of the
-/// paper's steps 2e-4 left the encoder where it started (one seed; docs/experiments/byol.md).
+/// and 0.001: LARS moves a weight by lr × η of its norm per step, and 2e-4 a step is sized for the
+/// paper's 1,000 epochs, not 1% of its steps (trials: docs/experiments/byol.md).
 /// Quick probes block 3 pooled 2 x 2 (see ProbeLayer). `smoke`: one epoch of the smoke subset.
 let config preset =
     let paper =

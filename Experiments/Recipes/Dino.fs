@@ -64,8 +64,8 @@ type Config =
 /// crops of 12 px (96/224 of 28), batch 1024. `quick` (about an hour at one thread, twice the other
 /// quick presets' budget): ViT-Tiny with 2 blocks on 7 px patches (4x4 tokens; patch 4 costs 3-5x
 /// more), 2 local crops of 14 px, head hidden 1024, K 4,096, 10 epochs of all images in batches of 64
-/// (9,370 steps; 300 steps left the teacher at its random start, and after 6 epochs the probe was
-/// still under raw pixels), warm-up a tenth of training as the paper's 10 of 100 epochs, τ_t 0.04
+/// (9,370 steps; the shorter budgets tried are in docs/experiments/dino.md), warm-up a tenth of
+/// training as the paper's 10 of 100 epochs, τ_t 0.04
 /// throughout (main_dino's default teacher_temp; the 0.07 warm-up is for its long schedules), and the
 /// last layer is not frozen (the reference freezes 1 of 100 epochs). The probes read the class tokens
 /// of the last ProbePool blocks as eval_linear.py does (4 for ViT-S; quick: both of its 2 blocks,

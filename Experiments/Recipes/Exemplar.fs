@@ -5,7 +5,7 @@
 /// (S4L: ResNet-50's 1000-d logits) pulls an image's copies together and pushes other images' away,
 /// where Dosovitskiy's one-logit-per-image softmax does not scale to 60,000 images. S4L's loss is
 /// batch-hard with soft margin (Hermans et al. 2017); ours the semi-hard one of the exemplar code S4L
-/// builds on (Kolesnikov et al. 2019), as batch-hard collapses here (one seed). The evaluated
+/// builds on (Kolesnikov et al. 2019; why: docs/experiments/exemplar.md). The evaluated
 /// encoder is everything before the linear layer. Measured runs: docs/experiments/exemplar.md.
 module Ssl.Experiments.Recipes.Exemplar
 

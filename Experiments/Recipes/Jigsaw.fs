@@ -41,8 +41,7 @@ type Config =
       [<Range(0.0)>] LearningRate: float
       [<Range(0.0)>] WeightDecay: float
       /// The layer the protocols read ("" = the output; "branch" = the input of the encoder's last
-      /// stage, SmallConvNet's block 2) and its pooled size, as RotNet: the second block beats the output here
-      /// (one seed).
+      /// stage, SmallConvNet's block 2) and its pooled size, as RotNet (docs/experiments/jigsaw.md).
       ProbeLayer: string
       [<Range(1.0)>] ProbePool: int64 }
 

@@ -46,8 +46,8 @@ type Config =
       /// updated by the training pass only, not by the guessing pass.
       [<Range(0.0, 1.0)>] BatchNormMomentum: float
       /// ReMixMatch's distribution alignment of the guesses (Berthelot et al. 2020, Sec. 3.2; not
-      /// MixMatch's): on in quick and smoke, where without it the guesses drift to a few classes (one
-      /// seed, 10 labels per class: docs/experiments/mixmatch.md).
+      /// MixMatch's): on in quick and smoke, where without it the guesses drift to a few classes
+      /// (docs/experiments/mixmatch.md); off in paper, MixMatch as published.
       DistributionAlignment: bool
       /// Translation by up to this many pixels: 3 of 28 for the paper's 4 of 32.
       [<Range(0.0)>] TranslatePixels: int64

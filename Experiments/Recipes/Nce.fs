@@ -62,7 +62,7 @@ type Config =
       [<Range(0.0, 1.0)>] FlipProbability: float }
 
 /// `quick`: SmallConvNet-16 for 30 epochs (each memory entry refreshed 30 times, not 200), with
-/// three departures measured (one seed each) to be needed at this budget: Z as a moving average of
+/// three departures for this budget (trials: docs/experiments/nce.md): Z as a moving average of
 /// eq. 8 (μ = 0.99, as K. He advises for NCE in HobbitLong/CMC issue 23) over the first epoch (234
 /// steps), fixed after it; the proximal term at the paper's λ = 50; learning rate 0.003. `paper`:
 /// ResNet-18, 200 epochs, the released code's settings. `smoke`: one epoch with m = 512.

@@ -29,8 +29,7 @@ type Config =
       [<Range(0.0, 1.0)>] FlipProbability: float
       /// The layer the protocols read ("" = the output; "branch" = the input of the encoder's last
       /// stage, SmallConvNet's block 2) and its pooled size: the paper's best features sit in its
-      /// second conv block (Table 1), which beats the output by 8 points here (one seed,
-      /// docs/experiments/rotnet.md).
+      /// second conv block (Table 1); ours against the output: docs/experiments/rotnet.md.
       ProbeLayer: string
       [<Range(1.0)>] ProbePool: int64 }
 

@@ -43,9 +43,9 @@ type Config =
       [<Range(1.0)>] ProbePool: int64 }
 
 /// `quick`: SmallConvNet-16 (64-d features), d = 256, bottleneck 64, batch 256, 20 epochs at lr 0.1
-/// (BYOL's quick wall time on 2 cores: a SimSiam step costs about half of BYOL's): at 1% of the
-/// paper's steps its rule's 0.03 left the probe 2.8 points under lr 0.1, and 10 epochs under raw
-/// pixels, one seed each (solo-learn's CIFAR recipe runs SGD at 0.5; docs/experiments/simsiam.md);
+/// (BYOL's quick wall time on 2 cores: a SimSiam step costs about half of BYOL's), above its rule's
+/// 0.03 (0.03 · batch / 256) because the run is 1% of the paper's steps (solo-learn's CIFAR recipe
+/// runs SGD at 0.5; trials: docs/experiments/simsiam.md);
 /// quick probes block 3 pooled 2 x 2 (see ProbeLayer); `paper`: the paper's CIFAR run; `smoke`: one
 /// epoch on the smoke subset.
 let config preset =

@@ -7,28 +7,12 @@ namespace Ssl.Host.Engine;
 /// trainer opens a no-GC region (<see cref="GC.TryStartNoGCRegion(long)"/>) between steps and keeps
 /// it open across them, renewing it at a step boundary once half of its allocation budget is spent.
 /// <para>
-/// Why: TorchSharp 0.107 hands a temporary <c>Scalar</c> to native code by its raw handle and does not
-/// keep the managed object alive for the call. <c>Tensor.div_(Scalar)</c> reads <c>target.Handle</c>
-/// and calls <c>THSTensor_div_scalar_</c> with no <c>GC.KeepAlive</c>; <c>t.div_(255.0)</c>,
-/// <c>t + 1.0</c>, <c>BatchNorm</c>'s <c>num_batches_tracked.add_(1)</c> and the optimisers' updates
-/// all make such temporaries, and <c>~Scalar</c> frees the native scalar on the finalizer thread.
-/// A collection that starts while the main thread is inside such a call can finalise the Scalar,
-/// and libtorch then reads freed memory. Both native crashes seen in this project's training runs
-/// fit this, each seen once and each inside a step: "For integral input tensors, argument alpha
-/// must not be a floating point number" from <c>add_</c> in <c>BatchNorm.forward</c> (a MixMatch run
-/// of a repro; the same command again ran through) and "Unknown scalar type" from <c>div_</c> in
-/// <c>Features.ToInput</c> (a MixMatch trial, epoch 8). A stress test of batch-norm passes beside a
-/// thread forcing collections never failed (the window is short). TorchSharp's pull requests #1434
-/// and #1496 (open) dispose such Scalars inside the operators, which keeps them alive for the call.
-/// </para>
-/// <para>
-/// Inside the region no collection runs at all, so none can start mid-call; the fence collects when
-/// it renews the region, on the training thread, in managed code, between steps. A step that
-/// allocates more than the budget ends the region early (the runtime collects as usual and the
-/// fence opens a new region before the next step); where the runtime refuses a region the trainer
-/// runs unfenced, as before. The cost, measured on the quick presets: one blocking collection every
-/// 210-234 steps, 4-11 ms for supervised and 75-95 ms for MixMatch (0.2% of its step time), with
-/// the managed heap at 54-58 MiB at every renewal.
+/// Why: TorchSharp 0.107 hands temporary <c>Scalar</c>s to native code by raw handle without keeping
+/// them alive, so a collection mid-call can free one that libtorch is reading. The fence collects only
+/// when it renews the region, on the training thread, between steps; a step that spends the whole
+/// budget ends the region early, and where the runtime refuses a region the trainer runs unfenced.
+/// Remove it once TorchSharp keeps such Scalars alive (its pull requests #1434, #1496). The crashes,
+/// the cause and the cost: docs/platform.md#the-gc-fence-temporary-scalars-freed-mid-call.
 /// </para>
 /// </summary>
 public sealed class GcFence : IDisposable
@@ -61,7 +45,7 @@ public sealed class GcFence : IDisposable
         if (Active && GC.GetTotalAllocatedBytes() - openedAt < budget / 2) return true;
         Close();
         // A new region does not collect by itself: without this the garbage of every region would
-        // pile up until the epoch ends (measured: the managed heap grew 32 MiB per renewal).
+        // pile up until the epoch ends (docs/platform.md, "How the fence works").
         GC.Collect();
         try
         {

@@ -5,34 +5,19 @@ namespace Ssl.Host.Engine;
 
 /// <summary>
 /// Runs two independent passes of a step at once on the CPU: one on a long-lived side thread, the
-/// other on the caller, each with half of the intra-op threads. OpenMP's thread count is per calling
-/// thread (<see cref="Ssl.Host.Native.TorchContext.SetCallingThreadCount"/>), so the two share the
-/// cores without oversubscribing them. Why: a quick step's layers are small (a batch-norm group of
-/// 32 images at 7-28 px) and keep two threads only partly busy. MoCo's key forward does not depend on
-/// its query forward, and the backward passes of two halves of its query batch (whole batch-norm
-/// groups each) share nothing but the parameters; side by side, each on one core, they finish sooner
-/// than one after the other on two (docs/performance.md, "Two forwards side by side", "Two backward
-/// passes side by side").
-/// It pays where each pass's tensors are small: the side thread allocates from its own glibc arena,
-/// whose heaps (64 MiB each) are unmapped whenever they empty, so a pass with large activations
-/// (BYOL's batch of 256) faults its pages in again on every step; BYOL ran slower with it and DINO
-/// no faster, so only MoCo uses it.
+/// other on the caller, each with half of the intra-op threads (OpenMP's count is per calling thread,
+/// <see cref="Ssl.Host.Native.TorchContext.SetCallingThreadCount"/>). Use it only for passes whose
+/// tensors are small (MoCo's): large activations fault the side arena's pages in on every step.
 /// <para>
-/// The first call for an (owner, signature) runs <c>main</c>, then <c>side</c>, one after the other,
-/// each on the thread and with the thread count it has later. libtorch 2.10's oneDNN (3.7.1) is not
-/// safe when two threads create the same convolution primitive at once: MoCo's two backward halves,
-/// side by side from the first step, crashed in 7 of 23 runs, and one run that did not had reordered
-/// a weight for one backward-data kernel (brgemm) and run another on it. With the first call one
-/// after the other, none of 47 runs since; later calls find the primitives in oneDNN's cache. <c>owner</c>: what
-/// holds the modules (a step, an optimizer); <c>signature</c>: what else decides the shapes (the batch).
-/// </para>
-/// <para>
-/// The two compute what <c>main</c> and then <c>side</c> compute on the caller (up to the order in which
-/// one thread sums what two would: batch-norm statistics differ in the last bits); they must not
-/// share a module's buffers, a graph node other than a leaf, or a random generator that the other
-/// draws from (MoCo's key network and the shuffle generator are the side's alone). They run one after
-/// the other on the caller instead (same order) on a device other than the CPU, with fewer than two
-/// intra-op threads, on the side thread itself, or with <c>SSL_SIDE_THREAD=off</c> (for comparisons).
+/// Rules: the first call for an (owner, signature) runs <c>main</c>, then <c>side</c>, one after the
+/// other, because oneDNN 3.7.1 mixes up a primitive that two threads create at once. <c>owner</c>:
+/// what holds the modules (a step, an optimizer); <c>signature</c>: what else decides the shapes (the
+/// batch). The two must not share a module's buffers, a graph node other than a leaf, or a random
+/// generator the other draws from; they then compute what <c>main</c> and then <c>side</c> compute on
+/// the caller, up to summation order. They run one after the other on the caller on a device other
+/// than the CPU, with fewer than two intra-op threads, on the side thread itself, or with
+/// <c>SSL_SIDE_THREAD=off</c>.
+/// Evidence and measurements: docs/performance.md#sidethread-what-it-may-run-and-the-record-behind-its-rules.
 /// </para>
 /// </summary>
 public static class SideThread
