@@ -1,6 +1,8 @@
 /// Recipe configs as data: an F# config record to JSON and back, and typed `--set Field=value`
 /// overrides (nested fields with dots, tuples as comma lists), by reflection over the record, so
-/// every recipe's config gets them without code of its own. Field names are the record's own.
+/// every recipe's config gets them without code of its own. Field names are the record's own. A
+/// C# config is a class whose public properties all have setters (`init` included), such as a
+/// C# record: its properties are its fields, in declaration order.
 module Ssl.Experiments.Configs
 
 open System
@@ -18,6 +20,47 @@ type RangeAttribute(minimum: float, maximum: float) =
     member _.Maximum = maximum
 
 let private invariant = CultureInfo.InvariantCulture
+
+/// A C# config class: not an F# type, not a collection, with public properties that all have setters.
+let private isClassConfig (t: Type) =
+    t.IsClass && t <> typeof<string> && not t.IsArray && not (typeof<Collections.IEnumerable>.IsAssignableFrom t)
+    && not (FSharpType.IsRecord t || FSharpType.IsUnion t || FSharpType.IsTuple t || FSharpType.IsFunction t)
+    && (let props = t.GetProperties(Reflection.BindingFlags.Public ||| Reflection.BindingFlags.Instance)
+        props.Length > 0 && props |> Array.forall (fun p -> p.CanRead && p.CanWrite && p.GetIndexParameters().Length = 0))
+
+/// An F# record or a C# config class: a type whose fields a config reads and writes.
+let private isRecord (t: Type) = FSharpType.IsRecord t || isClassConfig t
+
+/// The fields of a record type, in declaration order.
+let private recordFields (t: Type) : Reflection.PropertyInfo[] =
+    if FSharpType.IsRecord t then FSharpType.GetRecordFields t
+    else t.GetProperties(Reflection.BindingFlags.Public ||| Reflection.BindingFlags.Instance) |> Array.sortBy (fun p -> p.MetadataToken)
+
+let private recordValues (t: Type) (value: obj) : obj[] =
+    if FSharpType.IsRecord t then FSharpValue.GetRecordFields value
+    else recordFields t |> Array.map (fun p -> p.GetValue value)
+
+/// A new record of type `t` holding `values` (in `recordFields` order). A C# class is built by its
+/// constructor whose parameters are all fields (a C# record's primary one; the longest such), the
+/// remaining fields set through their setters.
+let private makeRecord (t: Type) (values: obj[]) : obj =
+    if FSharpType.IsRecord t then FSharpValue.MakeRecord(t, values)
+    else
+        let props = recordFields t
+        let index (name: string) = props |> Array.tryFindIndex (fun p -> String.Equals(p.Name, name, StringComparison.OrdinalIgnoreCase))
+        let constructor =
+            t.GetConstructors()
+            |> Array.filter (fun c -> c.GetParameters() |> Array.forall (fun a -> (index a.Name).IsSome))
+            |> Array.sortByDescending (fun c -> c.GetParameters().Length)
+            |> Array.tryHead
+        match constructor with
+        | None -> invalidOp $"Configs: {t.Name} has no public constructor whose parameters are its properties (a C# record, or a class with a parameterless constructor)"
+        | Some c ->
+            let parameters = c.GetParameters()
+            let value = c.Invoke(parameters |> Array.map (fun a -> values[(index a.Name).Value]))
+            let given = parameters |> Array.map (fun a -> (index a.Name).Value) |> Set.ofArray
+            props |> Array.iteri (fun i p -> if not (given.Contains i) then p.SetValue(value, values[i]))
+            value
 
 /// A union with fields is config data when it offers `static TryParse: string -> 'T option` and a
 /// `ToString` that TryParse reads back (e.g. Backbone; its static `Forms` text names the forms in
@@ -37,12 +80,13 @@ let rec private typeName (t: Type) =
         | null -> t.Name
         | p -> string (p.GetValue null)
     elif FSharpType.IsUnion t then FSharpType.GetUnionCases t |> Array.map (fun c -> c.Name) |> String.concat "|"
+    elif t.IsEnum then Enum.GetNames t |> String.concat "|"
     else t.Name
 
 /// Every settable leaf of a config record type: (dotted path, expected type), in field order.
 let rec fields (t: Type) : (string * string) list =
-    [ for p in FSharpType.GetRecordFields t do
-          if FSharpType.IsRecord p.PropertyType then
+    [ for p in recordFields t do
+          if isRecord p.PropertyType then
               for sub, kind in fields p.PropertyType -> $"{p.Name}.{sub}", kind
           else yield p.Name, typeName p.PropertyType ]
 
@@ -86,6 +130,11 @@ let rec private parseLeaf (t: Type) (text: string) : Result<obj, string> =
         match FSharpType.GetUnionCases t |> Array.tryFind (fun c -> String.Equals(c.Name, text, StringComparison.OrdinalIgnoreCase)) with
         | Some c when c.GetFields().Length = 0 -> Ok(FSharpValue.MakeUnion(c, [||]))
         | _ -> Error(typeName t)
+    elif t.IsEnum then
+        // A C# enum is its member's name (never a number, which might name no member).
+        match Enum.GetNames t |> Array.tryFind (fun n -> String.Equals(n, text, StringComparison.OrdinalIgnoreCase)) with
+        | Some n -> Ok(Enum.Parse(t, n))
+        | None -> Error(typeName t)
     else Error $"a supported config type (found {t.Name})"
 
 let private checkRange (path: string) (p: Reflection.PropertyInfo) (value: obj) =
@@ -105,7 +154,7 @@ let private unknown (t: Type) (path: string) (what: string) =
 /// field's Range are ArgumentExceptions naming the field, what was expected and what was found.
 let setText (t: Type) (value: obj) (path: string) (text: string) : obj =
     let rec go (t: Type) (value: obj) (prefix: string) (names: string list) =
-        let props = FSharpType.GetRecordFields t
+        let props = recordFields t
         match names with
         | [] -> invalidArg path $"{path}: expected a field name"
         | name :: rest ->
@@ -114,9 +163,9 @@ let setText (t: Type) (value: obj) (path: string) (text: string) : obj =
             | None -> unknown t path $"no field '{full}'"
             | Some i ->
                 let p = props[i]
-                let values = FSharpValue.GetRecordFields value
+                let values = recordValues t value
                 let updated =
-                    match rest, FSharpType.IsRecord p.PropertyType with
+                    match rest, isRecord p.PropertyType with
                     | [], true ->
                         let inner = fields p.PropertyType |> List.map (fun (f, _) -> full + "." + f) |> String.concat ", "
                         invalidArg path $"{path}: '{full}' is a group of fields; set one of {inner}"
@@ -127,7 +176,7 @@ let setText (t: Type) (value: obj) (path: string) (text: string) : obj =
                     | _, true -> go p.PropertyType values[i] full rest
                     | _, false -> invalidArg path $"{path}: '{full}' has no fields"
                 values[i] <- updated
-                FSharpValue.MakeRecord(t, values)
+                makeRecord t values
     go t value "" (List.ofArray (path.Split('.')))
 
 /// Applies `Field=value` overrides in order (a later one wins).
@@ -149,15 +198,16 @@ type Edit =
         unbox<'T> (setText typeof<'T> (box config) path text)
 
 let rec private toNode (t: Type) (value: obj) : JsonNode =
-    if FSharpType.IsRecord t then
+    if isRecord t then
         let o = JsonObject()
-        for p, v in Array.zip (FSharpType.GetRecordFields t) (FSharpValue.GetRecordFields value) do
+        for p, v in Array.zip (recordFields t) (recordValues t value) do
             o[p.Name] <- toNode p.PropertyType v
         o
     elif FSharpType.IsTuple t then
         JsonArray(Array.map2 toNode (FSharpType.GetTupleElements t) (FSharpValue.GetTupleFields value)) :> JsonNode
     elif isTextUnion t then JsonValue.Create(string value)
     elif FSharpType.IsUnion t then JsonValue.Create((fst (FSharpValue.GetUnionFields(value, t))).Name)
+    elif t.IsEnum then JsonValue.Create(Enum.GetName(t, value))
     elif t = typeof<int> then JsonValue.Create(unbox<int> value)
     elif t = typeof<int64> then JsonValue.Create(unbox<int64> value)
     elif t = typeof<float> then JsonValue.Create(unbox<float> value)
@@ -173,10 +223,10 @@ let rec private ofNode (source: string) (t: Type) (path: string) (node: JsonNode
         let found = if isNull node then "null" else node.ToJsonString()
         invalidArg "--config" $"{source}: {path}: expected {typeName t}, found {found}"
     if isNull node then wrong ()
-    elif FSharpType.IsRecord t then
+    elif isRecord t then
         match node with
         | :? JsonObject as o ->
-            let props = FSharpType.GetRecordFields t
+            let props = recordFields t
             for kv in o do
                 if not (props |> Array.exists (fun p -> p.Name = kv.Key)) then
                     let at = if path = "" then kv.Key else $"{path}.{kv.Key}"
@@ -191,7 +241,7 @@ let rec private ofNode (source: string) (t: Type) (path: string) (node: JsonNode
                         (try checkRange at p value with :? ArgumentException as e -> invalidArg "--config" $"{source}: {e.Message}")
                         value
                     | _ -> invalidArg "--config" $"{source}: missing field '{at}' ({typeName p.PropertyType})")
-            FSharpValue.MakeRecord(t, values)
+            makeRecord t values
         | _ -> wrong ()
     elif FSharpType.IsTuple t then
         match node with

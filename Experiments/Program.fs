@@ -97,5 +97,11 @@ let run (argv: string[]) =
         1
     | e -> unexpected e
 
+/// The command line as a method, for a program of its own that registers recipes first
+/// (`Registry.Register`): `CommandLine.Run(args)` is `ssl args`, its exit code returned.
+[<AbstractClass; Sealed>]
+type CommandLine =
+    static member Run(args: string[]) : int = run args
+
 [<EntryPoint>]
 let main argv = run argv

@@ -2,6 +2,7 @@
 /// in this order. A spec's variants (`<name>-<suffix>`) follow it.
 module Ssl.Experiments.Registry
 
+open System.Collections.Generic
 open Ssl.Experiments.Template
 
 let recipes: Recipe list =
@@ -28,4 +29,27 @@ let recipes: Recipe list =
           recipes Recipes.S4LExemplar.spec
           recipes Recipes.VatEntMin.spec ]
 
-let tryFind name = recipes |> List.tryFind (fun r -> r.Name = name)
+/// Recipes a program adds after the built-in ones (a C# method's: `Registry.Register(method.Recipes)`),
+/// in the order added; `ssl train`, `ssl config` and `ssl eval` find them when that program runs the
+/// command line (`CommandLine.Run`). Names are unique across both lists.
+let private added = System.Collections.Generic.List<Recipe>()
+
+/// The built-in recipes, then the added ones.
+let all () = recipes @ lock added (fun () -> List.ofSeq added)
+
+let tryFind name = all () |> List.tryFind (fun r -> r.Name = name)
+
+/// Whether a recipe of this name is registered, built in or added.
+let Contains (name: string) = (tryFind name).IsSome
+
+/// Adds `recipes` after the built-in ones, all or none: an ArgumentException names a recipe whose
+/// name is taken or repeated.
+let Register (recipes: Recipe seq) =
+    if isNull (box recipes) then nullArg "recipes"
+    lock added (fun () ->
+        let recipes = List.ofSeq recipes
+        let taken = HashSet<string>(all () |> List.map (fun r -> r.Name))
+        for r in recipes do
+            if not (taken.Add r.Name) then
+                invalidArg "recipes" $"recipes: expected names not yet registered, found '{r.Name}' again"
+        added.AddRange recipes)

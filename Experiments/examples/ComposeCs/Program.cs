@@ -28,7 +28,7 @@ config = Configs.Edit.Set(config, "Epochs", 2);
 config = Configs.Edit.Set(config, "BatchSize", 64);
 config = Configs.Edit.Set(config, "Encoder", "wrn-28-2");
 torch.manual_seed(request.Seed);
-var encoder = Backbone.instantiate(null, data.Train.Channels, config.Encoder);
+var encoder = Backbones.Create(config.Encoder, data.Train.Channels);
 var head = new LinearHead(encoder.FeatureDim, 4L);
 var step = new Ssl.Experiments.Recipes.RotNet.Step(encoder, head, data, config);
 
