@@ -18,7 +18,7 @@ open Ssl.Experiments.Cli
 
 let methods () =
     let table = Table().AddColumns("recipe", "paper", "presets", "traits")
-    for r in Registry.recipes do
+    for r in Registry.all () do
         let traits =
             [ if r.Traits.Colour then "colour images"
               if not r.Traits.LabelBudgets.IsEmpty then
@@ -27,7 +27,7 @@ let methods () =
             |> String.concat "; "
         table.AddRow(r.Name, Markup.Escape r.Paper, r.Presets |> List.map Recipe.Preset.name |> String.concat ", ", traits) |> ignore
     AnsiConsole.Write table
-    AnsiConsole.MarkupLine $"{Registry.recipes.Length} recipes registered; `ssl config <recipe>` prints one's config, `--set Field=value` changes it."
+    AnsiConsole.MarkupLine $"{(Registry.all ()).Length} recipes registered; `ssl config <recipe>` prints one's config, `--set Field=value` changes it."
     0
 
 /// The first line of a message (native libraries append their traces below it).

@@ -16,7 +16,7 @@ namespace Ssl.Host.Engine;
 /// generator the other draws from; they then compute what <c>main</c> and then <c>side</c> compute on
 /// the caller, up to summation order. They run one after the other on the caller on a device other
 /// than the CPU, with fewer than two intra-op threads, on the side thread itself, or with
-/// <c>SSL_SIDE_THREAD=off</c>.
+/// <c>--side-thread off</c>.
 /// Evidence and measurements: docs/performance.md#sidethread-what-it-may-run-and-the-record-behind-its-rules.
 /// </para>
 /// </summary>
