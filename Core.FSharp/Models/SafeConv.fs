@@ -29,7 +29,7 @@ let ChannelBlock = 16L
 /// supervised SmallConvNet-16 step ran 1.37x faster here than in NCHW (step probe medians, 43 against
 /// 59 ms; docs/performance.md, "Step by step").
 /// The layout is a matter of strides: shapes, parameters and checkpoints stay (N, C, H, W) and NCHW.
-/// Set once at start-up (Host's DeviceSetup reads SSL_MEMORY_FORMAT); false gives the NCHW kernels.
+/// Set once at start-up from the run's --memory-format (Host's DeviceSetup.Configure, docs/runtime.md); false gives the NCHW kernels.
 let mutable ChannelsLast = true
 
 /// Whether x (N, C, H, W) is dense in channels-last order, C densest (libtorch's
