@@ -1,7 +1,7 @@
 /// `ssl bench`: training-step throughput of every registered recipe, generically: the recipe's own
-/// run starts (its data, models, optimizers and step) with a `StepBenchmark` armed, so the engine
-/// times a window of its training steps with FLOP counters on the step's modules and stops the run
-/// there — no per-recipe benchmarking code, and a new recipe is benchmarked when it is registered.
+/// run starts (its data, models, optimizers and step) with a `StepBenchmark` as its training
+/// observer, which times a window of its training steps with FLOP counters on the step's modules and
+/// stops the run there — no per-recipe benchmarking code, and a new recipe is benchmarked when it is registered.
 /// Each method runs in its own process (its peak RSS is its own), beside a float32 matmul peak
 /// measured in that process with the same threads. With `--peer`, a recipe with a PyTorch twin
 /// (Peer) runs alternately with it, three pairs, and its record holds the medians and the ratio.
@@ -79,16 +79,11 @@ let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads
         FlopCounter.ForwardFlopsPerExample(encoder, [| data.Train.Channels; data.Train.Height; data.Train.Width |]),
         Ssl.Host.Data.ImageFolderOptions(MemoryBudgetMb = Nullable reading.DataMemoryMb).Streams data.Train.DecodedBytes
     if Directory.Exists out then Directory.Delete(out, true)
-    StepBenchmark.Active <- StepBenchmark(warmup, steps)
-    let measured =
-        try
-            recipe.Run request env (RunFolder out) |> ignore
-            None
-        with :? StepBenchmarkComplete as complete -> Some complete.Result
-    StepBenchmark.Active <- null
-    match measured with
-    | None -> failwith $"{recipe.Name}: the run finished before {warmup + steps} training steps; lower --steps or use a longer preset"
-    | Some m ->
+    let benchmark = StepBenchmark(warmup, steps)
+    match recipe.RunObserved benchmark request env (RunFolder out) with
+    | Evaluated _ -> failwith $"{recipe.Name}: the run finished before {warmup + steps} training steps; lower --steps or use a longer preset"
+    | StoppedByObserver _ ->
+        let m = benchmark.Result
         { method = recipe.Name; preset = Preset.name preset
           dataset = (if Directory.Exists dataset then Path.GetFileName(Path.TrimEndingDirectorySeparator dataset) else dataset)
           labels_per_class = Option.toNullable labels

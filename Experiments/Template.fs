@@ -114,6 +114,13 @@ let backboneSpec name paper traits (config: Preset -> 'Config) (backbone: 'Confi
     spec name paper traits config (fun c data -> instantiate None data.Train.Channels (backbone c)) (backbone >> Some)
         (backbone >> Backbone.name) build
 
+/// What a run with a training observer came to.
+type Observed =
+    /// It trained to its end and was evaluated (result.json, export).
+    | Evaluated of RunResult
+    /// The observer stopped its training: nothing evaluated or exported, no result.json.
+    | StoppedByObserver of TrainSummary
+
 /// A recipe as the command line, `repro` and `bench` see it, whatever its config type.
 type Recipe =
     { Name: string
@@ -125,6 +132,8 @@ type Recipe =
       /// Every settable field: (dotted path, expected type).
       Fields: (string * string) list
       Run: Request -> RunEnvironment -> RunFolder -> RunResult
+      /// `Run` with an observer of its training steps that may stop it (`ssl bench`'s StepBenchmark).
+      RunObserved: ITrainingObserver -> Request -> RunEnvironment -> RunFolder -> Observed
       /// The encoder of a resolved config for the data (`ssl eval`, `ssl bench`).
       Encoder: JsonObject -> Data -> Encoder }
 
@@ -196,8 +205,10 @@ let checkpointBytes (step: ITrainingStep) =
 
 /// Runs `spec` with `config` for `request`: the whole run, from config.json to result.json. Every
 /// check (the folder, the data, the labels each probe needs, the probed layer) comes before the
-/// first byte goes into the run folder (docs/reliability.md).
-let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
+/// first byte goes into the run folder (docs/reliability.md). `observer`, if any, watches the
+/// training steps; when it stops them the run ends there, unevaluated.
+let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvironment) (folder: RunFolder)
+                (observer: ITrainingObserver option) : Observed =
     let semi = not spec.Traits.LabelBudgets.IsEmpty
     let request = if semi then { request with Labels = Some(defaultArg request.Labels spec.Traits.LabelBudgets.Head) } else request
     let configJson = Configs.toJson config
@@ -281,9 +292,10 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
         for m in t.Step.Modules.Values do m.``to``(env.Device) |> ignore
         let options =
             TrainerOptions(Epochs = t.Epochs, BatchSize = t.BatchSize, ExampleCount = t.Examples, Seed = request.Seed,
-                           Resume = request.Resume, LogEvery = t.LogEvery, Plan = data.Train,
+                           Resume = request.Resume, LogEvery = t.LogEvery, Plan = data.Train, Observer = Option.toObj observer,
                            ConfigDigest = $"{request.Method} {configJson.ToJsonString()} labels={request.Labels}")
         let summary = Trainer.Run(t.Step, options, folder, env.Device, ConsoleProgress(), t.AfterEpoch)
+        if summary.StoppedBy = StopReason.Observer then StoppedByObserver summary else
         let testAcc = t.Classifier |> Option.map (fun (e, h) -> SupervisedTraining.testAccuracy e h data env.Device)
         let supervisedOnly =
             match spec.Traits.SupervisedOnly with
@@ -301,8 +313,15 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
         let makeEncoder () = fst (probed layer pool data (newEncoder ()))
         finish request env folder data evaluated (spec.EncoderName config + suffix) makeEncoder summary testAcc supervisedOnly
             extra (List.ofSeq notes)
+        |> Evaluated
     finally
         for d in List.rev t.Owned do d.Dispose()
+
+/// `runObserved` without an observer: the run `ssl train` makes.
+let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
+    match runObserved spec config request env folder None with
+    | Evaluated result -> result
+    | StoppedByObserver _ -> invalidOp $"{request.Method}: a run without an observer was stopped by one"
 
 let private resolve (spec: Spec<'Config>) (variant: 'Config -> 'Config) (preset: Preset) (baseline: JsonObject option) (overrides: string list) =
     let start =
@@ -320,6 +339,7 @@ let private recipe (spec: Spec<'Config>) (name: string) (paper: string) (variant
       Resolve = resolve spec variant
       Fields = Configs.fields typeof<'Config>
       Run = fun request env folder -> run spec (typed request) request env folder
+      RunObserved = fun observer request env folder -> runObserved spec (typed request) request env folder (Some observer)
       Encoder = fun json data -> spec.Encoder (Configs.ofJson<'Config> $"{name} config" json) data }
 
 /// The recipes of a spec: its own and one per variant.

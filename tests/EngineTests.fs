@@ -65,6 +65,21 @@ type GarbageTask(seed: int64) =
             this.CollectionsInside.Add(GC.CollectionCount 0 - before)
             figures
 
+/// An observer that counts the steps and phases it is told of, and the threads that told it, and
+/// stops the run after `stopAfter` steps (never: 0).
+type CountingObserver(stopAfter: int) =
+    member val Steps = 0 with get, set
+    member val Images = 0L with get, set
+    member val Phases = Dictionary<string, int>()
+    member val Threads = HashSet<int>()
+    interface ITrainingObserver with
+        member this.BeforeStep(_) = this.Threads.Add Threading.Thread.CurrentThread.ManagedThreadId |> ignore
+        member this.AfterStep(_, images, _) =
+            this.Steps <- this.Steps + 1
+            this.Images <- this.Images + int64 images
+            if this.Steps = stopAfter then StepVerdict.Stop else StepVerdict.Continue
+        member this.Phase(name, _) = this.Phases[name] <- (match this.Phases.TryGetValue name with | true, n -> n + 1 | _ -> 1)
+
 let private optionsWith epochs (stopAfter: int option) resume digest =
     TrainerOptions(Epochs = epochs, BatchSize = 32, ExampleCount = 256L, Seed = 11L, ConfigDigest = digest, LogEvery = 4,
                    Resume = resume, StopAfterEpochs = Option.toNullable stopAfter)
@@ -254,6 +269,40 @@ let trainerTests =
             Expect.isFalse GcFence.Active "closed"
             fence.Close() // closing twice is harmless
             Prop.throws<ArgumentOutOfRangeException> (fun () -> new GcFence(1024L) |> ignore) |> ignore
+        }
+
+        test "an observer stops the trainer after its step, as a normal return whose summary says so" {
+            let folder = RunFolder(Fixtures.tempDir "observer-stop")
+            let observer = CountingObserver(11)
+            // 8 steps an epoch: the 11th is the third of the second epoch.
+            let observed = TrainerOptions(Epochs = 3, BatchSize = 32, ExampleCount = 256L, Seed = 11L, ConfigDigest = "test", LogEvery = 4, Observer = observer)
+            let summary = Trainer.Run(LinearTask(1L), observed, folder, torch.CPU, SilentProgress())
+            Expect.equal summary.StoppedBy StopReason.Observer "stopped by the observer"
+            Expect.isFalse summary.Finished "not finished"
+            Expect.equal summary.Steps 11L "the step it stopped at ran, no later one"
+            Expect.equal summary.Epochs 1 "one whole epoch"
+            Expect.isGreaterThan summary.ImagesPerSecond 0.0 "the cut epoch's steps are in the rate"
+            Expect.equal observer.Steps 11 "told of every step"
+            Expect.equal (observer.Phases["backward"], observer.Phases["optimizer"]) (11, 11) "one phase pair per optimizer step"
+            Expect.equal (epochLosses folder).Length 1 "no epoch row for the cut epoch"
+            let resumed = Trainer.Run(LinearTask(1L), optionsWith 3 None true "test", folder, torch.CPU, SilentProgress())
+            Expect.isTrue resumed.Finished "a resume continues from the last whole epoch's checkpoint"
+            Expect.equal resumed.Steps 24L "all steps"
+        }
+
+        test "trainers with different observers in one process see only their own steps" {
+            let a, b = CountingObserver(0), CountingObserver(0)
+            let run (observer: CountingObserver) epochs batch name =
+                Threading.Tasks.Task.Run(fun () ->
+                    Trainer.Run(LinearTask(2L), TrainerOptions(Epochs = epochs, BatchSize = batch, ExampleCount = 256L, Seed = 3L, Observer = observer),
+                                RunFolder(Fixtures.tempDir name), torch.CPU, SilentProgress()))
+            let runs = [| run a 3 32 "observer-a"; run b 2 64 "observer-b" |]
+            Threading.Tasks.Task.WaitAll(runs |> Array.map (fun t -> t :> Threading.Tasks.Task))
+            Expect.equal (runs |> Array.map (fun t -> t.Result.Steps, t.Result.Finished)) [| 24L, true; 8L, true |] "both ran to their end"
+            Expect.equal (a.Steps, a.Images) (24, 768L) "A: its 3 epochs of 8 steps of 32"
+            Expect.equal (b.Steps, b.Images) (8, 512L) "B: its 2 epochs of 4 steps of 64"
+            Expect.equal (a.Phases["backward"], b.Phases["backward"]) (24, 8) "each its own phases"
+            Expect.equal (a.Threads.Count, b.Threads.Count) (1, 1) "each told on its own trainer's thread"
         }
 
         test "a resume with another config is refused" {

@@ -54,6 +54,19 @@ let private figures (dir: string) =
         |> Seq.toList
     result.ToJsonString(), losses
 
+/// A Linear(8, 3) "encoder" trained through its module call (so the FLOP counter's hooks see it) on
+/// fixed random inputs.
+type private CalledLinear() =
+    let model = torch.nn.Linear(8L, 3L)
+    let x = torch.randn(256L, 8L)
+    interface ITrainingStep with
+        member _.Modules = readOnlyDict [ "encoder", (model :> torch.nn.Module) ]
+        member _.Optimizers =
+            [| struct ("main", OptimizerSpec(Kind = OptimizerKind.Sgd), model.named_parameters ()) |] :> Collections.Generic.IReadOnlyList<_>
+        member _.Step(ctx, batch) =
+            use idx = torch.tensor(batch)
+            readOnlyDict [ "loss", ctx.Optimize("main", model.call(x.index_select(0L, idx)).square().mean()) ]
+
 [<Tests>]
 let tests =
     testList "results" [
@@ -145,18 +158,27 @@ let tests =
         }
         test "a step benchmark times its window of steps and stops the run" {
             let folder = RunFolder(Fixtures.tempDir "bench-window")
-            StepBenchmark.Active <- StepBenchmark(2, 3)
-            let e =
-                Prop.throws<StepBenchmarkComplete> (fun () ->
-                    Trainer.Run(EngineTests.LinearTask(1L), TrainerOptions(Epochs = 5, BatchSize = 32, ExampleCount = 256L), folder,
-                                torch.CPU, SilentProgress()) |> ignore)
-            Expect.equal e.Result.Steps 3 "timed steps"
-            Expect.equal e.Result.Images 96L "images of the timed steps"
-            Expect.isTrue (e.Result.Seconds > 0.0) "time"
-            Expect.isNull StepBenchmark.Active "disarmed"
+            let benchmarked (warmup: int) =
+                let benchmark = StepBenchmark(warmup, 3)
+                let summary =
+                    Trainer.Run(CalledLinear(), TrainerOptions(Epochs = 5, BatchSize = 32, ExampleCount = 256L, Observer = benchmark),
+                                RunFolder(Fixtures.tempDir $"bench-window-{warmup}"), torch.CPU, SilentProgress())
+                Expect.equal summary.StoppedBy StopReason.Observer "stopped by the benchmark"
+                Expect.isFalse summary.Finished "not finished"
+                Expect.equal summary.Steps (int64 (warmup + 3)) "warm-up and timed steps, then no more"
+                benchmark.Result
+            let r = benchmarked 2
+            Expect.equal r.Steps 3 "timed steps"
+            Expect.equal r.Images 96L "images of the timed steps"
+            Expect.isTrue (r.Seconds > 0.0) "time"
+            Expect.equal (Set.ofSeq r.PhaseSeconds.Keys) (set [ "backward"; "optimizer" ]) "phases"
+            // The Linear(8, 3) on 32 examples: 2·8·3·32 forward FLOPs a step, backward twice that.
+            Expect.equal r.EncoderTrainingFlops (3.0 * 3.0 * 1536.0) "FLOPs of the timed steps alone"
+            Expect.equal (benchmarked 0).EncoderTrainingFlops r.EncoderTrainingFlops "without warm-up the first step is timed whole"
             let summary = Trainer.Run(EngineTests.LinearTask(1L), TrainerOptions(Epochs = 1, BatchSize = 32, ExampleCount = 256L), folder,
                                       torch.CPU, SilentProgress())
-            Expect.equal summary.Steps 8L "the next run trains normally"
+            Expect.equal summary.Steps 8L "a run without an observer trains to its end"
+            Expect.equal summary.StoppedBy StopReason.None "not stopped"
         }
         test "the bench table goes between the README's markers, and missing markers are an error naming the file" {
             let dir = Fixtures.tempDir "bench-readme"

@@ -16,21 +16,16 @@ public sealed record StepBenchmarkResult(int Steps, long Images, double Seconds,
     public double AllGflops => AllTrainingFlops / Math.Max(Seconds, 1e-9) / 1e9;
 }
 
-/// <summary>Thrown by the trainer when the benchmark window is complete: the run stops there.</summary>
-public sealed class StepBenchmarkComplete(StepBenchmarkResult result)
-    : Exception($"step benchmark complete: {result.Steps} steps, {result.ImagesPerSecond:F1} img/s")
-{
-    public StepBenchmarkResult Result { get; } = result;
-}
-
 /// <summary>
-/// A process-wide request to time the training steps of the next <see cref="Trainer.Run"/> instead of
-/// finishing it (<c>ssl bench</c>): any recipe is benchmarked through its own step, data and
-/// optimizers without per-recipe code. After <see cref="WarmupSteps"/> steps, <see cref="MeasuredSteps"/>
-/// steps are timed (the step and its dispose scope; no checkpoints or epoch ends) with FLOP counters
-/// on the step's modules; then the trainer throws <see cref="StepBenchmarkComplete"/>.
+/// Times a window of training steps of one <see cref="Trainer.Run"/> and then stops it (<c>ssl bench</c>),
+/// as the run's <see cref="TrainerOptions.Observer"/>: any recipe is benchmarked through its own step,
+/// data and optimizers without per-recipe code. After <see cref="WarmupSteps"/> steps,
+/// <see cref="MeasuredSteps"/> steps are timed (the step and its dispose scope; no checkpoints or epoch
+/// ends) with FLOP counters on the step's modules and the phases <see cref="StepContext"/> reports; after
+/// the last of them it says <see cref="StepVerdict.Stop"/> and <see cref="Result"/> holds the figures.
+/// One benchmark serves one run.
 /// </summary>
-public sealed class StepBenchmark
+public sealed class StepBenchmark : ITrainingObserver
 {
     public StepBenchmark(int warmupSteps, int measuredSteps)
     {
@@ -42,8 +37,8 @@ public sealed class StepBenchmark
     public int WarmupSteps { get; }
     public int MeasuredSteps { get; }
 
-    /// <summary>The benchmark the next trainer run serves; null (the default) trains normally.</summary>
-    public static StepBenchmark? Active { get; set; }
+    /// <summary>The window's figures once its last step ran; null before (or when the run ended sooner).</summary>
+    public StepBenchmarkResult? Result { get; private set; }
 
     int seen;
     int measured;
@@ -53,42 +48,41 @@ public sealed class StepBenchmark
     FlopCounter? all;
     readonly Dictionary<string, double> phases = new();
 
-    /// <summary>
-    /// Adds <paramref name="seconds"/> to a phase of the measured steps of the active benchmark (none: nothing).
-    /// The phases are not part of a step's contract: they split the bench's time for docs/performance.md.
-    /// </summary>
-    public static void AddPhase(string phase, double seconds)
+    /// <summary>Hooks the FLOP counters on the step's modules before the first timed step.</summary>
+    public void BeforeStep(ITrainingStep step)
     {
-        if (Active is { } b && b.encoder is not null)
-            b.phases[phase] = b.phases.GetValueOrDefault(phase) + seconds;
+        if (seen == WarmupSteps && encoder is null && Result is null)
+        {
+            var modules = step.Modules;
+            encoder = new FlopCounter(modules.TryGetValue("encoder", out var e) ? new[] { e } : modules.Values);
+            all = new FlopCounter(modules.Values);
+        }
     }
 
-    /// <summary>Called by the trainer after each step with the step's images and duration.</summary>
-    internal void AfterStep(ITrainingStep step, int batchImages, double stepSeconds)
+    /// <summary>Counts a warm-up or timed step; <see cref="StepVerdict.Stop"/> after the last timed one.</summary>
+    public StepVerdict AfterStep(ITrainingStep step, int batchImages, double stepSeconds)
     {
+        if (Result is not null) return StepVerdict.Stop;
         seen++;
-        if (seen <= WarmupSteps)
-        {
-            if (seen == WarmupSteps) Attach(step);
-            return;
-        }
-        if (encoder is null) Attach(step);
+        if (seen <= WarmupSteps) return StepVerdict.Continue;
         measured++;
         images += batchImages;
         seconds += stepSeconds;
-        if (measured < MeasuredSteps) return;
-        var result = new StepBenchmarkResult(measured, images, seconds, encoder!.TrainingFlops, all!.TrainingFlops,
+        if (measured < MeasuredSteps) return StepVerdict.Continue;
+        Result = new StepBenchmarkResult(measured, images, seconds, encoder!.TrainingFlops, all!.TrainingFlops,
             new Dictionary<string, double>(phases));
         encoder.Dispose();
         all.Dispose();
-        Active = null;
-        throw new StepBenchmarkComplete(result);
+        (encoder, all) = (null, null);
+        return StepVerdict.Stop;
     }
 
-    void Attach(ITrainingStep step)
+    /// <summary>
+    /// Adds a phase's seconds while the timed steps run. The phases are not part of a step's contract:
+    /// they split the bench's time for docs/performance.md.
+    /// </summary>
+    public void Phase(string name, double phaseSeconds)
     {
-        var modules = step.Modules;
-        encoder = new FlopCounter(modules.TryGetValue("encoder", out var e) ? new[] { e } : modules.Values);
-        all = new FlopCounter(modules.Values);
+        if (encoder is not null) phases[name] = phases.GetValueOrDefault(name) + phaseSeconds;
     }
 }

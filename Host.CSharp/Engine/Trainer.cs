@@ -23,10 +23,55 @@ public sealed record TrainerOptions
     public int? StopAfterEpochs { get; init; }
     /// <summary>Told each epoch's batches before they run (a streamed data set decodes them ahead); null: nothing to tell.</summary>
     public IBatchPlan? Plan { get; init; }
+    /// <summary>Told of every step of this run, and may stop it (<see cref="ITrainingObserver"/>); null: none.</summary>
+    public ITrainingObserver? Observer { get; init; }
 }
 
-/// <summary>What a training run measured (result.json's <c>train</c> block).</summary>
-public sealed record TrainSummary(int Epochs, long Steps, double WallSeconds, double ImagesPerSecond, double PeakRssMb, bool Finished);
+/// <summary>What an observer tells the trainer after a step.</summary>
+public enum StepVerdict { Continue, Stop }
+
+/// <summary>
+/// Watches one trainer run step by step (<c>ssl bench</c>'s <see cref="StepBenchmark"/>): the trainer
+/// calls it on the training thread, and it sees only the run whose <see cref="TrainerOptions.Observer"/>
+/// it is. A <see cref="StepVerdict.Stop"/> ends the run after that step, as a normal return whose
+/// summary says so (<see cref="StopReason.Observer"/>): no epoch end, hook or checkpoint follows.
+/// </summary>
+public interface ITrainingObserver
+{
+    /// <summary>Before each step, outside its timing: the step's modules may be hooked here.</summary>
+    void BeforeStep(ITrainingStep step) { }
+
+    /// <summary>After each step: its examples and its seconds (schedule, step and dispose scope).</summary>
+    StepVerdict AfterStep(ITrainingStep step, int batchImages, double seconds);
+
+    /// <summary>
+    /// Seconds of one phase inside a step, from <see cref="StepContext"/>: "backward", and "optimizer"
+    /// (zero_grad and step), once per optimizer step.
+    /// </summary>
+    void Phase(string name, double seconds) { }
+}
+
+/// <summary>Why a run ended before its last epoch.</summary>
+public enum StopReason
+{
+    /// <summary>It did not: every epoch ran.</summary>
+    None,
+    /// <summary><see cref="TrainerOptions.StopAfterEpochs"/> epochs ran in this process.</summary>
+    StopAfterEpochs,
+    /// <summary>The <see cref="TrainerOptions.Observer"/> said <see cref="StepVerdict.Stop"/>, mid-epoch.</summary>
+    Observer,
+}
+
+/// <summary>
+/// What a training run measured (result.json's <c>train</c> block). <paramref name="Epochs"/> counts
+/// whole epochs; <paramref name="Steps"/> and <paramref name="ImagesPerSecond"/> include the steps of
+/// an epoch an observer cut short.
+/// </summary>
+public sealed record TrainSummary(int Epochs, long Steps, double WallSeconds, double ImagesPerSecond, double PeakRssMb, bool Finished)
+{
+    /// <summary>Why the run stopped early; <see cref="StopReason.None"/> when <see cref="Finished"/>.</summary>
+    public StopReason StoppedBy { get; init; }
+}
 
 /// <summary>Called after every epoch (kNN monitors, sample grids); runs outside the training scope.</summary>
 public delegate void EpochHook(int epoch, IReadOnlyDictionary<string, double> epochMeans);
@@ -35,7 +80,8 @@ public delegate void EpochHook(int epoch, IReadOnlyDictionary<string, double> ep
 /// The training loop every recipe runs on: one dispose scope per batch, per-step schedules and
 /// seeds, no garbage collection inside a step (<see cref="GcFence"/>), NaN/Inf detection, a
 /// checkpoint after every epoch (atomic), resume, metrics.jsonl,
-/// TensorBoard scalars and a progress line with rate and ETA.
+/// TensorBoard scalars and a progress line with rate and ETA; an optional observer sees each step
+/// and may stop the run (<see cref="TrainerOptions.Observer"/>).
 /// </summary>
 public static class Trainer
 {
@@ -91,11 +137,16 @@ public static class Trainer
         var peakBefore = resumed?.PeakRssMb ?? 0.0;
         var epochsRun = 0;
         var lastEpoch = startEpoch;
-        var benchmark = StepBenchmark.Active;
+        var observer = options.Observer;
+        var stoppedBy = StopReason.None;
 
         for (var epoch = startEpoch; epoch < options.Epochs; epoch++)
         {
-            if (options.StopAfterEpochs is { } stop && epochsRun >= stop) break;
+            if (options.StopAfterEpochs is { } stop && epochsRun >= stop)
+            {
+                stoppedBy = StopReason.StopAfterEpochs;
+                break;
+            }
             foreach (var module in step.Modules.Values) module.train();
             var sums = new Dictionary<string, double>();
             var epochClock = Stopwatch.StartNew();
@@ -105,6 +156,7 @@ public static class Trainer
             options.Plan?.Plan(batches);
             foreach (var batch in batches)
             {
+                observer?.BeforeStep(step);
                 var stepClock = Stopwatch.StartNew();
                 var at = epoch + (double)b / stepsPerEpoch;
                 foreach (var o in optimizers.Values) o.Schedule(at, options.Epochs);
@@ -113,7 +165,7 @@ public static class Trainer
                 using (var scope = NewDisposeScope())
                 {
                     manual_seed(Seeds.Derive(options.Seed, globalStep));
-                    var context = new StepContext(epoch, globalStep, options.Epochs * stepsPerEpoch, options.Seed, device, optimizers, batch.Length);
+                    var context = new StepContext(epoch, globalStep, options.Epochs * stepsPerEpoch, options.Seed, device, optimizers, batch.Length, observer);
                     try { figures = step.Step(context, batch); }
                     catch (NonFiniteLossException e)
                     {
@@ -124,7 +176,7 @@ public static class Trainer
                     }
                     finally { context.Generator.Dispose(); }
                 }
-                benchmark?.AfterStep(step, batch.Length, stepClock.Elapsed.TotalSeconds);
+                var verdict = observer?.AfterStep(step, batch.Length, stepClock.Elapsed.TotalSeconds) ?? StepVerdict.Continue;
                 FaultInjection.At("step");
                 foreach (var (k, v) in figures) sums[k] = sums.GetValueOrDefault(k) + v;
                 globalStep++;
@@ -140,11 +192,17 @@ public static class Trainer
                     foreach (var (k, v) in figures) tensorboard.add_scalar($"train/{k}", (float)v, (int)globalStep);
                 }
                 progress.Step(epoch, b, figures, rate);
+                if (verdict == StepVerdict.Stop)
+                {
+                    stoppedBy = StopReason.Observer;
+                    break;
+                }
             }
             fence.Close();
             options.Plan?.Plan(Array.Empty<long[]>());
             trainingSeconds += epochClock.Elapsed.TotalSeconds;
             imagesSeen += epochImages;
+            if (stoppedBy == StopReason.Observer) break;
             var means = sums.ToDictionary(kv => kv.Key, kv => kv.Value / Math.Max(b, 1));
             // Order (docs/reliability.md): the epoch's hook and metrics row first, then the checkpoint
             // that covers them, so a process killed in between loses no row a resume would not write again.
@@ -168,8 +226,11 @@ public static class Trainer
             lastEpoch = epoch + 1;
         }
         progress.Stop();
-        var finished = lastEpoch >= options.Epochs;
+        var finished = stoppedBy == StopReason.None && lastEpoch >= options.Epochs;
         return new TrainSummary(lastEpoch, globalStep, wallBefore + clock.Elapsed.TotalSeconds,
-            imagesSeen / Math.Max(trainingSeconds, 1e-9), Math.Max(peakBefore, ProcessStats.PeakRssMb()), finished);
+            imagesSeen / Math.Max(trainingSeconds, 1e-9), Math.Max(peakBefore, ProcessStats.PeakRssMb()), finished)
+        {
+            StoppedBy = stoppedBy,
+        };
     }
 }

@@ -35,9 +35,12 @@ public sealed class NonFiniteLossException(string message) : Exception(message);
 public sealed class StepContext
 {
     readonly IReadOnlyDictionary<string, TrainingOptimizer> optimizers;
+    readonly ITrainingObserver? observer;
 
-    internal StepContext(int epoch, long step, long totalSteps, long seed, Device device, IReadOnlyDictionary<string, TrainingOptimizer> optimizers, int batchSize)
+    internal StepContext(int epoch, long step, long totalSteps, long seed, Device device, IReadOnlyDictionary<string, TrainingOptimizer> optimizers, int batchSize,
+                         ITrainingObserver? observer = null)
     {
+        this.observer = observer;
         BatchSize = batchSize;
         Epoch = epoch;
         GlobalStep = step;
@@ -64,7 +67,8 @@ public sealed class StepContext
 
     /// <summary>
     /// zero_grad, backward of <paramref name="loss"/>, clip, (LARS), step for one optimizer. A NaN or
-    /// infinite loss stops training with a message naming the optimizer, epoch and step.
+    /// infinite loss stops training with a message naming the optimizer, epoch and step. The run's
+    /// observer, if any, is told the seconds of the "backward" and "optimizer" phases.
     /// Returns the loss value.
     /// </summary>
     public double Optimize(string optimizer, Tensor loss, bool retainGraph = false) =>
@@ -105,8 +109,11 @@ public sealed class StepContext
         var afterBackward = System.Diagnostics.Stopwatch.GetTimestamp();
         target.Step();
         var seconds = (long ticks) => (double)ticks / System.Diagnostics.Stopwatch.Frequency;
-        StepBenchmark.AddPhase("backward", seconds(afterBackward - zeroed));
-        StepBenchmark.AddPhase("optimizer", seconds(zeroed - start + System.Diagnostics.Stopwatch.GetTimestamp() - afterBackward));
+        if (observer is not null)
+        {
+            observer.Phase("backward", seconds(afterBackward - zeroed));
+            observer.Phase("optimizer", seconds(zeroed - start + System.Diagnostics.Stopwatch.GetTimestamp() - afterBackward));
+        }
         return value;
     }
 

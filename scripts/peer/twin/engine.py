@@ -5,7 +5,7 @@ StepBenchmark.cs): per step the schedule, the global seed and a fresh generator 
 the step, its duration from before the schedule to after its tensors are freed; after the warm-up
 steps, the timed ones; img/s = the images the timed steps drew / the sum of their durations.
 Inside the timed steps the backward pass and the optimizer (zero_grad, gradient norm, step) are
-timed as StepContext.Optimize times ours (StepBenchmark.AddPhase), the rest is "forward+other".
+timed as StepContext.Optimize times ours (StepBenchmark.Phase), the rest is "forward+other".
 """
 import math
 import time
