@@ -2,7 +2,7 @@
 // Fashion-MNIST training images as JPEG and PNG files of random sizes MIN..MAX px (seed 7), plus
 // CORRUPT undecodable files (truncated, empty, text). Run after a build, from the repository root:
 //   dotnet fsi scripts/image-folder.fsx OUT COUNT MIN MAX [CORRUPT]
-// README ("Train on your own images") and the notes quote benches on folders it wrote.
+// docs/data.md ("Train on your own images") and the notes quote benches on folders it wrote.
 #r "../Experiments/bin/Release/net10.0/TorchSharp.dll"
 #r "../Experiments/bin/Release/net10.0/SkiaSharp.dll"
 #r "../Experiments/bin/Release/net10.0/Ssl.Host.dll"

@@ -1,4 +1,4 @@
-/// Training on one's own images (README "Train on your own images"): a flat folder of Fashion-MNIST
+/// Training on one's own images (docs/data.md, "Train on your own images"): a flat folder of Fashion-MNIST
 /// images written as JPEG and PNG files of random sizes with corrupt files among them, probed on a
 /// labelled tree through --eval-dataset; the 1% limit on bad files; the refusals.
 module Ssl.Tests.OwnDataTests
