@@ -77,14 +77,7 @@ let tests =
                     // Colour-only recipes refuse the grey default data set: they train on the colour fixture.
                     let dataset = if List.contains recipe.Name colourOnlyRecipes then [| "--dataset"; Fixtures.colourFolder () |] else [||]
                     Expect.equal (Program.run (Array.append [| "train"; recipe.Name; "--preset"; "smoke"; "--out"; dir |] dataset)) 0 "exit code"
-                    use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
-                    Expect.equal (doc.RootElement.GetProperty("method").GetString()) recipe.Name "method"
-                    let fraction (e: JsonElement) = let v = e.GetDouble() in v >= 0.0 && v <= 1.0
-                    Expect.isTrue (fraction (doc.RootElement.GetProperty("eval").GetProperty("linear_probe_acc"))) "linear probe"
-                    Expect.isTrue (fraction (doc.RootElement.GetProperty("eval").GetProperty("knn_acc"))) "kNN"
-                    let baselines = doc.RootElement.GetProperty "baselines"
-                    Expect.isTrue (fraction (baselines.GetProperty("random_init").GetProperty("linear_probe_acc"))) "random-init baseline"
-                    Expect.isTrue (fraction (baselines.GetProperty("raw_pixels").GetProperty("knn_acc"))) "raw-pixel baseline"
+                    use _ = Fixtures.expectContractResult dir recipe.Name
                     // DINO's protocol reads class tokens of the last blocks; `ssl eval --layer class-tokens` does the same.
                     if recipe.Name = "dino" then
                         Expect.equal (Program.run [| "eval"; dir; "--protocol"; "knn"; "--layer"; "class-tokens"; "--pool"; "1" |]) 0 "eval class tokens"

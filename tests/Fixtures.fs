@@ -61,3 +61,18 @@ let writeColourFolder (dir: string) (classes: int) (perClass: int) (size: int) =
 let colourFolder =
     let made = lazy (writeColourFolder (tempDir "colour-folder") 2 100 32)
     fun () -> made.Force()
+
+/// Checks the run folder `dir` holds the result.json of the contract for `method` (the method's
+/// linear probe and kNN, the random-init and raw-pixel baselines as fractions in [0, 1]); returns
+/// the parsed document for further checks.
+let expectContractResult (dir: string) (method: string) =
+    let doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
+    let root = doc.RootElement
+    Expecto.Expect.equal (root.GetProperty("method").GetString()) method "method"
+    let fraction (e: System.Text.Json.JsonElement) = let v = e.GetDouble() in v >= 0.0 && v <= 1.0
+    Expecto.Expect.isTrue (fraction (root.GetProperty("eval").GetProperty("linear_probe_acc"))) "linear probe"
+    Expecto.Expect.isTrue (fraction (root.GetProperty("eval").GetProperty("knn_acc"))) "kNN"
+    let baselines = root.GetProperty "baselines"
+    Expecto.Expect.isTrue (fraction (baselines.GetProperty("random_init").GetProperty("linear_probe_acc"))) "random-init baseline"
+    Expecto.Expect.isTrue (fraction (baselines.GetProperty("raw_pixels").GetProperty("knn_acc"))) "raw-pixel baseline"
+    doc
