@@ -51,7 +51,6 @@ type Step(encoder: Encoder, head: LinearHead, data: Data, examples: int64[], con
         member _.Modules = modules
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let picked = batch |> Array.map (fun i -> examples[int i])
             use idx = torch.tensor(picked)

@@ -85,7 +85,6 @@ type Step(encoder: Encoder, projector: TorchSharp.Modules.Sequential, data: Data
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "projector", (projector :> torch.nn.Module) ]
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (projector.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x = unitPixels data batch ctx.Device
             let project (v: torch.Tensor) = projector.forward (encoder.forward v)

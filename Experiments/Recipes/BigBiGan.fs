@@ -115,7 +115,6 @@ type private Step(gan: BigBiGan, data: Data, standardiser: Standardiser, config:
             [| struct ("discriminator", adam config.DiscriminatorLearningRate, gan.Discriminator.named_parameters ())
                struct ("encoder_generator", adam config.EncoderGeneratorLearningRate,
                        Seq.append (gan.Encoder.named_parameters ()) (gan.Generator.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x = Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)
             let z = gan.SamplePrior(x.shape[0], ctx.Generator)

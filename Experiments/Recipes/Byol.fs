@@ -85,7 +85,6 @@ type Step(online: TorchSharp.Modules.Sequential, predictor: MlpHead, target: Mom
                            "target", (target :> torch.nn.Module) ]
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (online.named_parameters ()) (predictor.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x = unitPixels data batch ctx.Device
             let v1 = view config.Augmentation data ctx.Generator x

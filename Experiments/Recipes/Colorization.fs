@@ -165,7 +165,6 @@ type Step(net: ColorizationNet, head: SafeConv.SafeConv2d, bins: Tensor, weights
         member _.Modules = readOnlyDict [ "encoder", (net :> nn.Module); "head", (head :> nn.Module) ]
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (net.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let pixels = unitPixels data batch ctx.Device |> Geometric.randomHorizontalFlip 0.5 ctx.Generator
             let lab, abSmall = labAndTargets pixels

@@ -142,7 +142,6 @@ type Step(encoder: PatchGridEncoder, predictors: Predictors, data: Data, config:
         member _.Modules = readOnlyDict [ "encoder", (encoder :> nn.Module); "predictors", (predictors :> nn.Module) ]
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (predictors.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x = unitPixels data batch ctx.Device
             let h, w = x.shape[2], x.shape[3]

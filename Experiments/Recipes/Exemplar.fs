@@ -95,7 +95,6 @@ type Step(encoder: Encoder, projection: LinearHead, data: Data, config: Config) 
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "projection", (projection :> torch.nn.Module) ]
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (projection.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let pixels = unitPixels data batch ctx.Device
             let copies = int64 config.Copies

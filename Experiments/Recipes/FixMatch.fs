@@ -99,7 +99,6 @@ type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, la
         member _.Modules = modules
         member _.Optimizers =
             [| struct ("main", optimizer config, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let generator = ctx.Generator
             let weak x = weakAugment config.TranslatePixels config.FlipProbability generator x

@@ -63,7 +63,6 @@ type Step(encoder: Encoder, head: MlpHead, data: Data, config: Config) =
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x = unitPixels data batch ctx.Device
             let views = torch.cat([| view config.Augmentation data ctx.Generator x; view config.Augmentation data ctx.Generator x |], 0L)

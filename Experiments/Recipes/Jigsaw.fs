@@ -75,7 +75,6 @@ type Step(encoder: Encoder, classifier: MlpHead, permutations: torch.Tensor, dat
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "classifier", (classifier :> torch.nn.Module) ]
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (classifier.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x = Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)
             let tiles, labels = Patches.jigsaw permutations config.CellSize config.TileSize ctx.Generator x

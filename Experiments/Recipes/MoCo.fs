@@ -100,7 +100,6 @@ type Step(query: EmbeddingNet, key: MomentumCopy, queue: KeyQueue, data: Data, c
         member _.Modules =
             readOnlyDict [ "query", (query :> torch.nn.Module); "key", (key :> torch.nn.Module); "queue", (queue :> torch.nn.Module) ]
         member _.Optimizers = [| struct ("main", spec, query.named_parameters ()) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x = unitPixels data batch ctx.Device
             let xq = view config.Augmentation data ctx.Generator x

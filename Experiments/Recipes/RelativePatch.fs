@@ -64,7 +64,6 @@ type Step(encoder: Encoder, classifier: MlpHead, data: Data, config: Config) =
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "classifier", (classifier :> torch.nn.Module) ]
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (classifier.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x = Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)
             let centres, neighbours, labels, _ = Patches.relativePatchPairs config.PatchSize config.Gap config.Jitter ctx.Generator x

@@ -51,7 +51,6 @@ type Step(encoder: Encoder, head: LinearHead, data: Data, config: Config) =
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x =
                 Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)

@@ -78,7 +78,6 @@ type Step(parts: Parts, embeddingHead: LinearHead, config: Config) =
         member _.Optimizers =
             let parameters = Seq.concat [ encoder.named_parameters (); classifier.named_parameters (); embeddingHead.named_parameters () ]
             [| struct ("main", spec, parameters) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let labelledIdx = labelledBatch ctx.Generator split.Labelled config.LabelledBatch
             // Copy c of image n sits at row n·Copies + c, so an image's instance id is row / Copies.

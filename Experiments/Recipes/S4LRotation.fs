@@ -66,7 +66,6 @@ type Step(parts: SemiSupervised.Parts, rotationHead: LinearHead, config: Config)
         member _.Optimizers =
             let parameters = Seq.concat [ encoder.named_parameters (); classifier.named_parameters (); rotationHead.named_parameters () ]
             [| struct ("main", spec, parameters) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let labelledIdx = SemiSupervised.labelledBatch ctx.Generator split.Labelled config.LabelledBatch
             let y = SemiSupervised.labelsOf data ctx.Device labelledIdx

@@ -77,7 +77,6 @@ type Step(encoder: Encoder, projector: torch.nn.Module<torch.Tensor, torch.Tenso
         member _.Optimizers =
             let parameters = Seq.concat [ encoder.named_parameters (); projector.named_parameters (); predictor.named_parameters () ]
             [| struct ("main", spec, parameters) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let x = unitPixels data batch ctx.Device
             let project (v: torch.Tensor) = projector.forward (encoder.forward v)

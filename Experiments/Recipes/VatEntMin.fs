@@ -74,7 +74,6 @@ type Step(parts: SemiSupervised.Parts, config: Config) =
         member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "classifier", (classifier :> torch.nn.Module) ]
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (classifier.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict []
         member _.Step(ctx, batch) =
             let labelledIdx = SemiSupervised.labelledBatch ctx.Generator split.Labelled config.LabelledBatch
             let y = SemiSupervised.labelsOf data ctx.Device labelledIdx
