@@ -30,8 +30,11 @@ let methods () =
     AnsiConsole.MarkupLine $"{(Registry.all ()).Length} recipes registered; `ssl config <recipe>` prints one's config, `--set Field=value` changes it."
     0
 
-/// The first line of a message (native libraries append their traces below it).
-let private firstLine (message: string) = message.Split('\n', 2).[0].Trim()
+/// The first line of a message (native libraries append their traces below it), or the whole
+/// message where that line is empty.
+let firstLine (message: string) =
+    let line = message.Split('\n', 2).[0].Trim()
+    if line.Length > 0 then line else message.Trim()
 
 let private formatAcc (v: Nullable<float>) = if v.HasValue then $"{v.Value:P2}" else "-"
 
@@ -70,16 +73,11 @@ let private parsePreset (recipe: Template.Recipe) (text: string) =
 let private readConfigFile (path: string) : JsonObject * JsonObject =
     if not (IO.File.Exists path) then
         raise (DataException(path, "a JSON config (a run's config.json, or what `ssl config` prints)", "no such file"))
-    let root =
-        try JsonNode.Parse(IO.File.ReadAllText path)
-        with :? JsonException as e -> raise (DataException(path, "JSON", e.Message))
-    match root with
-    | :? JsonObject as o ->
-        match (if o.ContainsKey "config" then Some o["config"] else None) with
-        | Some(:? JsonObject as config) -> o, config
-        | Some _ -> raise (DataException(path, "\"config\": a JSON object", o["config"].ToJsonString()))
-        | None -> JsonObject(), o
-    | _ -> raise (DataException(path, "a JSON object", if isNull root then "null" else root.ToJsonString()))
+    let o = Template.readJsonObject path "a JSON object (a run's config.json, or what `ssl config` prints)"
+    match (if o.ContainsKey "config" then Some o["config"] else None) with
+    | Some(:? JsonObject as config) -> o, config
+    | Some _ -> raise (DataException(path, "\"config\": a JSON object", o["config"].ToJsonString()))
+    | None -> JsonObject(), o
 
 /// A run field of a `--config` file read as 'T, or None where absent or null; a value of another
 /// type is an error naming the file and the field.
@@ -311,15 +309,6 @@ let private locateData (runDir: string) (given: string) (recordedPath: string op
         |> List.tryFind IO.Directory.Exists
         |> Option.defaultValue given
 
-/// A field of a run's config.json read as 'T, or None where absent or null; another type is an
-/// error naming the file, the field and what it holds.
-let private recordedField<'T> (path: string) (o: JsonObject) (key: string) (what: string) : 'T option =
-    match o[key] with
-    | null -> None
-    | v ->
-        try Some(v.GetValue<'T>())
-        with :? InvalidOperationException | :? FormatException -> raise (DataException(path, $"\"{key}\": {what}", v.ToJsonString()))
-
 /// `ssl eval <run-dir>`: rebuilds the run's encoder, loads its exported weights and applies one
 /// protocol to the representation the run's own evaluation read (config.json's probe: layer and
 /// pool), unless --layer names another; prints the figure and writes it to
@@ -331,15 +320,9 @@ let eval (args: ParseResults<EvalArgs>) =
     for path in [ configPath; weights ] do
         if not (IO.File.Exists path) then
             raise (DataException(path, "a file written by `ssl train` (a finished run folder)", "no such file"))
-    let recorded =
-        let node =
-            try JsonNode.Parse(IO.File.ReadAllText configPath)
-            with :? JsonException as e -> raise (DataException(configPath, "the JSON config.json `ssl train` wrote", e.Message.Split('\n')[0]))
-        match node with
-        | :? JsonObject as o -> o
-        | _ -> raise (DataException(configPath, "a JSON object (the config.json `ssl train` wrote)", if isNull node then "null" else node.ToJsonString()))
-    let field (key: string) (what: string) : 'T option = recordedField configPath recorded key what
-    let required key what : 'T = match recordedField configPath recorded key what with Some v -> v | None -> raise (DataException(configPath, $"\"{key}\": {what}", "none"))
+    let recorded = Template.readJsonObject configPath "a JSON object (the config.json `ssl train` wrote)"
+    let field (key: string) (_what: string) : 'T option = field configPath recorded key
+    let required key what : 'T = match field key what with Some v -> v | None -> raise (DataException(configPath, $"\"{key}\": {what}", "none"))
     let methodName = required "method" "a recipe name"
     let recipe =
         match Registry.tryFind methodName with

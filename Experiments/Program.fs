@@ -26,11 +26,6 @@ let private usageOf (argv: string[]) =
     | Some syntax -> $"usage: {syntax}\n(`ssl {argv[0]} --help` explains each flag)"
     | None -> parser.PrintUsage()
 
-/// The first line of a message (native libraries append their own traces below it).
-let private firstLine (message: string) =
-    let line = message.Split('\n', 2).[0].Trim()
-    if line.Length > 0 then line else message.Trim()
-
 /// An exception no rule below names: one line on the terminal, the whole trace in a file for a bug report.
 let private unexpected (e: exn) =
     let trace = Path.Combine(Path.GetTempPath(), $"ssl-error-{Environment.ProcessId}.txt")
@@ -39,7 +34,7 @@ let private unexpected (e: exn) =
             File.WriteAllText(trace, e.ToString())
             $" (full trace in {trace})"
         with _ -> ""
-    eprintfn "error: %s: %s%s" (e.GetType().Name) (firstLine e.Message) kept
+    eprintfn "error: %s: %s%s" (e.GetType().Name) (Commands.firstLine e.Message) kept
     1
 
 /// Exit codes: 0 success, 1 a run failed (bad data, a file or folder, the device, a fault), 2 a
@@ -75,7 +70,7 @@ let run (argv: string[]) =
         2
     | :? ArgumentException as e ->
         let message = if isNull e.ParamName then e.Message else e.Message.Replace($" (Parameter '{e.ParamName}')", "")
-        eprintfn "usage error: %s\n\n%s" (firstLine message) (usageOf argv)
+        eprintfn "usage error: %s\n\n%s" (Commands.firstLine message) (usageOf argv)
         2
     | :? DataException
     | :? Ssl.Host.Runs.RunFolderException
@@ -83,17 +78,17 @@ let run (argv: string[]) =
     | :? Peer.PeerUnavailableException
     | :? Ssl.Host.Engine.NonFiniteLossException
     | :? InvalidDataException as e ->
-        eprintfn "error: %s" (firstLine e.Message)
+        eprintfn "error: %s" (Commands.firstLine e.Message)
         1
     | :? UnauthorizedAccessException
     | :? IOException as e ->
-        eprintfn "error: %s" (firstLine e.Message)
+        eprintfn "error: %s" (Commands.firstLine e.Message)
         1
     | :? Text.Json.JsonException as e ->
-        eprintfn "error: expected JSON, found text that does not parse as it (%s)" (firstLine e.Message)
+        eprintfn "error: expected JSON, found text that does not parse as it (%s)" (Commands.firstLine e.Message)
         1
     | :? OutOfMemoryException as e ->
-        eprintfn "error: out of memory (%s); lower the batch size, --image-size or --data-memory-mb" (firstLine e.Message)
+        eprintfn "error: out of memory (%s); lower the batch size, --image-size or --data-memory-mb" (Commands.firstLine e.Message)
         1
     | e -> unexpected e
 

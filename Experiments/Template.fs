@@ -142,6 +142,16 @@ let requireSquare (what: string) (data: Data) =
     if data.Train.Height <> data.Train.Width then
         invalidArg "--dataset" $"--dataset: {what} needs square images, found {data.Train.Height}x{data.Train.Width}"
 
+/// The JSON object in the file `path` (`what` it should be, for errors): a file that does not parse,
+/// or holds something else, is a DataException naming the file, what was expected and what was found.
+let readJsonObject (path: string) (what: string) : JsonObject =
+    let node =
+        try JsonNode.Parse(IO.File.ReadAllText path)
+        with :? Text.Json.JsonException as e -> raise (DataException(path, what, e.Message.Split('\n')[0]))
+    match node with
+    | :? JsonObject as o -> o
+    | _ -> raise (DataException(path, what, if isNull node then "null" else node.ToJsonString()))
+
 /// The checks of `folder` before a run starts in it (nothing is written): a finished run is
 /// refused unless --resume (re-evaluate) or --force (replace); an unfinished one unless --resume or
 /// --force; --resume needs the run's config.json and asks for the same config, seed and labels.
@@ -165,11 +175,7 @@ let checkFolder (request: Request) (env: RunEnvironment) (configJson: JsonObject
         raise (RunFolderException(folder.ConfigPath, "the config.json of the run to resume",
                                   "no such file (the folder holds a checkpoint or metrics without it); start again with --force, or use another --out"))
     | _, true, _ ->
-        let before =
-            try JsonNode.Parse(IO.File.ReadAllText folder.ConfigPath)
-            with :? Text.Json.JsonException as e -> raise (DataException(folder.ConfigPath, "the JSON config.json `ssl train` wrote", e.Message.Split('\n')[0]))
-        if isNull before || before.GetValueKind() <> Text.Json.JsonValueKind.Object then
-            raise (DataException(folder.ConfigPath, "the JSON object config.json `ssl train` wrote", (if isNull before then "null" else before.ToJsonString())))
+        let before = readJsonObject folder.ConfigPath "the JSON object config.json `ssl train` wrote"
         let same (key: string) (now: JsonNode) =
             let was = before[key]
             (if isNull was then "null" else was.ToJsonString()) = (if isNull now then "null" else now.ToJsonString())
@@ -191,7 +197,7 @@ let checkFolder (request: Request) (env: RunEnvironment) (configJson: JsonObject
                     invalidArg flag $"{flag}: {folder.ConfigPath} ran with {key} {w}, this command asks for {now[key].ToJsonString()}; resume with the run's own {flag}"
         | _ -> ()
         true
-    | RunState.Empty, false, false -> false
+    // An empty folder without --resume or --force: a fresh run.
     | _ -> false
 
 /// Bytes a checkpoint of these modules and optimizers takes at most: every parameter and buffer,

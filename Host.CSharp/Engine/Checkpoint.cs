@@ -91,10 +91,7 @@ public static class Checkpoint
         {
             using var file = File.OpenRead(path);
             using var reader = new BinaryReader(file);
-            var magic = reader.ReadString();
-            if (magic != Magic) throw new InvalidDataException($"{path}: expected a checkpoint starting with {Magic}, found {Printable(magic)}");
-            return JsonSerializer.Deserialize<TrainingPosition>(reader.ReadString())
-                   ?? throw new InvalidDataException($"{path}: expected a training position, found null");
+            return ReadHeader(path, reader);
         }
         catch (Exception e) when (e is EndOfStreamException or IOException or FormatException or JsonException)
         {
@@ -109,16 +106,22 @@ public static class Checkpoint
         return text.Length > 40 ? $"'{clean}...'" : $"'{clean}'";
     }
 
-    static TrainingPosition Read(string path, ITrainingStep step, IReadOnlyDictionary<string, TrainingOptimizer> optimizers)
+    /// <summary>The magic string and the position that start every checkpoint.</summary>
+    static TrainingPosition ReadHeader(string path, BinaryReader reader)
     {
-        using var file = File.OpenRead(path);
-        using var reader = new BinaryReader(file);
         string magic;
         try { magic = reader.ReadString(); }
         catch (EndOfStreamException) { magic = "(an empty file)"; }
         if (magic != Magic) throw new InvalidDataException($"{path}: expected a checkpoint starting with {Magic}, found {Printable(magic)}");
-        var position = JsonSerializer.Deserialize<TrainingPosition>(reader.ReadString())
-                       ?? throw new InvalidDataException($"{path}: expected a training position, found null");
+        return JsonSerializer.Deserialize<TrainingPosition>(reader.ReadString())
+               ?? throw new InvalidDataException($"{path}: expected a training position, found null");
+    }
+
+    static TrainingPosition Read(string path, ITrainingStep step, IReadOnlyDictionary<string, TrainingOptimizer> optimizers)
+    {
+        using var file = File.OpenRead(path);
+        using var reader = new BinaryReader(file);
+        var position = ReadHeader(path, reader);
         foreach (var (name, module) in step.Modules.OrderBy(m => m.Key, StringComparer.Ordinal))
         {
             Expect(path, reader.ReadString(), name);

@@ -1,18 +1,17 @@
-using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Ssl.Host.Native;
 
 namespace Ssl.Host.Runs;
 
+/// <summary>What a run folder holds before a run starts in it.</summary>
+public enum RunState { Empty, Unfinished, Finished }
+
 /// <summary>
 /// A run's folder (DESIGN.md, Run folder contract): <c>config.json</c>, <c>metrics.jsonl</c>,
 /// <c>result.json</c>, <c>checkpoints/</c>, <c>plots/</c>. Files are written through a temp file and
 /// a rename, so a crash never leaves half a file; metrics are appended line by line.
 /// </summary>
-/// <summary>What a run folder holds before a run starts in it.</summary>
-public enum RunState { Empty, Unfinished, Finished }
-
 public sealed class RunFolder
 {
     public static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
