@@ -3,6 +3,7 @@
 /// to 64 px), Wide-ResNet-28-k and ViT-Tiny (width 192, 3 heads; Core's VisionTransformer) of patch
 /// size p and depth d (12 unless given). Written and read as text: smallconvnet-16, resnet18,
 /// wrn-28-2, vit-tiny-4 (patch 4, 12 blocks), vit-tiny-7-4 (patch 7, 4 blocks).
+[<AutoOpen>]
 module Ssl.Experiments.Backbone
 
 open System

@@ -3,6 +3,7 @@
 /// every recipe's config gets them without code of its own. Field names are the record's own. A
 /// C# config is a class whose public properties all have setters (`init` included), such as a
 /// C# record: its properties are its fields, in declaration order.
+[<AutoOpen>]
 module Ssl.Experiments.Configs
 
 open System
@@ -179,12 +180,27 @@ let setText (t: Type) (value: obj) (path: string) (text: string) : obj =
                 makeRecord t values
     go t value "" (List.ofArray (path.Split('.')))
 
-/// Applies `Field=value` overrides in order (a later one wins).
+/// The dotted path a `--set` names: `path` itself, or the one nested field it ends (`Epochs` for
+/// `Schedule.Epochs`) when no top-level field is so named and exactly one nested one is.
+let resolvePath (t: Type) (path: string) =
+    let top = path.Split('.')[0]
+    if recordFields t |> Array.exists (fun p -> p.Name = top) then path
+    else
+        let tails =
+            fields t |> List.map fst
+            |> List.filter (fun f -> f.EndsWith("." + path, StringComparison.Ordinal)) |> List.map (fun f -> f.Substring(0, f.Length - path.Length - 1))
+            |> List.distinct
+        match tails with
+        | [ parent ] -> $"{parent}.{path}"
+        | _ -> path
+
+/// Applies `Field=value` overrides in order (a later one wins); a nested field may be named by
+/// its own name alone where that is unambiguous (resolvePath).
 let applyOverrides<'T> (overrides: string list) (config: 'T) : 'T =
     overrides
     |> List.fold (fun (value: obj) (o: string) ->
         match o.IndexOf '=' with
-        | i when i > 0 -> setText typeof<'T> value (o.Substring(0, i).Trim()) (o.Substring(i + 1))
+        | i when i > 0 -> setText typeof<'T> value (resolvePath typeof<'T> (o.Substring(0, i).Trim())) (o.Substring(i + 1))
         | _ -> invalidArg "--set" $"--set: expected Field=value, found '{o}'") (box config)
     |> unbox<'T>
 

@@ -90,7 +90,7 @@ type TrainingPlan() =
         { t with
             Examples = (if plan.Examples.HasValue then plan.Examples.Value else t.Examples)
             LogEvery = plan.LogEvery
-            Probe = ((if isNull plan.ProbeLayer then "" else plan.ProbeLayer), plan.ProbePool)
+            Probe = Probe.OfLayer(plan.ProbeLayer, plan.ProbePool)
             Classifier = (if isNull (box plan.Classifier) then None else Some(plan.Evaluated, plan.Classifier))
             AfterEpoch = plan.AfterEpoch
             Extra =

@@ -1,5 +1,6 @@
 /// What every recipe shares around its training step: the data, the protocols of DESIGN.md
 /// (linear probe, kNN, few-label probe), the baselines beside every result, and the report.
+[<AutoOpen>]
 module Ssl.Experiments.Pipeline
 
 open System

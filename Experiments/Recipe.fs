@@ -1,4 +1,5 @@
 /// What a run asks of a recipe (DESIGN.md, Command line contract).
+[<AutoOpen>]
 module Ssl.Experiments.Recipe
 
 open System.Runtime.InteropServices

@@ -4,6 +4,7 @@
 /// engine's epoch runs over the unlabelled pool; the step's `batch` indexes the pool), as the papers'
 /// code cycles a shuffled labelled loader beside the unlabelled one; the classifier and its EMA
 /// copy; MixMatch's weak augmentation and S4L's light one.
+[<AutoOpen>]
 module Ssl.Experiments.SemiSupervised
 
 open System.IO
@@ -73,6 +74,25 @@ let trainingOf (c: Context<'Config>) (p: Parts) (step: Ssl.Host.Engine.ITraining
     { training step epochs unlabelledBatch p.Encoder c with
         Examples = int64 p.Split.Unlabelled.Length; Classifier = Some(p.Encoder, p.Classifier)
         Owned = [ p.Encoder :> System.IDisposable; p.Classifier ] @ owned }
+
+/// A semi-supervised step's examples, as training-set indices: the labelled batch drawn for the
+/// step and the unlabelled batch the engine hands out of the pool.
+type Batches =
+    { Labelled: int64[]
+      Unlabelled: int64[] }
+
+type Context<'Config> with
+    /// The training of a semi-supervised recipe's `def` on the parts `p`: an epoch walks the unlabelled
+    /// pool `unlabelledBatch` images a step, and each step first draws the Schedule's BatchSize
+    /// labelled images with its generator (labelledBatch); the classifier's test accuracy is the
+    /// method's own figure, the encoder what the protocols read.
+    member c.TrainSemi(p: Parts, unlabelledBatch: int, def: StepDef<Batches>) =
+        let labelledSize = c.Schedule.BatchSize
+        let batches (ctx: Ssl.Host.Engine.StepContext) (batch: int64[]) =
+            let labelled = labelledBatch ctx.Generator p.Split.Labelled labelledSize
+            { Labelled = labelled; Unlabelled = batch |> Array.map (fun i -> p.Split.Unlabelled[int i]) }
+        { trainOn c p.Encoder def batches with
+            BatchSize = unlabelledBatch; Examples = int64 p.Split.Unlabelled.Length; Classifier = Some(p.Encoder, p.Classifier) }
 
 /// The images at `indices` as float32 (N, C, H, W) in [0, 1] on `device` (not yet standardised, so
 /// warps fill with black and photometric transforms see [0, 1] values).

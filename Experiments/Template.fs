@@ -2,6 +2,7 @@
 /// its config record, its training step and a `Spec`; the template writes config.json, loads the
 /// data, draws the few-label split, seeds, builds the step, places its modules on the device, runs
 /// the trainer, computes the baselines and finishes (Pipeline.finish). DESIGN.md, style point 4.
+[<AutoOpen>]
 module Ssl.Experiments.Template
 
 open System
@@ -47,8 +48,14 @@ type Context<'Config> =
       /// The few-label split (labelled examples, unlabelled pool) of a semi-supervised recipe.
       Split: LabelSplit option
       /// A new, seeded-by-order encoder of the config's architecture (the spec's one factory).
-      NewEncoder: unit -> Encoder }
+      NewEncoder: unit -> Encoder
+      /// What the recipe built beside its step's modules (generators, helpers): disposed after the run.
+      Owned: Collections.Generic.List<IDisposable> }
     member c.Device = c.Env.Device
+    /// `resource`, disposed after the run (after the step's modules, in reverse order of `Own`).
+    member c.Own(resource: #IDisposable) =
+        c.Owned.Add resource
+        resource
     member c.Seed = c.Request.Seed
     /// The split of a semi-supervised recipe (its traits name label budgets).
     member c.LabelSplit =
@@ -66,9 +73,8 @@ type Training =
       LogEvery: int
       /// The trained encoder every protocol evaluates (for EMA methods, the averaged copy).
       Evaluated: Encoder
-      /// The representation the protocols read: "" (the encoder's output) or an inner layer ("branch":
-      /// the layer IStagedEncoder names), average-pooled to this size (Pipeline.probed).
-      Probe: string * int64
+      /// The representation the protocols read (Pipeline.probed): the config's Probe field, else the output.
+      Probe: Probe
       /// The method's own classifier, whose test accuracy result.json reports.
       Classifier: (Encoder * LinearHead) option
       AfterEpoch: EpochHook
@@ -80,7 +86,74 @@ type Training =
 /// A training with the defaults: an epoch over the training set, logged every 50 steps, the encoder's output probed.
 let training (step: ITrainingStep) (epochs: int) (batchSize: int) (evaluated: Encoder) (context: Context<'Config>) =
     { Step = step; Epochs = epochs; BatchSize = batchSize; Examples = context.Data.Train.Count; LogEvery = 50
-      Evaluated = evaluated; Probe = ("", 0L); Classifier = None; AfterEpoch = null; Extra = (fun () -> []); Owned = [] }
+      Evaluated = evaluated; Probe = Probe.Output; Classifier = None; AfterEpoch = null; Extra = (fun () -> []); Owned = [] }
+
+/// A module under its checkpoint name: `"encoder" => encoder`.
+let (=>) (name: string) (m: #torch.nn.Module) = name, (m :> torch.nn.Module)
+
+/// One optimizer of a step: its name, its spec, and the modules whose parameters it steps (in order).
+type Optimiser =
+    { Name: string
+      Spec: OptimizerSpec
+      Over: torch.nn.Module list }
+
+/// The optimizer `name` with `spec` over the parameters of `modules`, in their order.
+let optimizer (name: string) (spec: OptimizerSpec) (modules: torch.nn.Module list) = { Name = name; Spec = spec; Over = modules }
+
+/// A training step as a recipe states it: its modules, optimizers and state, and one step's work.
+/// `Template.step` makes the engine's ITrainingStep of it; the template disposes the modules.
+type StepDef<'Batch> =
+    { /// Checkpointed, moved to the device and disposed after the run, by name, in this order.
+      Modules: (string * torch.nn.Module) list
+      Optimizers: Optimiser list
+      /// Long-lived tensors that are not module state (queues, banks), read at each checkpoint.
+      State: unit -> (string * torch.Tensor) list
+      /// One step on `batch` (the examples' indices; a semi-supervised step's SemiSupervised.Batches):
+      /// losses through StepContext.Optimize; returns the figures to log.
+      Run: StepContext -> 'Batch -> (string * float) list }
+
+/// A step of these modules and optimizers, without state of its own.
+let stepOf (modules: (string * torch.nn.Module) list) (optimizers: Optimiser list) (run: StepContext -> 'Batch -> (string * float) list) =
+    { Modules = modules; Optimizers = optimizers; State = (fun () -> []); Run = run }
+
+/// The engine's ITrainingStep of a StepDef whose batches `batchOf` makes of the engine's.
+type DefinedStep<'Batch>(def: StepDef<'Batch>, batchOf: StepContext -> int64[] -> 'Batch) =
+    let modules = readOnlyDict def.Modules
+    interface ITrainingStep with
+        member _.Modules = modules
+        member _.Optimizers =
+            [| for o in def.Optimizers -> struct (o.Name, o.Spec, o.Over |> Seq.collect (fun m -> m.named_parameters ())) |]
+            :> Collections.Generic.IReadOnlyList<_>
+        member _.State = readOnlyDict (def.State())
+        member _.Step(context, batch) = readOnlyDict (def.Run context (batchOf context batch))
+
+/// The first field of the config's type that is a `'Field` (Schedule, Probe), if any.
+let private fieldOf<'Field> (config: obj) : 'Field option =
+    config.GetType().GetProperties(Reflection.BindingFlags.Public ||| Reflection.BindingFlags.Instance)
+    |> Array.tryFind (fun p -> p.PropertyType = typeof<'Field> && p.GetIndexParameters().Length = 0)
+    |> Option.map (fun p -> p.GetValue config :?> 'Field)
+
+/// The config's Schedule field.
+let private scheduleOf (c: Context<'Config>) =
+    match fieldOf<TrainingSchedule> (box c.Config) with
+    | Some s -> s
+    | None -> invalidOp $"{c.Request.Method}: its config holds no Schedule field"
+
+/// The training of `def`, evaluating `evaluated`, its batches made of the engine's by `batchOf`: the
+/// config's Schedule (epochs, batch) over the training set, its Probe (else the output); the step's
+/// modules, then what `Own` took, disposed after the run.
+let trainOn (c: Context<'Config>) (evaluated: Encoder) (def: StepDef<'Batch>) (batchOf: StepContext -> int64[] -> 'Batch) =
+    let schedule = scheduleOf c
+    { training (DefinedStep(def, batchOf)) schedule.Epochs schedule.BatchSize evaluated c with
+        Probe = defaultArg (fieldOf<Probe> (box c.Config)) Probe.Output
+        Owned = [ for _, m in def.Modules -> m :> IDisposable ] @ List.ofSeq c.Owned }
+
+type Context<'Config> with
+    /// The config's Schedule field.
+    member c.Schedule = scheduleOf c
+
+    /// The training of `def` on the training set, evaluating `evaluated` (trainOn).
+    member c.Train(evaluated: Encoder, def: StepDef<int64[]>) = trainOn c evaluated def (fun _ batch -> batch)
 
 /// A recipe: one paper's method, as data.
 type Spec<'Config> =
@@ -261,10 +334,11 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
     let newEncoder () = spec.Encoder config data
     torch.manual_seed(request.Seed) |> ignore
     let context =
-        { Request = request; Env = env; Folder = folder; Data = data; Config = config; Split = split; NewEncoder = newEncoder }
+        { Request = request; Env = env; Folder = folder; Data = data; Config = config; Split = split; NewEncoder = newEncoder
+          Owned = Collections.Generic.List() }
     let t = spec.Build context
     try
-        let layer, pool = t.Probe
+        let layer, pool = t.Probe.LayerAndPool
         // The probed layer exists (a typo fails now, not after training); built on a copy of the
         // trained encoder's architecture, after Build so the run's random draws are unchanged.
         (let state = torch.get_rng_state()

@@ -1,5 +1,6 @@
 /// The augmented views that instance-discrimination methods compare (MoCo, InfoNCE): each view is
 /// a batched, seeded transform of a batch of training images, drawn independently per image.
+[<AutoOpen>]
 module Ssl.Experiments.Views
 
 open TorchSharp

@@ -105,7 +105,7 @@ let build (c: Context<Config>) =
     let encoder = c.NewEncoder()
     let g = projector encoder.FeatureDim c.Config.ProjectionDim
     { training (Step(encoder, g, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with
-        Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; g ] }
+        Probe = Ssl.Experiments.ConfigParts.Probe.OfLayer(c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; g ] }
 
 let spec =
     backboneSpec "barlow-twins" "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction" selfSupervised config

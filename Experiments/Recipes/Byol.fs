@@ -105,7 +105,7 @@ let build (c: Context<Config>) =
     let target = new MomentumCopy(online, projected (c.NewEncoder()) c.Config)
     let q = new MlpHead(c.Config.ProjectionDim, c.Config.HiddenDim, c.Config.ProjectionDim, true)
     { training (Step(online, q, target, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with
-        Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ online; q; target ] }
+        Probe = Ssl.Experiments.ConfigParts.Probe.OfLayer(c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ online; q; target ] }
 
 let spec =
     backboneSpec "byol" "Grill et al. 2020, Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning" selfSupervised config

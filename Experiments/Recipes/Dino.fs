@@ -162,7 +162,7 @@ let build (ctx: Context<Config>) =
     let evaluated = (teacher.Copy :?> DinoNet).Encoder
     let examples = if c.PretrainImages > 0L then min c.PretrainImages ctx.Data.Train.Count else ctx.Data.Train.Count
     { training (Step(student, teacher, center, ctx.Data, c)) c.Epochs c.BatchSize evaluated ctx with
-        Examples = examples; Probe = (c.ProbeLayer, c.ProbePool); Owned = [ student; teacher; center ] }
+        Examples = examples; Probe = Ssl.Experiments.ConfigParts.Probe.OfLayer(c.ProbeLayer, c.ProbePool); Owned = [ student; teacher; center ] }
 
 let spec =
     { backboneSpec "dino" "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers (DINO)" selfSupervised config

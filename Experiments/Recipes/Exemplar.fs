@@ -110,7 +110,7 @@ let build (c: Context<Config>) =
     let encoder = c.NewEncoder()
     let projection = new LinearHead(encoder.FeatureDim, c.Config.EmbeddingDim)
     { training (Step(encoder, projection, c.Data, c.Config)) c.Config.Epochs c.Config.ImagesPerBatch encoder c with
-        Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; projection ] }
+        Probe = Ssl.Experiments.ConfigParts.Probe.OfLayer(c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; projection ] }
 
 let spec =
     backboneSpec "exemplar" "Dosovitskiy et al. 2014, Exemplar CNN; triplet form of S4L-Exemplar, Zhai et al. 2019"

@@ -10,19 +10,11 @@
 /// what is evaluated. Measured runs: docs/experiments/fixmatch.md.
 module Ssl.Experiments.Recipes.FixMatch
 
-open System.Collections.Generic
 open TorchSharp
 open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Core.Transforms
-open Ssl.Host.Engine
-open Ssl.Host.Eval
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
-open Ssl.Experiments.SemiSupervised
+open Ssl.Experiments
 
 /// The paper's CIFAR-10 settings (Sec. 4 and Appendix B.1, Table 4): WRN-28-2, B = 64, μ = 7,
 /// τ = 0.95, λ_u = 1, SGD with Nesterov momentum 0.9 at 0.03, weight decay 5e-4, EMA 0.999,
@@ -31,19 +23,15 @@ open Ssl.Experiments.SemiSupervised
 type Config =
     { /// The paper's WRN-28-2; quick SmallConvNet-16 (WRN-28-2 costs ~30x more per image).
       Encoder: Backbone
-      /// Passes over the unlabelled pool, μB images a step.
-      [<Range(1.0)>] Epochs: int
-      /// B, labelled images per step.
-      [<Range(1.0)>] BatchSize: int
+      /// Epochs: passes over the unlabelled pool, μB images a step; BatchSize: B, labelled images
+      /// per step; weight decay on weights only (not biases, batch-norm scales), as kekmodel/FixMatch-pytorch.
+      Schedule: TrainingSchedule
       /// μ, unlabelled images per labelled one.
       [<Range(1.0)>] UnlabelledRatio: int
       /// τ, the confidence a pseudo-label needs (above 1 none passes).
       [<Range(0.0)>] Threshold: float
       /// λ_u, the weight of ℓ_u.
       [<Range(0.0)>] UnlabelledWeight: float
-      [<Range(0.0)>] LearningRate: float
-      /// On weights only (not biases, batch-norm scales), as kekmodel/FixMatch-pytorch.
-      [<Range(0.0)>] WeightDecay: float
       [<Range(0.0, 1.0)>] EmaMomentum: float
       /// The batch norms' running-statistics momentum (PyTorch's convention): the code's decay 0.999.
       [<Range(0.0, 1.0)>] BatchNormMomentum: float
@@ -63,12 +51,12 @@ type Config =
 /// `smoke`: one epoch of the smoke subset's pool.
 let config preset =
     let paper =
-        { Encoder = WideResNet(28, 2L); Epochs = 7840; BatchSize = 64; UnlabelledRatio = 7; Threshold = 0.95
-          UnlabelledWeight = 1.0; LearningRate = 0.03; WeightDecay = 5e-4; EmaMomentum = 0.999; BatchNormMomentum = 0.001
-          TranslatePixels = 3L; FlipProbability = 0.5; StrongOperations = 2; CutoutFraction = 0.5 }
+        { Encoder = WideResNet(28, 2L); UnlabelledRatio = 7; Threshold = 0.95; UnlabelledWeight = 1.0; EmaMomentum = 0.999
+          BatchNormMomentum = 0.001; TranslatePixels = 3L; FlipProbability = 0.5; StrongOperations = 2; CutoutFraction = 0.5
+          Schedule = { Epochs = 7840; BatchSize = 64; LearningRate = 0.03; WeightDecay = 5e-4; WarmupEpochs = 0.0 } }
     match preset with
-    | Smoke -> { paper with Encoder = SmallConvNet 16L; Epochs = 1; BatchSize = 16; BatchNormMomentum = 0.01 }
-    | Quick -> { paper with Encoder = SmallConvNet 16L; Epochs = 10; BatchNormMomentum = 0.01; EmaMomentum = 0.99 }
+    | Smoke -> { paper with Encoder = SmallConvNet 16L; BatchNormMomentum = 0.01; Schedule = { paper.Schedule with Epochs = 1; BatchSize = 16 } }
+    | Quick -> { paper with Encoder = SmallConvNet 16L; BatchNormMomentum = 0.01; EmaMomentum = 0.99; Schedule = { paper.Schedule with Epochs = 10 } }
     | Paper -> paper
 
 /// The encoder of a config: its Backbone with the config's batch-norm momentum.
@@ -77,9 +65,9 @@ let encoder (config: Config) (channels: int64) : Encoder = instantiate (Some con
 /// SGD with Nesterov momentum 0.9. The paper decays the rate as cos(7πk / 16K); OptimizerSpec's
 /// schedule is the half cosine ½(1 + cos(πk/K)) to a floor, so we use it with the floor cos(7π/16)
 /// ≈ 0.195, the paper's final factor: same start and end, a slightly lower middle.
-let optimizer (config: Config) =
-    OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, Nesterov = true,
-                  WeightDecay = config.WeightDecay, FinalLrFraction = cos (7.0 * System.Math.PI / 16.0))
+let optimizerSpec (config: Config) =
+    OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.Schedule.LearningRate, Momentum = 0.9, Nesterov = true,
+                  WeightDecay = config.Schedule.WeightDecay, FinalLrFraction = cos (7.0 * System.Math.PI / 16.0))
 
 /// Share of `predicted` equal to the pool images' true labels where `among` holds (and the label is
 /// known): logged only, None where nothing counts.
@@ -93,38 +81,27 @@ let private agreement (truth: torch.Tensor) (predicted: torch.Tensor) (among: to
 
 /// One FixMatch step: the labelled batch, the weak and the strong view of the unlabelled batch,
 /// classified in one pass; then the EMA update.
-type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, labelled: int64[], pool: int64[], config: Config) =
-    let modules = readOnlyDict ([ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ] @ ema.Modules)
-    interface ITrainingStep with
-        member _.Modules = modules
-        member _.Optimizers =
-            [| struct ("main", optimizer config, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.Step(ctx, batch) =
-            let generator = ctx.Generator
-            let weak x = weakAugment config.TranslatePixels config.FlipProbability generator x
-            let labelledIdx = labelledBatch generator labelled config.BatchSize
-            let x = pixels data.Train labelledIdx ctx.Device |> weak
-            let y = labelsOf data ctx.Device labelledIdx
-            let unlabelledIdx = batch |> Array.map (fun i -> pool[int i])
-            let raw = pixels data.Train unlabelledIdx ctx.Device
-            let weakView = weak raw
-            let strongView = weak raw |> RandAugment.strongAugment config.StrongOperations config.CutoutFraction 0.5 generator
-            let logits = head.forward(encoder.forward(standardise data (torch.cat([| x; weakView; strongView |], 0L))))
-            let b, u = x.shape[0], raw.shape[0]
-            let labelledLogits = logits.narrow(0L, 0L, b)
-            let supervised = torch.nn.functional.cross_entropy(labelledLogits, y)
-            let unlabelled = FixMatch.pseudoLabelLoss config.Threshold (logits.narrow(0L, b, u)) (logits.narrow(0L, b + u, u))
-            let value = ctx.Optimize("main", supervised + unlabelled.Loss * config.UnlabelledWeight)
-            ema.Update config.EmaMomentum
-            use truth = labelsOf data ctx.Device unlabelledIdx
-            use everywhere = torch.ones_like(truth, dtype = torch.ScalarType.Bool)
-            let figures =
-                [ "loss", value; "loss_x", float (supervised.item<float32>()); "loss_u", float (unlabelled.Loss.item<float32>())
-                  "mask_rate", float (unlabelled.MaskRate.item<float32>()); "train_acc", accuracy labelledLogits y ]
-            let pseudo =
-                [ match agreement truth unlabelled.PseudoLabels everywhere with Some a -> "pseudo_acc", a | None -> ()
-                  match agreement truth unlabelled.PseudoLabels unlabelled.Mask with Some a -> "pseudo_acc_masked", a | None -> () ]
-            readOnlyDict (figures @ pseudo)
+let private run (config: Config) (data: Data) (encoder: Encoder) (head: LinearHead) (ema: EmaClassifier) (step: StepContext) (batches: Batches) =
+    let generator = step.Generator
+    let weak x = weakAugment config.TranslatePixels config.FlipProbability generator x
+    let x = pixels data.Train batches.Labelled step.Device |> weak
+    let y = labelsOf data step.Device batches.Labelled
+    let raw = pixels data.Train batches.Unlabelled step.Device
+    let weakView = weak raw
+    let strongView = weak raw |> RandAugment.strongAugment config.StrongOperations config.CutoutFraction 0.5 generator
+    let logits = head.forward(encoder.forward(standardise data (torch.cat([| x; weakView; strongView |], 0L))))
+    let b, u = x.shape[0], raw.shape[0]
+    let labelledLogits = logits.narrow(0L, 0L, b)
+    let supervised = torch.nn.functional.cross_entropy(labelledLogits, y)
+    let unlabelled = FixMatch.pseudoLabelLoss config.Threshold (logits.narrow(0L, b, u)) (logits.narrow(0L, b + u, u))
+    let value = step.Optimize("main", supervised + unlabelled.Loss * config.UnlabelledWeight)
+    ema.Update config.EmaMomentum
+    use truth = labelsOf data step.Device batches.Unlabelled
+    use everywhere = torch.ones_like(truth, dtype = torch.ScalarType.Bool)
+    [ "loss", value; "loss_x", float (supervised.item<float32>()); "loss_u", float (unlabelled.Loss.item<float32>())
+      "mask_rate", float (unlabelled.MaskRate.item<float32>()); "train_acc", accuracy labelledLogits y
+      match agreement truth unlabelled.PseudoLabels everywhere with Some a -> "pseudo_acc", a | None -> ()
+      match agreement truth unlabelled.PseudoLabels unlabelled.Mask with Some a -> "pseudo_acc_masked", a | None -> () ]
 
 /// After training, the EMA classifier on the un-augmented pool: the share of images whose
 /// pseudo-label would pass τ, and the accuracy of all pseudo-labels and of those passing.
@@ -147,14 +124,16 @@ let poolFigures (ema: EmaClassifier) (data: Data) (pool: int64[]) (threshold: fl
 
 /// The classifier, its EMA copy and the step; an epoch walks the pool μB images at a time; test
 /// accuracy, the protocols and the pool figures read the EMA copy.
-let build (c: Context<Config>) =
-    let p = parts c
-    let ema = new EmaClassifier(p.Encoder, p.Classifier, c.NewEncoder, int64 c.Data.Classes)
-    let split, config = p.Split, c.Config
-    let t = trainingOf c p (Step(p.Encoder, p.Classifier, ema, c.Data, split.Labelled, split.Unlabelled, config))
-                config.Epochs (config.BatchSize * config.UnlabelledRatio) [ ema ]
-    { t with Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head)
-             Extra = poolFigures ema c.Data split.Unlabelled config.Threshold c.Device }
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
+    let p = parts ctx
+    let ema = new EmaClassifier(p.Encoder, p.Classifier, ctx.NewEncoder, int64 ctx.Data.Classes)
+    let def =
+        stepOf ([ "encoder" => p.Encoder; "head" => p.Classifier ] @ ema.Modules)
+            [ optimizer "main" (optimizerSpec config) [ p.Encoder; p.Classifier ] ] (run config ctx.Data p.Encoder p.Classifier ema)
+    { ctx.TrainSemi(p, config.Schedule.BatchSize * config.UnlabelledRatio, def) with
+        Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head)
+        Extra = poolFigures ema ctx.Data p.Split.Unlabelled config.Threshold ctx.Device }
 
 let spec =
     Ssl.Experiments.Template.spec "fixmatch" "Sohn et al. 2020, FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence"

@@ -96,7 +96,7 @@ let build (c: Context<Config>) =
     let encoder = c.NewEncoder()
     let classifier = new MlpHead(9L * encoder.FeatureDim, config.HiddenDim, int64 config.Permutations)
     { training (Step(encoder, classifier, permutations, c.Data, config)) config.Epochs config.BatchSize encoder c with
-        Probe = (config.ProbeLayer, config.ProbePool); Owned = [ permutations; encoder; classifier ]
+        Probe = Ssl.Experiments.ConfigParts.Probe.OfLayer(config.ProbeLayer, config.ProbePool); Owned = [ permutations; encoder; classifier ]
         Extra = fun () ->
             [ "permutation_set_size", float set.Permutations.Length; "permutation_set_minimum_hamming", float set.MinimumHamming
               "permutation_set_mean_hamming", set.MeanHamming ] }

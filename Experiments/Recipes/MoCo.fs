@@ -16,20 +16,10 @@
 /// ablation the paper describes (Sec. 3.3 and its footnote on BN cheating).
 module Ssl.Experiments.Recipes.MoCo
 
-open System.Collections.Generic
 open TorchSharp
 open Ssl.Core.Losses
 open Ssl.Core.Models
-open Ssl.Host.Engine
-open Ssl.Host.Eval
-open Ssl.Host.Runs
-open Ssl.Host.Runtime
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
-open Ssl.Experiments.Views
+open Ssl.Experiments
 
 /// The paper's ImageNet settings (Sec. 4 "Training"): SGD, weight decay 1e-4, momentum 0.9, batch
 /// 256 over 8 GPUs (32 images per batch-norm group), learning rate 0.03; K = 65,536 keys,
@@ -43,8 +33,7 @@ type Config =
       [<Range(1.0)>] QueueSize: int64
       [<Range(0.0, 1.0)>] Momentum: float
       [<Range(0.0)>] Temperature: float
-      [<Range(1.0)>] Epochs: int
-      [<Range(1.0)>] BatchSize: int
+      Schedule: TrainingSchedule
       /// Emulated devices: sub-batches of BatchSize / Groups images, each with its own BN statistics.
       [<Range(1.0)>] Groups: int
       /// Shuffle the sample order across the groups for the key encoder (Sec. 3.3).
@@ -52,9 +41,6 @@ type Config =
       /// MoCo v2's projection (Chen et al. 2020b): fc → ReLU → fc with a hidden layer as wide as the
       /// features, instead of v1's single fc.
       MlpHead: bool
-      LearningRate: float
-      WeightDecay: float
-      WarmupEpochs: float
       Augmentation: Augmentation }
 
 /// `paper`: the paper's settings on ResNet-18, with K = 16,384 for 60,000 training images (65,536
@@ -64,15 +50,16 @@ type Config =
 /// for batch 256, scaled linearly). The trials behind it: docs/experiments/moco.md.
 let config preset =
     let paper =
-        { Encoder = ResNet18; EmbeddingDim = 128L; QueueSize = 16384L; Momentum = 0.999; Temperature = 0.07; Epochs = 200
-          BatchSize = 256; Groups = 8; ShuffleBn = true; MlpHead = false; LearningRate = 0.03; WeightDecay = 1e-4; WarmupEpochs = 0.0
-          Augmentation = mocoAugmentation }
+        { Encoder = ResNet18; EmbeddingDim = 128L; QueueSize = 16384L; Momentum = 0.999; Temperature = 0.07; Groups = 8
+          ShuffleBn = true; MlpHead = false; Augmentation = mocoAugmentation
+          Schedule = { Epochs = 200; BatchSize = 256; LearningRate = 0.03; WeightDecay = 1e-4; WarmupEpochs = 0.0 } }
     match preset with
-    | Smoke -> { paper with Encoder = SmallConvNet 16L; QueueSize = 1024L; Momentum = 0.99; Epochs = 1; BatchSize = 128; Groups = 4 }
+    | Smoke ->
+        { paper with Encoder = SmallConvNet 16L; QueueSize = 1024L; Momentum = 0.99; Groups = 4
+                     Schedule = { paper.Schedule with Epochs = 1; BatchSize = 128 } }
     | Quick ->
-        { paper with
-            Encoder = SmallConvNet 40L; QueueSize = 4096L; Momentum = 0.995; Epochs = 6; BatchSize = 128; Groups = 4; LearningRate = 0.03
-            WarmupEpochs = 0.5 }
+        { paper with Encoder = SmallConvNet 40L; QueueSize = 4096L; Momentum = 0.995; Groups = 4
+                     Schedule = { paper.Schedule with Epochs = 6; BatchSize = 128; WarmupEpochs = 0.5 } }
     | Paper -> paper
 
 /// f(x) = normalize(fc(encoder(x))): the encoder with MoCo v1's linear 128-d output (Sec. 3.3,
@@ -89,43 +76,6 @@ let shuffledKeys (shuffle: bool) (groups: int) (generator: torch.Generator) (key
     use _ = torch.no_grad()
     if shuffle then shuffledPerGroup groups generator keyNet.forward x else perGroup groups keyNet.forward x
 
-/// One MoCo step (Algorithm 1): two views, q from the query network per group, k₊ from the momentum
-/// network per (shuffled) group, InfoNCE against the queue (the mean over the batch, as the sum of its
-/// two halves' shares), SGD on the query network, momentum update of the key network, enqueue the keys.
-type Step(query: EmbeddingNet, key: MomentumCopy, queue: KeyQueue, data: Data, config: Config) as this =
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9,
-                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
-    interface ITrainingStep with
-        member _.Modules =
-            readOnlyDict [ "query", (query :> torch.nn.Module); "key", (key :> torch.nn.Module); "queue", (queue :> torch.nn.Module) ]
-        member _.Optimizers = [| struct ("main", spec, query.named_parameters ()) |] :> IReadOnlyList<_>
-        member _.Step(ctx, batch) =
-            let x = unitPixels data batch ctx.Device
-            let xq = view config.Augmentation data ctx.Generator x
-            let xk = view config.Augmentation data ctx.Generator x
-            // The key network's forward needs nothing of the query's: on the CPU the two run side by side.
-            // The queries come in two halves of whole groups (one where Groups is odd), each with its own
-            // graph: the loss is the sum of the halves' terms, whose backward passes also run side by side.
-            let halves = if config.Groups % 2 = 0 then 2L else 1L
-            let struct (k, qs) =
-                SideThread.Run(ctx.Device, this, "forward " + System.String.Join("x", xq.shape),
-                               (fun () -> shuffledKeys config.ShuffleBn config.Groups ctx.Generator key.Copy xk),
-                               (fun () -> xq.chunk(halves, 0L) |> Array.map (perGroup (config.Groups / int halves) query.forward)))
-            let n = float xq.shape[0]
-            let parts =
-                Array.map2 (fun (q: torch.Tensor) k -> Contrastive.infoNce config.Temperature q k queue.Keys * (float q.shape[0] / n))
-                    qs (k.chunk(halves, 0L))
-            let value = ctx.Optimize("main", parts)
-            let q = torch.cat(qs, 0L)
-            key.Update config.Momentum
-            // Instance accuracy: how often k₊ is the most similar key (the pretext task's top-1).
-            let positive = (q * k).sum(1L, keepdim = true)
-            let negatives = q.detach().matmul(queue.Keys.t())
-            let accuracy = positive.detach().gt(negatives.amax([| 1L |], keepdim = true)).to_type(torch.ScalarType.Float32).mean().item<float32>()
-            queue.Enqueue k
-            readOnlyDict [ "loss", value; "instance_acc", float accuracy ]
-
 /// The query network: the encoder with v1's fc (or v2's MLP) projection.
 let private embeddingNet (encoder: unit -> Encoder) (config: Config) =
     let features = featureDim config.Encoder
@@ -134,14 +84,37 @@ let private embeddingNet (encoder: unit -> Encoder) (config: Config) =
         else new LinearHead(features, config.EmbeddingDim)
     new EmbeddingNet(encoder (), projection)
 
-let build (c: Context<Config>) =
-    let config = c.Config
-    let query = embeddingNet c.NewEncoder config
-    let key = new MomentumCopy(query, embeddingNet c.NewEncoder config)
-    let generator = new torch.Generator(uint64 c.Seed, c.Device)
-    let queue = new KeyQueue(config.QueueSize, config.EmbeddingDim, generator)
-    { training (Step(query, key, queue, c.Data, config)) config.Epochs config.BatchSize query.Encoder c with
-        Owned = [ query; key; generator; queue ] }
+/// One MoCo step (Algorithm 1): two views, q from the query network per group, k₊ from the momentum
+/// network per (shuffled) group, InfoNCE against the queue, SGD on the query network, momentum
+/// update of the key network, enqueue the keys. The key and query passes run side by side, the
+/// queries in two halves of whole groups whose loss terms sum to the batch mean (StepContext.SideBySide).
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
+    let query = embeddingNet ctx.NewEncoder config
+    let key = new MomentumCopy(query, embeddingNet ctx.NewEncoder config)
+    let queue = new KeyQueue(config.QueueSize, config.EmbeddingDim, ctx.Own(new torch.Generator(uint64 ctx.Seed, ctx.Device)))
+    let optimizers = [ optimizer "main" (Optim.sgd config.Schedule) [ query ] ]
+    ctx.Train(query.Encoder, stepOf [ "query" => query; "key" => key; "queue" => queue ] optimizers (fun step batch ->
+        let x = unitPixels ctx.Data batch step.Device
+        let xq = view config.Augmentation ctx.Data step.Generator x
+        let xk = view config.Augmentation ctx.Data step.Generator x
+        let halves = if config.Groups % 2 = 0 then 2L else 1L
+        let struct (k, qs) =
+            step.SideBySide("forward", (fun () -> shuffledKeys config.ShuffleBn config.Groups step.Generator key.Copy xk),
+                            (fun () -> xq.chunk(halves, 0L) |> Array.map (perGroup (config.Groups / int halves) query.forward)))
+        let n = float xq.shape[0]
+        let parts =
+            Array.map2 (fun (q: torch.Tensor) k -> Contrastive.infoNce config.Temperature q k queue.Keys * (float q.shape[0] / n))
+                qs (k.chunk(halves, 0L))
+        let value = step.Optimize("main", parts)
+        let q = torch.cat(qs, 0L)
+        key.Update config.Momentum
+        // Instance accuracy: how often k₊ is the most similar key (the pretext task's top-1).
+        let positive = (q * k).sum(1L, keepdim = true)
+        let negatives = q.detach().matmul(queue.Keys.t())
+        let accuracy = positive.detach().gt(negatives.amax([| 1L |], keepdim = true)).to_type(torch.ScalarType.Float32).mean().item<float32>()
+        queue.Enqueue k
+        [ "loss", value; "instance_acc", float accuracy ]))
 
 /// MoCo v2 (Chen, Fan, Girshick & He 2020, "Improved Baselines with Momentum Contrastive Learning"):
 /// MoCo v1 with an MLP projection head (fc → ReLU → fc, Sec. 2 "MLP head", hidden layer as wide as
@@ -155,8 +128,8 @@ let spec =
     { backboneSpec "moco" "He et al. 2020, Momentum Contrast for Unsupervised Visual Representation Learning (MoCo v1)"
         selfSupervised config (fun c -> c.Encoder) build with
         CheckData = fun c _ ->
-            if c.BatchSize % c.Groups <> 0 then
-                invalidArg "BatchSize" $"BatchSize: expected a multiple of Groups ({c.Groups}), found {c.BatchSize}"
+            if c.Schedule.BatchSize % c.Groups <> 0 then
+                invalidArg "Schedule.BatchSize" $"Schedule.BatchSize: expected a multiple of Groups ({c.Groups}), found {c.Schedule.BatchSize}"
         Variants =
           [ "no-shuffle", "He et al. 2020, MoCo v1 without shuffling BN (the Sec. 3.3 ablation)", (fun c -> { c with ShuffleBn = false })
             "v2", "Chen et al. 2020, Improved Baselines with Momentum Contrastive Learning (MoCo v2)", v2 ] }

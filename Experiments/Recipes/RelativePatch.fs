@@ -80,7 +80,7 @@ let build (c: Context<Config>) =
     let encoder = c.NewEncoder()
     let classifier = new MlpHead(2L * encoder.FeatureDim, c.Config.HiddenDim, 8L)
     { training (Step(encoder, classifier, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with
-        Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; classifier ] }
+        Probe = Ssl.Experiments.ConfigParts.Probe.OfLayer(c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; classifier ] }
 
 /// Images large enough for the 3 x 3 grid with its gaps and jitter.
 let checkData (config: Config) (data: Data) =

@@ -5,68 +5,46 @@
 /// Measured runs: docs/experiments/rotnet.md.
 module Ssl.Experiments.Recipes.RotNet
 
-open System.Collections.Generic
 open TorchSharp
 open Ssl.Core.Models
 open Ssl.Core.Transforms
-open Ssl.Host.Engine
-open Ssl.Host.Eval
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
+open Ssl.Experiments
 
 /// The paper's CIFAR-10 schedule (Sec. 3.1): SGD, batch 128 images (x4 rotations), momentum 0.9,
 /// weight decay 5e-4, learning rate 0.1 dropped by 5x at epochs 30, 60, 80 of 100 (cosine decay here).
 type Config =
     { /// The paper's is a Network-In-Network; ours SmallConvNet (any Backbone).
       Encoder: Backbone
-      [<Range(1.0)>] Epochs: int
-      [<Range(1.0)>] BatchSize: int
-      [<Range(0.0)>] LearningRate: float
-      [<Range(0.0)>] WeightDecay: float
+      Schedule: TrainingSchedule
       [<Range(0.0, 1.0)>] FlipProbability: float
-      /// The layer the protocols read ("" = the output; "branch" = the input of the encoder's last
-      /// stage, SmallConvNet's block 2) and its pooled size: the paper's best features sit in its
-      /// second conv block (Table 1); ours against the output: docs/experiments/rotnet.md.
-      ProbeLayer: string
-      [<Range(1.0)>] ProbePool: int64 }
+      /// The paper's best features sit in its second conv block (Table 1): the branch, SmallConvNet's
+      /// block 2, pooled 3 x 3; ours against the output: docs/experiments/rotnet.md.
+      Probe: Probe }
 
 /// `quick`: 3 epochs of the 4x-rotated training set at width 16, to fit 15 minutes on 2 cores;
 /// `paper`: 100 epochs at width 32; `smoke`: one epoch on the smoke subset.
 let config preset =
     let paper =
-        { Encoder = SmallConvNet 32L; Epochs = 100; BatchSize = 128; LearningRate = 0.1; WeightDecay = 5e-4; FlipProbability = 0.5
-          ProbeLayer = "branch"; ProbePool = 3L }
+        { Encoder = SmallConvNet 32L; FlipProbability = 0.5; Probe = Probe.Branch 3L
+          Schedule = { Epochs = 100; BatchSize = 128; LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 0.0 } }
     match preset with
-    | Smoke -> { paper with Encoder = SmallConvNet 16L; Epochs = 1 }
-    | Quick -> { paper with Encoder = SmallConvNet 16L; Epochs = 3 }
+    | Smoke -> { paper with Encoder = SmallConvNet 16L; Schedule.Epochs = 1 }
+    | Quick -> { paper with Encoder = SmallConvNet 16L; Schedule.Epochs = 3 }
     | Paper -> paper
 
-/// One step: the batch in all four rotations, a linear rotation classifier on the encoder's features.
-type Step(encoder: Encoder, head: LinearHead, data: Data, config: Config) =
-    let spec = nesterov config.LearningRate config.WeightDecay 0.0
-    interface ITrainingStep with
-        member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
-        member _.Optimizers =
-            [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.Step(ctx, batch) =
-            let x =
-                Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)
-                |> Geometric.randomHorizontalFlip config.FlipProbability ctx.Generator
-            let rotated, rotations = Geometric.rotationBatch x
-            let logits = head.forward(encoder.forward rotated)
-            let loss = torch.nn.functional.cross_entropy(logits, rotations)
-            let value = ctx.Optimize("main", loss)
-            let accuracy = logits.argmax(1L).eq(rotations).to_type(torch.ScalarType.Float32).mean().item<float32>()
-            readOnlyDict [ "loss", value; "rotation_acc", float accuracy ]
-
-let build (c: Context<Config>) =
-    let encoder = c.NewEncoder()
+/// The batch in all four rotations, a linear rotation classifier on the encoder's features.
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
+    let encoder = ctx.NewEncoder()
     let head = new LinearHead(encoder.FeatureDim, 4L)
-    { training (Step(encoder, head, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with
-        Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; head ] }
+    ctx.Train(encoder, stepOf [ "encoder" => encoder; "head" => head ] [ optimizer "main" (Optim.nesterov config.Schedule) [ encoder; head ] ] (fun step batch ->
+        let x =
+            Features.ToInput(ctx.Data.Train.Batch(batch), ctx.Data.Mean, ctx.Data.Std, step.Device)
+            |> Geometric.randomHorizontalFlip config.FlipProbability step.Generator
+        let rotated, rotations = Geometric.rotationBatch x
+        let logits = head.forward(encoder.forward rotated)
+        let loss = torch.nn.functional.cross_entropy(logits, rotations)
+        [ "loss", step.Optimize("main", loss); "rotation_acc", accuracy logits rotations ]))
 
 let spec =
     { backboneSpec "rotnet" "Gidaris et al. 2018, Unsupervised Representation Learning by Predicting Image Rotations"

@@ -91,7 +91,7 @@ let build (c: Context<Config>) =
     let g = projector encoder.FeatureDim c.Config.ProjectionDim
     let h = new MlpHead(c.Config.ProjectionDim, c.Config.PredictorHidden, c.Config.ProjectionDim, true)
     { training (Step(encoder, g, h, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with
-        Probe = (c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; g; h ] }
+        Probe = Ssl.Experiments.ConfigParts.Probe.OfLayer(c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; g; h ] }
 
 let spec =
     backboneSpec "simsiam" "Chen & He 2021, Exploring Simple Siamese Representation Learning" selfSupervised config

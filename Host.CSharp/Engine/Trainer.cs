@@ -165,7 +165,7 @@ public static class Trainer
                 using (var scope = NewDisposeScope())
                 {
                     manual_seed(Seeds.Derive(options.Seed, globalStep));
-                    var context = new StepContext(epoch, globalStep, options.Epochs * stepsPerEpoch, options.Seed, device, optimizers, batch.Length, observer);
+                    var context = new StepContext(epoch, globalStep, options.Epochs * stepsPerEpoch, options.Seed, device, optimizers, batch.Length, observer, step);
                     try { figures = step.Step(context, batch); }
                     catch (NonFiniteLossException e)
                     {

@@ -37,10 +37,13 @@ public sealed class StepContext
     readonly IReadOnlyDictionary<string, TrainingOptimizer> optimizers;
     readonly ITrainingObserver? observer;
 
+    readonly object owner;
+
     internal StepContext(int epoch, long step, long totalSteps, long seed, Device device, IReadOnlyDictionary<string, TrainingOptimizer> optimizers, int batchSize,
-                         ITrainingObserver? observer = null)
+                         ITrainingObserver? observer = null, object? owner = null)
     {
         this.observer = observer;
+        this.owner = owner ?? optimizers;
         BatchSize = batchSize;
         Epoch = epoch;
         GlobalStep = step;
@@ -64,6 +67,15 @@ public sealed class StepContext
     public Generator Generator { get; }
 
     public double LearningRate(string optimizer) => Get(optimizer).LearningRate;
+
+    /// <summary>
+    /// <c>(side(), main())</c> for two passes of a step that share no module buffers, graph nodes
+    /// other than leaves, or generators: side by side on the CPU where the run allows
+    /// (<see cref="SideThread"/>, <c>--side-thread</c>), else one after the other, with the same results
+    /// up to summation order. <paramref name="pass"/> names the call within the step.
+    /// </summary>
+    public (Tensor? Side, T Main) SideBySide<T>(string pass, Func<Tensor?> side, Func<T> main) =>
+        SideThread.Run(Device, owner, $"{pass}, batch {BatchSize}", side, main);
 
     /// <summary>
     /// zero_grad, backward of <paramref name="loss"/>, clip, (LARS), step for one optimizer. A NaN or

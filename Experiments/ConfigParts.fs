@@ -1,0 +1,96 @@
+/// What every recipe's config shares: its `Schedule` (a TrainingSchedule: epochs, batch, rate, decay, warm-up) and its
+/// `Probe` (the representation the protocols read). A config holds them as fields named Schedule and
+/// Probe (`--set Schedule.Epochs=3`, `--set Probe=branch:3`); the template reads them there.
+[<AutoOpen>]
+module Ssl.Experiments.ConfigParts
+
+open System
+open Ssl.Host.Engine
+open Ssl.Experiments.Configs
+
+/// A recipe's training schedule. Rate, decay and warm-up are its main optimizer's (the Optim
+/// helpers read them); a recipe with more optimizers keeps their own rates in its config.
+type TrainingSchedule =
+    { /// Passes over the examples an epoch walks (the training set, or a semi-supervised pool).
+      [<Range(1.0)>] Epochs: int
+      /// Images a step: the engine's batch (a semi-supervised recipe's labelled batch, B).
+      [<Range(1.0)>] BatchSize: int
+      [<Range(0.0)>] LearningRate: float
+      [<Range(0.0)>] WeightDecay: float
+      /// Epochs of linear warm-up before the cosine decay (0: none).
+      [<Range(0.0)>] WarmupEpochs: float }
+
+/// The representation the protocols (linear probe, kNN, few-label probe) read, as config text:
+/// `output`, `branch:<pool>`, `layer:<name>:<pool>`, `class-tokens:<blocks>`, `class-tokens-patch-mean:<blocks>`.
+[<RequireQualifiedAccess>]
+type Probe =
+    /// The encoder's output.
+    | Output
+    /// The branch layer a staged encoder names (SmallConvNet's block 2), average-pooled to pool x pool.
+    | Branch of pool: int64
+    /// A named inner layer (e.g. features.block3b_relu), average-pooled to pool x pool.
+    | Layer of name: string * pool: int64
+    /// A ViT's class tokens of its last `blocks` blocks concatenated (DINO's linear evaluation),
+    /// with the mean of the last block's patch tokens when `patchMean`.
+    | ClassTokens of blocks: int64 * patchMean: bool
+
+    /// The (layer, pool) pair Pipeline.probed and config.json's `probe` block read.
+    member p.LayerAndPool =
+        match p with
+        | Output -> "", 0L
+        | Branch pool -> "branch", pool
+        | Layer(name, pool) -> name, pool
+        | ClassTokens(blocks, false) -> "class-tokens", blocks
+        | ClassTokens(blocks, true) -> "class-tokens-patch-mean", blocks
+
+    override p.ToString() =
+        match p with
+        | Output -> "output"
+        | Branch pool -> $"branch:{pool}"
+        | Layer(name, pool) -> $"layer:{name}:{pool}"
+        | ClassTokens(blocks, false) -> $"class-tokens:{blocks}"
+        | ClassTokens(blocks, true) -> $"class-tokens-patch-mean:{blocks}"
+
+    /// The probe of a (layer, pool) pair as config.json's `probe` block and C#'s TrainingPlan name it.
+    static member OfLayer(layer: string, pool: int64) =
+        match (if isNull layer then "" else layer) with
+        | "" -> Output
+        | "branch" -> Branch pool
+        | "class-tokens" -> ClassTokens(pool, false)
+        | "class-tokens-patch-mean" -> ClassTokens(pool, true)
+        | name -> Layer(name, pool)
+
+    static member Forms = "output|branch:<pool>|layer:<name>:<pool>|class-tokens:<blocks>|class-tokens-patch-mean:<blocks>"
+
+    static member TryParse(text: string) : Probe option =
+        let number (s: string) = match Int64.TryParse s with | true, v when v > 0L -> Some v | _ -> None
+        match (if isNull text then "" else text.Trim()).Split(':') |> List.ofArray with
+        | [ "output" ] -> Some Output
+        | [ "branch"; pool ] -> number pool |> Option.map Branch
+        | [ "layer"; name; pool ] when name <> "" -> number pool |> Option.map (fun p -> Layer(name, p))
+        | [ "class-tokens"; blocks ] -> number blocks |> Option.map (fun b -> ClassTokens(b, false))
+        | [ "class-tokens-patch-mean"; blocks ] -> number blocks |> Option.map (fun b -> ClassTokens(b, true))
+        | _ -> None
+
+/// The optimizers most recipes take, from their schedule: momentum 0.9 and the engine's cosine
+/// decay after the schedule's warm-up (OptimizerSpec).
+module Optim =
+    /// SGD with momentum 0.9.
+    let sgd (schedule: TrainingSchedule) =
+        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = schedule.LearningRate, Momentum = 0.9,
+                      WeightDecay = schedule.WeightDecay, WarmupEpochs = schedule.WarmupEpochs)
+
+    /// SGD with Nesterov momentum 0.9: most pretext recipes' and the supervised baseline's.
+    let nesterov (schedule: TrainingSchedule) =
+        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = schedule.LearningRate, Momentum = 0.9, Nesterov = true,
+                      WeightDecay = schedule.WeightDecay, WarmupEpochs = schedule.WarmupEpochs)
+
+    /// LARS with momentum 0.9 and trust coefficient η = `eta` (You et al. 2017, Alg. 1).
+    let lars (schedule: TrainingSchedule) (eta: float) =
+        OptimizerSpec(Kind = OptimizerKind.Lars, LearningRate = schedule.LearningRate, Momentum = 0.9,
+                      WeightDecay = schedule.WeightDecay, WarmupEpochs = schedule.WarmupEpochs, LarsEta = eta)
+
+    /// Adam with PyTorch's β = (0.9, 0.999).
+    let adam (schedule: TrainingSchedule) =
+        OptimizerSpec(Kind = OptimizerKind.Adam, LearningRate = schedule.LearningRate, WeightDecay = schedule.WeightDecay,
+                      WarmupEpochs = schedule.WarmupEpochs)
