@@ -50,14 +50,15 @@ let vitPositionImageSide = 28L
 /// A new encoder of `backbone` for `channels` input channels. `bnMomentum`: the running-statistics
 /// momentum of its batch norms (PyTorch's convention) where the recipe sets one, else each
 /// architecture's default (SmallConvNet 0.1, Wide-ResNet 0.001 as MixMatch's code; ResNet-18 always
-/// 0.1; the ViT has LayerNorms, no batch norm).
-let instantiate (bnMomentum: float option) (channels: int64) (backbone: Backbone) : Encoder =
+/// 0.1; the ViT has LayerNorms, no batch norm). `layout`: what its convolutions read (the run's
+/// --memory-format, RuntimeOptions.ConvLayout).
+let instantiate (layout: SafeConv.ConvLayout) (bnMomentum: float option) (channels: int64) (backbone: Backbone) : Encoder =
     match backbone, bnMomentum with
-    | SmallConvNet w, Some m -> new Ssl.Core.Models.SmallConvNet(channels, w, m) :> Encoder
-    | SmallConvNet w, None -> new Ssl.Core.Models.SmallConvNet(channels, w) :> Encoder
-    | ResNet18, _ -> new Ssl.Core.Models.ResNet18(channels) :> Encoder
-    | WideResNet(d, k), Some m -> new Ssl.Core.Models.WideResNet(channels, d, k, m) :> Encoder
-    | WideResNet(d, k), None -> new Ssl.Core.Models.WideResNet(channels, d, k) :> Encoder
+    | SmallConvNet w, Some m -> new Ssl.Core.Models.SmallConvNet(channels, w, m, layout) :> Encoder
+    | SmallConvNet w, None -> new Ssl.Core.Models.SmallConvNet(channels, w, 0.1, layout) :> Encoder
+    | ResNet18, _ -> new Ssl.Core.Models.ResNet18(channels, layout) :> Encoder
+    | WideResNet(d, k), Some m -> new Ssl.Core.Models.WideResNet(channels, d, k, m, layout) :> Encoder
+    | WideResNet(d, k), None -> new Ssl.Core.Models.WideResNet(channels, d, k, 0.001, layout) :> Encoder
     | VitTiny(p, d), _ -> VisionTransformer.Tiny(channels, p, d, max 1L (vitPositionImageSide / p)) :> Encoder
 
 /// The name of the architecture in baseline cache keys and reports (SmallConvNet16, ResNet18, WRN-28-2,

@@ -75,7 +75,7 @@ let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads
         // The FLOP count needs the images' shape only: read a folder streamed (no pixels kept), so this
         // process's peak RSS is the run's own.
         use data = Pipeline.loadData { request with Preset = Smoke; DataMemoryMb = 0L }
-        use encoder = recipe.Encoder config data
+        use encoder = recipe.Encoder config data env.Runtime.ConvLayout
         FlopCounter.ForwardFlopsPerExample(encoder, [| data.Train.Channels; data.Train.Height; data.Train.Width |]),
         Ssl.Host.Data.ImageFolderOptions(MemoryBudgetMb = Nullable reading.DataMemoryMb).Streams data.Train.DecodedBytes
     if Directory.Exists out then Directory.Delete(out, true)

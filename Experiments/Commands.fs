@@ -395,10 +395,10 @@ let eval (args: ParseResults<EvalArgs>) =
         | None -> raise (DataException(request.Dataset, "labelled images to evaluate on (give --eval-dataset <a labelled set>)", "unlabelled images"))
     torch.manual_seed(seed) |> ignore
     let trained =
-        try recipe.Encoder recipeConfig data
+        try recipe.Encoder recipeConfig data env.Runtime.ConvLayout
         with :? ArgumentException as e -> raise (DataException(configPath, $"a {recipe.Name} config of this build", e.Message))
     if not randomInit then
-        try trained.load(weights) |> ignore
+        try Ssl.Host.Export.EncoderExport.Load(trained, weights)
         with e when not (e :? OutOfMemoryException) ->
             raise (DataException(weights, $"the {recipe.Name} encoder `ssl train` exported for this config", firstLine e.Message))
     let encoder: Ssl.Core.Models.Encoder =

@@ -5,6 +5,7 @@
 module Ssl.Experiments.ConfigParts
 
 open System
+open System.Text.Json.Nodes
 open Ssl.Host.Engine
 open Ssl.Experiments.Configs
 
@@ -94,3 +95,36 @@ module Optim =
     let adam (schedule: TrainingSchedule) =
         OptimizerSpec(Kind = OptimizerKind.Adam, LearningRate = schedule.LearningRate, WeightDecay = schedule.WeightDecay,
                       WarmupEpochs = schedule.WarmupEpochs)
+
+/// A config written before Schedule and Probe (older run folders' config.json, results/ records) in
+/// today's shape: `template` (today's config of the recipe, as JSON) with each of the old top-level
+/// fields put where today's field of that name is (`Epochs` → `Schedule.Epochs`), `LabelledBatch`
+/// as `Schedule.BatchSize`, `ProbeLayer` and `ProbePool` as the Probe text; fields the old config
+/// did not have (a warm-up it never took) keep the template's value, and a field today's shape has
+/// nowhere stays at the top for the reader to refuse. A config already in today's shape (no
+/// top-level field that today's type lacks) comes back as it is.
+let upgrade (configType: Type) (template: JsonObject) (old: JsonObject) : JsonObject =
+    let top = template |> Seq.map (fun kv -> kv.Key) |> Set.ofSeq
+    if old |> Seq.forall (fun kv -> top.Contains kv.Key) then old
+    else
+        let result = template.DeepClone().AsObject()
+        let leaves = Configs.fields configType |> List.map fst
+        let set (path: string) (value: JsonNode) =
+            let parts = path.Split('.')
+            let parent = parts[.. parts.Length - 2] |> Array.fold (fun (o: JsonObject) p -> o[p].AsObject()) result
+            parent[parts[parts.Length - 1]] <- (if isNull value then null else value.DeepClone())
+        let renamed = dict [ "LabelledBatch", "BatchSize" ]
+        for kv in old do
+            match kv.Key with
+            | "ProbeLayer" | "ProbePool" when top.Contains "Probe" ->
+                let text (key: string) = match old[key] with null -> None | v -> Some v
+                let layer = text "ProbeLayer" |> Option.map (fun v -> v.GetValue<string>()) |> Option.defaultValue ""
+                let pool = text "ProbePool" |> Option.map (fun v -> v.GetValue<int64>()) |> Option.defaultValue 1L
+                result["Probe"] <- JsonValue.Create(string (Probe.OfLayer(layer, pool)))
+            | key when top.Contains key -> set key kv.Value
+            | key ->
+                let name = match renamed.TryGetValue key with | true, n -> n | _ -> key
+                match leaves |> List.filter (fun f -> f.EndsWith("." + name, StringComparison.Ordinal)) with
+                | [ path ] -> set path kv.Value
+                | _ -> result[key] <- kv.Value.DeepClone()
+        result

@@ -211,7 +211,7 @@ type Edit =
             match value with
             | :? IFormattable as f -> f.ToString(null, invariant)
             | v -> string v
-        unbox<'T> (setText typeof<'T> (box config) path text)
+        unbox<'T> (setText typeof<'T> (box config) (resolvePath typeof<'T> path) text)
 
 let rec private toNode (t: Type) (value: obj) : JsonNode =
     if isRecord t then

@@ -147,7 +147,7 @@ type MethodSpec<'Config>(name: string, paper: string) =
             match this.Backbone, this.Encoder, this.EncoderName with
             | null, null, _ | null, _, null -> invalidOp $"{name}: set MethodSpec.Backbone, or MethodSpec.Encoder with MethodSpec.EncoderName"
             | null, encoder, encoderName ->
-                Template.spec name paper traits config.Invoke (fun c data -> encoder.Invoke(c, data)) (fun _ -> None) encoderName.Invoke build
+                Template.spec name paper traits config.Invoke (fun c data _ -> encoder.Invoke(c, data)) (fun _ -> None) encoderName.Invoke build
             | backbone, _, _ -> Template.backboneSpec name paper traits config.Invoke backbone.Invoke build
         { spec with
             CheckData = (match this.CheckData with null -> spec.CheckData | check -> fun c data -> check.Invoke(c, data))
@@ -185,5 +185,8 @@ type Backbones =
         match (if isNull text then None else Backbone.TryParse text) with
         | Some b -> b
         | None -> invalidArg "text" $"backbone: expected {Backbone.Forms}, found '{text}'"
-    /// A new encoder of `backbone` for images of `channels` channels.
-    static member Create(backbone: Backbone, channels: int64) : Encoder = instantiate None channels backbone
+    /// A new encoder of `backbone` for images of `channels` channels, its convolutions channels-last.
+    static member Create(backbone: Backbone, channels: int64) : Encoder = instantiate SafeConv.ChannelsLast None channels backbone
+    /// A new encoder of `backbone` for images of `channels` channels, its convolutions in `layout`
+    /// (a run's RuntimeOptions.ConvLayout).
+    static member Create(backbone: Backbone, channels: int64, layout: SafeConv.ConvLayout) : Encoder = instantiate layout None channels backbone

@@ -320,17 +320,17 @@ let probed (layer: string) (pool: int64) (data: Data) (encoder: Encoder) : Encod
     | "", _ -> encoder, ""
     | ("class-tokens" | "class-tokens-patch-mean"), (:? VisionTransformer as vit) ->
         if pool < 1L || pool > int64 vit.Depth then
-            invalidArg "ProbePool" $"ProbePool: with ProbeLayer '{layer}', the number of last blocks read: expected 1 to the ViT's depth {vit.Depth}, found {pool}"
+            invalidArg "Probe" $"Probe: {layer}, the number of last blocks read: expected 1 to the ViT's depth {vit.Depth}, found {pool}"
         let patchMean = layer = "class-tokens-patch-mean"
         new ClassTokenFeatures(vit, int pool, patchMean) :> Encoder, $"""-class-tokens{pool}{if patchMean then "-patch-mean" else ""}"""
     | ("class-tokens" | "class-tokens-patch-mean"), _ ->
-        invalidArg "ProbeLayer" $"ProbeLayer: '{layer}' needs a ViT encoder (VisionTransformer), found {encoder.GetType().Name}"
+        invalidArg "Probe" $"Probe: {layer} needs a ViT encoder (VisionTransformer), found {encoder.GetType().Name}"
     | layer, _ when layer <> "" && (pool < 1L || pool > max data.Train.Height data.Train.Width) ->
-        invalidArg "ProbePool" $"ProbePool: the pooled size of layer '{layer}': expected 1 to {max data.Train.Height data.Train.Width} (the images' side), found {pool}"
+        invalidArg "Probe" $"Probe: the pooled size of layer '{layer}': expected 1 to {max data.Train.Height data.Train.Width} (the images' side), found {pool}"
     | "branch", (:? IStagedEncoder as staged) ->
         new LayerFeatures(encoder, staged.BranchLayer, pool, input) :> Encoder,
         $"-{staged.BranchLayer}-pool{pool}"
-    | "branch", _ -> invalidArg "ProbeLayer" $"ProbeLayer: 'branch' needs an encoder with stages (IStagedEncoder), found {encoder.GetType().Name}"
+    | "branch", _ -> invalidArg "Probe" $"Probe: branch needs an encoder with stages (IStagedEncoder), found {encoder.GetType().Name}"
     | layer, _ ->
         new LayerFeatures(encoder, layer, pool, input) :> Encoder, $"-{layer}-pool{pool}"
 

@@ -116,22 +116,20 @@ let currentDigest (recipes: Template.Recipe list) (r: RunRecord) =
     | _ -> None
 
 /// The representation a record's linear probe, kNN and baselines read, from its recipe's config
-/// today (rows are only compared while fresh): "output", or the recipe's `ProbeLayer` pooled
-/// `ProbePool` x `ProbePool` (the pretext tasks read an inner block, whose random-init baseline is
-/// stronger than the output's); "?" when the recipe no longer resolves the record.
+/// today (rows are only compared while fresh): "output", or the recipe's `Probe` (the pretext tasks
+/// read an inner block, whose random-init baseline is stronger than the output's); "?" when the
+/// recipe no longer resolves the record.
 let probedAt (recipes: Template.Recipe list) (r: RunRecord) =
     match recipes |> List.tryFind (fun x -> x.Name = r.Method), Preset.tryParse r.Preset with
     | Some recipe, Some preset ->
         try
             let config = recipe.Resolve preset None r.Overrides
-            match config["ProbeLayer"], config["ProbePool"] with
-            | null, _ -> "output"
-            | layer, _ when layer.GetValue<string>() = "" -> "output"
-            | layer, null -> layer.GetValue<string>()
-            | layer, pool when layer.GetValue<string>() = "class-tokens" -> $"class tokens of the last {pool.ToJsonString()} blocks"
-            | layer, pool when layer.GetValue<string>() = "class-tokens-patch-mean" ->
-                $"class tokens of the last {pool.ToJsonString()} blocks and the patch-token mean"
-            | layer, pool -> $"{layer.GetValue<string>()}, pool {pool.ToJsonString()}"
+            match config["Probe"] |> Option.ofObj |> Option.bind (fun p -> Probe.TryParse(p.GetValue<string>())) with
+            | None | Some Probe.Output -> "output"
+            | Some(Probe.Branch pool) -> $"branch, pool {pool}"
+            | Some(Probe.Layer(layer, pool)) -> $"{layer}, pool {pool}"
+            | Some(Probe.ClassTokens(blocks, false)) -> $"class tokens of the last {blocks} blocks"
+            | Some(Probe.ClassTokens(blocks, true)) -> $"class tokens of the last {blocks} blocks and the patch-token mean"
         with :? ArgumentException -> "?"
     | _ -> "?"
 
@@ -260,7 +258,7 @@ let render (recipes: Template.Recipe list) (recordsDir: string) (outPath: string
     say "## Baselines"
     say ""
     say "The same encoder randomly initialised, and raw pixels, through the same linear probe and kNN, per seed; \"probed"
-    say "at\" is the representation both the method and its random-init baseline are read at (a recipe's ProbeLayer)."
+    say "at\" is the representation both the method and its random-init baseline are read at (a recipe's Probe)."
     say ""
     sb.Append(baselinesTable recipes (fresh |> List.collect (fun r -> r.Records))) |> ignore
     say ""

@@ -70,7 +70,8 @@ let parseSet (fields: (string * string) list) (text: string) : string * string l
     match text.IndexOf '=' with
     | i when i > 0 ->
         let field, values = text.Substring(0, i).Trim(), text.Substring(i + 1)
-        let tuple = fields |> List.exists (fun (name, kind) -> name = field && kind.StartsWith "(")
+        let named (name: string) = name = field || name.EndsWith("." + field, StringComparison.Ordinal)
+        let tuple = fields |> List.exists (fun (name, kind) -> named name && kind.StartsWith "(")
         let separator = if values.Contains ';' then ';' elif tuple then '\000' else ','
         let alternatives = values.Split(separator, StringSplitOptions.TrimEntries) |> List.ofArray
         if alternatives |> List.exists String.IsNullOrEmpty then

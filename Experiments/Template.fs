@@ -52,6 +52,8 @@ type Context<'Config> =
       /// What the recipe built beside its step's modules (generators, helpers): disposed after the run.
       Owned: Collections.Generic.List<IDisposable> }
     member c.Device = c.Env.Device
+    /// The layout the run's convolutions read (its --memory-format): for models a recipe builds itself.
+    member c.Layout = c.Env.Runtime.ConvLayout
     /// `resource`, disposed after the run (after the step's modules, in reverse order of `Own`).
     member c.Own(resource: #IDisposable) =
         c.Owned.Add resource
@@ -127,6 +129,9 @@ type DefinedStep<'Batch>(def: StepDef<'Batch>, batchOf: StepContext -> int64[] -
         member _.State = readOnlyDict (def.State())
         member _.Step(context, batch) = readOnlyDict (def.Run context (batchOf context batch))
 
+/// The engine's step of a StepDef over the training set, for Trainer.Run outside the template (compose.fsx).
+let engineStep (def: StepDef<int64[]>) : ITrainingStep = DefinedStep(def, fun _ batch -> batch)
+
 /// The first field of the config's type that is a `'Field` (Schedule, Probe), if any.
 let private fieldOf<'Field> (config: obj) : 'Field option =
     config.GetType().GetProperties(Reflection.BindingFlags.Public ||| Reflection.BindingFlags.Instance)
@@ -163,8 +168,9 @@ type Spec<'Config> =
       /// The config of each preset: the paper's defaults, scaled to our data where the config says so.
       Config: Preset -> 'Config
       /// The one encoder factory (training, baselines, export, `ssl eval`, `ssl bench`), from the
-      /// config and the data (its channels; its pixel statistics where an encoder holds them).
-      Encoder: 'Config -> Data -> Encoder
+      /// config, the data (its channels; its pixel statistics where an encoder holds them) and the
+      /// layout its convolutions read (the run's --memory-format, RuntimeOptions.ConvLayout).
+      Encoder: 'Config -> Data -> SafeConv.ConvLayout -> Encoder
       /// The architecture's name in config.json and the baseline cache keys.
       EncoderName: 'Config -> string
       /// The backbone the config chooses (`--set Encoder=...`; the supervised-only baseline trains
@@ -177,14 +183,14 @@ type Spec<'Config> =
       Variants: (string * string * ('Config -> 'Config)) list }
 
 /// A spec with no data check and no variants; the rest as given.
-let spec name paper traits (config: Preset -> 'Config) (encoder: 'Config -> Data -> Encoder) (backbone: 'Config -> Backbone option)
+let spec name paper traits (config: Preset -> 'Config) (encoder: 'Config -> Data -> SafeConv.ConvLayout -> Encoder) (backbone: 'Config -> Backbone option)
          (encoderName: 'Config -> string) (build: Context<'Config> -> Training) =
     { Name = name; Paper = paper; Traits = traits; Config = config; Encoder = encoder; EncoderName = encoderName
       Backbone = backbone; CheckData = (fun _ _ -> ()); Build = build; Variants = [] }
 
 /// A spec whose encoder is the Backbone its config names (`backbone` reads it), at default batch-norm momentum.
 let backboneSpec name paper traits (config: Preset -> 'Config) (backbone: 'Config -> Backbone) build =
-    spec name paper traits config (fun c data -> instantiate None data.Train.Channels (backbone c)) (backbone >> Some)
+    spec name paper traits config (fun c data layout -> instantiate layout None data.Train.Channels (backbone c)) (backbone >> Some)
         (backbone >> Backbone.name) build
 
 /// What a run with a training observer came to.
@@ -207,8 +213,8 @@ type Recipe =
       Run: Request -> RunEnvironment -> RunFolder -> RunResult
       /// `Run` with an observer of its training steps that may stop it (`ssl bench`'s StepBenchmark).
       RunObserved: ITrainingObserver -> Request -> RunEnvironment -> RunFolder -> Observed
-      /// The encoder of a resolved config for the data (`ssl eval`, `ssl bench`).
-      Encoder: JsonObject -> Data -> Encoder }
+      /// The encoder of a resolved config for the data, its convolutions in the layout (`ssl eval`, `ssl bench`).
+      Encoder: JsonObject -> Data -> SafeConv.ConvLayout -> Encoder }
 
 /// Square images, or an invalidArg naming --dataset and the recipe (`what`) that needs them.
 let requireSquare (what: string) (data: Data) =
@@ -331,7 +337,7 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
                 notes.Add $"supervised_only: not run, class '{name}' of {probe.Name} has {smallest} training images (fewer than {perClass} per class)"
                 None
         | _ -> None
-    let newEncoder () = spec.Encoder config data
+    let newEncoder () = spec.Encoder config data env.Runtime.ConvLayout
     torch.manual_seed(request.Seed) |> ignore
     let context =
         { Request = request; Env = env; Folder = folder; Data = data; Config = config; Split = split; NewEncoder = newEncoder
@@ -403,24 +409,30 @@ let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvi
     | Evaluated result -> result
     | StoppedByObserver _ -> invalidOp $"{request.Method}: a run without an observer was stopped by one"
 
+/// A config read from JSON, one written before Schedule and Probe in today's shape (ConfigParts.upgrade,
+/// with the preset's config as the template).
+let private read (spec: Spec<'Config>) (variant: 'Config -> 'Config) (preset: Preset) (source: string) (json: JsonObject) =
+    let template = Configs.toJson (variant (spec.Config preset))
+    Configs.ofJson<'Config> source (upgrade typeof<'Config> template json)
+
 let private resolve (spec: Spec<'Config>) (variant: 'Config -> 'Config) (preset: Preset) (baseline: JsonObject option) (overrides: string list) =
     let start =
         match baseline with
-        | Some json -> Configs.ofJson<'Config> "--config" json
+        | Some json -> read spec variant preset "--config" json
         | None -> variant (spec.Config preset)
     Configs.toJson (Configs.applyOverrides overrides start)
 
 let private recipe (spec: Spec<'Config>) (name: string) (paper: string) (variant: 'Config -> 'Config) : Recipe =
     let typed (request: Request) =
         match request.Config with
-        | Some json -> Configs.ofJson<'Config> $"{name} config" json
+        | Some json -> read spec variant request.Preset $"{name} config" json
         | None -> variant (spec.Config request.Preset)
     { Name = name; Paper = paper; Traits = spec.Traits; Presets = Preset.all
       Resolve = resolve spec variant
       Fields = Configs.fields typeof<'Config>
       Run = fun request env folder -> run spec (typed request) request env folder
       RunObserved = fun observer request env folder -> runObserved spec (typed request) request env folder (Some observer)
-      Encoder = fun json data -> spec.Encoder (Configs.ofJson<'Config> $"{name} config" json) data }
+      Encoder = fun json data layout -> spec.Encoder (read spec variant Quick $"{name} config" json) data layout }
 
 /// The recipes of a spec: its own and one per variant.
 let recipes (spec: Spec<'Config>) : Recipe list =

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Per recipe file: lines, comment lines and their share; then the median file length.
+"""Per recipe file: non-blank lines, comment lines and their share; then the median file length.
 
-A recipe should read in a minute: the median recipe file stays under 120 lines and no recipe's
-comments exceed a third of its lines (trial histories go to docs/experiments/<method>.md).
+A recipe should read in a minute: the median recipe file stays under 80 non-blank lines and no
+recipe's comments exceed a third of its lines (trial histories go to docs/experiments/<method>.md).
 Exits 1 when either bound is broken. Usage: python3 scripts/recipe_lines.py [Experiments/Recipes]
 """
 import pathlib
@@ -12,7 +12,7 @@ import sys
 folder = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).parent.parent / "Experiments" / "Recipes")
 rows = []
 for path in sorted(folder.glob("*.fs")):
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     comments = sum(1 for line in lines if line.lstrip().startswith("//"))
     rows.append((path.name, len(lines), comments))
 
@@ -22,10 +22,10 @@ for name, total, comments in rows:
 median = statistics.median(total for _, total, _ in rows)
 worst = max(rows, key=lambda r: r[2] / r[1])
 print(f"median {median:g} lines over {len(rows)} files; highest comment share {worst[2] / worst[1]:.0%} ({worst[0]})")
-too_long = median >= 120
+too_long = median >= 80
 too_chatty = [name for name, total, comments in rows if comments * 3 > total]
 if too_long:
-    print("median recipe file is 120 lines or more")
+    print("median recipe file is 80 non-blank lines or more")
 if too_chatty:
     print("comments over a third of the lines: " + ", ".join(too_chatty))
 sys.exit(1 if too_long or too_chatty else 0)

@@ -104,7 +104,7 @@ let tests =
                 let run = JsonSerializer.Deserialize<Peer.PeerRun>(File.ReadAllText json)
                 let resolved = recipe.Resolve Recipe.Quick None []
                 let backbone = (Backbone.Backbone.TryParse(resolved["Encoder"].GetValue<string>())).Value
-                use encoder = Backbone.instantiate None 1L backbone
+                use encoder = Backbone.instantiate Ssl.Core.Models.SafeConv.ChannelsLast None 1L backbone
                 let outputs =
                     match name with
                     | "supervised" -> 10L

@@ -108,7 +108,7 @@ let tests =
             let config = MixMatch.config Ssl.Experiments.Recipe.Quick
             Expect.equal config.BatchNormMomentum 0.001 "the authors' decay 0.999"
             torch.manual_seed(5L) |> ignore
-            use encoder = Ssl.Experiments.Backbone.instantiate (Some config.BatchNormMomentum) 1L (Ssl.Experiments.Backbone.SmallConvNet 16L)
+            use encoder = Ssl.Experiments.Backbone.instantiate Ssl.Core.Models.SafeConv.ChannelsLast (Some config.BatchNormMomentum) 1L (Ssl.Experiments.Backbone.SmallConvNet 16L)
             use head = new Ssl.Core.Models.LinearHead(encoder.FeatureDim, 10L)
             encoder.train ()
             let bns = Ssl.Core.Models.BatchNorms.layers [ encoder :> torch.nn.Module ]

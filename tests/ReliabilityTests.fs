@@ -159,9 +159,9 @@ let cases () =
       { Name = "--set of an unknown field"; Prepare = fresh "no-field"; Args = (fun d -> train d @ [ "--set"; "NoSuchField=1" ]); Code = 2; Names = fun _ -> [ "NoSuchField" ] }
       { Name = "an unknown --layout"; Prepare = fresh "bad-layout"; Args = (fun d -> train d @ [ "--layout"; "flat" ]); Code = 2; Names = fun _ -> [ "--layout"; "flat" ] }
       { Name = "a probe layer that does not exist, before training"; Prepare = fresh "probe-typo"
-        Args = (fun d -> [ "train"; "rotnet"; "--preset"; "smoke"; "--set"; "ProbeLayer=features.nope"; "--out"; d ]); Code = 2; Names = fun _ -> [ "features.nope" ] }
+        Args = (fun d -> [ "train"; "rotnet"; "--preset"; "smoke"; "--set"; "Probe=layer:features.nope:3"; "--out"; d ]); Code = 2; Names = fun _ -> [ "features.nope" ] }
       { Name = "a probe pool past the images' side, before training"; Prepare = fresh "probe-pool"
-        Args = (fun d -> [ "train"; "rotnet"; "--preset"; "smoke"; "--set"; "ProbePool=1000"; "--out"; d ]); Code = 2; Names = fun _ -> [ "ProbePool"; "1000" ] }
+        Args = (fun d -> [ "train"; "rotnet"; "--preset"; "smoke"; "--set"; "Probe=branch:1000"; "--out"; d ]); Code = 2; Names = fun _ -> [ "Probe"; "1000" ] }
       { Name = "an unknown --eval-dataset, named as such"; Prepare = fresh "bad-eval-set"
         Args = (fun d -> [ "train"; "rotnet"; "--preset"; "smoke"; "--eval-dataset"; "imagenet"; "--out"; d ]); Code = 2; Names = fun _ -> [ "--eval-dataset"; "imagenet" ] }
       { Name = "--config of a file that is not JSON"

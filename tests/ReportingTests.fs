@@ -98,6 +98,26 @@ let exportTests =
                 Check.close 0.0 0.0 k loaded[k] v
             Expect.contains (File.ReadAllLines names) "conv.weight Float32 [4, 1, 3, 3]" "documented names and shapes"
         }
+        test "EncoderExport.Load reads an export, one whose SafeConv2d layers still name conv.weight too" {
+            let dir = Fixtures.tempDir "export-legacy"
+            // The old SafeConv2d: an nn.Conv2d held as `conv`, so its weights were `<layer>.conv.weight`.
+            use legacy =
+                torch.nn.Sequential([| struct ("stem", torch.nn.Sequential([| struct ("conv", torch.nn.Conv2d(4L, 3L, 3L) :> torch.nn.Module<torch.Tensor, torch.Tensor>) |])
+                                                         :> torch.nn.Module<torch.Tensor, torch.Tensor>)
+                                       struct ("norm", torch.nn.BatchNorm2d(3L)) |])
+            let struct (dat, _, _) = EncoderExport.Save(legacy, dir)
+            use today =
+                torch.nn.Sequential([| struct ("stem", new Ssl.Core.Models.SafeConv.SafeConv2d(4L, 3L, 3L, 1L, 0L, true) :> torch.nn.Module<torch.Tensor, torch.Tensor>)
+                                       struct ("norm", torch.nn.BatchNorm2d(3L)) |])
+            EncoderExport.Load(today, dat)
+            let old, loaded = legacy.state_dict(), today.state_dict()
+            Check.close 0.0 0.0 "weight" loaded["stem.weight"] old["stem.conv.weight"]
+            Check.close 0.0 0.0 "bias" loaded["stem.bias"] old["stem.conv.bias"]
+            Check.close 0.0 0.0 "norm" loaded["norm.running_var"] old["norm.running_var"]
+            use other = torch.nn.Sequential([| struct ("fc", torch.nn.Linear(2L, 2L) :> torch.nn.Module<torch.Tensor, torch.Tensor>) |])
+            let e = Expect.throwsC (fun () -> EncoderExport.Load(other, dat)) id
+            Expect.stringContains e.Message "stem.conv.weight" "another model's file names the tensor it cannot place"
+        }
     ]
 
 [<Tests>]

@@ -28,8 +28,7 @@ let private fakeRecipe (name: string) : Template.Recipe =
             o["Epochs"] <- JsonValue.Create(if preset = Smoke then 1 else 10)
             // As the real RotNet: its probe and baselines read an inner block.
             if name = "rotnet" then
-                o["ProbeLayer"] <- JsonValue.Create "branch"
-                o["ProbePool"] <- JsonValue.Create 3L
+                o["Probe"] <- JsonValue.Create "branch:3"
             for a in overrides do
                 match a.Split('=') with
                 | [| "Epochs"; v |] -> o["Epochs"] <- JsonValue.Create(int v)

@@ -16,8 +16,9 @@ module internal BigBiGanChecks =
 /// each BN → ReLU) → 3x3 convolution to `channels` → tanh. Unlike BigGAN's G it has no spectral
 /// normalisation: of the paper's spectral norms only D's are kept at this scale.
 /// z: (N, latentDim) from the Gaussian prior → images (N, channels, s, s) in [-1, 1].
-type BigBiGanGenerator(channels: int64, imageSize: int64, latentDim: int64, width: int64) as this =
+type BigBiGanGenerator(channels: int64, imageSize: int64, latentDim: int64, width: int64, ?layout: SafeConv.ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("BigBiGanGenerator")
+    let layout = defaultArg layout SafeConv.ChannelsLast
     do
         Layers.checkPositive "latentDim" latentDim
         Layers.checkPositive "channels" channels
@@ -35,7 +36,7 @@ type BigBiGanGenerator(channels: int64, imageSize: int64, latentDim: int64, widt
             "up2", nn.ConvTranspose2d(width, width / 2L, 4L, stride = 2L, padding = 1L)
             "bn2", nn.BatchNorm2d(width / 2L)
             "relu2", nn.ReLU()
-            "out", new SafeConv.SafeConv2d(width / 2L, channels, 3L, 1L, 1L, true)
+            "out", new SafeConv.SafeConv2d(width / 2L, channels, 3L, 1L, 1L, true, layout)
             "tanh", nn.Tanh() ]
     do this.RegisterComponents()
 
@@ -52,21 +53,22 @@ type BigBiGanGenerator(channels: int64, imageSize: int64, latentDim: int64, widt
 /// `forward` returns the deterministic μ (the representation used downstream); `Sample` draws
 /// z = μ + σ·ε with ε ~ N(0, I) from an explicit generator (the reparameterisation trick, so
 /// gradients reach E through z). images: (N, channels, s, s).
-type BigBiGanEncoder(channels: int64, latentDim: int64, width: int64) as this =
+type BigBiGanEncoder(channels: int64, latentDim: int64, width: int64, ?layout: SafeConv.ConvLayout) as this =
     inherit Encoder("BigBiGanEncoder")
+    let layout = defaultArg layout SafeConv.ChannelsLast
     do
         Layers.checkPositive "channels" channels
         Layers.checkPositive "latentDim" latentDim
         if width < 2L || width % 2L <> 0L then invalidArg "width" $"width: expected an even number >= 2, found {width}"
     let features =
         Layers.sequential [
-            "conv1", SafeConv.layer channels (width / 2L) 4L 2L 1L false
+            "conv1", SafeConv.layer layout channels (width / 2L) 4L 2L 1L false
             "bn1", nn.BatchNorm2d(width / 2L)
             "relu1", nn.ReLU()
-            "conv2", SafeConv.layer (width / 2L) width 4L 2L 1L false
+            "conv2", SafeConv.layer layout (width / 2L) width 4L 2L 1L false
             "bn2", nn.BatchNorm2d(width)
             "relu2", nn.ReLU()
-            "conv3", Layers.conv3x3 width (2L * width) 1L
+            "conv3", Layers.conv3x3 layout width (2L * width) 1L
             "bn3", nn.BatchNorm2d(2L * width)
             "relu3", nn.ReLU()
             "pool", nn.AdaptiveAvgPool2d(1L)
@@ -125,7 +127,7 @@ type BiGanScores =
 /// spectrally normalised as in BigGAN's D (Miyato et al. 2018): F(x) conv net (3x3 to w, 4x4
 /// stride 2 to w, 4x4 stride 2 to 2w, each ReLU, global average pool → 2w); H(z) MLP (latentDim →
 /// 2w → 2w, ReLU); J([F, H]) MLP (4w → 4w → 4w, ReLU); linear scores s_x on F, s_z on H, s_xz on J.
-type BigBiGanDiscriminator(channels: int64, latentDim: int64, width: int64) as this =
+type BigBiGanDiscriminator(channels: int64, latentDim: int64, width: int64, ?layout: SafeConv.ConvLayout) as this =
     inherit nn.Module("BigBiGanDiscriminator")
     do
         Layers.checkPositive "channels" channels
@@ -134,11 +136,11 @@ type BigBiGanDiscriminator(channels: int64, latentDim: int64, width: int64) as t
     let relu () = nn.ReLU() :> nn.Module<Tensor, Tensor>
     let imageFeatures =
         Layers.sequential [
-            "conv1", new SpectralNormConv2d(channels, width, 3L, 1L, 1L) :> nn.Module<Tensor, Tensor>
+            "conv1", new SpectralNormConv2d(channels, width, 3L, 1L, 1L, ?layout = layout) :> nn.Module<Tensor, Tensor>
             "relu1", relu ()
-            "conv2", new SpectralNormConv2d(width, width, 4L, 2L, 1L)
+            "conv2", new SpectralNormConv2d(width, width, 4L, 2L, 1L, ?layout = layout)
             "relu2", relu ()
-            "conv3", new SpectralNormConv2d(width, 2L * width, 4L, 2L, 1L)
+            "conv3", new SpectralNormConv2d(width, 2L * width, 4L, 2L, 1L, ?layout = layout)
             "relu3", relu ()
             "pool", nn.AdaptiveAvgPool2d(1L)
             "flatten", nn.Flatten() ]
@@ -174,11 +176,11 @@ type BigBiGanDiscriminator(channels: int64, latentDim: int64, width: int64) as t
 /// The three BigBiGAN networks for images of `channels` x `imageSize` x `imageSize` (28 or 32),
 /// latent dimension `latentDim` and base width `width` (even). Sub-modules "generator", "encoder",
 /// "discriminator".
-type BigBiGan(channels: int64, imageSize: int64, latentDim: int64, width: int64) as this =
+type BigBiGan(channels: int64, imageSize: int64, latentDim: int64, width: int64, ?layout: SafeConv.ConvLayout) as this =
     inherit nn.Module("BigBiGan")
-    let generator = new BigBiGanGenerator(channels, imageSize, latentDim, width)
-    let encoder = new BigBiGanEncoder(channels, latentDim, width)
-    let discriminator = new BigBiGanDiscriminator(channels, latentDim, width)
+    let generator = new BigBiGanGenerator(channels, imageSize, latentDim, width, ?layout = layout)
+    let encoder = new BigBiGanEncoder(channels, latentDim, width, ?layout = layout)
+    let discriminator = new BigBiGanDiscriminator(channels, latentDim, width, ?layout = layout)
     do this.RegisterComponents()
 
     member _.Generator = generator

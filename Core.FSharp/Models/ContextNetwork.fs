@@ -38,8 +38,9 @@ module MaskedConvolution =
 /// A 2-D convolution (stride 1, "same" zero padding) whose kernel taps outside `kernelMask mask
 /// first kernelSize` are zeroed at every forward, so their weights get zero gradient.
 /// x: (N, inputChannels, H, W) → (N, outputChannels, H, W).
-type MaskedConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, mask: ContextMask, first: bool) as this =
+type MaskedConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, mask: ContextMask, first: bool, ?layout: SafeConv.ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("MaskedConv2d")
+    let layout = defaultArg layout SafeConv.ChannelsLast
     let conv = nn.Conv2d(inputChannels, outputChannels, kernelSize, padding = kernelSize / 2L)
     let kernelMask = (MaskedConvolution.kernelMask mask first kernelSize).DetachFromDisposeScope()
     do this.RegisterComponents()
@@ -48,16 +49,16 @@ type MaskedConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64
         use scope = torch.NewDisposeScope()
         let weight = conv.weight * kernelMask
         let padding = kernelSize / 2L
-        (SafeConv.conv2d 1L padding x weight conv.bias).MoveToOuterDisposeScope()
+        (SafeConv.conv2d layout 1L padding x weight conv.bias).MoveToOuterDisposeScope()
 
     interface ICountsMultiplyAdds with
         member _.MultiplyAdds(_, output) = MultiplyAdds.convolution inputChannels kernelSize output
 
 /// A residual block of the context network: x + conv1x1(ReLU(masked conv(ReLU(x)))).
-type internal ContextBlock(channels: int64, kernelSize: int64, mask: ContextMask) as this =
+type internal ContextBlock(channels: int64, kernelSize: int64, mask: ContextMask, layout: SafeConv.ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("ContextBlock")
-    let masked = new MaskedConv2d(channels, channels, kernelSize, mask, false)
-    let mix = SafeConv.layer channels channels 1L 1L 0L true
+    let masked = new MaskedConv2d(channels, channels, kernelSize, mask, false, layout)
+    let mix = SafeConv.layer layout channels channels 1L 1L 0L true
     do this.RegisterComponents()
 
     override _.forward(x) =
@@ -69,17 +70,19 @@ type internal ContextBlock(channels: int64, kernelSize: int64, mask: ContextMask
 /// Neural Networks, Sec. 3.4, for the masks): a first masked convolution (inputDim → contextDim, centre excluded), then `blocks`
 /// residual blocks (masked k x k and 1x1 convolutions). The output at (i, j) depends only on the
 /// positions `mask` allows; with k = 3 its receptive field grows by one row (and column) per layer.
-/// embeddings: (N, inputDim, gh, gw) → contexts (N, contextDim, gh, gw).
-type ContextNetwork(inputDim: int64, contextDim: int64, blocks: int, kernelSize: int64, mask: ContextMask) as this =
+/// embeddings: (N, inputDim, gh, gw) → contexts (N, contextDim, gh, gw). `layout`: what its
+/// convolutions read (channels-last unless given).
+type ContextNetwork(inputDim: int64, contextDim: int64, blocks: int, kernelSize: int64, mask: ContextMask, ?layout: SafeConv.ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("ContextNetwork")
+    let layout = defaultArg layout SafeConv.ChannelsLast
     do
         Layers.checkPositive "inputDim" inputDim
         Layers.checkPositive "contextDim" contextDim
         if blocks < 0 then invalidArg "blocks" $"blocks: expected a number >= 0, found {blocks}"
-    let input = new MaskedConv2d(inputDim, contextDim, kernelSize, mask, true)
+    let input = new MaskedConv2d(inputDim, contextDim, kernelSize, mask, true, layout)
     let layers =
         Layers.sequential [
-            for b in 1 .. blocks -> $"block{b}", new ContextBlock(contextDim, kernelSize, mask) :> nn.Module<Tensor, Tensor> ]
+            for b in 1 .. blocks -> $"block{b}", new ContextBlock(contextDim, kernelSize, mask, layout) :> nn.Module<Tensor, Tensor> ]
     do this.RegisterComponents()
 
     member _.Mask = mask

@@ -14,13 +14,13 @@ module internal Layers =
 
     /// A 3x3 convolution with zero padding 1 and no bias (a batch norm follows it); SafeConv where
     /// the channel counts need it.
-    let conv3x3 (inputChannels: int64) (outputChannels: int64) (stride: int64) =
-        SafeConv.layer inputChannels outputChannels 3L stride 1L false
+    let conv3x3 (layout: SafeConv.ConvLayout) (inputChannels: int64) (outputChannels: int64) (stride: int64) =
+        SafeConv.layer layout inputChannels outputChannels 3L stride 1L false
 
     /// conv3x3 → BatchNorm (running-statistics momentum `bnMomentum`, PyTorch's convention) → ReLU,
     /// as named layers.
-    let convBnRelu (prefix: string) (bnMomentum: float) (inputChannels: int64) (outputChannels: int64) =
-        [ $"{prefix}conv", conv3x3 inputChannels outputChannels 1L
+    let convBnRelu (layout: SafeConv.ConvLayout) (prefix: string) (bnMomentum: float) (inputChannels: int64) (outputChannels: int64) =
+        [ $"{prefix}conv", conv3x3 layout inputChannels outputChannels 1L
           $"{prefix}bn", nn.BatchNorm2d(outputChannels, momentum = bnMomentum)
           $"{prefix}relu", nn.ReLU() ]
 
@@ -69,25 +69,27 @@ type IStagedEncoder =
 /// much. A w that is not a multiple of 16 makes its convolutions SafeConv2d (see SafeConv), which pads
 /// the channels to multiples of 16 and costs accordingly. `inputChannels`: C of the (N, C, H, W) input;
 /// H, W at least 4. `bnMomentum`: the batch norms' running-statistics momentum in (0, 1] (PyTorch's
-/// convention, default 0.1; TensorFlow's decay d is 1 − d here).
-type SmallConvNet(inputChannels: int64, width: int64, bnMomentum: float) as this =
+/// convention, default 0.1; TensorFlow's decay d is 1 − d here). `layout`: what its convolutions
+/// read (SafeConv.ConvLayout, channels-last unless given).
+type SmallConvNet(inputChannels: int64, width: int64, bnMomentum: float, ?layout: SafeConv.ConvLayout) as this =
     inherit Encoder("SmallConvNet")
+    let layout = defaultArg layout SafeConv.ChannelsLast
     do Layers.checkPositive "inputChannels" inputChannels
     do Layers.checkPositive "width" width
     do Layers.checkMomentum "bnMomentum" bnMomentum
     // The last stage: max-pool, the two 4w blocks, global average pool (also IStagedEncoder's copy).
     let lastStage () : (string * nn.Module<Tensor, Tensor>) list =
         [ "pool2", nn.MaxPool2d(2L)
-          yield! Layers.convBnRelu "block3a_" bnMomentum (2L * width) (4L * width)
-          yield! Layers.convBnRelu "block3b_" bnMomentum (4L * width) (4L * width)
+          yield! Layers.convBnRelu layout "block3a_" bnMomentum (2L * width) (4L * width)
+          yield! Layers.convBnRelu layout "block3b_" bnMomentum (4L * width) (4L * width)
           "pool", nn.AdaptiveAvgPool2d(1L)
           "flatten", nn.Flatten() ]
     let features =
         Layers.sequential [
-            yield! Layers.convBnRelu "stem_" bnMomentum inputChannels width
+            yield! Layers.convBnRelu layout "stem_" bnMomentum inputChannels width
             "pool1", nn.MaxPool2d(2L)
-            yield! Layers.convBnRelu "block2a_" bnMomentum width (2L * width)
-            yield! Layers.convBnRelu "block2b_" bnMomentum (2L * width) (2L * width)
+            yield! Layers.convBnRelu layout "block2a_" bnMomentum width (2L * width)
+            yield! Layers.convBnRelu layout "block2b_" bnMomentum (2L * width) (2L * width)
             yield! lastStage () ]
     do this.RegisterComponents()
 
@@ -113,19 +115,19 @@ type SmallConvNet(inputChannels: int64, width: int64, bnMomentum: float) as this
         member _.NewLastStage() = Layers.sequential (lastStage ())
 
 /// The basic residual block of He et al. 2016 (two 3x3 conv-BN, identity or 1x1 conv-BN shortcut).
-type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: int64) as this =
+type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: int64, layout: SafeConv.ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("BasicBlock")
     let residual =
         Layers.sequential [
-            "conv1", Layers.conv3x3 inputChannels outputChannels stride
+            "conv1", Layers.conv3x3 layout inputChannels outputChannels stride
             "bn1", nn.BatchNorm2d(outputChannels)
             "relu1", nn.ReLU()
-            "conv2", Layers.conv3x3 outputChannels outputChannels 1L
+            "conv2", Layers.conv3x3 layout outputChannels outputChannels 1L
             "bn2", nn.BatchNorm2d(outputChannels) ]
     let shortcut =
         if stride <> 1L || inputChannels <> outputChannels then
             Layers.sequential [
-                "conv", SafeConv.layer inputChannels outputChannels 1L stride 0L false
+                "conv", SafeConv.layer layout inputChannels outputChannels 1L stride 0L false
                 "bn", nn.BatchNorm2d(outputChannels) ]
         else
             nn.Sequential()
@@ -140,14 +142,15 @@ type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: in
 /// 128, 256, 512 channels with
 /// [2, 2, 2, 2] basic blocks (stride 2 at the start of stages 2–4), global average pool, no fc.
 /// 11,168,832 parameters for 3 input channels (11,167,680 for 1). FeatureDim = 512.
-/// `inputChannels`: C of the (N, C, H, W) input.
-type ResNet18(inputChannels: int64) as this =
+/// `inputChannels`: C of the (N, C, H, W) input; `layout`: what its convolutions read (channels-last unless given).
+type ResNet18(inputChannels: int64, ?layout: SafeConv.ConvLayout) as this =
     inherit Encoder("ResNet18")
+    let layout = defaultArg layout SafeConv.ChannelsLast
     do Layers.checkPositive "inputChannels" inputChannels
     let stage (inC: int64) (outC: int64) (stride: int64) =
         Layers.sequential [
-            "block1", new BasicBlock(inC, outC, stride) :> nn.Module<Tensor, Tensor>
-            "block2", new BasicBlock(outC, outC, 1L) ]
+            "block1", new BasicBlock(inC, outC, stride, layout) :> nn.Module<Tensor, Tensor>
+            "block2", new BasicBlock(outC, outC, 1L, layout) ]
     // The last stage: stage 4, global average pool (also IStagedEncoder's copy).
     let lastStage () : (string * nn.Module<Tensor, Tensor>) list =
         [ "stage4", stage 256L 512L 2L
@@ -155,7 +158,7 @@ type ResNet18(inputChannels: int64) as this =
           "flatten", nn.Flatten() ]
     let features =
         Layers.sequential (
-            [ "stem_conv", Layers.conv3x3 inputChannels 64L 1L
+            [ "stem_conv", Layers.conv3x3 layout inputChannels 64L 1L
               "stem_bn", nn.BatchNorm2d(64L)
               "stem_relu", nn.ReLU()
               "stage1", stage 64L 64L 1L
@@ -181,18 +184,18 @@ type ResNet18(inputChannels: int64) as this =
 /// shortcut is the block input, or the activated input when `activateBeforeResidual`; a 1x1 conv
 /// when the shape changes.
 type internal PreActivationBlock(inputChannels: int64, outputChannels: int64, stride: int64,
-                                 activateBeforeResidual: bool, bnMomentum: float, slope: float) as this =
+                                 activateBeforeResidual: bool, bnMomentum: float, slope: float, layout: SafeConv.ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("PreActivationBlock")
     let bn1 = nn.BatchNorm2d(inputChannels, momentum = bnMomentum)
     let residual =
         Layers.sequential [
-            "conv1", Layers.conv3x3 inputChannels outputChannels stride
+            "conv1", Layers.conv3x3 layout inputChannels outputChannels stride
             "bn2", nn.BatchNorm2d(outputChannels, momentum = bnMomentum)
             "relu2", nn.LeakyReLU(slope)
-            "conv2", Layers.conv3x3 outputChannels outputChannels 1L ]
+            "conv2", Layers.conv3x3 layout outputChannels outputChannels 1L ]
     let projection =
         if stride <> 1L || inputChannels <> outputChannels then
-            SafeConv.layer inputChannels outputChannels 1L stride 0L false
+            SafeConv.layer layout inputChannels outputChannels 1L stride 0L false
         else
             nn.Identity()
     do this.RegisterComponents()
@@ -212,9 +215,10 @@ type internal PreActivationBlock(inputChannels: int64, outputChannels: int64, st
 /// WRN-28-2 with a 10-class linear head has 1,467,610 parameters (the "1.5M" of the MixMatch
 /// paper); without the head 1,466,320. FeatureDim = 64k.
 /// `inputChannels`: C of the (N, C, H, W) input; `depth` = 6n + 4; `widenFactor` = k; `bnMomentum`
-/// in (0, 1] (0.001 unless given).
-type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum: float) as this =
+/// in (0, 1] (0.001 unless given); `layout`: what its convolutions read (channels-last unless given).
+type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum: float, ?layout: SafeConv.ConvLayout) as this =
     inherit Encoder("WideResNet")
+    let layout = defaultArg layout SafeConv.ChannelsLast
     do
         Layers.checkPositive "inputChannels" inputChannels
         Layers.checkPositive "widenFactor" widenFactor
@@ -230,7 +234,7 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum
                 let inC = if b = 0 then widths[index] else widths[index + 1]
                 let stride = if b = 0 && index > 0 then 2L else 1L
                 $"block{b + 1}",
-                new PreActivationBlock(inC, widths[index + 1], stride, (b = 0 && index = 0), bnMomentum, slope)
+                new PreActivationBlock(inC, widths[index + 1], stride, (b = 0 && index = 0), bnMomentum, slope, layout)
                 :> nn.Module<Tensor, Tensor> ]
     // The last stage: stage 3, the final BN → leaky ReLU, global average pool (also IStagedEncoder's copy).
     let lastStage () : (string * nn.Module<Tensor, Tensor>) list =
@@ -241,7 +245,7 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum
           "flatten", nn.Flatten() ]
     let features =
         Layers.sequential [
-            "stem_conv", Layers.conv3x3 inputChannels widths[0] 1L
+            "stem_conv", Layers.conv3x3 layout inputChannels widths[0] 1L
             "stage1", stage 0
             "stage2", stage 1
             yield! lastStage () ]
@@ -251,6 +255,9 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum
         for m in m.modules() do
             match m with
             | :? Modules.Conv2d as conv ->
+                nn.init.kaiming_normal_(conv.weight, mode = nn.init.FanInOut.FanOut,
+                                        nonlinearity = nn.init.NonlinearityType.ReLU) |> ignore
+            | :? SafeConv.SafeConv2d as conv ->
                 nn.init.kaiming_normal_(conv.weight, mode = nn.init.FanInOut.FanOut,
                                         nonlinearity = nn.init.NonlinearityType.ReLU) |> ignore
             | _ -> ()

@@ -19,13 +19,15 @@ open Ssl.Core.Transforms
 /// patches of one image, encoded in the same batch, share information, a path around the
 /// context's restricted receptive field that the contrastive task can exploit.
 /// Cost per p x p patch (multiply-adds): 9·(p²·C·w + (p/2)²·(2w² + 8w²)); p = 8, w = 16, C = 1:
-/// 377,856. Keep w a multiple of 16 (see SafeConv). `inputChannels`: C; patches at least 2 x 2.
-type LayerNormConvNet(inputChannels: int64, width: int64) as this =
+/// 377,856. Keep w a multiple of 16 (see SafeConv). `inputChannels`: C; patches at least 2 x 2;
+/// `layout`: what its convolutions read (channels-last unless given).
+type LayerNormConvNet(inputChannels: int64, width: int64, ?layout: SafeConv.ConvLayout) as this =
     inherit Encoder("LayerNormConvNet")
+    let layout = defaultArg layout SafeConv.ChannelsLast
     do Layers.checkPositive "inputChannels" inputChannels
     do Layers.checkPositive "width" width
     let convLnRelu (prefix: string) (inC: int64) (outC: int64) =
-        [ $"{prefix}conv", Layers.conv3x3 inC outC 1L
+        [ $"{prefix}conv", Layers.conv3x3 layout inC outC 1L
           $"{prefix}ln", nn.GroupNorm(1L, outC)
           $"{prefix}relu", nn.ReLU() ]
     let features =

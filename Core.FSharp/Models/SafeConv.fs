@@ -24,13 +24,15 @@ open type TorchSharp.torch
 [<Literal>]
 let ChannelBlock = 16L
 
-/// Whether CPU convolutions made here read their input in the channels-last (NHWC) memory layout.
-/// oneDNN then runs them, and the batch norms, ReLUs and max-pools after them, in NHWC: the
-/// supervised SmallConvNet-16 step ran 1.37x faster here than in NCHW (step probe medians, 43 against
-/// 59 ms; docs/performance.md, "Step by step").
-/// The layout is a matter of strides: shapes, parameters and checkpoints stay (N, C, H, W) and NCHW.
-/// Set once at start-up from the run's --memory-format (Host's DeviceSetup.Configure, docs/runtime.md); false gives the NCHW kernels.
-let mutable ChannelsLast = true
+/// The memory layout a convolution made here reads its input in on the CPU: channels-last (NHWC
+/// strides), where oneDNN runs it, and the batch norms, ReLUs and max-pools after it, in NHWC (the
+/// supervised SmallConvNet-16 step ran 1.37x faster than in NCHW: docs/performance.md, "Step by
+/// step"), or NCHW. A matter of strides: shapes, parameters and checkpoints stay (N, C, H, W). Each
+/// layer holds the layout it was built with; a run builds its models with its --memory-format
+/// (RuntimeOptions, docs/runtime.md).
+type ConvLayout =
+    | ChannelsLast
+    | Nchw
 
 /// Whether x (N, C, H, W) is dense in channels-last order, C densest (libtorch's
 /// is_contiguous(ChannelsLast)): dimensions of size 1 may have any stride.
@@ -70,13 +72,13 @@ let channelsLast (x: Tensor) =
         let strides = [| shape[1] * shape[2] * shape[3]; 1L; shape[3] * shape[1]; shape[1] |]
         empty_strided(shape, strides, dtype = x.dtype, device = x.device).copy_(x)
 
-/// Whether a convolution made here runs channels-last on x: `ChannelsLast` is on and x is a 4-D
-/// CPU tensor (`convolutionInput` then gives it that layout).
-let runsChannelsLast (x: Tensor) = ChannelsLast && x.dim() = 4L && x.device_type = DeviceType.CPU
+/// Whether a convolution of `layout` runs channels-last on x: the layout is ChannelsLast and x is a
+/// 4-D CPU tensor (`convolutionInput` then gives it that layout).
+let runsChannelsLast (layout: ConvLayout) (x: Tensor) = layout = ChannelsLast && x.dim() = 4L && x.device_type = DeviceType.CPU
 
-/// The layout a convolution made here reads: a channels-last copy of x where it `runsChannelsLast`
+/// The input a convolution of `layout` reads: a channels-last copy of x where it `runsChannelsLast`
 /// and x is not channels-last already, else x itself.
-let convolutionInput (x: Tensor) = if runsChannelsLast x then channelsLast x else x
+let convolutionInput (layout: ConvLayout) (x: Tensor) = if runsChannelsLast layout x then channelsLast x else x
 
 /// Zero output channels to append so libtorch's backward-data is right: up to a multiple of 16.
 let outputPadding (outputs: int64) = (ChannelBlock - outputs % ChannelBlock) % ChannelBlock
@@ -100,21 +102,22 @@ let needsInputGradient (x: Tensor) = torch.is_grad_enabled () && x.requires_grad
 /// its forward and gradients were right for every input count from 17 to 47 (3x3 and 5x5, strides
 /// 1 and 2); an NCHW source is reordered into 16-channel blocks whose padding is read uninitialised,
 /// and 1x1 channels-last convolutions were wrong too (docs/conv-backward-bug.md).
-let readsAnyInputCount (x: Tensor) (weight: Tensor) = runsChannelsLast x && weight.shape[2] > 1L && weight.shape[3] > 1L
+let readsAnyInputCount (layout: ConvLayout) (x: Tensor) (weight: Tensor) =
+    runsChannelsLast layout x && weight.shape[2] > 1L && weight.shape[3] > 1L
 
 /// conv2d(x, weight, bias) with zero filters appended up to a multiple of `ChannelBlock` output
 /// channels (when x's gradient will be computed: `needsInputGradient`) and, above `ChannelBlock`
 /// inputs (unless `readsAnyInputCount`), zero channels appended to x and the filters up to a
 /// multiple of `ChannelBlock` inputs (float32 on the CPU only; elsewhere, or when no padding is
-/// needed, a plain conv2d); the extra outputs dropped.
+/// needed, a plain conv2d); the extra outputs dropped; x read in `layout` (convolutionInput).
 /// x: (N, C, H, W); weight: (O, C, k, k); bias: (O) or null → (N, O, H', W').
-let conv2d (stride: int64) (padding: int64) (x: Tensor) (weight: Tensor) (bias: Tensor) : Tensor =
+let conv2d (layout: ConvLayout) (stride: int64) (padding: int64) (x: Tensor) (weight: Tensor) (bias: Tensor) : Tensor =
     let outputs = weight.shape[0]
     let extraOut = if needsInputGradient x then outputPadding outputs else 0L
-    let extraIn = if readsAnyInputCount x weight then 0L else inputPadding weight.shape[1]
+    let extraIn = if readsAnyInputCount layout x weight then 0L else inputPadding weight.shape[1]
     if (extraOut = 0L && extraIn = 0L) || x.dtype <> ScalarType.Float32 || x.device.``type`` <> DeviceType.CPU then
         use scope = NewDisposeScope()
-        nn.functional.conv2d(convolutionInput x, weight, bias, strides = [| stride; stride |], padding = [| padding; padding |])
+        nn.functional.conv2d(convolutionInput layout x, weight, bias, strides = [| stride; stride |], padding = [| padding; padding |])
             .MoveToOuterDisposeScope()
     else
         use scope = NewDisposeScope()
@@ -127,37 +130,55 @@ let conv2d (stride: int64) (padding: int64) (x: Tensor) (weight: Tensor) (bias: 
         let paddedWeight = widen (widen weight 1 extraIn) 0 extraOut
         let paddedBias = if isNull bias then null else widen bias 0 extraOut
         let output =
-            nn.functional.conv2d(widen (convolutionInput x) 1 extraIn, paddedWeight, paddedBias, strides = [| stride; stride |], padding = [| padding; padding |])
+            nn.functional.conv2d(widen (convolutionInput layout x) 1 extraIn, paddedWeight, paddedBias, strides = [| stride; stride |], padding = [| padding; padding |])
         if extraOut = 0L then output.MoveToOuterDisposeScope()
         else
             let narrowed = output.narrow(1L, 0L, outputs)
             // The narrowed map is strided; a dense channels-last copy keeps the layers after it on their fast paths.
-            (convolutionInput narrowed).MoveToOuterDisposeScope()
+            (convolutionInput layout narrowed).MoveToOuterDisposeScope()
 
-/// An nn.Conv2d (under the name `conv`: parameters `conv.weight`, `conv.bias`) computed through
-/// `SafeConv.conv2d`.
+/// A convolution computed through `SafeConv.conv2d` in `layout` (ChannelsLast unless given), with
+/// nn.Conv2d's parameters, names (`weight`, `bias`) and initialisation, so checkpoints and exports
+/// read the same whether a layer needs the workaround or not.
 /// x: (N, inputChannels, H, W) → (N, outputChannels, H', W').
-type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, stride: int64, padding: int64, bias: bool) as this =
+type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, stride: int64, padding: int64, bias: bool, ?layout: ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("SafeConv2d")
-    let conv = nn.Conv2d(inputChannels, outputChannels, kernelSize, stride = stride, padding = padding, bias = bias)
-    do this.RegisterComponents()
+    let layout = defaultArg layout ChannelsLast
+    // nn.Conv2d's initialisation (the same draws), its parameters then held here.
+    let owned =
+        use conv = nn.Conv2d(inputChannels, outputChannels, kernelSize, stride = stride, padding = padding, bias = bias)
+        let own (t: Tensor) =
+            if isNull t then null
+            else
+                use detached = t.detach()
+                nn.Parameter(detached.clone().DetachFromDisposeScope())
+        own conv.weight, own conv.bias
+    do
+        this.register_parameter("weight", fst owned)
+        if not (isNull (snd owned)) then this.register_parameter("bias", snd owned)
 
-    override _.forward(x) = conv2d stride padding x conv.weight conv.bias
+    member _.Layout = layout
+    /// (outputChannels, inputChannels, k, k), as nn.Conv2d's.
+    member _.weight : Modules.Parameter = fst owned
+    /// (outputChannels), or null without a bias.
+    member _.bias : Modules.Parameter = snd owned
+
+    override _.forward(x) = conv2d layout stride padding x (fst owned) (snd owned)
 
     interface ICountsMultiplyAdds with
         member _.MultiplyAdds(_, output) = MultiplyAdds.convolution inputChannels kernelSize output
 
-/// A convolution layer for any channel counts: nn.Conv2d where libtorch's float32 CPU kernels are
-/// right for them (`needsPadding` false: parameters `weight`, `bias`), else SafeConv2d (parameters
-/// `conv.weight`, `conv.bias`). Every convolution of Core's models is made here, or is a SafeConv2d
-/// built directly where its counts always need it (BigBiGAN's generator output, colorization's
-/// 261-bin head).
-let layer (inputChannels: int64) (outputChannels: int64) (kernelSize: int64) (stride: int64) (padding: int64) (bias: bool)
+/// A convolution layer for any channel counts reading its input in `layout`: nn.Conv2d where
+/// libtorch's float32 CPU kernels are right for them (`needsPadding` false), else SafeConv2d; both
+/// with parameters `weight` and `bias`. Every convolution of Core's models is made here, or is a
+/// SafeConv2d built directly where its counts always need it (BigBiGAN's generator output,
+/// colorization's 261-bin head).
+let layer (layout: ConvLayout) (inputChannels: int64) (outputChannels: int64) (kernelSize: int64) (stride: int64) (padding: int64) (bias: bool)
     : nn.Module<Tensor, Tensor> =
     if needsPadding inputChannels outputChannels then
-        new SafeConv2d(inputChannels, outputChannels, kernelSize, stride, padding, bias)
+        new SafeConv2d(inputChannels, outputChannels, kernelSize, stride, padding, bias, layout)
     else
         let conv = nn.Conv2d(inputChannels, outputChannels, kernelSize, stride = stride, padding = padding, bias = bias)
         // nn.Conv2d is sealed: its input's layout is set by a pre-hook (`call` runs it, as Sequential does).
-        conv.register_forward_pre_hook(fun _ x -> convolutionInput x) |> ignore
+        if layout = ChannelsLast then conv.register_forward_pre_hook(fun _ x -> convolutionInput layout x) |> ignore
         conv

@@ -78,8 +78,9 @@ type SpectralNormLinear(inputSize: int64, outputSize: int64) as this =
 /// A 2-D convolution (zero padding) with spectrally normalised weight, the kernel viewed as the
 /// matrix (outputChannels, inputChannels·k·k) as in Miyato et al. 2018:
 /// x (N, inputChannels, H, W) → (N, outputChannels, H', W'). Buffers "u", "v".
-type SpectralNormConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, stride: int64, padding: int64) as this =
+type SpectralNormConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, stride: int64, padding: int64, ?layout: SafeConv.ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("SpectralNormConv2d")
+    let layout = defaultArg layout SafeConv.ChannelsLast
     let layer = nn.Conv2d(inputChannels, outputChannels, kernelSize, stride = stride, padding = padding)
     let u = SpectralNorm.randomUnit outputChannels
     let v = SpectralNorm.randomUnit (inputChannels * kernelSize * kernelSize)
@@ -95,7 +96,7 @@ type SpectralNormConv2d(inputChannels: int64, outputChannels: int64, kernelSize:
         expect "x" [| Any; Exactly inputChannels; Any; Any |] x
         use scope = torch.NewDisposeScope()
         let weight = SpectralNorm.normalise this.training u v layer.weight
-        (SafeConv.conv2d stride padding x weight layer.bias).MoveToOuterDisposeScope()
+        (SafeConv.conv2d layout stride padding x weight layer.bias).MoveToOuterDisposeScope()
 
     interface ICountsMultiplyAdds with
         member _.MultiplyAdds(_, output) = MultiplyAdds.convolution inputChannels kernelSize output

@@ -33,18 +33,19 @@ let config preset =
     | Paper -> paper
 
 /// The batch in all four rotations, a linear rotation classifier on the encoder's features.
-let build (ctx: Context<Config>) =
-    let config = ctx.Config
-    let encoder = ctx.NewEncoder()
-    let head = new LinearHead(encoder.FeatureDim, 4L)
-    ctx.Train(encoder, stepOf [ "encoder" => encoder; "head" => head ] [ optimizer "main" (Optim.nesterov config.Schedule) [ encoder; head ] ] (fun step batch ->
+let rotationStep (config: Config) (data: Data) (encoder: Encoder) (head: LinearHead) =
+    stepOf [ "encoder" => encoder; "head" => head ] [ optimizer "main" (Optim.nesterov config.Schedule) [ encoder; head ] ] (fun step batch ->
         let x =
-            Features.ToInput(ctx.Data.Train.Batch(batch), ctx.Data.Mean, ctx.Data.Std, step.Device)
+            Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, step.Device)
             |> Geometric.randomHorizontalFlip config.FlipProbability step.Generator
         let rotated, rotations = Geometric.rotationBatch x
         let logits = head.forward(encoder.forward rotated)
         let loss = torch.nn.functional.cross_entropy(logits, rotations)
-        [ "loss", step.Optimize("main", loss); "rotation_acc", accuracy logits rotations ]))
+        [ "loss", step.Optimize("main", loss); "rotation_acc", accuracy logits rotations ])
+
+let build (ctx: Context<Config>) =
+    let encoder = ctx.NewEncoder()
+    ctx.Train(encoder, rotationStep ctx.Config ctx.Data encoder (new LinearHead(encoder.FeatureDim, 4L)))
 
 let spec =
     { backboneSpec "rotnet" "Gidaris et al. 2018, Unsupervised Representation Learning by Predicting Image Rotations"

@@ -1,5 +1,5 @@
 // Experiments as code: a new experiment composed from registered parts and run on the smoke subset.
-// RotNet's training step (Recipes.RotNet.Step, the registered recipe's own) on a Wide-ResNet-28-2
+// RotNet's training step (Recipes.RotNet.rotationStep, the registered recipe's own) on a Wide-ResNet-28-2
 // encoder instead of the recipe's SmallConvNet, with a kNN monitor on test features after every
 // epoch through the engine's afterEpoch hook. Build first (`dotnet build Ssl.sln -c Release`), then:
 //     dotnet fsi Experiments/examples/compose.fsx [out-dir]
@@ -34,12 +34,13 @@ let smoke = Pipeline.loadData request
 let data = { smoke with Train = smoke.Train.Subset(Array.init 384 int64); Test = smoke.Test.Subset(Array.init 500 int64) }
 
 // The parts: the registry's RotNet step and config, Core's Wide-ResNet-28-2, a 4-way rotation head.
-// A record update is `--set` in F# (`Configs.applyOverrides [ "Epochs=2" ]` takes the text form).
-let config = { Recipes.RotNet.config Smoke with Epochs = 2; BatchSize = 64; Encoder = Backbone.WideResNet(28, 2L) }
+// A record update is `--set` in F# (`Configs.applyOverrides [ "Schedule.Epochs=2" ]` takes the text form).
+let smokeConfig = Recipes.RotNet.config Smoke
+let config = { smokeConfig with Schedule = { smokeConfig.Schedule with Epochs = 2; BatchSize = 64 }; Encoder = Backbone.WideResNet(28, 2L) }
 torch.manual_seed(request.Seed) |> ignore
 let encoder = Backbone.instantiate None data.Train.Channels config.Encoder
 let head = new LinearHead(encoder.FeatureDim, 4L)
-let step = Recipes.RotNet.Step(encoder, head, data, config)
+let step = Template.engineStep (Recipes.RotNet.rotationStep config data encoder head)
 
 // The monitor: kNN accuracy of the encoder's test features after every epoch.
 let folder = RunFolder(out)
@@ -52,7 +53,7 @@ let knnMonitor =
         printfn "epoch %d: loss %.4f, rotation acc %.3f, kNN (k=20) %.4f" (epoch + 1) means["loss"] means["rotation_acc"] knn)
 
 let options =
-    TrainerOptions(Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
+    TrainerOptions(Epochs = config.Schedule.Epochs, BatchSize = config.Schedule.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
                    ConfigDigest = $"compose rotnet+wrn {(Configs.toJson config).ToJsonString()}", LogEvery = 2)
 let summary = Trainer.Run(step, options, folder, env.Device, SilentProgress(), knnMonitor)
 printfn "trained %d epochs, %d steps at %.0f img/s -> %s" summary.Epochs summary.Steps summary.ImagesPerSecond folder.Root

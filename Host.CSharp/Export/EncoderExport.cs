@@ -44,6 +44,43 @@ public static class EncoderExport
         }
     }
 
+    /// <summary>
+    /// Loads weights <see cref="Save"/> wrote (<c>.dat</c>) into <paramref name="encoder"/>. An export
+    /// from before SafeConv2d held its parameters itself names them <c>&lt;layer&gt;.conv.weight</c> and
+    /// <c>&lt;layer&gt;.conv.bias</c>; those load into <c>&lt;layer&gt;.weight</c> and <c>&lt;layer&gt;.bias</c>.
+    /// </summary>
+    public static void Load(nn.Module encoder, string path)
+    {
+        var state = encoder.state_dict();
+        using var file = File.OpenRead(path);
+        using var reader = new BinaryReader(file);
+        var count = DecodeCount(reader);
+        var loaded = new HashSet<string>();
+        for (long i = 0; i < count; i++)
+        {
+            var key = reader.ReadString();
+            var name = state.ContainsKey(key) ? key : key.Replace(".conv.weight", ".weight").Replace(".conv.bias", ".bias");
+            if (!state.TryGetValue(name, out var target))
+                throw new ArgumentException($"expected the encoder's tensors ({string.Join(", ", state.Keys.Take(4))}, ...), found '{key}'");
+            target.Load(reader);
+            loaded.Add(name);
+        }
+        var missing = state.Keys.Where(k => !loaded.Contains(k)).ToList();
+        if (missing.Count > 0) throw new ArgumentException($"expected every tensor of the encoder, found none for {string.Join(", ", missing.Take(4))}");
+    }
+
+    /// <summary>The entry count TorchSharp's format starts with: an unsigned LEB128 number.</summary>
+    static long DecodeCount(BinaryReader reader)
+    {
+        long value = 0;
+        for (var shift = 0; ; shift += 7)
+        {
+            var b = reader.ReadByte();
+            value |= (long)(b & 0x7F) << shift;
+            if ((b & 0x80) == 0) return value;
+        }
+    }
+
     /// <summary>One line per state tensor: <c>name dtype [d0, d1, ...]</c>.</summary>
     public static IEnumerable<string> Describe(nn.Module encoder) =>
         encoder.state_dict().Select(kv => $"{kv.Key} {kv.Value.dtype} [{string.Join(", ", kv.Value.shape)}]");

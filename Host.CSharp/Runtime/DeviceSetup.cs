@@ -70,8 +70,8 @@ public static class DeviceSetup
         if (request == DeviceRequest.Auto)
             notes.Add(cudaAvailable ? "--device auto: using CUDA." : "--device auto: CUDA not available, using CPU.");
 
-        // The two process-wide switches the options set (this is the one place that sets them).
-        Ssl.Core.Models.SafeConv.ChannelsLast = runtime.MemoryFormat == MemoryFormat.ChannelsLast;
+        // The process-wide switch the options set (this is the one place that sets it); the memory
+        // format reaches the models through their factory (RuntimeOptions.ConvLayout).
         Engine.SideThread.Enabled = runtime.SideThread;
 
         if (threads < 0) throw new ArgumentException($"--threads: expected 0 (all cores) or a positive count, found {threads}");

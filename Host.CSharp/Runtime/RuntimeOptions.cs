@@ -51,6 +51,10 @@ public sealed record RuntimeOptions
         var other => throw new ArgumentException($"{source}: expected on or off, found '{other}'"),
     };
 
+    /// <summary>The layout the run's models are built with (Core's convolutions read their input in it).</summary>
+    public Ssl.Core.Models.SafeConv.ConvLayout ConvLayout =>
+        MemoryFormat == MemoryFormat.ChannelsLast ? Ssl.Core.Models.SafeConv.ConvLayout.ChannelsLast : Ssl.Core.Models.SafeConv.ConvLayout.Nchw;
+
     public static string Name(MemoryFormat format) => format == MemoryFormat.ChannelsLast ? "channels-last" : "nchw";
 
     /// <summary>config.json's <c>runtime</c> object (<paramref name="threads"/>: the resolved count).</summary>

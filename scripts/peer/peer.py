@@ -174,6 +174,10 @@ def read_config(path: str, recipes: dict):
         fail(f"--config {path}: expected the keys method, preset and config, found no {', '.join(missing)}")
     if document["method"] not in recipes:
         fail(f"--config {path}: expected a method with a twin ({', '.join(recipes)}), found {document['method']}")
+    # The twins read a recipe's fields flat: its Schedule's fields (Epochs, BatchSize, ...) sit beside the rest.
+    config = dict(document["config"])
+    config.update(config.pop("Schedule", None) or {})
+    document["config"] = config
     return document
 
 

@@ -757,7 +757,7 @@ let safeConvTests =
                 let x0 = torch.randn([| 32L; inputs; 14L; 14L |], generator = gen)
                 let g = torch.randn([| 32L; outputs; 14L; 14L |], generator = gen)
                 let plainConv (x: torch.Tensor) = nn.functional.conv2d(x, w.to_type(x.dtype), b.to_type(x.dtype), padding = [| 1L; 1L |])
-                let safeConv (x: torch.Tensor) = SafeConv.conv2d 1L 1L x w b
+                let safeConv layout (x: torch.Tensor) = SafeConv.conv2d layout 1L 1L x w b
                 let inputGradient (conv: torch.Tensor -> torch.Tensor) (x: torch.Tensor) =
                     let x = x.detach().clone().requires_grad_(true)
                     (conv x * g.to_type(x.dtype)).sum().backward()
@@ -767,20 +767,16 @@ let safeConvTests =
                 let exactForward = plainConv x64
                 let relative (exact: Tensor) (a: Tensor) =
                     ((a.to_type(ScalarType.Float64) - exact).abs().max() / exact.abs().max()).item<float>()
-                let saved = SafeConv.ChannelsLast
-                try
-                    // Both layouts: NCHW pads the input channels, channels-last does not need to.
-                    for on in [ false; true ] do
-                        SafeConv.ChannelsLast <- on
-                        let layout = if on then "channels-last" else "NCHW"
-                        let safeGradient = relative exactGradient (inputGradient safeConv x0)
-                        let safeForward = relative exactForward (safeConv x0)
-                        printfn "    %d -> %d, %s: relative error of plain conv2d / SafeConv, forward %.2g / %.2g, input gradient %.2g / %.2g"
-                            inputs outputs layout (relative exactForward (plainConv x0)) safeForward
-                            (relative exactGradient (inputGradient plainConv x0)) safeGradient
-                        Expect.isLessThan safeGradient 1e-4 $"SafeConv's input gradient, {layout}"
-                        Expect.isLessThan safeForward 1e-5 $"SafeConv's forward, {layout}"
-                finally SafeConv.ChannelsLast <- saved
+                // Both layouts: NCHW pads the input channels, channels-last does not need to.
+                for convLayout in [ SafeConv.Nchw; SafeConv.ChannelsLast ] do
+                    let layout = if convLayout = SafeConv.ChannelsLast then "channels-last" else "NCHW"
+                    let safeGradient = relative exactGradient (inputGradient (safeConv convLayout) x0)
+                    let safeForward = relative exactForward (safeConv convLayout x0)
+                    printfn "    %d -> %d, %s: relative error of plain conv2d / SafeConv, forward %.2g / %.2g, input gradient %.2g / %.2g"
+                        inputs outputs layout (relative exactForward (plainConv x0)) safeForward
+                        (relative exactGradient (inputGradient plainConv x0)) safeGradient
+                    Expect.isLessThan safeGradient 1e-4 $"SafeConv's input gradient, {layout}"
+                    Expect.isLessThan safeForward 1e-5 $"SafeConv's forward, {layout}"
             }
         test "channels-last inputs of 17-47 channels: 3x3 and 5x5 forward and gradients equal float64 on every call, 1x1 through its padding" {
             // Why SafeConv pads the input channels of NCHW and 1x1 convolutions only
@@ -792,9 +788,7 @@ let safeConvTests =
             let relative (a: Tensor) (e: Tensor) =
                 let r = ((a.to_type(ScalarType.Float64) - e).abs().max() / e.abs().max()).item<float>()
                 if Double.IsNaN r then infinity else r
-            let saved = SafeConv.ChannelsLast
-            try
-                SafeConv.ChannelsLast <- true
+            do
                 for inputs, outputs, kernel, stride in
                         [ 17L, 32L, 3L, 1L; 24L, 64L, 3L, 2L; 31L, 80L, 5L, 1L; 40L, 80L, 3L, 1L; 47L, 48L, 5L, 2L; 31L, 80L, 1L, 1L; 40L, 80L, 1L, 2L ] do
                     use gen = new torch.Generator(uint64 (inputs * 100L + outputs))
@@ -809,15 +803,14 @@ let safeConvTests =
                         y.detach(), x.grad, w.grad
                     let plain (x: Tensor) (w: Tensor) = nn.functional.conv2d(x, w, strides = [| stride; stride |], padding = [| padding; padding |])
                     let ey, ex, ew = run ScalarType.Float64 plain
-                    let safe (x: Tensor) (w: Tensor) = SafeConv.conv2d stride padding x w null
-                    Expect.equal (SafeConv.readsAnyInputCount (SafeConv.channelsLast x0) w0) (kernel > 1L) $"{kernel}x{kernel}: input unpadded"
+                    let safe (x: Tensor) (w: Tensor) = SafeConv.conv2d SafeConv.ChannelsLast stride padding x w null
+                    Expect.equal (SafeConv.readsAnyInputCount SafeConv.ChannelsLast (SafeConv.channelsLast x0) w0) (kernel > 1L) $"{kernel}x{kernel}: input unpadded"
                     for call in 1..3 do
                         let y, gx, gw = run ScalarType.Float32 (if kernel > 1L then plain else safe)
                         let name = $"{inputs} -> {outputs}, {kernel}x{kernel} stride {stride}, call {call}"
                         Expect.isLessThan (relative y ey) 1e-5 $"{name}: forward"
                         Expect.isLessThan (relative gx ex) 1e-4 $"{name}: input gradient"
                         Expect.isLessThan (relative gw ew) 1e-4 $"{name}: weight gradient"
-            finally SafeConv.ChannelsLast <- saved
         }
         test "without the input's gradient (image inputs, no_grad) outputs run unpadded: forward and weight gradient equal float64" {
             // SafeConv.needsInputGradient: the output padding is for backward-data only; libtorch's
@@ -830,7 +823,7 @@ let safeConvTests =
                 let g = torch.randn([| 32L; outputs; 14L; 14L |], generator = gen)
                 let weightGradient (dtype: ScalarType) =
                     let w = w0.to_type(dtype).requires_grad_(true)
-                    let y = SafeConv.conv2d 1L 1L (x.to_type dtype) w null
+                    let y = SafeConv.conv2d SafeConv.ChannelsLast 1L 1L (x.to_type dtype) w null
                     (y * g.to_type(dtype)).sum().backward()
                     y.detach(), w.grad
                 Expect.isFalse (SafeConv.needsInputGradient x) $"{inputs} -> {outputs}: an image batch needs no input gradient"
@@ -842,16 +835,21 @@ let safeConvTests =
                 use _ = torch.no_grad()
                 let xg = x.detach().requires_grad_(true)
                 Expect.isFalse (SafeConv.needsInputGradient xg) $"{inputs} -> {outputs}: under no_grad nothing needs a gradient"
-                Expect.isLessThan (relative (SafeConv.conv2d 1L 1L xg w0 null) y64) 1e-5 $"{inputs} -> {outputs}: forward under no_grad"
+                Expect.isLessThan (relative (SafeConv.conv2d SafeConv.ChannelsLast 1L 1L xg w0 null) y64) 1e-5 $"{inputs} -> {outputs}: forward under no_grad"
         }
-        test "SafeConv2d keeps nn.Conv2d's parameter shapes" {
+        test "SafeConv2d keeps nn.Conv2d's parameter names, shapes and initial values" {
+            torch.manual_seed 8L |> ignore
             use conv = new SafeConv.SafeConv2d(8L, 3L, 3L, 1L, 1L, true)
+            torch.manual_seed 8L |> ignore
+            use plain = nn.Conv2d(8L, 3L, 3L, padding = 1L)
             let shapes = conv.named_parameters () |> Seq.map (fun struct (n, p) -> n, p.shape) |> Seq.toList
-            Expect.equal shapes [ "conv.weight", [| 3L; 8L; 3L; 3L |]; "conv.bias", [| 3L |] ] "parameters"
+            Expect.equal shapes [ "weight", [| 3L; 8L; 3L; 3L |]; "bias", [| 3L |] ] "parameters"
+            Expect.isTrue (conv.weight.equal(plain.weight)) "nn.Conv2d's initial weights"
+            Expect.isTrue (conv.bias.equal(plain.bias)) "nn.Conv2d's initial bias"
         }
         test "SafeConv.layer pads exactly the channel counts libtorch gets wrong" {
             let padded = [ for i, o in [ 1L, 16L; 3L, 32L; 16L, 16L; 32L, 64L; 1L, 40L; 40L, 80L; 17L, 32L; 8L, 3L; 16L, 24L ] ->
-                             use layer = SafeConv.layer i o 3L 1L 1L false
+                             use layer = SafeConv.layer SafeConv.ChannelsLast i o 3L 1L 1L false
                              (i, o), (layer :? SafeConv.SafeConv2d) ]
             Expect.equal padded
                 [ (1L, 16L), false; (3L, 32L), false; (16L, 16L), false; (32L, 64L), false; (1L, 40L), true
@@ -893,23 +891,20 @@ let safeConvTests =
             let out = torch.nn.functional.conv2d(SafeConv.channelsLast x1, w, padding = [| 1L; 1L |])
             Expect.isTrue (SafeConv.isChannelsLast out) $"1-channel convolution output channels-last, strides {out.stride()}"
         }
-        test "SafeConv.layer's convolutions run channels-last when ChannelsLast is on, NCHW when it is off" {
+        test "SafeConv.layer's convolutions run channels-last when built so, NCHW when built NCHW" {
             use scope = torch.NewDisposeScope()
-            use plain = SafeConv.layer 16L 32L 3L 1L 1L false
-            use padded = SafeConv.layer 40L 80L 3L 1L 1L false
-            use stem = SafeConv.layer 1L 16L 3L 1L 1L false
             let x16 = torch.randn([| 2L; 16L; 6L; 6L |])
             let x40 = torch.randn([| 2L; 40L; 6L; 6L |])
             // One channel: NCHW strides are dense in both orders, and libtorch reads them as NCHW.
             let x1 = torch.randn([| 2L; 1L; 6L; 6L |])
-            let saved = SafeConv.ChannelsLast
-            try
-                for on in [ true; false ] do
-                    SafeConv.ChannelsLast <- on
-                    for name, output in [ "nn.Conv2d", plain.call x16; "SafeConv2d", padded.call x40; "1-channel nn.Conv2d", stem.call x1 ] do
-                        Expect.equal (SafeConv.isChannelsLast output) on $"{name}: channels-last output = {on}"
-                        Expect.equal (output.is_contiguous ()) (not on) $"{name}: NCHW-contiguous output = {not on}"
-            finally SafeConv.ChannelsLast <- saved
+            for layout in [ SafeConv.ChannelsLast; SafeConv.Nchw ] do
+                let on = layout = SafeConv.ChannelsLast
+                use plain = SafeConv.layer layout 16L 32L 3L 1L 1L false
+                use padded = SafeConv.layer layout 40L 80L 3L 1L 1L false
+                use stem = SafeConv.layer layout 1L 16L 3L 1L 1L false
+                for name, output in [ "nn.Conv2d", plain.call x16; "SafeConv2d", padded.call x40; "1-channel nn.Conv2d", stem.call x1 ] do
+                    Expect.equal (SafeConv.isChannelsLast output) on $"{name}: channels-last output = {on}"
+                    Expect.equal (output.is_contiguous ()) (not on) $"{name}: NCHW-contiguous output = {not on}"
         }
         for width in [ 16L; 40L ] do
             test $"SmallConvNet-{width}: channels-last features and gradients equal float64 as NCHW's do" {
@@ -919,23 +914,22 @@ let safeConvTests =
                 // bug of the kind SafeConv works around gives errors of 0.1-2.
                 use scope = torch.NewDisposeScope()
                 torch.manual_seed width |> ignore
-                use net = new SmallConvNet(1L, width)
-                use net64 = new SmallConvNet(1L, width)
+                use net = new SmallConvNet(1L, width, 0.1, SafeConv.ChannelsLast)
+                use netNchw = new SmallConvNet(1L, width, 0.1, SafeConv.Nchw)
+                use net64 = new SmallConvNet(1L, width, 0.1, SafeConv.Nchw)
+                netNchw.load_state_dict(net.state_dict()) |> ignore
                 net64.load_state_dict(net.state_dict()) |> ignore
                 net64.``to``(ScalarType.Float64) |> ignore
                 use gen = new torch.Generator(uint64 width)
                 let x = torch.randn([| 32L; 1L; 28L; 28L |], generator = gen)
                 let g = torch.randn([| 32L; 4L * width |], generator = gen)
-                let pass (model: SmallConvNet) (input: Tensor) (on: bool) =
-                    SafeConv.ChannelsLast <- on
+                let pass (model: SmallConvNet) (input: Tensor) =
                     model.zero_grad ()
                     let y = model.call input
                     (y * g.to_type(y.dtype)).sum().backward()
                     y.detach().to_type(ScalarType.Float64), [ for struct (n, p) in model.named_parameters () -> n, p.grad.to_type(ScalarType.Float64) ]
-                let saved = SafeConv.ChannelsLast
                 let (y64, exact), (yLast, gradsLast), (yFirst, gradsFirst) =
-                    try pass net64 (x.to_type ScalarType.Float64) false, pass net x true, pass net x false
-                    finally SafeConv.ChannelsLast <- saved
+                    pass net64 (x.to_type ScalarType.Float64), pass net x, pass netNchw x
                 let relative (a: Tensor) (e: Tensor) = ((a - e).norm() / e.norm()).item<float>()
                 for layout, y, grads in [ "channels-last", yLast, gradsLast; "NCHW", yFirst, gradsFirst ] do
                     Expect.isLessThan (relative y y64) 1e-5 $"{layout} features against float64"

@@ -24,13 +24,13 @@ var data = new Pipeline.Data(smoke.Train.Subset(Enumerable.Range(0, 384).Select(
 // The parts: the registry's RotNet step and config, Core's Wide-ResNet-28-2, a 4-way rotation head.
 // Configs.Edit.Set is `--set Field=value` on a typed config: the same checks, the same messages.
 var config = Ssl.Experiments.Recipes.RotNet.config(Recipe.Preset.Smoke);
-config = Configs.Edit.Set(config, "Epochs", 2);
-config = Configs.Edit.Set(config, "BatchSize", 64);
+config = Configs.Edit.Set(config, "Schedule.Epochs", 2);
+config = Configs.Edit.Set(config, "Schedule.BatchSize", 64);
 config = Configs.Edit.Set(config, "Encoder", "wrn-28-2");
 torch.manual_seed(request.Seed);
 var encoder = Backbones.Create(config.Encoder, data.Train.Channels);
 var head = new LinearHead(encoder.FeatureDim, 4L);
-var step = new Ssl.Experiments.Recipes.RotNet.Step(encoder, head, data, config);
+var step = Template.engineStep(Ssl.Experiments.Recipes.RotNet.rotationStep(config, data, encoder, head));
 
 // The monitor: kNN accuracy of the encoder's test features after every epoch.
 var folder = new RunFolder(output);
@@ -41,7 +41,7 @@ var knnMonitor = new EpochHook((epoch, means) =>
     var knn = Knn.Accuracy(train, data.Train.Labels, test, data.Test.Labels, data.Classes, k: 20);
     Console.WriteLine($"epoch {epoch + 1}: loss {means["loss"]:F4}, rotation acc {means["rotation_acc"]:F3}, kNN (k=20) {knn:F4}");
 });
-var options = new TrainerOptions { Epochs = config.Epochs, BatchSize = config.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
+var options = new TrainerOptions { Epochs = config.Schedule.Epochs, BatchSize = config.Schedule.BatchSize, ExampleCount = data.Train.Count, Seed = request.Seed,
                                    ConfigDigest = $"compose-cs rotnet+wrn {Configs.toJson(config).ToJsonString()}", LogEvery = 2 };
 var summary = Trainer.Run(step, options, folder, env.Device, new SilentProgress(), knnMonitor);
 Console.WriteLine($"trained {summary.Epochs} epochs, {summary.Steps} steps at {summary.ImagesPerSecond:F0} img/s -> {folder.Root}");
