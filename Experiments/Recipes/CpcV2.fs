@@ -22,18 +22,10 @@
 /// its random-initialised twin is the random-init baseline. Measured runs: docs/experiments/cpc-v2.md.
 module Ssl.Experiments.Recipes.CpcV2
 
-open System.Collections.Generic
 open TorchSharp
-open type TorchSharp.torch
-// Last, so F#'s float, int64, ... win over torch's dtype fields.
-open Microsoft.FSharp.Core.Operators
 open Ssl.Core.Models
 open Ssl.Core.Transforms
-open Ssl.Host.Engine
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
+open Ssl.Experiments
 
 /// The paper's ImageNet setting: 64-px patches at stride 32 of 256-px images (a 7 x 7 grid, see
 /// `Patches.patchGrid`), predictions up to 5 rows ahead in 4 directions. Scaled to 28 x 28 grey
@@ -55,10 +47,8 @@ type Config =
       [<Range(1.0, 4.0)>] Directions: int
       [<Range(1.0)>] ContextDim: int64
       [<Range(1.0)>] ContextBlocks: int
-      [<Range(1.0)>] Epochs: int
-      [<Range(1.0)>] BatchSize: int
-      [<Range(0.0)>] LearningRate: float
-      [<Range(0.0)>] WeightDecay: float
+      /// Adam, cosine decay.
+      Schedule: TrainingSchedule
       /// Whole-image random resized crop before cutting the grid.
       CropScale: float * float
       /// Per-patch brightness and contrast jitter strength.
@@ -71,12 +61,12 @@ type Config =
 let config preset =
     let quick =
         { Width = 16L; PatchSize = 8L; Stride = 5L; MaxOffset = 2; Directions = 4; ContextDim = 64L; ContextBlocks = 3
-          Epochs = 3; BatchSize = 32; LearningRate = 1e-3; WeightDecay = 0.0; CropScale = (0.6, 1.0); PatchJitter = 0.4
-          PatchFlipProbability = 0.5 }
+          CropScale = (0.6, 1.0); PatchJitter = 0.4; PatchFlipProbability = 0.5
+          Schedule = { Epochs = 3; BatchSize = 32; LearningRate = 1e-3; WeightDecay = 0.0; WarmupEpochs = 0.0 } }
     match preset with
-    | Smoke -> { quick with Epochs = 1 }
+    | Smoke -> { quick with Schedule = { quick.Schedule with Epochs = 1 } }
     | Quick -> quick
-    | Paper -> { quick with Width = 32L; ContextDim = 128L; Epochs = 200 }
+    | Paper -> { quick with Width = 32L; ContextDim = 128L; Schedule = { quick.Schedule with Epochs = 200 } }
 
 let private gridEncoder (config: Config) (channels: int64) =
     new PatchGridEncoder(new LayerNormConvNet(channels, config.Width), config.PatchSize, config.Stride)
@@ -86,31 +76,31 @@ let private gridEncoder (config: Config) (channels: int64) =
 /// `predictions: (P, D)`; `candidates: (M, D)`; `targets: (P)` int64 row of each prediction's true
 /// patch in `candidates`. Result: scalar (mean over P), and the share of predictions whose best
 /// candidate is the true one.
-let cpcInfoNce (predictions: Tensor) (candidates: Tensor) (targets: Tensor) =
-    use scope = NewDisposeScope()
+let cpcInfoNce (predictions: torch.Tensor) (candidates: torch.Tensor) (targets: torch.Tensor) =
+    use scope = torch.NewDisposeScope()
     let logits = predictions.mm(candidates.t())
-    let loss = nn.functional.cross_entropy(logits, targets)
-    let accuracy = logits.argmax(1L).eq(targets).to_type(ScalarType.Float32).mean()
+    let loss = torch.nn.functional.cross_entropy(logits, targets)
+    let accuracy = logits.argmax(1L).eq(targets).to_type(torch.ScalarType.Float32).mean()
     loss.MoveToOuterDisposeScope(), accuracy.MoveToOuterDisposeScope()
 
 /// One direction's context network and its predictors W_1 .. W_K (linear, no bias).
 type DirectionalPredictor(dim: int64, contextDim: int64, blocks: int, maxOffset: int) as this =
-    inherit nn.Module("DirectionalPredictor")
+    inherit torch.nn.Module("DirectionalPredictor")
     let context = new ContextNetwork(dim, contextDim, blocks, 3L, ContextMask.RowsAbove)
-    let predictors = nn.ModuleList([| for _ in 1 .. maxOffset -> nn.Linear(contextDim, dim, hasBias = false) |])
+    let predictors = torch.nn.ModuleList([| for _ in 1 .. maxOffset -> torch.nn.Linear(contextDim, dim, hasBias = false) |])
     do this.RegisterComponents()
 
     /// z: (N, D, G, G) embeddings, already turned so that "ahead" is "below" → summed loss over the
     /// offsets and the mean accuracy. The context covering rows ≤ i is the network's output at row
     /// i + 1, so offset k pairs output rows 1 .. G-k with target rows k .. G-1.
-    member _.Loss(z: Tensor) =
-        use scope = NewDisposeScope()
+    member _.Loss(z: torch.Tensor) =
+        use scope = torch.NewDisposeScope()
         let n, d, gh, gw = z.shape[0], z.shape[1], z.shape[2], z.shape[3]
         let contexts = context.forward z
         let candidates = z.permute(0L, 2L, 3L, 1L).reshape(n * gh * gw, d)
-        let positions = arange((n * gh * gw).ToScalar(), dtype = ScalarType.Int64, device = z.device).view(n, gh, gw)
-        let mutable total = zeros([||], device = z.device)
-        let mutable accuracy = zeros([||], device = z.device)
+        let positions = torch.arange((n * gh * gw).ToScalar(), dtype = torch.ScalarType.Int64, device = z.device).view(n, gh, gw)
+        let mutable total = torch.zeros([||], device = z.device)
+        let mutable accuracy = torch.zeros([||], device = z.device)
         for k in 1 .. maxOffset do
             let rows = gh - int64 k
             let c = contexts.narrow(2L, 1L, rows).permute(0L, 2L, 3L, 1L).reshape(-1L, contexts.shape[1])
@@ -123,51 +113,43 @@ type DirectionalPredictor(dim: int64, contextDim: int64, blocks: int, maxOffset:
 
 /// The context networks and predictors of every direction.
 type Predictors(directions: int, dim: int64, contextDim: int64, blocks: int, maxOffset: int) as this =
-    inherit nn.Module("CpcPredictors")
-    let heads = nn.ModuleList([| for _ in 1 .. directions -> new DirectionalPredictor(dim, contextDim, blocks, maxOffset) |])
+    inherit torch.nn.Module("CpcPredictors")
+    let heads = torch.nn.ModuleList([| for _ in 1 .. directions -> new DirectionalPredictor(dim, contextDim, blocks, maxOffset) |])
     do this.RegisterComponents()
 
     /// z: (N, D, G, G) → mean over directions of the summed offset losses, and the mean accuracy.
-    member _.Loss(z: Tensor) =
-        use scope = NewDisposeScope()
+    member _.Loss(z: torch.Tensor) =
+        use scope = torch.NewDisposeScope()
         let parts = [| for d in 0 .. directions - 1 -> heads[d].Loss(Geometric.rotate d z) |]
         let loss = parts |> Array.map fst |> Array.reduce (+)
         let accuracy = parts |> Array.map snd |> Array.reduce (+)
         (loss / float directions).MoveToOuterDisposeScope(), (accuracy / float directions).MoveToOuterDisposeScope()
 
-/// One step: crop, cut the grid, augment each patch, embed, predict, InfoNCE.
-type Step(encoder: PatchGridEncoder, predictors: Predictors, data: Data, config: Config) =
-    let spec = OptimizerSpec(Kind = OptimizerKind.Adam, LearningRate = config.LearningRate, WeightDecay = config.WeightDecay)
-    interface ITrainingStep with
-        member _.Modules = readOnlyDict [ "encoder", (encoder :> nn.Module); "predictors", (predictors :> nn.Module) ]
-        member _.Optimizers =
-            [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (predictors.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.Step(ctx, batch) =
-            let x = unitPixels data batch ctx.Device
-            let h, w = x.shape[2], x.shape[3]
-            let cropped = Geometric.randomResizedCrop config.CropScale (3.0 / 4.0, 4.0 / 3.0) (h, w) ctx.Generator x
-            let grid = Patches.patchGrid config.PatchSize config.Stride cropped
-            let n, gh, gw = grid.shape[0], grid.shape[1], grid.shape[2]
-            let patches =
-                grid.reshape(n * gh * gw, grid.shape[3], config.PatchSize, config.PatchSize)
-                |> Geometric.randomHorizontalFlip config.PatchFlipProbability ctx.Generator
-                |> Photometric.colorJitter config.PatchJitter config.PatchJitter 0.0 0.0 ctx.Generator
-                |> standardise data
-            let z = encoder.EncodeGrid(patches.view(n, gh, gw, grid.shape[3], config.PatchSize, config.PatchSize))
-            let loss, accuracy = predictors.Loss z
-            let value = ctx.Optimize("main", loss)
-            readOnlyDict [ "loss", value; "prediction_acc", float (accuracy.item<float32>()) ]
-
-let build (c: Context<Config>) =
-    let config = c.Config
-    let encoder = gridEncoder config c.Data.Train.Channels
+/// The patch encoder and the predictors; one step: crop, cut the grid, augment each patch, embed, predict, InfoNCE.
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
+    let encoder = gridEncoder config ctx.Data.Train.Channels
     let predictors = new Predictors(config.Directions, encoder.FeatureDim, config.ContextDim, config.ContextBlocks, config.MaxOffset)
-    { training (Step(encoder, predictors, c.Data, config)) config.Epochs config.BatchSize encoder c with
-        Owned = [ encoder; predictors ] }
+    let optimizers = [ optimizer "main" (Optim.adam config.Schedule) [ encoder; predictors ] ]
+    ctx.Train(encoder, stepOf [ "encoder" => encoder; "predictors" => predictors ] optimizers (fun step batch ->
+        let x = unitPixels ctx.Data batch step.Device
+        let h, w = x.shape[2], x.shape[3]
+        let cropped = Geometric.randomResizedCrop config.CropScale (3.0 / 4.0, 4.0 / 3.0) (h, w) step.Generator x
+        let grid = Patches.patchGrid config.PatchSize config.Stride cropped
+        let n, gh, gw = grid.shape[0], grid.shape[1], grid.shape[2]
+        let patches =
+            grid.reshape(n * gh * gw, grid.shape[3], config.PatchSize, config.PatchSize)
+            |> Geometric.randomHorizontalFlip config.PatchFlipProbability step.Generator
+            |> Photometric.colorJitter config.PatchJitter config.PatchJitter 0.0 0.0 step.Generator
+            |> standardise ctx.Data
+        let z = encoder.EncodeGrid(patches.view(n, gh, gw, grid.shape[3], config.PatchSize, config.PatchSize))
+        let loss, accuracy = predictors.Loss z
+        [ "loss", step.Optimize("main", loss); "prediction_acc", float (accuracy.item<float32>()) ]))
 
 let private checkData (config: Config) (data: Data) =
     if data.Train.Height <> data.Train.Width then
-        invalidArg "--dataset" $"--dataset: CPC v2 turns the patch grid by quarter turns and needs square images, found {data.Train.Height}x{data.Train.Width}"
+        invalidArg "--dataset"
+            $"--dataset: CPC v2 turns the patch grid by quarter turns and needs square images, found {data.Train.Height}x{data.Train.Width}"
     let least = config.PatchSize + int64 config.MaxOffset * config.Stride
     if data.Train.Height < least then
         invalidArg "--dataset" $"--dataset: CPC v2 needs images of at least {least} px for its grid, found {data.Train.Height}"

@@ -18,17 +18,11 @@
 /// Measured runs: docs/experiments/nce.md.
 module Ssl.Experiments.Recipes.Nce
 
-open System.Collections.Generic
 open TorchSharp
 open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Core.Transforms
-open Ssl.Host.Engine
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
+open Ssl.Experiments
 
 /// The paper's ImageNet settings (Sec. 4 and the released code): 128-d embedding, m = 4096, τ = 0.07,
 /// memory momentum 0.5, SGD (momentum 0.9) at 0.03 for batch 256, 200 epochs, weight decay 5e-4;
@@ -53,10 +47,8 @@ type Config =
       /// A batch norm without parameters on the embedding before the L2 normalisation (not in the
       /// paper): it removes the component every embedding shares; off in every preset.
       EmbeddingBatchNorm: bool
-      [<Range(1.0)>] Epochs: int
-      [<Range(1.0)>] BatchSize: int
-      [<Range(0.0)>] LearningRate: float
-      [<Range(0.0)>] WeightDecay: float
+      /// SGD with momentum 0.9, cosine decay.
+      Schedule: TrainingSchedule
       CropScale: float * float
       [<Range(0.0)>] Jitter: float
       [<Range(0.0, 1.0)>] FlipProbability: float }
@@ -70,14 +62,14 @@ let config preset =
     let paper =
         { Encoder = ResNet18; EmbeddingDim = 128L; NoiseSamples = 4096L; Temperature = 0.07; MemoryMomentum = 0.5
           NormaliserMomentum = 0.0; NormaliserFreezeStep = 0L; ProximalWeight = 0.0; EmbeddingBatchNorm = false
-          Epochs = 200; BatchSize = 256; LearningRate = 0.03; WeightDecay = 5e-4; CropScale = (0.2, 1.0); Jitter = 0.4
-          FlipProbability = 0.5 }
+          CropScale = (0.2, 1.0); Jitter = 0.4; FlipProbability = 0.5
+          Schedule = { Epochs = 200; BatchSize = 256; LearningRate = 0.03; WeightDecay = 5e-4; WarmupEpochs = 0.0 } }
     match preset with
-    | Smoke -> { paper with Encoder = SmallConvNet 16L; Epochs = 1; BatchSize = 128; NoiseSamples = 512L }
+    | Smoke -> { paper with Encoder = SmallConvNet 16L; NoiseSamples = 512L; Schedule = { paper.Schedule with Epochs = 1; BatchSize = 128 } }
     | Quick ->
         { paper with
-            Encoder = SmallConvNet 16L; Epochs = 30; NormaliserMomentum = 0.99; NormaliserFreezeStep = 234L; ProximalWeight = 50.0
-            LearningRate = 0.003 }
+            Encoder = SmallConvNet 16L; NormaliserMomentum = 0.99; NormaliserFreezeStep = 234L; ProximalWeight = 50.0
+            Schedule = { paper.Schedule with Epochs = 30; LearningRate = 0.003 } }
     | Paper -> paper
 
 /// Z for this step: the estimate (eq. 8) at the first step (`previous` ≤ 0); after it the moving
@@ -90,47 +82,6 @@ let nextNormaliser (config: Config) (step: int64) (previous: float) (estimate: u
         m * previous + (1.0 - m) * estimate ()
     else previous
 
-/// One step: embed an augmented view of each image, NCE against the memory bank, update the bank.
-/// `normaliser`: Z as a (1) float64 tensor, ≤ 0 until the first step estimates it (kept in the
-/// checkpoint, so a resumed run keeps its Z).
-type Step(encoder: Encoder, head: torch.nn.Module<torch.Tensor, torch.Tensor>, bank: MemoryBank, normaliser: torch.Tensor, data: Data, config: Config) =
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.LearningRate, Momentum = 0.9, WeightDecay = config.WeightDecay)
-    let noiseProbability = 1.0 / float bank.Size
-    interface ITrainingStep with
-        member _.Modules =
-            readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module); "memory", (bank :> torch.nn.Module) ]
-        member _.Optimizers =
-            [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = readOnlyDict [ "normaliser", normaliser ]
-        member _.Step(ctx, batch) =
-            use idx = torch.tensor(batch)
-            let x = unitPixels data batch ctx.Device
-            let h, w = x.shape[2], x.shape[3]
-            let view =
-                x
-                |> Geometric.randomResizedCrop config.CropScale (3.0 / 4.0, 4.0 / 3.0) (h, w) ctx.Generator
-                |> Photometric.colorJitter config.Jitter config.Jitter 0.0 0.0 ctx.Generator
-                |> Geometric.randomHorizontalFlip config.FlipProbability ctx.Generator
-                |> standardise data
-            let f = Contrastive.normalize (head.forward (encoder.forward view))
-            let own = idx.``to``(ctx.Device)
-            let entries = bank.Rows own
-            let noise = bank.Rows(bank.SampleNoise(1L, config.NoiseSamples, ctx.Generator).view(-1L))
-            let positive = (f * entries).sum(1L)
-            let negatives = f.mm(noise.t())
-            let estimate () = Contrastive.estimateNormaliser bank.Size config.Temperature negatives
-            let z = nextNormaliser config ctx.GlobalStep (normaliser.item<float>()) estimate
-            normaliser.fill_(z.ToScalar()) |> ignore
-            let nce = Contrastive.nce config.Temperature z noiseProbability positive negatives
-            let loss =
-                if config.ProximalWeight > 0.0 then nce + config.ProximalWeight * (f - entries).square().sum(1L).mean()
-                else nce
-            let value = ctx.Optimize("main", loss)
-            bank.Update(config.MemoryMomentum, own, f.detach())
-            readOnlyDict [ "loss", value; "positive_sim", float (positive.detach().mean().item<float32>())
-                           "noise_sim", float (negatives.detach().mean().item<float32>()); "log_z", log z ]
-
 /// The map from the encoder's features to the embedding: linear (Sec. 3.1), then, when
 /// `EmbeddingBatchNorm`, a batch norm without learnt scale or shift.
 let embeddingHead (features: int64) (config: Config) : torch.nn.Module<torch.Tensor, torch.Tensor> =
@@ -139,14 +90,44 @@ let embeddingHead (features: int64) (config: Config) : torch.nn.Module<torch.Ten
         torch.nn.Sequential(linear, torch.nn.BatchNorm1d(config.EmbeddingDim, affine = false))
     else linear
 
-let build (c: Context<Config>) =
-    let encoder = c.NewEncoder()
-    let head = embeddingHead encoder.FeatureDim c.Config
-    let bankGenerator = new torch.Generator(uint64 c.Seed, c.Device)
-    let bank = new MemoryBank(c.Data.Train.Count, c.Config.EmbeddingDim, bankGenerator)
-    let normaliser = torch.tensor([| -1.0 |], dtype = torch.ScalarType.Float64)
-    { training (Step(encoder, head, bank, normaliser, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with
-        Owned = [ encoder; head; bankGenerator; bank; normaliser ] }
+/// One step: embed an augmented view of each image, NCE against the memory bank, update the bank.
+/// `normaliser`: Z as a (1) float64 tensor, ≤ 0 until the first step estimates it (kept in the
+/// checkpoint, so a resumed run keeps its Z).
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
+    let encoder = ctx.NewEncoder()
+    let head = embeddingHead encoder.FeatureDim config
+    let bank = new MemoryBank(ctx.Data.Train.Count, config.EmbeddingDim, ctx.Own(new torch.Generator(uint64 ctx.Seed, ctx.Device)))
+    let normaliser = ctx.Own(torch.tensor([| -1.0 |], dtype = torch.ScalarType.Float64))
+    let noiseProbability = 1.0 / float bank.Size
+    let optimizers = [ optimizer "main" (Optim.sgd config.Schedule) [ encoder; head ] ]
+    let def =
+        stepOf [ "encoder" => encoder; "head" => head; "memory" => bank ] optimizers (fun step (batch: int64[]) ->
+            use idx = torch.tensor(batch)
+            let x = unitPixels ctx.Data batch step.Device
+            let h, w = x.shape[2], x.shape[3]
+            let view =
+                x
+                |> Geometric.randomResizedCrop config.CropScale (3.0 / 4.0, 4.0 / 3.0) (h, w) step.Generator
+                |> Photometric.colorJitter config.Jitter config.Jitter 0.0 0.0 step.Generator
+                |> Geometric.randomHorizontalFlip config.FlipProbability step.Generator
+                |> standardise ctx.Data
+            let f = Contrastive.normalize (head.forward (encoder.forward view))
+            let own = idx.``to``(step.Device)
+            let entries = bank.Rows own
+            let noise = bank.Rows(bank.SampleNoise(1L, config.NoiseSamples, step.Generator).view(-1L))
+            let positive = (f * entries).sum(1L)
+            let negatives = f.mm(noise.t())
+            let estimate () = Contrastive.estimateNormaliser bank.Size config.Temperature negatives
+            let z = nextNormaliser config step.GlobalStep (normaliser.item<float>()) estimate
+            normaliser.fill_(z.ToScalar()) |> ignore
+            let nce = Contrastive.nce config.Temperature z noiseProbability positive negatives
+            let loss = if config.ProximalWeight > 0.0 then nce + config.ProximalWeight * (f - entries).square().sum(1L).mean() else nce
+            let value = step.Optimize("main", loss)
+            bank.Update(config.MemoryMomentum, own, f.detach())
+            [ "loss", value; "positive_sim", float (positive.detach().mean().item<float32>())
+              "noise_sim", float (negatives.detach().mean().item<float32>()); "log_z", log z ])
+    ctx.Train(encoder, { def with State = fun () -> [ "normaliser", normaliser ] })
 
 let spec =
     backboneSpec "nce" "Wu et al. 2018, Unsupervised Feature Learning via Non-Parametric Instance Discrimination"
