@@ -24,23 +24,12 @@
 /// Measured runs: docs/experiments/bigbigan.md.
 module Ssl.Experiments.Recipes.BigBiGan
 
-open System
-open System.Collections.Generic
 open System.IO
 open TorchSharp
 open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Host.Data
-open Ssl.Host.Engine
-open Ssl.Host.Eval
-open Ssl.Host.Runs
-open Ssl.Host.Runtime
 open Ssl.Experiments
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
 
 /// Paper (Sec. 3, App.): batch 2048, 120-d latent, about 500K steps on ImageNet.
 type Config =
@@ -49,8 +38,9 @@ type Config =
       [<Range(32.0)>] Width: int64
       /// Dimension of z (and of μ, σ).
       [<Range(1.0)>] LatentDim: int64
-      [<Range(1.0)>] Epochs: int
-      [<Range(1.0)>] BatchSize: int
+      /// Epochs and batch; no weight decay or warm-up. Its LearningRate stays 0: D and E+G each have
+      /// their own Adam, at DiscriminatorLearningRate and EncoderGeneratorLearningRate.
+      Schedule: TrainingSchedule
       /// BigGAN's Adam (Brock et al. 2019, App. C), which BigBiGAN keeps: rate 2e-4, β1 = 0,
       /// β2 = 0.999, constant; one D step per E+G step at equal rates (stable here, see d_acc).
       [<Range(0.0)>] DiscriminatorLearningRate: float
@@ -64,11 +54,11 @@ type Config =
 /// `paper`: the paper's batch, latent size and rates on wider nets for 100 epochs; `smoke`: one epoch.
 let config preset =
     let paper =
-        { Width = 64L; LatentDim = 120L; Epochs = 100; BatchSize = 2048; DiscriminatorLearningRate = 2e-4
-          EncoderGeneratorLearningRate = 2e-4; Beta1 = 0.0; Beta2 = 0.999; JudgeEpochs = 15 }
+        { Width = 64L; LatentDim = 120L; DiscriminatorLearningRate = 2e-4; EncoderGeneratorLearningRate = 2e-4; Beta1 = 0.0
+          Beta2 = 0.999; JudgeEpochs = 15; Schedule = { Epochs = 100; BatchSize = 2048; LearningRate = 0.0; WeightDecay = 0.0; WarmupEpochs = 0.0 } }
     match preset with
-    | Smoke -> { paper with Width = 32L; LatentDim = 32L; Epochs = 1; BatchSize = 64; JudgeEpochs = 1 }
-    | Quick -> { paper with Width = 32L; LatentDim = 64L; Epochs = 4; BatchSize = 128; JudgeEpochs = 2 }
+    | Smoke -> { paper with Width = 32L; LatentDim = 32L; JudgeEpochs = 1; Schedule = { paper.Schedule with Epochs = 1; BatchSize = 64 } }
+    | Quick -> { paper with Width = 32L; LatentDim = 64L; JudgeEpochs = 2; Schedule = { paper.Schedule with Epochs = 4; BatchSize = 128 } }
     | Paper -> paper
 
 /// E's average-pooled trunk as the evaluated encoder: images (N, C, H, W) → (N, 2·width).
@@ -81,17 +71,18 @@ type PooledEncoder(encoder: BigBiGanEncoder) as this =
 
 /// Maps G's tanh output (N, C, H, W) in [-1, 1] to the standardised input scale of real images.
 type private Standardiser(mean: float[], std: float[], device: torch.Device) =
-    let c = int64 mean.Length
-    let m = torch.tensor(mean, torch.float32, device).view(1L, c, 1L, 1L)
-    let s = torch.tensor(std, torch.float32, device).view(1L, c, 1L, 1L)
+    let channels = int64 mean.Length
+    let m = torch.tensor(mean, torch.float32, device).view(1L, channels, 1L, 1L)
+    let s = torch.tensor(std, torch.float32, device).view(1L, channels, 1L, 1L)
     member _.FromTanh(images: torch.Tensor) =
         use scope = torch.NewDisposeScope()
         ((images + 1.0) * 0.5 - m).div(s).MoveToOuterDisposeScope()
     /// Standardised images → uint8 pixels for a PNG.
     member _.ToPixels(images: torch.Tensor) =
         use scope = torch.NewDisposeScope()
-        (images * s + m).clamp(0.0.ToScalar(), 1.0.ToScalar()).mul(255.0.ToScalar()).round().to_type(torch.ScalarType.Byte).cpu().MoveToOuterDisposeScope()
-    interface IDisposable with
+        (images * s + m).clamp(0.0.ToScalar(), 1.0.ToScalar()).mul(255.0.ToScalar()).round().to_type(torch.ScalarType.Byte).cpu()
+            .MoveToOuterDisposeScope()
+    interface System.IDisposable with
         member _.Dispose() =
             m.Dispose()
             s.Dispose()
@@ -101,48 +92,40 @@ let private asLossScores (s: BiGanScores) : Adversarial.BigBiGanScores = { X = s
 let private setTrainable (m: torch.nn.Module) (trainable: bool) =
     for p in m.parameters () do p.requires_grad <- trainable
 
+/// BigGAN's Adam at `rate`: the config's β, constant, the schedule's weight decay and warm-up (none).
+let private adam (config: Config) (rate: float) =
+    OptimizerSpec(Kind = OptimizerKind.Adam, LearningRate = rate, Beta1 = config.Beta1, Beta2 = config.Beta2, Cosine = false,
+                  WeightDecay = config.Schedule.WeightDecay, WarmupEpochs = config.Schedule.WarmupEpochs)
+
 /// One alternating step: D on the hinge losses of eq. 3-5, then E and G on the raw scores of the
 /// updated D. Generated images and encoder samples are computed once and reused by both updates.
-type private Step(gan: BigBiGan, data: Data, standardiser: Standardiser, config: Config) =
-    let adam rate =
-        OptimizerSpec(Kind = OptimizerKind.Adam, LearningRate = rate, Beta1 = config.Beta1, Beta2 = config.Beta2, Cosine = false)
-    let modules =
-        readOnlyDict [ "generator", (gan.Generator :> torch.nn.Module); "encoder", (gan.Encoder :> torch.nn.Module)
-                       "discriminator", (gan.Discriminator :> torch.nn.Module) ]
-    interface ITrainingStep with
-        member _.Modules = modules
-        member _.Optimizers =
-            [| struct ("discriminator", adam config.DiscriminatorLearningRate, gan.Discriminator.named_parameters ())
-               struct ("encoder_generator", adam config.EncoderGeneratorLearningRate,
-                       Seq.append (gan.Encoder.named_parameters ()) (gan.Generator.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.Step(ctx, batch) =
-            let x = Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)
-            let z = gan.SamplePrior(x.shape[0], ctx.Generator)
-            let zHat = gan.Encoder.Sample(x, ctx.Generator)
-            let xHat = standardiser.FromTanh(gan.Generator.forward z)
-            let real = gan.Discriminator.Scores(x, zHat.detach())
-            let fake = gan.Discriminator.Scores(xHat.detach(), z)
-            let dLoss = ctx.Optimize("discriminator", (Adversarial.bigBiGan (asLossScores real) (asLossScores fake)).Discriminator)
-            let figures =
-                use _ = torch.no_grad()
-                let correct (realScore: torch.Tensor) (fakeScore: torch.Tensor) =
-                    torch.cat([| realScore.gt(0.0.ToScalar()); fakeScore.lt(0.0.ToScalar()) |], 0L).to_type(torch.ScalarType.Float32).mean()
-                torch.stack([| correct real.Sxz fake.Sxz; correct real.Sx fake.Sx
-                               real.Sx.mean(); real.Sz.mean(); real.Sxz.mean(); fake.Sx.mean(); fake.Sz.mean(); fake.Sxz.mean() |])
-                    .cpu().data<float32>().ToArray()
-            // E and G against the updated D; D's parameters take no gradient in this pass.
-            setTrainable gan.Discriminator false
-            let egLoss =
-                try
-                    let real = gan.Discriminator.Scores(x, zHat)
-                    let fake = gan.Discriminator.Scores(xHat, z)
-                    ctx.Optimize("encoder_generator", (Adversarial.bigBiGan (asLossScores real) (asLossScores fake)).EncoderGenerator)
-                finally
-                    setTrainable gan.Discriminator true
-            readOnlyDict [
-                "d_loss", dLoss; "eg_loss", egLoss; "d_acc", float figures[0]; "d_acc_x", float figures[1]
-                "real_s_x", float figures[2]; "real_s_z", float figures[3]; "real_s_xz", float figures[4]
-                "fake_s_x", float figures[5]; "fake_s_z", float figures[6]; "fake_s_xz", float figures[7] ]
+let private run (gan: BigBiGan) (data: Data) (standardiser: Standardiser) (step: StepContext) (batch: int64[]) =
+    let x = Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, step.Device)
+    let z = gan.SamplePrior(x.shape[0], step.Generator)
+    let zHat = gan.Encoder.Sample(x, step.Generator)
+    let xHat = standardiser.FromTanh(gan.Generator.forward z)
+    let real = gan.Discriminator.Scores(x, zHat.detach())
+    let fake = gan.Discriminator.Scores(xHat.detach(), z)
+    let dLoss = step.Optimize("discriminator", (Adversarial.bigBiGan (asLossScores real) (asLossScores fake)).Discriminator)
+    let figures =
+        use _ = torch.no_grad()
+        let correct (realScore: torch.Tensor) (fakeScore: torch.Tensor) =
+            torch.cat([| realScore.gt(0.0.ToScalar()); fakeScore.lt(0.0.ToScalar()) |], 0L).to_type(torch.ScalarType.Float32).mean()
+        torch.stack([| correct real.Sxz fake.Sxz; correct real.Sx fake.Sx
+                       real.Sx.mean(); real.Sz.mean(); real.Sxz.mean(); fake.Sx.mean(); fake.Sz.mean(); fake.Sxz.mean() |])
+            .cpu().data<float32>().ToArray()
+    // E and G against the updated D; D's parameters take no gradient in this pass.
+    setTrainable gan.Discriminator false
+    let egLoss =
+        try
+            let real = gan.Discriminator.Scores(x, zHat)
+            let fake = gan.Discriminator.Scores(xHat, z)
+            step.Optimize("encoder_generator", (Adversarial.bigBiGan (asLossScores real) (asLossScores fake)).EncoderGenerator)
+        finally
+            setTrainable gan.Discriminator true
+    [ "d_loss", dLoss; "eg_loss", egLoss; "d_acc", float figures[0]; "d_acc_x", float figures[1]
+      "real_s_x", float figures[2]; "real_s_z", float figures[3]; "real_s_xz", float figures[4]
+      "fake_s_x", float figures[5]; "fake_s_z", float figures[6]; "fake_s_xz", float figures[7] ]
 
 /// G(z) for `z` (eval mode, no gradients) as uint8 pixels.
 let private samples (gan: BigBiGan) (standardiser: Standardiser) (z: torch.Tensor) =
@@ -170,8 +153,9 @@ let private saveReconstructions (gan: BigBiGan) (standardiser: Standardiser) (da
     ImageGrid.SavePng(grid, path, columns = 10)
 
 /// The judge: encoder + linear head trained by the supervised recipe on every training label
-/// (seed 0, `judgeEpochs`), its weights cached in runs/.cache so every seed's run uses the same one.
-let private judge (request: Request) (data: Data) (judgeEpochs: int) (folder: RunFolder) (device: torch.Device) =
+/// (seed 0, JudgeEpochs), its weights cached in runs/.cache so every seed's run uses the same one.
+let private judge (ctx: Context<Config>) =
+    let request, data, judgeEpochs, device = ctx.Request, ctx.Data, ctx.Config.JudgeEpochs, ctx.Device
     let supervised = { SupervisedTraining.config request.Preset with Epochs = judgeEpochs }
     let cacheDir = Path.Combine(Path.GetDirectoryName(Path.GetFullPath request.Out), ".cache",
                                 $"bigbigan-judge-{data.Name}-{Preset.name request.Preset}-{judgeEpochs}ep")
@@ -188,9 +172,8 @@ let private judge (request: Request) (data: Data) (judgeEpochs: int) (folder: Ru
         let all = Array.init (int data.Train.Count) int64
         torch.manual_seed(0L) |> ignore
         let encoder = instantiate None data.Train.Channels supervised.Encoder
-        let head, _ =
-            SupervisedTraining.trainWith encoder supervised data all 0L false (RunFolder(Path.Combine(folder.Root, "judge"))) device
-                (SilentProgress())
+        let folder = Ssl.Host.Runs.RunFolder(Path.Combine(ctx.Folder.Root, "judge"))
+        let head, _ = SupervisedTraining.trainWith encoder supervised data all 0L false folder device (Ssl.Host.Engine.SilentProgress())
         Directory.CreateDirectory cacheDir |> ignore
         for (m: torch.nn.Module, path) in [ encoder :> torch.nn.Module, encoderPath; head, headPath ] do
             m.save(path + ".tmp") |> ignore
@@ -221,39 +204,45 @@ let private reconstructionFigures (gan: BigBiGan) (standardiser: Standardiser) (
     fraction agree, fraction reconstructedRight, fraction originalRight
 
 /// The linear probe on μ (E's mean), beside the pooled trunk's.
-let private muProbe (gan: BigBiGan) (c: Context<Config>) =
-    let muTrain, muTest = extract gan.Encoder c.Data c.Device
+let private muProbe (gan: BigBiGan) (ctx: Context<Config>) =
+    let muTrain, muTest = extract gan.Encoder ctx.Data ctx.Device
     use muTrain = muTrain
     use muTest = muTest
-    let budget = evalBudget c.Request.Preset
-    LinearProbe.Evaluate(muTrain, c.Data.Train.Labels, muTest, c.Data.Test.Labels, c.Data.Classes, c.Seed, budget.ProbeIterations).TestAccuracy
+    let budget = evalBudget ctx.Request.Preset
+    Ssl.Host.Eval.LinearProbe.Evaluate(muTrain, ctx.Data.Train.Labels, muTest, ctx.Data.Test.Labels, ctx.Data.Classes, ctx.Seed,
+                                       budget.ProbeIterations).TestAccuracy
 
-/// G, E and D on the unlabelled training images; after training the sample and reconstruction
-/// grids and the judge's figures; the protocols read E's pooled trunk.
-let build (c: Context<Config>) =
-    let config, data = c.Config, c.Data
-    let gan = new BigBiGan(data.Train.Channels, data.Train.Height, config.LatentDim, config.Width)
-    let standardiser = new Standardiser(data.Mean, data.Std, c.Device)
+/// G, E and D on the unlabelled training images, D and E+G each by its own Adam; after training the
+/// sample and reconstruction grids and the judge's figures; the protocols read E's pooled trunk.
+let build (ctx: Context<Config>) =
+    let config, data = ctx.Config, ctx.Data
+    let gan = ctx.Own(new BigBiGan(data.Train.Channels, data.Train.Height, config.LatentDim, config.Width))
+    let standardiser = ctx.Own(new Standardiser(data.Mean, data.Std, ctx.Device))
     let fixedPrior =
-        use g = new torch.Generator(uint64 (Seeds.Derive(c.Seed, 77L)), c.Device)
-        gan.SamplePrior(100L, g)
+        use g = new torch.Generator(uint64 (Seeds.Derive(ctx.Seed, 77L)), ctx.Device)
+        ctx.Own(gan.SamplePrior(100L, g))
     let saveSamples (name: string) =
         use pixels = samples gan standardiser fixedPrior
-        ImageGrid.SavePng(pixels, Path.Combine(c.Folder.PlotsDir, name), columns = 10)
+        ImageGrid.SavePng(pixels, Path.Combine(ctx.Folder.PlotsDir, name), columns = 10)
     let extra () =
         saveSamples "samples.png"
-        saveReconstructions gan standardiser data c.Device (Path.Combine(c.Folder.PlotsDir, "reconstructions.png"))
-        let judgeEncoder, judgeHead = judge c.Request data config.JudgeEpochs c.Folder c.Device
+        saveReconstructions gan standardiser data ctx.Device (Path.Combine(ctx.Folder.PlotsDir, "reconstructions.png"))
+        let judgeEncoder, judgeHead = judge ctx
         use judgeEncoder = judgeEncoder
         use judgeHead = judgeHead
-        let agreement, reconstructionAcc, judgeAcc = reconstructionFigures gan standardiser judgeEncoder judgeHead data c.Device
+        let agreement, reconstructionAcc, judgeAcc = reconstructionFigures gan standardiser judgeEncoder judgeHead data ctx.Device
         [ "reconstruction_class_agreement", agreement; "reconstruction_label_acc", reconstructionAcc
-          "judge_test_acc", judgeAcc; "chance", 1.0 / float data.Classes; "mu_linear_probe_acc", muProbe gan c ]
-    // The pooled wrapper shares E's modules; `gan` owns and disposes them.
-    { training (Step(gan, data, standardiser, config)) config.Epochs config.BatchSize (new PooledEncoder(gan.Encoder)) c with
+          "judge_test_acc", judgeAcc; "chance", 1.0 / float data.Classes; "mu_linear_probe_acc", muProbe gan ctx ]
+    let optimizers =
+        [ optimizer "discriminator" (adam config config.DiscriminatorLearningRate) [ gan.Discriminator ]
+          optimizer "encoder_generator" (adam config config.EncoderGeneratorLearningRate) [ gan.Encoder; gan.Generator ] ]
+    let def =
+        stepOf [ "generator" => gan.Generator; "encoder" => gan.Encoder; "discriminator" => gan.Discriminator ] optimizers
+            (run gan data standardiser)
+    // The pooled wrapper shares E's modules, which the step disposes.
+    { ctx.Train(new PooledEncoder(gan.Encoder), def) with
         AfterEpoch = EpochHook(fun epoch _ -> saveSamples $"samples-epoch-{epoch + 1}.png")
-        Extra = extra
-        Owned = [ gan; standardiser; fixedPrior ] }
+        Extra = extra }
 
 let spec =
     { Template.spec "bigbigan" "Donahue & Simonyan 2019, Large Scale Adversarial Representation Learning"
@@ -263,5 +252,9 @@ let spec =
         CheckData = fun config data ->
             if config.Width % 32L <> 0L then
                 invalidArg "Width" $"Width: expected a multiple of 32 (SafeConv channel rule), found {config.Width}"
+            if config.Schedule.LearningRate <> 0.0 then
+                invalidArg "Schedule.LearningRate"
+                    ("Schedule.LearningRate: expected 0 (BigBiGAN's rates are DiscriminatorLearningRate and EncoderGeneratorLearningRate), "
+                     + $"found {config.Schedule.LearningRate}")
             if data.Train.Height <> data.Train.Width || (data.Train.Height <> 28L && data.Train.Height <> 32L) then
                 invalidArg "--dataset" $"--dataset: BigBiGAN's networks take 28x28 or 32x32 images, found {data.Train.Height}x{data.Train.Width}" }

@@ -16,18 +16,11 @@
 /// Measured runs: docs/experiments/enaet.md.
 module Ssl.Experiments.Recipes.EnAET
 
-open System.Collections.Generic
 open TorchSharp
 open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Core.Transforms
-open Ssl.Host.Engine
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
-open Ssl.Experiments.SemiSupervised
+open Ssl.Experiments
 
 type private Tensor = torch.Tensor
 
@@ -35,7 +28,7 @@ type private Tensor = torch.Tensor
 /// batch 128 and λ_U ramped over 50 of 1,024 epochs; AET weights 1.0, 0.75, 0.5, 0.2, 0.05 (in
 /// family order), each ramped up linearly over the first tenth of training; KL weight γ = 1.
 type Config =
-    { /// MixMatch's settings (its Encoder is EnAET's, which needs stages: IStagedEncoder).
+    { /// MixMatch's settings (its Encoder is EnAET's, which needs stages: IStagedEncoder; its Schedule is EnAET's).
       MixMatch: MixMatch.Config
       /// Unlabelled images per step that get the five transformations (paper: the whole batch).
       [<Range(1.0)>] TransformBatch: int
@@ -61,16 +54,19 @@ type Config =
 /// costs about twice a MixMatch step), λ_U and the AET weights ramped over the first 1,500 steps,
 /// the transformations on 16 of the 64 unlabelled images per step. `smoke`: one epoch of the subset.
 let config preset =
+    let mixMatch = MixMatch.config Paper
     let paper =
-        { MixMatch = { MixMatch.config Paper with BatchSize = 128; Epochs = 2280; RampUpSteps = 51200L }
+        { MixMatch = { mixMatch with RampUpSteps = 51200L; Schedule = { mixMatch.Schedule with BatchSize = 128; Epochs = 2280 } }
           TransformBatch = 128; ProjectiveWeight = 1.0; AffineWeight = 0.75; SimilarityWeight = 0.5; EuclideanWeight = 0.2
           CcbsWeight = 0.05; AetRampUpSteps = 104858L; KlWeight = 1.0; RotationDegrees = 180.0; Translate = 0.2
           ScaleRange = (0.8, 1.2); ShearDegrees = 30.0; ProjectiveShift = 0.125; EnhanceRange = (0.2, 1.8) }
     match preset with
     | Smoke -> { paper with MixMatch = MixMatch.config Smoke; TransformBatch = 16; AetRampUpSteps = 10L }
     | Quick ->
+        let quick = MixMatch.config Quick
         let mixMatch =
-            { MixMatch.config Quick with Epochs = 5; RampUpSteps = 1500L; ConsistencyWeight = 75.0; DistributionAlignment = true }
+            { quick with RampUpSteps = 1500L; ConsistencyWeight = 75.0; DistributionAlignment = true
+                         Schedule = { quick.Schedule with Epochs = 5 } }
         { paper with MixMatch = mixMatch; TransformBatch = 16; AetRampUpSteps = mixMatch.RampUpSteps }
     | Paper -> paper
 
@@ -102,81 +98,71 @@ let families (config: Config) (channels: int64) =
 
 /// One EnAET step: MixMatch's terms, the five AET regressions and the KL consistency, one update,
 /// then the EMA. `decoders`: one per family, reading the maps `tap` catches inside the encoder.
-type Step(encoder: Encoder, head: LinearHead, tap: LayerTap, decoders: PairRegressor list, ema: EmaClassifier, data: Data,
-          labelled: int64[], pool: int64[], config: Config, device: torch.Device) =
-    let families = families config data.Train.Channels
-    let aligned = MixMatch.alignment config.MixMatch data labelled device
-    let modules =
-        readOnlyDict (
-            [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
-            @ List.map2 (fun (name, _, _, _) (d: PairRegressor) -> $"decoder_{name}", (d :> torch.nn.Module)) families decoders
-            @ ema.Modules)
-    let parameters =
-        Seq.concat [ yield encoder.named_parameters (); yield head.named_parameters ()
-                     for (name, _, _, _), d in List.zip families decoders ->
-                         d.named_parameters () |> Seq.map (fun struct (n, p) -> struct ($"decoder_{name}.{n}", p)) ]
-    interface ITrainingStep with
-        member _.Modules = modules
-        member _.Optimizers = [| struct ("main", MixMatch.optimizer config.MixMatch, parameters) |] :> IReadOnlyList<_>
-        member _.State = MixMatch.alignmentState aligned
-        member _.Step(ctx, batch) =
-            let x, targets, unlabelled, firstAugmentation, unlabelledIdx = MixMatch.batches config.MixMatch data labelled pool ctx batch
-            let classify images = head.forward(encoder.forward images)
-            let t = MixMatch.terms config.MixMatch ctx.Generator ctx.GlobalStep [ encoder :> torch.nn.Module; head ] aligned classify x targets unlabelled
-            let count = min (int64 config.TransformBatch) firstAugmentation.shape[0]
-            let originals = firstAugmentation.narrow(0L, 0L, count)
-            let drawn = families |> List.map (fun (_, _, _, draw) -> draw ctx.Generator originals)
-            let images = torch.cat(Array.ofList (originals :: List.map fst drawn), 0L) |> standardise data
-            // The transformed images' pass trains the encoder but leaves the batch-norm running
-            // statistics, as the guessing pass does (MixMatch.terms): those the EMA classifier is
-            // evaluated with come from the classification pass alone, not from warped images.
-            let features = BatchNorms.withoutRunningUpdates [ encoder :> torch.nn.Module ] (fun () -> encoder.forward images)
-            // The decoders read the encoder's map before its last stage (IStagedEncoder), as the
-            // authors' code does: the regressions train the layers up to there and the decoders'
-            // own last stages; the encoder's last stage learns from the classification and KL terms.
-            let maps = tap.Take()
-            let logits = head.forward features
-            let block i (t: Tensor) = t.narrow(0L, int64 i * count, count)
-            let original = block 0 maps
-            let ramp = min 1.0 (float ctx.GlobalStep / float config.AetRampUpSteps)
-            let regressions =
-                List.mapi2 (fun i (decoder: PairRegressor) (_, parameters: Tensor) ->
-                    let predicted = decoder.forward(original, block (i + 1) maps)
-                    Transformation.parameterRegression predicted (parameters.to_type(torch.ScalarType.Float32)))
-                    decoders drawn
-            let guessLogits = t.Guesses.narrow(0L, 0L, count).clamp_min((1e-12).ToScalar()).log()
-            let kl = (List.init families.Length (fun i -> Transformation.klDivergence guessLogits (block (i + 1) logits)) |> List.reduce (+))
-                     / float families.Length
-            let aet = List.map2 (fun (_, weight, _, _) (loss: Tensor) -> loss * (weight * ramp)) families regressions |> List.reduce (+)
-            let loss = t.Loss + aet + kl * config.KlWeight
-            let value = ctx.Optimize("main", loss)
-            ema.Update config.MixMatch.EmaMomentum
-            let figures =
-                [ "loss", value; "loss_x", float (t.SupervisedLoss.item<float32>()); "loss_u", float (t.ConsistencyLoss.item<float32>())
-                  "weight_u", t.ConsistencyWeight; "kl", float (kl.item<float32>()); "weight_aet", ramp ]
-                @ List.map2 (fun (name, _, _, _) (l: Tensor) -> $"aet_{name}", float (l.item<float32>())) families regressions
-            let guess = MixMatch.guessAccuracy data unlabelledIdx t.Guesses |> Option.map (fun a -> "guess_acc", a) |> Option.toList
-            readOnlyDict (figures @ guess @ MixMatch.guessShares t.Guesses)
+let private run (config: Config) (families: _ list) (p: Parts) (tap: LayerTap) decoders (ema: EmaClassifier) aligned (step: StepContext) batches =
+    let data = p.Data
+    let x, targets, unlabelled, firstAugmentation = MixMatch.inputs config.MixMatch data step batches
+    let encoder, head = p.Encoder, p.Classifier
+    let classify images = head.forward(encoder.forward images)
+    let t = MixMatch.terms config.MixMatch step.Generator step.GlobalStep [ encoder; head ] aligned classify x targets unlabelled
+    let count = min (int64 config.TransformBatch) firstAugmentation.shape[0]
+    let originals = firstAugmentation.narrow(0L, 0L, count)
+    let drawn = families |> List.map (fun (_, _, _, draw) -> draw step.Generator originals)
+    let images = torch.cat(Array.ofList (originals :: List.map fst drawn), 0L) |> standardise data
+    // The transformed images' pass trains the encoder but leaves the batch-norm running
+    // statistics, as the guessing pass does (MixMatch.terms): those the EMA classifier is
+    // evaluated with come from the classification pass alone, not from warped images.
+    let features = BatchNorms.withoutRunningUpdates [ encoder :> torch.nn.Module ] (fun () -> encoder.forward images)
+    // The decoders read the encoder's map before its last stage (IStagedEncoder), as the
+    // authors' code does: the regressions train the layers up to there and the decoders'
+    // own last stages; the encoder's last stage learns from the classification and KL terms.
+    let maps = tap.Take()
+    let logits = head.forward features
+    let block i (t: Tensor) = t.narrow(0L, int64 i * count, count)
+    let original = block 0 maps
+    let ramp = min 1.0 (float step.GlobalStep / float config.AetRampUpSteps)
+    let regressions =
+        List.mapi2 (fun i (decoder: PairRegressor) (_, parameters: Tensor) ->
+            let predicted = decoder.forward(original, block (i + 1) maps)
+            Transformation.parameterRegression predicted (parameters.to_type(torch.ScalarType.Float32)))
+            decoders drawn
+    let guessLogits = t.Guesses.narrow(0L, 0L, count).clamp_min((1e-12).ToScalar()).log()
+    let kl = (List.init families.Length (fun i -> Transformation.klDivergence guessLogits (block (i + 1) logits)) |> List.reduce (+))
+             / float families.Length
+    let aet = List.map2 (fun (_, weight, _, _) (loss: Tensor) -> loss * (weight * ramp)) families regressions |> List.reduce (+)
+    let value = step.Optimize("main", t.Loss + aet + kl * config.KlWeight)
+    ema.Update config.MixMatch.EmaMomentum
+    MixMatch.figures data batches t value
+        ([ "kl", float (kl.item<float32>()); "weight_aet", ramp ]
+         @ List.map2 (fun (name, _, _, _) (l: Tensor) -> $"aet_{name}", float (l.item<float32>())) families regressions)
+
+/// The run's context as MixMatch's (its config the nested one, whose Schedule the template reads); the same run, the same Own.
+let private asMixMatch (ctx: Context<Config>) : Context<MixMatch.Config> =
+    { Request = ctx.Request; Env = ctx.Env; Folder = ctx.Folder; Data = ctx.Data; Config = ctx.Config.MixMatch; Split = ctx.Split
+      NewEncoder = ctx.NewEncoder; Owned = ctx.Owned }
 
 /// The classifier, the decoders, the tap on the encoder's branch layer, the EMA copy and the step,
 /// created in the order the seeded run always has; test accuracy and the protocols read the EMA copy.
-let build (c: Context<Config>) =
-    let config = c.Config
-    let p = parts c
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
+    let p = parts ctx
     let staged =
         match box p.Encoder with
         | :? IStagedEncoder as s -> s
         | _ -> invalidOp $"enaet: the decoders branch off inside the encoder, which {p.Encoder.GetType().Name} does not offer (IStagedEncoder)"
-    let decoders =
-        families config c.Data.Train.Channels
-        |> List.map (fun (_, _, count, _) -> new PairRegressor(staged.NewLastStage(), p.Encoder.FeatureDim, count))
-    let tap = new LayerTap(p.Encoder, staged.BranchLayer)
-    let ema = new EmaClassifier(p.Encoder, p.Classifier, c.NewEncoder, int64 c.Data.Classes)
-    let step = Step(p.Encoder, p.Classifier, tap, decoders, ema, c.Data, p.Split.Labelled, p.Split.Unlabelled, config, c.Device)
-    let t = trainingOf c p step config.MixMatch.Epochs config.MixMatch.BatchSize ([ for d in decoders -> d :> System.IDisposable ] @ [ tap; ema ])
-    { t with Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head) }
+    let families = families config ctx.Data.Train.Channels
+    let decoders = families |> List.map (fun (_, _, count, _) -> new PairRegressor(staged.NewLastStage(), p.Encoder.FeatureDim, count))
+    let tap = ctx.Own(new LayerTap(p.Encoder, staged.BranchLayer))
+    let ema = new EmaClassifier(p.Encoder, p.Classifier, ctx.NewEncoder, int64 ctx.Data.Classes)
+    let aligned = MixMatch.alignment config.MixMatch ctx.Data p.Split.Labelled ctx.Device
+    let classifier = [ "encoder" => p.Encoder; "head" => p.Classifier ]
+    let decoderModules = List.map2 (fun (name, _, _, _) d -> $"decoder_{name}" => d) families decoders
+    let optimizers = [ optimizer "main" (MixMatch.optimizerSpec config.MixMatch.Schedule) (List.map snd (classifier @ decoderModules)) ]
+    let def = stepOf (classifier @ decoderModules @ ema.Modules) optimizers (run config families p tap decoders ema aligned)
+    { (asMixMatch ctx).TrainSemi(p, config.MixMatch.Schedule.BatchSize, { def with State = MixMatch.alignmentState aligned }) with
+        Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head) }
 
 let spec =
     Ssl.Experiments.Template.spec "enaet"
         "Wang et al. 2019, EnAET: A Self-Trained Framework for Semi-Supervised and Supervised Learning with Ensemble Transformations"
-        semiSupervised config (fun c data -> MixMatch.encoder c.MixMatch data.Train.Channels) (fun c -> Some c.MixMatch.Encoder) (fun c -> name c.MixMatch.Encoder) build
+        semiSupervised config (fun config data -> MixMatch.encoder config.MixMatch data.Train.Channels) (fun config -> Some config.MixMatch.Encoder)
+        (fun config -> name config.MixMatch.Encoder) build

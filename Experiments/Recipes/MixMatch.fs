@@ -9,17 +9,10 @@
 /// Measured runs: docs/experiments/mixmatch.md.
 module Ssl.Experiments.Recipes.MixMatch
 
-open System.Collections.Generic
 open TorchSharp
 open Ssl.Core.Losses
 open Ssl.Core.Models
-open Ssl.Host.Engine
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
-open Ssl.Experiments.SemiSupervised
+open Ssl.Experiments
 
 /// The paper's CIFAR-10 settings (Sec. 4.1 and the authors' code): WRN-28-2, batch 64 labelled +
 /// 64 unlabelled, K = 2, T = 0.5, α = 0.75, λ_U = 75 (the authors' CIFAR-10 command line; the text
@@ -28,11 +21,8 @@ open Ssl.Experiments.SemiSupervised
 type Config =
     { /// The paper's WRN-28-2; quick SmallConvNet-16 (WRN-28-2 costs ~30x more per image).
       Encoder: Backbone
-      [<Range(1.0)>] Epochs: int
-      /// Labelled and unlabelled images per step, each.
-      [<Range(1.0)>] BatchSize: int
-      [<Range(0.0)>] LearningRate: float
-      [<Range(0.0)>] WeightDecay: float
+      /// Epochs: passes over the unlabelled pool; BatchSize: labelled and unlabelled images per step, each.
+      Schedule: TrainingSchedule
       /// K, the augmentations of each unlabelled image the guess averages over.
       [<Range(1.0)>] Augmentations: int
       [<Range(0.0)>] Temperature: float
@@ -58,20 +48,26 @@ type Config =
 /// on. `smoke`: one epoch of the smoke subset's pool.
 let config preset =
     let paper =
-        { Encoder = WideResNet(28, 2L); Epochs = 1140; BatchSize = 64; LearningRate = 0.002; WeightDecay = 0.02; Augmentations = 2
-          Temperature = 0.5; Alpha = 0.75; ConsistencyWeight = 75.0; RampUpSteps = 16000L; EmaMomentum = 0.999
-          BatchNormMomentum = 0.001; DistributionAlignment = false; TranslatePixels = 3L; FlipProbability = 0.5 }
+        { Encoder = WideResNet(28, 2L); Augmentations = 2; Temperature = 0.5; Alpha = 0.75; ConsistencyWeight = 75.0
+          RampUpSteps = 16000L; EmaMomentum = 0.999; BatchNormMomentum = 0.001; DistributionAlignment = false
+          TranslatePixels = 3L; FlipProbability = 0.5
+          Schedule = { Epochs = 1140; BatchSize = 64; LearningRate = 0.002; WeightDecay = 0.02; WarmupEpochs = 0.0 } }
     match preset with
-    | Smoke -> { paper with Encoder = SmallConvNet 16L; Epochs = 1; RampUpSteps = 10L; DistributionAlignment = true }
-    | Quick -> { paper with Encoder = SmallConvNet 16L; Epochs = 9; RampUpSteps = 2760L; DistributionAlignment = true }
+    | Smoke ->
+        { paper with Encoder = SmallConvNet 16L; RampUpSteps = 10L; DistributionAlignment = true
+                     Schedule = { paper.Schedule with Epochs = 1 } }
+    | Quick ->
+        { paper with Encoder = SmallConvNet 16L; RampUpSteps = 2760L; DistributionAlignment = true
+                     Schedule = { paper.Schedule with Epochs = 9 } }
     | Paper -> paper
 
 /// The encoder of a config: its Backbone with the config's batch-norm momentum.
 let encoder (config: Config) (channels: int64) : Encoder = instantiate (Some config.BatchNormMomentum) channels config.Encoder
 
 /// The optimiser of the paper: Adam, constant rate, decoupled weight decay on weights.
-let optimizer (config: Config) =
-    OptimizerSpec(Kind = OptimizerKind.AdamW, LearningRate = config.LearningRate, WeightDecay = config.WeightDecay, Cosine = false)
+let optimizerSpec (schedule: TrainingSchedule) =
+    OptimizerSpec(Kind = OptimizerKind.AdamW, LearningRate = schedule.LearningRate, WeightDecay = schedule.WeightDecay,
+                  WarmupEpochs = schedule.WarmupEpochs, Cosine = false)
 
 /// Distribution alignment's state (ReMixMatch, Sec. 3.2): `Target` p(y), the labelled set's class
 /// marginal, and `Running` p̃(y), the running mean of the guesses' predictions, both (C), updated in place.
@@ -93,8 +89,8 @@ let alignment (config: Config) (data: Data) (labelled: int64[]) (device: torch.D
                Running = torch.full([| int64 data.Classes |], (1.0 / float data.Classes).ToScalar(), device = device) }
 
 /// The step state a checkpoint keeps for `alignment`: p̃(y), when aligning.
-let alignmentState (alignment: Alignment option) =
-    readOnlyDict [ match alignment with Some a -> "alignment_running", a.Running | None -> () ]
+let alignmentState (alignment: Alignment option) () =
+    [ match alignment with Some a -> "alignment_running", a.Running | None -> () ]
 
 /// One step's MixMatch loss terms, and the guessed labels that EnAET reuses.
 type Terms =
@@ -136,18 +132,14 @@ let terms (config: Config) (generator: torch.Generator) (step: int64) (classifie
       ConsistencyWeight = weight; Guesses = guesses }
 
 /// The step's labelled batch (augmented, standardised), its one-hot targets, K augmentations of the
-/// unlabelled batch (standardised), that batch's [0, 1] first augmentation (EnAET's) and its indices.
-let batches (config: Config) (data: Data) (labelled: int64[]) (pool: int64[]) (ctx: StepContext) (batch: int64[]) =
-    let generator = ctx.Generator
-    let augment x = weakAugment config.TranslatePixels config.FlipProbability generator x
-    let labelledIdx = labelledBatch generator labelled config.BatchSize
-    let x = pixels data.Train labelledIdx ctx.Device |> augment |> standardise data
-    use labelIdx = torch.tensor(labelledIdx)
-    let targets = oneHot data.Classes (data.Train.Labels.index_select(0L, labelIdx).``to``(ctx.Device))
-    let unlabelledIdx = batch |> Array.map (fun i -> pool[int i])
-    let raw = pixels data.Train unlabelledIdx ctx.Device
+/// unlabelled batch (standardised) and that batch's [0, 1] first augmentation (EnAET's).
+let inputs (config: Config) (data: Data) (step: StepContext) (batches: Batches) =
+    let augment x = weakAugment config.TranslatePixels config.FlipProbability step.Generator x
+    let x = pixels data.Train batches.Labelled step.Device |> augment |> standardise data
+    let targets = oneHot data.Classes (labelsOf data step.Device batches.Labelled)
+    let raw = pixels data.Train batches.Unlabelled step.Device
     let augmented = List.init config.Augmentations (fun _ -> augment raw)
-    x, targets, List.map (standardise data) augmented, augmented.Head, unlabelledIdx
+    x, targets, List.map (standardise data) augmented, augmented.Head
 
 /// Share of guesses whose argmax is the pool image's true label (where it has one): logged only.
 let guessAccuracy (data: Data) (unlabelledIdx: int64[]) (guesses: torch.Tensor) =
@@ -166,36 +158,31 @@ let guessShares (guesses: torch.Tensor) =
     let values = shares.data<float32>().ToArray()
     [ for k in 0 .. values.Length - 1 -> $"guess_share_{k}", float values[k] ]
 
-/// One MixMatch step, then the EMA update.
-type Step(encoder: Encoder, head: LinearHead, ema: EmaClassifier, data: Data, labelled: int64[], pool: int64[], config: Config,
-          device: torch.Device) =
-    let modules = readOnlyDict ([ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ] @ ema.Modules)
-    let aligned = alignment config data labelled device
-    interface ITrainingStep with
-        member _.Modules = modules
-        member _.Optimizers =
-            [| struct ("main", optimizer config, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.State = alignmentState aligned
-        member _.Step(ctx, batch) =
-            let x, targets, unlabelled, _, unlabelledIdx = batches config data labelled pool ctx batch
-            let t = terms config ctx.Generator ctx.GlobalStep [ encoder :> torch.nn.Module; head ] aligned
-                          (fun images -> head.forward(encoder.forward images)) x targets unlabelled
-            let value = ctx.Optimize("main", t.Loss)
-            ema.Update config.EmaMomentum
-            let figures =
-                [ "loss", value; "loss_x", t.SupervisedLoss.item<float32>() |> float
-                  "loss_u", t.ConsistencyLoss.item<float32>() |> float; "weight_u", t.ConsistencyWeight ]
-            let guess = guessAccuracy data unlabelledIdx t.Guesses |> Option.map (fun a -> "guess_acc", a) |> Option.toList
-            readOnlyDict (figures @ guess @ guessShares t.Guesses)
+/// What a step logs: `loss`, MixMatch's terms, the method's `own` figures, then the guesses' accuracy and shares.
+let figures (data: Data) (batches: Batches) (t: Terms) (loss: float) (own: (string * float) list) =
+    [ "loss", loss; "loss_x", float (t.SupervisedLoss.item<float32>()); "loss_u", float (t.ConsistencyLoss.item<float32>())
+      "weight_u", t.ConsistencyWeight ]
+    @ own @ Option.toList (guessAccuracy data batches.Unlabelled t.Guesses |> Option.map (fun a -> "guess_acc", a)) @ guessShares t.Guesses
 
-/// The classifier, its EMA copy and the step; test accuracy and every protocol read the EMA copy.
-let build (c: Context<Config>) =
-    let p = parts c
-    let ema = new EmaClassifier(p.Encoder, p.Classifier, c.NewEncoder, int64 c.Data.Classes)
-    let split = p.Split
-    let t = trainingOf c p (Step(p.Encoder, p.Classifier, ema, c.Data, split.Labelled, split.Unlabelled, c.Config, c.Device))
-                c.Config.Epochs c.Config.BatchSize [ ema ]
-    { t with Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head) }
+/// The classifier, its EMA copy and the step (MixMatch, then the EMA update); test accuracy and
+/// every protocol read the EMA copy.
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
+    let p = parts ctx
+    let ema = new EmaClassifier(p.Encoder, p.Classifier, ctx.NewEncoder, int64 ctx.Data.Classes)
+    let aligned = alignment config ctx.Data p.Split.Labelled ctx.Device
+    let classifier: torch.nn.Module list = [ p.Encoder; p.Classifier ]
+    let def =
+        stepOf ([ "encoder" => p.Encoder; "head" => p.Classifier ] @ ema.Modules) [ optimizer "main" (optimizerSpec config.Schedule) classifier ]
+            (fun step batches ->
+                let x, targets, unlabelled, _ = inputs config ctx.Data step batches
+                let classify images = p.Classifier.forward(p.Encoder.forward images)
+                let t = terms config step.Generator step.GlobalStep classifier aligned classify x targets unlabelled
+                let value = step.Optimize("main", t.Loss)
+                ema.Update config.EmaMomentum
+                figures ctx.Data batches t value [])
+    { ctx.TrainSemi(p, config.Schedule.BatchSize, { def with State = alignmentState aligned }) with
+        Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head) }
 
 let spec =
     Ssl.Experiments.Template.spec "mixmatch" "Berthelot et al. 2019, MixMatch: A Holistic Approach to Semi-Supervised Learning"
