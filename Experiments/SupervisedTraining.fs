@@ -16,16 +16,15 @@ open Ssl.Host.Runs
 open Ssl.Experiments.Recipe
 open Ssl.Experiments.Backbone
 open Ssl.Experiments.Configs
+open Ssl.Experiments.ConfigParts
 open Ssl.Experiments.Pipeline
 
 type Config =
     { /// The encoder; SmallConvNet-w costs 14,112·C·w + 42,336·w² FLOPs per 28x28 image forward.
       Encoder: Backbone
-      [<Range(1.0)>] Epochs: int
-      [<Range(1.0)>] BatchSize: int
-      [<Range(0.0)>] LearningRate: float
-      [<Range(0.0)>] WeightDecay: float
-      [<Range(0.0)>] WarmupEpochs: float
+      /// SGD with Nesterov momentum (Optim.nesterov). Epochs and BatchSize are a floor and a ceiling:
+      /// MinSteps may add epochs, a small labelled set lowers the batch (`schedule`).
+      Schedule: TrainingSchedule
       /// Area fraction range of the random resized crop.
       CropScale: float * float
       [<Range(0.0, 1.0)>] FlipProbability: float
@@ -36,42 +35,45 @@ type Config =
 /// 10 minutes on 2 cores; `paper`: width 32, 100 epochs; `smoke`: one epoch on the smoke subset.
 let config preset =
     let quick =
-        { Encoder = SmallConvNet 16L; Epochs = 15; BatchSize = 256; LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 1.0
-          CropScale = (0.8, 1.0); FlipProbability = 0.5; MinSteps = 300 }
+        { Encoder = SmallConvNet 16L; CropScale = (0.8, 1.0); FlipProbability = 0.5; MinSteps = 300
+          Schedule = { Epochs = 15; BatchSize = 256; LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 1.0 } }
     match preset with
-    | Smoke -> { quick with Epochs = 1; BatchSize = 128; MinSteps = 10 }
+    | Smoke -> { quick with MinSteps = 10; Schedule = { quick.Schedule with Epochs = 1; BatchSize = 128 } }
     | Quick -> quick
-    | Paper -> { quick with Encoder = SmallConvNet 32L; Epochs = 100 }
+    | Paper -> { quick with Encoder = SmallConvNet 32L; Schedule = { quick.Schedule with Epochs = 100 } }
 
-/// One SGD step of cross-entropy on a batch of the labelled `examples` (indices into the training set).
-type Step(encoder: Encoder, head: LinearHead, data: Data, examples: int64[], config: Config) =
+/// One SGD step of cross-entropy on a batch of the labelled `examples` (indices into the training
+/// set), randomly resized, cropped and flipped: the `supervised` recipe's step and the baselines'.
+let run (config: Config) (data: Data) (examples: int64[]) (encoder: Encoder) (head: LinearHead) (step: StepContext) (batch: int64[]) =
+    let picked = batch |> Array.map (fun i -> examples[int i])
+    use idx = torch.tensor(picked)
+    let x = Features.ToInput(data.Train.Batch picked, data.Mean, data.Std, step.Device)
+    let y = data.Train.Labels.index_select(0L, idx).``to``(step.Device)
+    let augmented =
+        x
+        |> Geometric.randomResizedCrop config.CropScale (3.0 / 4.0, 4.0 / 3.0) (x.shape[2], x.shape[3]) step.Generator
+        |> Geometric.randomHorizontalFlip config.FlipProbability step.Generator
+    let logits = head.forward(encoder.forward augmented)
+    let value = step.Optimize("main", torch.nn.functional.cross_entropy(logits, y))
+    let accuracy = logits.argmax(1L).eq(y).to_type(torch.ScalarType.Float32).mean().item<float32>()
+    [ "loss", value; "train_acc", float accuracy ]
+
+/// The engine's step of `run` for `trainWith`: the template's StepDef (Template.stepOf) is compiled
+/// after this file, so the baselines state their one optimizer here as the recipe does there.
+let private engineStep (config: Config) (data: Data) (examples: int64[]) (encoder: Encoder) (head: LinearHead) =
     let modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
-    let spec = nesterov config.LearningRate config.WeightDecay config.WarmupEpochs
-    interface ITrainingStep with
+    let spec = Optim.nesterov config.Schedule
+    { new ITrainingStep with
         member _.Modules = modules
         member _.Optimizers =
             [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.Step(ctx, batch) =
-            let picked = batch |> Array.map (fun i -> examples[int i])
-            use idx = torch.tensor(picked)
-            let x = Features.ToInput(data.Train.Batch picked, data.Mean, data.Std, ctx.Device)
-            let y = data.Train.Labels.index_select(0L, idx).``to``(ctx.Device)
-            let h, w = x.shape[2], x.shape[3]
-            let augmented =
-                x
-                |> Geometric.randomResizedCrop config.CropScale (3.0 / 4.0, 4.0 / 3.0) (h, w) ctx.Generator
-                |> Geometric.randomHorizontalFlip config.FlipProbability ctx.Generator
-            let logits = head.forward(encoder.forward augmented)
-            let loss = torch.nn.functional.cross_entropy(logits, y)
-            let value = ctx.Optimize("main", loss)
-            let accuracy = logits.argmax(1L).eq(y).to_type(torch.ScalarType.Float32).mean().item<float32>()
-            readOnlyDict [ "loss", value; "train_acc", float accuracy ]
+        member _.Step(step, batch) = readOnlyDict (run config data examples encoder head step batch) }
 
 /// Epochs that give at least `MinSteps` steps on `examples` labelled images at the config's batch.
 let schedule (config: Config) (examples: int) =
-    let batch = min config.BatchSize examples
+    let batch = min config.Schedule.BatchSize examples
     let perEpoch = examples / batch
-    max config.Epochs ((config.MinSteps + perEpoch - 1) / perEpoch), batch
+    max config.Schedule.Epochs ((config.MinSteps + perEpoch - 1) / perEpoch), batch
 
 /// Test accuracy of head(encoder(x)).
 let testAccuracy (encoder: Encoder) (head: LinearHead) (data: Data) (device: torch.Device) =
@@ -94,11 +96,13 @@ let trainWith (encoder: Encoder) (config: Config) (data: Data) (examples: int64[
     let options =
         TrainerOptions(Epochs = epochs, BatchSize = batch, ExampleCount = int64 examples.Length, Seed = seed, Resume = resume,
                        ConfigDigest = $"supervised {(toJson config).ToJsonString()} n={examples.Length}", LogEvery = 20)
-    let summary = Trainer.Run(Step(encoder, head, data, examples, config), options, folder, device, progress)
+    let summary = Trainer.Run(engineStep config data examples encoder head, options, folder, device, progress)
     head, summary
 
 /// The fine-tuning protocol's schedule: the preset's, at a tenth of the learning rate.
-let fineTuneConfig preset = { config preset with LearningRate = (config preset).LearningRate / 10.0 }
+let fineTuneConfig preset =
+    let tuned = config preset
+    { tuned with Schedule = { tuned.Schedule with LearningRate = tuned.Schedule.LearningRate / 10.0 } }
 
 /// The supervised-only baseline for `backbone` on `perClass` labels per class: the supervised
 /// preset's schedule from a seeded random initialisation, computed once per (data set, preset,
@@ -112,6 +116,7 @@ let supervisedOnlyCached (request: Request) (backbone: Backbone) (data: Data) (p
         let baseline = RunFolder(IO.Path.Combine(folder.Root, "baselines", $"supervised-only-{perClass}"))
         torch.manual_seed(request.Seed) |> ignore
         use encoder = instantiate None data.Train.Channels backbone
-        let head, _ = trainWith encoder { config preset with Encoder = backbone } data split.Labelled request.Seed false baseline device (SilentProgress())
+        let head, _ =
+            trainWith encoder { config preset with Encoder = backbone } data split.Labelled request.Seed false baseline device (SilentProgress())
         use head = head
         testAccuracy encoder head data device)

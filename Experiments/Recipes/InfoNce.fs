@@ -9,17 +9,10 @@
 /// so it is consistent but only as large as the batch. Measured runs: docs/experiments/infonce.md.
 module Ssl.Experiments.Recipes.InfoNce
 
-open System.Collections.Generic
 open TorchSharp
 open Ssl.Core.Losses
 open Ssl.Core.Models
-open Ssl.Host.Engine
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
-open Ssl.Experiments.Views
+open Ssl.Experiments
 
 /// SimCLR's CIFAR-10 settings (App. B.9: ResNet-50 adapted to 32 px, batch 256 to 4,096, LARS,
 /// learning rate 0.3 · B/256, weight decay 1e-6, 10 warm-up epochs, cosine decay; τ = 0.5 best on
@@ -31,11 +24,8 @@ type Config =
       /// Output of SimCLR's two-layer MLP head (hidden layer as wide as the encoder's features).
       [<Range(1.0)>] ProjectionDim: int64
       [<Range(0.0)>] Temperature: float
-      [<Range(1.0)>] Epochs: int
-      [<Range(1.0)>] BatchSize: int
-      [<Range(0.0)>] LearningRate: float
-      [<Range(0.0)>] WeightDecay: float
-      [<Range(0.0)>] WarmupEpochs: float
+      /// LARS with η = 0.001 (You et al. 2017, Alg. 1), warm-up then cosine decay.
+      Schedule: TrainingSchedule
       /// Batch-norm groups: the 2N views are shuffled across this many equal groups, each normalised
       /// with its own statistics (Views.shuffledPerGroup). 1 is SimCLR's global batch norm (Sec. 2.2).
       [<Range(1.0)>] Groups: int
@@ -47,41 +37,36 @@ type Config =
 /// LARS at learning rate 1.0 with half an epoch of warm-up, 10 epochs. `smoke`: one epoch.
 let config preset =
     let paper =
-        { Encoder = ResNet18; ProjectionDim = 128L; Temperature = 0.5; Epochs = 500; BatchSize = 512; LearningRate = 0.6
-          WeightDecay = 1e-6; WarmupEpochs = 10.0; Groups = 1; Augmentation = { mocoAugmentation with ColourJitter = (0.8, 0.2) } }
+        { Encoder = ResNet18; ProjectionDim = 128L; Temperature = 0.5; Groups = 1
+          Augmentation = { mocoAugmentation with ColourJitter = (0.8, 0.2) }
+          Schedule = { Epochs = 500; BatchSize = 512; LearningRate = 0.6; WeightDecay = 1e-6; WarmupEpochs = 10.0 } }
     match preset with
-    | Smoke -> { paper with Encoder = SmallConvNet 16L; Epochs = 1; BatchSize = 128; WarmupEpochs = 0.0; Groups = 8 }
-    | Quick -> { paper with Encoder = SmallConvNet 16L; Epochs = 10; BatchSize = 256; LearningRate = 1.0; WarmupEpochs = 0.5; Groups = 16 }
+    | Smoke ->
+        { paper with Encoder = SmallConvNet 16L; Groups = 8; Schedule = { paper.Schedule with Epochs = 1; BatchSize = 128; WarmupEpochs = 0.0 } }
+    | Quick ->
+        { paper with Encoder = SmallConvNet 16L; Groups = 16
+                     Schedule = { paper.Schedule with Epochs = 10; BatchSize = 256; LearningRate = 1.0; WarmupEpochs = 0.5 } }
     | Paper -> paper
 
 /// One step: two views of the batch through encoder and head, NT-Xent over the 2N embeddings.
-type Step(encoder: Encoder, head: MlpHead, data: Data, config: Config) =
-    let spec =
-        OptimizerSpec(Kind = OptimizerKind.Lars, LearningRate = config.LearningRate, Momentum = 0.9,
-                      WeightDecay = config.WeightDecay, WarmupEpochs = config.WarmupEpochs)
-    interface ITrainingStep with
-        member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "head", (head :> torch.nn.Module) ]
-        member _.Optimizers =
-            [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (head.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.Step(ctx, batch) =
-            let x = unitPixels data batch ctx.Device
-            let views = torch.cat([| view config.Augmentation data ctx.Generator x; view config.Augmentation data ctx.Generator x |], 0L)
-            let embed (v: torch.Tensor) = head.forward (encoder.forward v)
-            let z = Contrastive.normalize (shuffledPerGroup config.Groups ctx.Generator embed views)
-            let z1, z2 = z.narrow(0L, 0L, int64 batch.Length), z.narrow(0L, int64 batch.Length, int64 batch.Length)
-            let loss = Contrastive.infoNceInBatch config.Temperature z1 z2
-            let value = ctx.Optimize("main", loss)
-            // Instance accuracy: how often the other view is the nearest of the 2N − 1 candidates.
-            let similarities = z1.detach().matmul(z.detach().t())
-            let self = torch.arange(int64 batch.Length, device = ctx.Device)
-            similarities.index_put_(torch.tensor(-2.0f, device = ctx.Device), [| self; self |]) |> ignore
-            let accuracy = similarities.argmax(1L).eq(self + int64 batch.Length).to_type(torch.ScalarType.Float32).mean().item<float32>()
-            readOnlyDict [ "loss", value; "instance_acc", float accuracy ]
-
-let build (c: Context<Config>) =
-    let encoder = c.NewEncoder()
-    let head = new MlpHead(encoder.FeatureDim, encoder.FeatureDim, c.Config.ProjectionDim)
-    { training (Step(encoder, head, c.Data, c.Config)) c.Config.Epochs c.Config.BatchSize encoder c with Owned = [ encoder; head ] }
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
+    let encoder = ctx.NewEncoder()
+    let head = new MlpHead(encoder.FeatureDim, encoder.FeatureDim, config.ProjectionDim)
+    let optimizers = [ optimizer "main" (Optim.lars config.Schedule 0.001) [ encoder; head ] ]
+    ctx.Train(encoder, stepOf [ "encoder" => encoder; "head" => head ] optimizers (fun step batch ->
+        let x = unitPixels ctx.Data batch step.Device
+        let views = torch.cat([| view config.Augmentation ctx.Data step.Generator x; view config.Augmentation ctx.Data step.Generator x |], 0L)
+        let embed (v: torch.Tensor) = head.forward (encoder.forward v)
+        let z = Contrastive.normalize (shuffledPerGroup config.Groups step.Generator embed views)
+        let n = int64 batch.Length
+        let z1, z2 = z.narrow(0L, 0L, n), z.narrow(0L, n, n)
+        let value = step.Optimize("main", Contrastive.infoNceInBatch config.Temperature z1 z2)
+        // Instance accuracy: how often the other view is the nearest of the 2N − 1 candidates.
+        let similarities = z1.detach().matmul(z.detach().t())
+        let self = torch.arange(n, device = step.Device)
+        similarities.index_put_(torch.tensor(-2.0f, device = step.Device), [| self; self |]) |> ignore
+        [ "loss", value; "instance_acc", accuracy similarities (self + n) ]))
 
 let spec =
     backboneSpec "infonce" "van den Oord et al. 2018 (InfoNCE) in SimCLR's in-batch form, Chen et al. 2020"

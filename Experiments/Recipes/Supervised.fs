@@ -6,26 +6,29 @@ module Ssl.Experiments.Recipes.Supervised
 open TorchSharp
 open Ssl.Core.Models
 open Ssl.Host.Data
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Template
-open Ssl.Experiments.SupervisedTraining
+open Ssl.Experiments
 
-type Config = Ssl.Experiments.SupervisedTraining.Config
+type Config = SupervisedTraining.Config
 
-let config = Ssl.Experiments.SupervisedTraining.config
+let config = SupervisedTraining.config
 
-/// All labels, or `--labels N` per class (then this run is itself the supervised-only result).
-let build (c: Context<Config>) =
+/// All labels, or `--labels N` per class (then this run is itself the supervised-only result), for
+/// at least MinSteps steps (SupervisedTraining.schedule), logged every 20.
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
     let examples =
-        match c.Request.Labels with
-        | Some n -> (LabelSplitter.Draw(c.Data.Train, n, c.Seed)).Labelled
-        | None -> Array.init (int c.Data.Train.Count) int64
-    let encoder = c.NewEncoder()
-    torch.manual_seed(c.Seed) |> ignore
-    let head = new LinearHead(encoder.FeatureDim, int64 c.Data.Classes)
-    let epochs, batch = schedule c.Config examples.Length
-    { training (Step(encoder, head, c.Data, examples, c.Config)) epochs batch encoder c with
-        Examples = int64 examples.Length; LogEvery = 20; Classifier = Some(encoder, head); Owned = [ encoder; head ] }
+        match ctx.Request.Labels with
+        | Some n -> (LabelSplitter.Draw(ctx.Data.Train, n, ctx.Seed)).Labelled
+        | None -> Array.init (int ctx.Data.Train.Count) int64
+    let encoder = ctx.NewEncoder()
+    torch.manual_seed(ctx.Seed) |> ignore
+    let head = new LinearHead(encoder.FeatureDim, int64 ctx.Data.Classes)
+    let epochs, batch = SupervisedTraining.schedule config examples.Length
+    let def =
+        stepOf [ "encoder" => encoder; "head" => head ] [ optimizer "main" (Optim.nesterov config.Schedule) [ encoder; head ] ]
+            (SupervisedTraining.run config ctx.Data examples encoder head)
+    { ctx.Train(encoder, def) with
+        Epochs = epochs; BatchSize = batch; Examples = int64 examples.Length; LogEvery = 20; Classifier = Some(encoder, head) }
 
 let spec =
     backboneSpec "supervised" "supervised baseline (cross-entropy; SGD + Nesterov, cosine)"
