@@ -9,17 +9,11 @@
 /// encoder is everything before the linear layer. Measured runs: docs/experiments/exemplar.md.
 module Ssl.Experiments.Recipes.Exemplar
 
-open System.Collections.Generic
 open TorchSharp
 open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Core.Transforms
-open Ssl.Host.Engine
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
+open Ssl.Experiments
 
 /// The triplet losses (Config.Triplet), both on L2-normalised embeddings. `BatchHard`: S4L's
 /// (google-research/s4l semi_supervised/exemplar.py; Core's Triplet.batchHardSoftMargin).
@@ -43,8 +37,6 @@ type Config =
     { /// The paper's is ResNet-50; ours SmallConvNet (any Backbone).
       Encoder: Backbone
       [<Range(1.0)>] Copies: int
-      /// Source images per batch; a step sees ImagesPerBatch x Copies augmented images.
-      [<Range(1.0)>] ImagesPerBatch: int
       [<Range(1.0)>] EmbeddingDim: int64
       Triplet: TripletForm
       /// The semi-hard loss's margin (on squared distances of unit vectors).
@@ -54,27 +46,23 @@ type Config =
       [<Range(0.0)>] Brightness: float
       [<Range(0.0)>] Contrast: float
       [<Range(0.0, 1.0)>] FlipProbability: float
-      [<Range(1.0)>] Epochs: int
-      [<Range(0.0)>] LearningRate: float
-      [<Range(0.0)>] WeightDecay: float
-      [<Range(0.0)>] WarmupEpochs: float
-      /// The layer the protocols read ("" = the output; "branch" = the input of the encoder's last
-      /// stage, SmallConvNet's block 2) and its pooled size, as RotNet, jigsaw and relative patch.
-      ProbeLayer: string
-      [<Range(1.0)>] ProbePool: int64 }
+      /// BatchSize: source images per batch; a step sees BatchSize x Copies augmented images.
+      Schedule: TrainingSchedule
+      /// The branch (SmallConvNet's block 2) pooled 3 x 3, as RotNet, jigsaw and relative patch.
+      Probe: Probe }
 
 /// `paper`: 8 copies of 64 images (512 per step), width 32, 100 epochs; `quick`: 8 copies of 32
 /// images (480,000 augmented images an epoch), width 16, two epochs to fit 15 minutes on 2 cores
 /// (the engine's images_per_s counts source images, not views); `smoke`: one epoch of the smoke subset.
 let config preset =
     let paper =
-        { Encoder = SmallConvNet 32L; Copies = 8; ImagesPerBatch = 64; EmbeddingDim = 1000L; Triplet = SemiHard; Margin = 0.5
-          CropScale = (0.2, 1.0); RotationDegrees = 20.0; Brightness = 0.4; Contrast = 0.4; FlipProbability = 0.5; Epochs = 100
-          LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 1.0; ProbeLayer = "branch"; ProbePool = 3L }
-    let small = { paper with Encoder = SmallConvNet 16L; ImagesPerBatch = 32 }
+        { Encoder = SmallConvNet 32L; Copies = 8; EmbeddingDim = 1000L; Triplet = SemiHard; Margin = 0.5; CropScale = (0.2, 1.0)
+          RotationDegrees = 20.0; Brightness = 0.4; Contrast = 0.4; FlipProbability = 0.5; Probe = Probe.Branch 3L
+          Schedule = { Epochs = 100; BatchSize = 64; LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 1.0 } }
+    let small = { paper with Encoder = SmallConvNet 16L; Schedule = { paper.Schedule with BatchSize = 32 } }
     match preset with
-    | Smoke -> { small with Epochs = 1; WarmupEpochs = 0.0 }
-    | Quick -> { small with Epochs = 2; WarmupEpochs = 0.1 }
+    | Smoke -> { small with Schedule = { small.Schedule with Epochs = 1; WarmupEpochs = 0.0 } }
+    | Quick -> { small with Schedule = { small.Schedule with Epochs = 2; WarmupEpochs = 0.1 } }
     | Paper -> paper
 
 /// Heavily augmented copies: pixels (M, C, H, W) in [0, 1] → standardised (M, C, H, W).
@@ -87,30 +75,22 @@ let augment (config: Config) (data: Data) (generator: torch.Generator) (pixels: 
     let jittered = Photometric.colorJitter config.Brightness config.Contrast 0.0 0.0 generator rotated
     (standardise data (jittered.clamp(0.0.ToScalar(), 1.0.ToScalar()))).MoveToOuterDisposeScope()
 
-/// One step: `Copies` augmented views of each source image, embedded and L2-normalised, the
-/// triplet loss (Config.Triplet) with the source image as the label.
-type Step(encoder: Encoder, projection: LinearHead, data: Data, config: Config) =
-    let spec = nesterov config.LearningRate config.WeightDecay config.WarmupEpochs
-    interface ITrainingStep with
-        member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "projection", (projection :> torch.nn.Module) ]
-        member _.Optimizers =
-            [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (projection.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.Step(ctx, batch) =
-            let pixels = unitPixels data batch ctx.Device
-            let copies = int64 config.Copies
-            let count = pixels.shape[0]
-            let views = augment config data ctx.Generator (pixels.repeat(copies, 1L, 1L, 1L))
-            let sources = torch.arange(count, dtype = torch.ScalarType.Int64, device = ctx.Device).repeat(copies)
-            let embeddings = torch.nn.functional.normalize(projection.forward(encoder.forward views), dim = 1L)
-            let loss = tripletLoss config.Triplet config.Margin embeddings sources
-            let value = ctx.Optimize("main", loss)
-            readOnlyDict [ "loss", value; "copy_retrieval_acc", Triplet.nearestSameLabel embeddings sources ]
-
-let build (c: Context<Config>) =
-    let encoder = c.NewEncoder()
-    let projection = new LinearHead(encoder.FeatureDim, c.Config.EmbeddingDim)
-    { training (Step(encoder, projection, c.Data, c.Config)) c.Config.Epochs c.Config.ImagesPerBatch encoder c with
-        Probe = Ssl.Experiments.ConfigParts.Probe.OfLayer(c.Config.ProbeLayer, c.Config.ProbePool); Owned = [ encoder; projection ] }
+/// `Copies` augmented views of each source image, embedded and L2-normalised, the triplet loss
+/// (Config.Triplet) with the source image as the label.
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
+    let encoder = ctx.NewEncoder()
+    let projection = new LinearHead(encoder.FeatureDim, config.EmbeddingDim)
+    let optimizers = [ optimizer "main" (Optim.nesterov config.Schedule) [ encoder; projection ] ]
+    ctx.Train(encoder, stepOf [ "encoder" => encoder; "projection" => projection ] optimizers (fun step batch ->
+        let pixels = unitPixels ctx.Data batch step.Device
+        let copies = int64 config.Copies
+        let count = pixels.shape[0]
+        let views = augment config ctx.Data step.Generator (pixels.repeat(copies, 1L, 1L, 1L))
+        let sources = torch.arange(count, dtype = torch.ScalarType.Int64, device = step.Device).repeat(copies)
+        let embeddings = torch.nn.functional.normalize(projection.forward(encoder.forward views), dim = 1L)
+        let loss = tripletLoss config.Triplet config.Margin embeddings sources
+        [ "loss", step.Optimize("main", loss); "copy_retrieval_acc", Triplet.nearestSameLabel embeddings sources ]))
 
 let spec =
     backboneSpec "exemplar" "Dosovitskiy et al. 2014, Exemplar CNN; triplet form of S4L-Exemplar, Zhai et al. 2019"

@@ -9,17 +9,10 @@
 /// convolutional with a global pool); the classifier is dropped. Measured runs: docs/experiments/jigsaw.md.
 module Ssl.Experiments.Recipes.Jigsaw
 
-open System.Collections.Generic
 open TorchSharp
 open Ssl.Core.Models
 open Ssl.Core.Transforms
-open Ssl.Host.Engine
-open Ssl.Host.Eval
-open Ssl.Experiments.Recipe
-open Ssl.Experiments.Backbone
-open Ssl.Experiments.Configs
-open Ssl.Experiments.Pipeline
-open Ssl.Experiments.Template
+open Ssl.Experiments
 
 /// The paper's CFN: per-tile fc6 (512), the nine concatenated into fc7 (4096) and fc8 (one logit per
 /// permutation); here the encoder's pooled features stand for fc6 and an MLP (hidden `HiddenDim`,
@@ -36,14 +29,9 @@ type Config =
       /// Seed of the permutation set's first permutation (the set is then deterministic).
       PermutationSeed: int64
       [<Range(1.0)>] HiddenDim: int64
-      [<Range(1.0)>] Epochs: int
-      [<Range(1.0)>] BatchSize: int
-      [<Range(0.0)>] LearningRate: float
-      [<Range(0.0)>] WeightDecay: float
-      /// The layer the protocols read ("" = the output; "branch" = the input of the encoder's last
-      /// stage, SmallConvNet's block 2) and its pooled size, as RotNet (docs/experiments/jigsaw.md).
-      ProbeLayer: string
-      [<Range(1.0)>] ProbePool: int64 }
+      Schedule: TrainingSchedule
+      /// The branch (SmallConvNet's block 2) pooled 3 x 3, as RotNet (docs/experiments/jigsaw.md).
+      Probe: Probe }
 
 /// `paper`: 75-pixel cells, 64-pixel tiles, 1000 permutations, fc7 4096, width 32. `quick` and
 /// `smoke` at 28 x 28: 9-pixel cells and 7-pixel tiles (gaps of 0-4 px; the 27-pixel puzzle covers
@@ -52,11 +40,13 @@ type Config =
 let config preset =
     let paper =
         { Encoder = SmallConvNet 32L; CellSize = 75L; TileSize = 64L; Permutations = 1000; PermutationSeed = 0L; HiddenDim = 4096L
-          Epochs = 100; BatchSize = 256; LearningRate = 0.1; WeightDecay = 5e-4; ProbeLayer = "branch"; ProbePool = 3L }
-    let small = { paper with Encoder = SmallConvNet 16L; CellSize = 9L; TileSize = 7L; Permutations = 100; HiddenDim = 512L; BatchSize = 128 }
+          Probe = Probe.Branch 3L; Schedule = { Epochs = 100; BatchSize = 256; LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 0.0 } }
+    let small =
+        { paper with Encoder = SmallConvNet 16L; CellSize = 9L; TileSize = 7L; Permutations = 100; HiddenDim = 512L
+                     Schedule = { paper.Schedule with BatchSize = 128 } }
     match preset with
-    | Smoke -> { small with Epochs = 1 }
-    | Quick -> { small with Epochs = 5 }
+    | Smoke -> { small with Schedule.Epochs = 1 }
+    | Quick -> { small with Schedule.Epochs = 5 }
     | Paper -> paper
 
 /// Each tile standardised on its own (Sec. 3.2). tiles: (M, C, t, t) → same shape; a flat tile
@@ -67,36 +57,27 @@ let normaliseTiles (tiles: torch.Tensor) =
     let std = tiles.std([| 1L; 2L; 3L |], keepdim = true)
     ((tiles - mean) / std.clamp_min(1e-2)).MoveToOuterDisposeScope()
 
-/// One step: a puzzle per image, the nine tiles through the shared encoder in one batch, their
-/// features concatenated in the shuffled order and classified into the permutation set.
-type Step(encoder: Encoder, classifier: MlpHead, permutations: torch.Tensor, data: Data, config: Config) =
-    let spec = nesterov config.LearningRate config.WeightDecay 0.0
-    interface ITrainingStep with
-        member _.Modules = readOnlyDict [ "encoder", (encoder :> torch.nn.Module); "classifier", (classifier :> torch.nn.Module) ]
-        member _.Optimizers =
-            [| struct ("main", spec, Seq.append (encoder.named_parameters ()) (classifier.named_parameters ())) |] :> IReadOnlyList<_>
-        member _.Step(ctx, batch) =
-            let x = Features.ToInput(data.Train.Batch(batch), data.Mean, data.Std, ctx.Device)
-            let tiles, labels = Patches.jigsaw permutations config.CellSize config.TileSize ctx.Generator x
+/// The permutation set (its own generator: no draw from the seeded global one), the tile encoder
+/// and the classifier. A step: a puzzle per image, the nine tiles through the shared encoder in one
+/// batch, their features concatenated in the shuffled order and classified into the permutation
+/// set. result.json's extra figures describe the set.
+let build (ctx: Context<Config>) =
+    let config = ctx.Config
+    let set = Patches.permutationSet config.Permutations config.PermutationSeed
+    let permutations = ctx.Own(Patches.permutationTensor set ctx.Device)
+    let encoder = ctx.NewEncoder()
+    let classifier = new MlpHead(9L * encoder.FeatureDim, config.HiddenDim, int64 config.Permutations)
+    let optimizers = [ optimizer "main" (Optim.nesterov config.Schedule) [ encoder; classifier ] ]
+    let def =
+        stepOf [ "encoder" => encoder; "classifier" => classifier ] optimizers (fun step batch ->
+            let x = Features.ToInput(ctx.Data.Train.Batch(batch), ctx.Data.Mean, ctx.Data.Std, step.Device)
+            let tiles, labels = Patches.jigsaw permutations config.CellSize config.TileSize step.Generator x
             let count = tiles.shape[0]
             let flat = tiles.view(count * 9L, tiles.shape[2], tiles.shape[3], tiles.shape[4])
-            let features = encoder.forward(normaliseTiles flat).view(count, -1L)
-            let logits = classifier.forward features
+            let logits = classifier.forward(encoder.forward(normaliseTiles flat).view(count, -1L))
             let loss = torch.nn.functional.cross_entropy(logits, labels)
-            let value = ctx.Optimize("main", loss)
-            let accuracy = logits.argmax(1L).eq(labels).to_type(torch.ScalarType.Float32).mean().item<float32>()
-            readOnlyDict [ "loss", value; "permutation_acc", float accuracy ]
-
-/// The permutation set (its own generator: no draw from the seeded global one) as a tensor, the
-/// tile encoder and the classifier; result.json's extra figures describe the set.
-let build (c: Context<Config>) =
-    let config = c.Config
-    let set = Patches.permutationSet config.Permutations config.PermutationSeed
-    let permutations = Patches.permutationTensor set c.Device
-    let encoder = c.NewEncoder()
-    let classifier = new MlpHead(9L * encoder.FeatureDim, config.HiddenDim, int64 config.Permutations)
-    { training (Step(encoder, classifier, permutations, c.Data, config)) config.Epochs config.BatchSize encoder c with
-        Probe = Ssl.Experiments.ConfigParts.Probe.OfLayer(config.ProbeLayer, config.ProbePool); Owned = [ permutations; encoder; classifier ]
+            [ "loss", step.Optimize("main", loss); "permutation_acc", accuracy logits labels ])
+    { ctx.Train(encoder, def) with
         Extra = fun () ->
             [ "permutation_set_size", float set.Permutations.Length; "permutation_set_minimum_hamming", float set.MinimumHamming
               "permutation_set_mean_hamming", set.MeanHamming ] }
@@ -107,4 +88,6 @@ let spec =
         CheckData = fun config data ->
             let needed = 3L * config.CellSize
             if data.Train.Height < needed || data.Train.Width < needed then
-                invalidArg "--dataset" $"--dataset: jigsaw with {config.CellSize}-pixel cells needs images of at least {needed}x{needed}, found {data.Train.Height}x{data.Train.Width}" }
+                invalidArg "--dataset"
+                    ($"--dataset: jigsaw with {config.CellSize}-pixel cells needs images of at least {needed}x{needed}, "
+                     + $"found {data.Train.Height}x{data.Train.Width}") }
