@@ -73,6 +73,12 @@ type Probe =
         | [ "class-tokens-patch-mean"; blocks ] -> number blocks |> Option.map (fun b -> ClassTokens(b, true))
         | _ -> None
 
+/// A batch of at least `minimum` images (batch statistics need two), or an invalidArg naming
+/// Schedule.BatchSize, for a recipe's CheckData.
+let requireBatchOf (minimum: int) (schedule: TrainingSchedule) =
+    if schedule.BatchSize < minimum then
+        invalidArg "Schedule.BatchSize" $"Schedule.BatchSize: expected integer >= {minimum}, found {schedule.BatchSize}"
+
 /// The optimizers most recipes take, from their schedule: momentum 0.9 and the engine's cosine
 /// decay after the schedule's warm-up (OptimizerSpec).
 module Optim =
@@ -98,33 +104,44 @@ module Optim =
 
 /// A config written before Schedule and Probe (older run folders' config.json, results/ records) in
 /// today's shape: `template` (today's config of the recipe, as JSON) with each of the old top-level
-/// fields put where today's field of that name is (`Epochs` → `Schedule.Epochs`), `LabelledBatch`
-/// as `Schedule.BatchSize`, `ProbeLayer` and `ProbePool` as the Probe text; fields the old config
-/// did not have (a warm-up it never took) keep the template's value, and a field today's shape has
-/// nowhere stays at the top for the reader to refuse. A config already in today's shape (no
-/// top-level field that today's type lacks) comes back as it is.
+/// fields put where today's field of that name is (`Epochs` → `Schedule.Epochs`; semi-supervised
+/// `LabelledBatch` and Exemplar's `ImagesPerBatch` → `Schedule.BatchSize`; DINO's `LearningRatePer256` → `Schedule.LearningRate`),
+/// `ProbeLayer` and `ProbePool` as the Probe text; fields the old config did not have (a warm-up it
+/// never took) keep the template's value, and a field today's shape has nowhere stays at the top for
+/// the reader to refuse. A config already in today's shape (no top-level field that today's type
+/// lacks) comes back as it is.
 let upgrade (configType: Type) (template: JsonObject) (old: JsonObject) : JsonObject =
-    let top = template |> Seq.map (fun kv -> kv.Key) |> Set.ofSeq
-    if old |> Seq.forall (fun kv -> top.Contains kv.Key) then old
-    else
+    let leaves = Configs.fields configType |> List.map fst
+    // Whether every key of `json` (and of its nested objects) is one `shape` has.
+    let rec fits (shape: JsonObject) (json: JsonObject) =
+        json |> Seq.forall (fun kv ->
+            match shape[kv.Key], kv.Value with
+            | null, _ when not (shape.ContainsKey kv.Key) -> false
+            | (:? JsonObject as inner), (:? JsonObject as given) -> fits inner given
+            | _ -> true)
+    let renamed = dict [ "LabelledBatch", "BatchSize"; "ImagesPerBatch", "BatchSize"; "LearningRatePer256", "LearningRate" ]
+    // `old`'s fields put into a copy of `template`, the object at `prefix` (a dotted path) of the config.
+    let rec place (prefix: string) (template: JsonObject) (old: JsonObject) =
         let result = template.DeepClone().AsObject()
-        let leaves = Configs.fields configType |> List.map fst
         let set (path: string) (value: JsonNode) =
             let parts = path.Split('.')
             let parent = parts[.. parts.Length - 2] |> Array.fold (fun (o: JsonObject) p -> o[p].AsObject()) result
             parent[parts[parts.Length - 1]] <- (if isNull value then null else value.DeepClone())
-        let renamed = dict [ "LabelledBatch", "BatchSize" ]
         for kv in old do
-            match kv.Key with
-            | "ProbeLayer" | "ProbePool" when top.Contains "Probe" ->
+            match kv.Key, template[kv.Key], kv.Value with
+            | ("ProbeLayer" | "ProbePool"), _, _ when template.ContainsKey "Probe" ->
                 let text (key: string) = match old[key] with null -> None | v -> Some v
                 let layer = text "ProbeLayer" |> Option.map (fun v -> v.GetValue<string>()) |> Option.defaultValue ""
                 let pool = text "ProbePool" |> Option.map (fun v -> v.GetValue<int64>()) |> Option.defaultValue 1L
                 result["Probe"] <- JsonValue.Create(string (Probe.OfLayer(layer, pool)))
-            | key when top.Contains key -> set key kv.Value
-            | key ->
+            | key, (:? JsonObject as inner), (:? JsonObject as given) -> result[key] <- place (prefix + key + ".") inner given
+            | key, _, value when template.ContainsKey key -> set key value
+            | key, _, value ->
                 let name = match renamed.TryGetValue key with | true, n -> n | _ -> key
-                match leaves |> List.filter (fun f -> f.EndsWith("." + name, StringComparison.Ordinal)) with
-                | [ path ] -> set path kv.Value
-                | _ -> result[key] <- kv.Value.DeepClone()
+                let matches =
+                    leaves |> List.filter (fun f -> f.StartsWith(prefix, StringComparison.Ordinal) && f.EndsWith("." + name, StringComparison.Ordinal))
+                match matches with
+                | [ path ] -> set (path.Substring prefix.Length) value
+                | _ -> result[key] <- value.DeepClone()
         result
+    if fits template old then old else place "" template old

@@ -108,14 +108,15 @@ let fineTuneConfig preset =
 /// preset's schedule from a seeded random initialisation, computed once per (data set, preset,
 /// labels, seed, backbone) and cached beside the runs (Pipeline.cached); its run folder goes under
 /// `<folder>/baselines/`.
-let supervisedOnlyCached (request: Request) (backbone: Backbone) (data: Data) (perClass: int) (folder: RunFolder) (device: torch.Device) =
+let supervisedOnlyCached (request: Request) (backbone: Backbone) (data: Data) (perClass: int) (folder: RunFolder) (device: torch.Device)
+                         (layout: Ssl.Core.Models.SafeConv.ConvLayout) =
     let preset = request.Preset
     let suffix = if backbone = (config preset).Encoder then "" else $"-{backbone}"
     cached request $"supervised-only-{data.Name}-{Preset.name preset}-{perClass}-seed{request.Seed}{suffix}" (fun () ->
         let split = LabelSplitter.Draw(data.Train, perClass, request.Seed)
         let baseline = RunFolder(IO.Path.Combine(folder.Root, "baselines", $"supervised-only-{perClass}"))
         torch.manual_seed(request.Seed) |> ignore
-        use encoder = instantiate None data.Train.Channels backbone
+        use encoder = instantiate layout None data.Train.Channels backbone
         let head, _ =
             trainWith encoder { config preset with Encoder = backbone } data split.Labelled request.Seed false baseline device (SilentProgress())
         use head = head

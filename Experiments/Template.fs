@@ -132,11 +132,17 @@ type DefinedStep<'Batch>(def: StepDef<'Batch>, batchOf: StepContext -> int64[] -
 /// The engine's step of a StepDef over the training set, for Trainer.Run outside the template (compose.fsx).
 let engineStep (def: StepDef<int64[]>) : ITrainingStep = DefinedStep(def, fun _ batch -> batch)
 
-/// The first field of the config's type that is a `'Field` (Schedule, Probe), if any.
-let private fieldOf<'Field> (config: obj) : 'Field option =
-    config.GetType().GetProperties(Reflection.BindingFlags.Public ||| Reflection.BindingFlags.Instance)
-    |> Array.tryFind (fun p -> p.PropertyType = typeof<'Field> && p.GetIndexParameters().Length = 0)
-    |> Option.map (fun p -> p.GetValue config :?> 'Field)
+/// The config's field of type `'Field` (Schedule, Probe): a top-level one, else the first found in
+/// its nested records (EnAET's MixMatch settings hold its schedule), if any.
+let rec private fieldOf<'Field> (config: obj) : 'Field option =
+    let fields =
+        config.GetType().GetProperties(Reflection.BindingFlags.Public ||| Reflection.BindingFlags.Instance)
+        |> Array.filter (fun p -> p.GetIndexParameters().Length = 0)
+    match fields |> Array.tryFind (fun p -> p.PropertyType = typeof<'Field>) with
+    | Some p -> Some(p.GetValue config :?> 'Field)
+    | None ->
+        fields |> Array.tryPick (fun p ->
+            if Microsoft.FSharp.Reflection.FSharpType.IsRecord p.PropertyType then fieldOf<'Field> (p.GetValue config) else None)
 
 /// The config's Schedule field.
 let private scheduleOf (c: Context<'Config>) =
@@ -220,6 +226,11 @@ type Recipe =
 let requireSquare (what: string) (data: Data) =
     if data.Train.Height <> data.Train.Width then
         invalidArg "--dataset" $"--dataset: {what} needs square images, found {data.Train.Height}x{data.Train.Width}"
+
+/// Images of at least `side` x `side` pixels, or an invalidArg naming --dataset and what (`what`) needs them.
+let requireSide (what: string) (side: int64) (data: Data) =
+    if data.Train.Height < side || data.Train.Width < side then
+        invalidArg "--dataset" $"--dataset: {what} needs images of at least {side}x{side}, found {data.Train.Height}x{data.Train.Width}"
 
 /// The JSON object in the file `path` (`what` it should be, for errors): a file that does not parse,
 /// or holds something else, is a DataException naming the file, what was expected and what was found.
@@ -390,7 +401,7 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
                 match data.Probed, supervisedLabels with
                 | Some probe, Some perClass ->
                     Some(phase $"supervised-only baseline on {perClass} labels/class" (fun () ->
-                        SupervisedTraining.supervisedOnlyCached request backbone probe perClass folder env.Device))
+                        SupervisedTraining.supervisedOnlyCached request backbone probe perClass folder env.Device env.Runtime.ConvLayout))
                 | _ -> None
             | OwnResult -> request.Labels |> Option.bind (fun _ -> testAcc)
             | NotReported -> None

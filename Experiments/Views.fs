@@ -40,6 +40,12 @@ let view (augmentation: Augmentation) (data: Data) (generator: torch.Generator) 
     let flipped = Geometric.randomHorizontalFlip augmentation.FlipProbability generator grey
     (standardise data flipped).MoveToOuterDisposeScope()
 
+/// Two random views (`view`) of each image at `batch`, drawn in that order with the step's generator.
+let twoViews (augmentation: Augmentation) (data: Data) (step: Ssl.Host.Engine.StepContext) (batch: int64[]) =
+    let x = unitPixels data batch step.Device
+    let first = view augmentation data step.Generator x
+    first, view augmentation data step.Generator x
+
 /// `forward` on `groups` equal sub-batches of `x`, each alone through batch norm (one emulated
 /// device each, as MoCo's 8-GPU batch is). Small groups also run at a much higher share of the CPU's
 /// peak than one large batch (bench: 32-image groups at 66%, a 512-image batch at 27%).

@@ -33,7 +33,22 @@ let oldConfig (methodName: string) (preset: string) (overrides: string list) =
     let out = p.StandardOutput.ReadToEnd()
     p.WaitForExit()
     if p.ExitCode <> 0 then Error(p.StandardError.ReadToEnd().Trim())
-    else Ok((JsonNode.Parse out)["config"].AsObject())
+    else
+        let document = JsonNode.Parse out
+        Ok(document["config"].AsObject())
+
+/// The overrides in today's fields: ProbeLayer and ProbePool as one Probe (their values in `old`,
+/// the old resolved config), DINO's LearningRatePer256 and the semi-supervised LabelledBatch and Exemplar's ImagesPerBatch as the
+/// Schedule's LearningRate and BatchSize; the rest as given.
+let todays (old: JsonObject) (overrides: string list) =
+    let probe = overrides |> List.exists (fun o -> o.StartsWith "ProbeLayer=" || o.StartsWith "ProbePool=")
+    [ for o in overrides do
+          if o.StartsWith "LearningRatePer256=" then "Schedule.LearningRate=" + o.Substring(o.IndexOf '=' + 1)
+          elif o.StartsWith "LabelledBatch=" || o.StartsWith "ImagesPerBatch=" then "Schedule.BatchSize=" + o.Substring(o.IndexOf '=' + 1)
+          elif not (o.StartsWith "ProbeLayer=" || o.StartsWith "ProbePool=") then o
+      if probe then
+          let layer, pool = old["ProbeLayer"].GetValue<string>(), old["ProbePool"].GetValue<int64>()
+          "Probe=" + string (Probe.OfLayer(layer, pool)) ]
 
 /// An override in today's full path (`Epochs=20` → `Schedule.Epochs=20`).
 let canonical (recipe: Template.Recipe) (o: string) =
@@ -61,11 +76,12 @@ for file in Directory.GetFiles(resultsDir, "*.json") |> Array.sort do
         | Error e -> keep $"the old build does not resolve it: {e}"
         | Ok old when Sweep.digest methodName old labels dataset <> digest -> keep "stale before the change already"
         | Ok old ->
-            let fromOld = recipe.Resolve p (Some old) []
-            let today = recipe.Resolve p None overrides
-            if not (JsonNode.DeepEquals(fromOld, today)) then keep "the old config reads to another config today"
+            let overrides = todays old overrides
+            let fromOld = try Some(recipe.Resolve p (Some old) []) with :? ArgumentException -> None
+            let today = try Some(recipe.Resolve p None overrides) with :? ArgumentException -> None
+            if fromOld.IsNone || today.IsNone || not (JsonNode.DeepEquals(fromOld.Value, today.Value)) then keep "the old config reads to another config today"
             else
-                let newDigest = Sweep.digest methodName today labels dataset
+                let newDigest = Sweep.digest methodName today.Value labels dataset
                 node["config_digest"] <- JsonValue.Create newDigest
                 node["overrides"] <- JsonArray([| for o in overrides -> JsonValue.Create(canonical recipe o) :> JsonNode |])
                 let name = Path.GetFileName(file).Replace(digest, newDigest)

@@ -85,13 +85,13 @@ let tests =
             use g = new torch.Generator(1UL)
             Expect.throws (fun () -> MoCo.shuffledKeys true 4 g net x |> ignore) "10 images in 4 groups"
         }
-        test "Exemplar.tripletLoss computes the loss its form names; --set refuses an unknown form, listing the forms" {
+        test "Triplet.ofForm computes the loss its form names; --set refuses an unknown form, listing the forms" {
             torch.manual_seed(5L) |> ignore
             use embeddings = torch.nn.functional.normalize(torch.randn(12L, 6L), dim = 1L)
             use sources = torch.arange(4L, dtype = torch.ScalarType.Int64).repeat(3L)
-            use semi = Exemplar.tripletLoss Exemplar.TripletForm.SemiHard 0.5 embeddings sources
+            use semi = Ssl.Core.Losses.Triplet.ofForm Ssl.Core.Losses.Triplet.SemiHard 0.5 embeddings sources
             use semiCore = Ssl.Core.Losses.Triplet.semiHard 0.5 embeddings sources
-            use hard = Exemplar.tripletLoss Exemplar.TripletForm.BatchHard 0.5 embeddings sources
+            use hard = Ssl.Core.Losses.Triplet.ofForm Ssl.Core.Losses.Triplet.BatchHard 0.5 embeddings sources
             use hardCore = Ssl.Core.Losses.Triplet.batchHardSoftMargin embeddings sources
             Check.close 0.0 0.0 "semi-hard" semi semiCore
             Check.close 0.0 0.0 "batch-hard" hard hardCore
@@ -101,8 +101,8 @@ let tests =
             Expect.stringContains error.Message "BatchHard|SemiHard" "and the forms"
         }
         test "S4L-Exemplar: quick uses the semi-hard loss (batch-hard collapsed there), paper keeps S4L's batch-hard" {
-            Expect.equal (S4LExemplar.config Ssl.Experiments.Recipe.Quick).Triplet Exemplar.TripletForm.SemiHard "quick"
-            Expect.equal (S4LExemplar.config Ssl.Experiments.Recipe.Paper).Triplet Exemplar.TripletForm.BatchHard "paper"
+            Expect.equal (S4LExemplar.config Ssl.Experiments.Recipe.Quick).Triplet Ssl.Core.Losses.Triplet.SemiHard "quick"
+            Expect.equal (S4LExemplar.config Ssl.Experiments.Recipe.Paper).Triplet Ssl.Core.Losses.Triplet.BatchHard "paper"
         }
         test "MixMatch: only the mixed training pass moves batch-norm statistics, not the guessing pass; momentum 0.001" {
             let config = MixMatch.config Ssl.Experiments.Recipe.Quick

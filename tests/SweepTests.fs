@@ -38,7 +38,7 @@ let private fakeRecipe (name: string) : Template.Recipe =
       Fields = [ "Epochs", "integer"; "CropScale", "(number,number)" ]
       Run = (fun _ _ _ -> failwith "not run")
       RunObserved = (fun _ _ _ _ -> failwith "not run")
-      Encoder = fun _ data -> new SmallConvNet(data.Train.Channels, 16L) }
+      Encoder = fun _ data _ -> new SmallConvNet(data.Train.Channels, 16L) }
 
 let private recipes = [ fakeRecipe "rotnet"; fakeRecipe "mixmatch"; fakeRecipe "colorization" ]
 

@@ -74,6 +74,17 @@ let barlowTwinsOf (lambda: float) (c: Tensor) : Tensor =
     let offDiagonal = c.square().sum() - diagonal.square().sum()
     (onDiagonal + offDiagonal * lambda).MoveToOuterDisposeScope()
 
+/// The health figures of a cross-correlation matrix `c` (D, D): the mean of its diagonal
+/// (invariance, → 1) and the root mean square of its off-diagonal (redundancy, → 0). Read without
+/// its graph; D = 1 has no off-diagonal (0).
+let correlationFigures (c: Tensor) : float * float =
+    use scope = NewDisposeScope()
+    let cross = c.detach()
+    let d = Operators.float cross.shape[0]
+    let diagonal = cross.diagonal()
+    let offDiagonal = (cross.square().sum() - diagonal.square().sum()) / (d * (d - 1.0) |> Operators.max 1.0)
+    Operators.float (diagonal.mean().item<float32>()), Operators.float (offDiagonal.sqrt().item<float32>())
+
 /// Barlow Twins' loss (Zbontar et al. 2021, eq. 1): L = Σ_i (1 − C_ii)² + λ Σ_i Σ_{j≠i} C_ij²,
 /// driving the cross-correlation of the two views to the identity: invariance on the diagonal,
 /// redundancy reduction off it. Gradients reach both views (no stop-gradient in this method).

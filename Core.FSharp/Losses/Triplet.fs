@@ -74,6 +74,20 @@ let semiHard (margin: float) (embeddings: Tensor) (labels: Tensor) : Tensor =
     let pairs = positivePair.sum().to_type(embeddings.dtype).clamp_min(1.0)
     (pairLoss.sum() / pairs).MoveToOuterDisposeScope()
 
+/// A triplet loss on L2-normalised embeddings. `BatchHard`: S4L's (google-research/s4l
+/// semi_supervised/exemplar.py; batchHardSoftMargin). `SemiHard`: Kolesnikov, Zhai & Beyer 2019's
+/// (google/revisiting-self-supervised self_supervision/exemplar.py, margin 0.5; semiHard).
+type Form =
+    | BatchHard
+    | SemiHard
+
+/// The triplet loss `form` names on `embeddings` (N, D) whose rows with equal `labels` (N) are
+/// positives; `margin` is the semi-hard loss's (batch-hard has a soft margin).
+let ofForm (form: Form) (margin: float) (embeddings: Tensor) (labels: Tensor) : Tensor =
+    match form with
+    | BatchHard -> batchHardSoftMargin embeddings labels
+    | SemiHard -> semiHard margin embeddings labels
+
 /// The fraction of rows whose nearest other row (Euclidean) has the same label: how often a copy
 /// of an image finds another copy of it first (Exemplar's retrieval figure). Not a loss: no
 /// gradient. `embeddings: (N, D)`, N ≥ 2; `labels: (N)` integers; result in [0, 1].

@@ -67,3 +67,25 @@ type PairRegressor(trunk: nn.Module<Tensor, Tensor>, featureDim: int64, outputDi
         let b = trunk.call transformed
         expect "trunk(original)" [| Any; Exactly featureDim |] a
         (fc.call (torch.cat([| a; b |], 1L))).MoveToOuterDisposeScope()
+
+/// The projectors of the Siamese methods, their layers named as the authors' code names them.
+module Projectors =
+    /// Barlow Twins' projector (the authors' main.py): linear → BN → ReLU, linear → BN → ReLU,
+    /// linear, all `dim` wide, without biases. features (N, inputDim) → (N, dim); N ≥ 2 in training.
+    let barlowTwins (inputDim: int64) (dim: int64) =
+        let layer (i: int) (input: int64) =
+            [ struct ($"fc{i}", nn.Linear(input, dim, hasBias = false) :> nn.Module<Tensor, Tensor>)
+              struct ($"bn{i}", nn.BatchNorm1d(dim))
+              struct ($"relu{i}", nn.ReLU()) ]
+        nn.Sequential(layer 1 inputDim @ layer 2 dim @ [ struct ("fc3", nn.Linear(dim, dim, hasBias = false)) ])
+
+    /// SimSiam's CIFAR projector (Chen & He 2021, App. D): fc → BN → ReLU → fc → BN, the last batch
+    /// norm without affine parameters (the authors' builder.py). (N, inputDim) → (N, dim); N ≥ 2.
+    let simSiam (inputDim: int64) (dim: int64) =
+        nn.Sequential(struct ("mlp", new MlpHead(inputDim, dim, dim, true) :> nn.Module<Tensor, Tensor>),
+                      struct ("bn", nn.BatchNorm1d(dim, affine = false) :> nn.Module<Tensor, Tensor>))
+
+    /// g(f(x)) as one module of two children, "encoder" and "projector", so that a momentum copy
+    /// (BYOL's target network) holds both. images → projections.
+    let projected (encoder: nn.Module<Tensor, Tensor>) (projector: nn.Module<Tensor, Tensor>) =
+        nn.Sequential(struct ("encoder", encoder), struct ("projector", projector))

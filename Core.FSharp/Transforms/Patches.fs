@@ -200,6 +200,14 @@ let shuffleTiles (permutations: Tensor) (labels: Tensor) (tiles: Tensor) : Tenso
     let index = order.view(tiles.shape[0], 9L, 1L, 1L, 1L).expand(tiles.shape)
     tiles.gather(1L, index).MoveToOuterDisposeScope()
 
+/// Each tile standardised on its own (Noroozi & Favaro 2016, Sec. 3.2). tiles: (M, C, t, t) → same
+/// shape; a flat tile (an empty background) stays flat instead of amplifying float noise.
+let normaliseTiles (tiles: Tensor) =
+    use scope = NewDisposeScope()
+    let mean = tiles.mean([| 1L; 2L; 3L |], keepdim = true)
+    let std = tiles.std([| 1L; 2L; 3L |], keepdim = true)
+    ((tiles - mean) / std.clamp_min(1e-2)).MoveToOuterDisposeScope()
+
 /// A jigsaw puzzle per image (Noroozi & Favaro 2016, Sec. 3): tiles from `jigsawTiles`, a
 /// permutation index drawn uniformly per image, the tiles shuffled by it (`shuffleTiles`).
 /// permutations: (P, 9) int64 (`permutationTensor`); images: (N, C, H, W) →

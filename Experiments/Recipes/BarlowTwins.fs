@@ -1,9 +1,7 @@
-/// Barlow Twins: self-supervised learning via redundancy reduction (Zbontar, Jing, Misra, LeCun &
-/// Deny, ICML 2021). Two views go through one encoder and projector; the cross-correlation of their
-/// batch-standardised embeddings is driven to the identity (eq. 1-2; Core's Siamese.barlowTwins):
-/// no negatives, no predictor, no momentum encoder, no stop-gradient. The step logs the mean of
-/// C's diagonal (invariance, → 1) and the root mean square of its off-diagonal (redundancy, → 0).
-/// Measured runs: docs/experiments/barlow-twins.md.
+/// Barlow Twins: self-supervised learning via redundancy reduction (Zbontar, Jing, Misra, LeCun & Deny, ICML 2021).
+/// Two views go through one encoder and projector; the cross-correlation of their batch-standardised embeddings is
+/// driven to the identity (eq. 1-2; Core's Siamese.barlowTwins): no negatives, no predictor, no momentum encoder, no
+/// stop-gradient. Measured runs: docs/experiments/barlow-twins.md.
 module Ssl.Experiments.Recipes.BarlowTwins
 
 open TorchSharp
@@ -28,24 +26,18 @@ type Config =
       /// batch norms' (not LARS-adapted) scale with it: 0.024 turns one rate of 0.2 into the paper's
       /// 0.2 and 0.0048 (its first code's --scale-loss 0.024).
       [<Range(0.0)>] LossScale: float
-      /// LARS (LarsEta); BatchSize at least 2 (the cross-correlation's batch statistics).
       Schedule: TrainingSchedule
-      /// LARS's trust coefficient η: a weight moves by at most about lr · η of its norm per step
-      /// (You et al. 2017, Alg. 1; the paper's 0.001).
+      /// LARS's trust coefficient η (You et al. 2017, Alg. 1; the paper's 0.001): a weight moves by about lr · η of its norm a step.
       [<Range(0.0)>] LarsEta: float
       Augmentation: Augmentation
-      /// The output, the paper's representation; quick reads SmallConvNet's block 3 pooled 2 x 2
-      /// (256-d) as BYOL's quick does, its random-init baseline too (docs/experiments/barlow-twins.md,
-      /// "The probe's layer").
+      /// The output, the paper's representation; quick reads SmallConvNet's block 3 pooled 2 x 2 (256-d) as BYOL's quick
+      /// does, its random-init baseline too (docs/experiments/barlow-twins.md, "The probe's layer").
       Probe: Probe }
 
-/// `paper`: ResNet-18 (512-d features), D = 2,048 at batch 512 (D/N = 4 as the paper) for 800
-/// epochs (solo-learn's CIFAR budget). `quick`: SmallConvNet-16, D = 1,024, batch 256 (D/N = 4),
-/// one warm-up epoch of ten, 10 epochs: SimSiam's budget on 2 cores, LARS at lr 1.0 with η = 0.02
-/// (solo-learn's CIFAR η, whose clipped LARS moves a weight by at most 0.02 of its norm a step; ours
-/// by lr · η = 0.02): the paper's 0.2 · 0.001 = 2e-4 a step suits its 1,000 epochs, not 1% of its
-/// steps (trials: docs/experiments/barlow-twins.md). Quick probes block 3 pooled 2 x 2 (see
-/// Probe). `smoke`: one epoch.
+/// `paper`: ResNet-18 (512-d features), D = 2,048 at batch 512 (D/N = 4 as the paper) for 800 epochs (solo-learn's
+/// CIFAR budget). `quick`: SmallConvNet-16, D = 1,024, batch 256 (D/N = 4), one warm-up epoch of ten, 10 epochs
+/// (SimSiam's budget on 2 cores), LARS at lr 1.0 with η = 0.02 (solo-learn's CIFAR η): the paper's 0.2 · 0.001 = 2e-4
+/// of a weight's norm a step suits its 1,000 epochs, not 1% of its steps (docs/experiments/barlow-twins.md). `smoke`: one epoch.
 let config preset =
     let paper =
         { Encoder = ResNet18; ProjectionDim = 2048L; OffDiagonalWeight = 5e-3; LossScale = 0.024; LarsEta = 0.001
@@ -60,39 +52,21 @@ let config preset =
                      Schedule = { small.Schedule with Epochs = 10; LearningRate = 1.0 } }
     | Paper -> paper
 
-/// The projector: linear → BN → ReLU, linear → BN → ReLU, linear (the authors' main.py).
-let projector (features: int64) (dim: int64) =
-    let layer (i: int) (input: int64) =
-        [ struct ($"fc{i}", torch.nn.Linear(input, dim, hasBias = false) :> torch.nn.Module<torch.Tensor, torch.Tensor>)
-          struct ($"bn{i}", torch.nn.BatchNorm1d(dim))
-          struct ($"relu{i}", torch.nn.ReLU()) ]
-    torch.nn.Sequential(layer 1 features @ layer 2 dim @ [ struct ("fc3", torch.nn.Linear(dim, dim, hasBias = false)) ])
-
-/// Batch statistics (the projector's batch norm, the loss's standardisation) need two images a batch.
-let private requireBatchOfTwo (schedule: TrainingSchedule) =
-    if schedule.BatchSize < 2 then invalidArg "Schedule.BatchSize" $"Schedule.BatchSize: expected integer >= 2, found {schedule.BatchSize}"
-
 /// One step (the paper's Algorithm 1): z = g(f(v)) for two views, L = scale · BT(z¹, z²); logged:
 /// C's diagonal mean and off-diagonal root mean square, read from the same C without its graph.
 let build (ctx: Context<Config>) =
     let config = ctx.Config
     let encoder = ctx.NewEncoder()
-    let g = projector encoder.FeatureDim config.ProjectionDim
+    let g = Projectors.barlowTwins encoder.FeatureDim config.ProjectionDim
     let optimizers = [ optimizer "main" (Optim.lars config.Schedule config.LarsEta) [ encoder; g ] ]
     ctx.Train(encoder, stepOf [ "encoder" => encoder; "projector" => g ] optimizers (fun step batch ->
-        let x = unitPixels ctx.Data batch step.Device
-        let project (v: torch.Tensor) = g.forward (encoder.forward v)
-        let z1 = project (view config.Augmentation ctx.Data step.Generator x)
-        let z2 = project (view config.Augmentation ctx.Data step.Generator x)
-        let correlation = Siamese.crossCorrelation z1 z2
+        let v1, v2 = twoViews config.Augmentation ctx.Data step batch
+        let correlation = Siamese.crossCorrelation (g.forward (encoder.forward v1)) (g.forward (encoder.forward v2))
         let value = step.Optimize("main", Siamese.barlowTwinsOf config.OffDiagonalWeight correlation * config.LossScale)
-        let cross = correlation.detach()
-        let d = float cross.shape[0]
-        let diagonal = cross.diagonal()
-        let offDiagonal = (cross.square().sum() - diagonal.square().sum()) / (d * (d - 1.0) |> max 1.0)
-        [ "loss", value; "c_diagonal", float (diagonal.mean().item<float32>()); "c_off_rms", float (offDiagonal.sqrt().item<float32>()) ]))
+        let diagonal, offDiagonalRms = Siamese.correlationFigures correlation
+        [ "loss", value; "c_diagonal", diagonal; "c_off_rms", offDiagonalRms ]))
 
 let spec =
     { backboneSpec "barlow-twins" "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction" selfSupervised config
-        (fun c -> c.Encoder) build with
-        CheckData = fun c _ -> requireBatchOfTwo c.Schedule }
+        (fun config -> config.Encoder) build with
+        CheckData = fun config _ -> requireBatchOf 2 config.Schedule }

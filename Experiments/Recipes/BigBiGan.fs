@@ -156,12 +156,13 @@ let private saveReconstructions (gan: BigBiGan) (standardiser: Standardiser) (da
 /// (seed 0, JudgeEpochs), its weights cached in runs/.cache so every seed's run uses the same one.
 let private judge (ctx: Context<Config>) =
     let request, data, judgeEpochs, device = ctx.Request, ctx.Data, ctx.Config.JudgeEpochs, ctx.Device
-    let supervised = { SupervisedTraining.config request.Preset with Epochs = judgeEpochs }
+    let preset = SupervisedTraining.config request.Preset
+    let supervised = { preset with Schedule = { preset.Schedule with Epochs = judgeEpochs } }
     let cacheDir = Path.Combine(Path.GetDirectoryName(Path.GetFullPath request.Out), ".cache",
                                 $"bigbigan-judge-{data.Name}-{Preset.name request.Preset}-{judgeEpochs}ep")
     let encoderPath, headPath = Path.Combine(cacheDir, "encoder.bin"), Path.Combine(cacheDir, "head.bin")
     if File.Exists encoderPath && File.Exists headPath then
-        let encoder = instantiate None data.Train.Channels supervised.Encoder
+        let encoder = instantiate ctx.Layout None data.Train.Channels supervised.Encoder
         let head = new LinearHead(encoder.FeatureDim, int64 data.Classes)
         encoder.load(encoderPath) |> ignore
         head.load(headPath) |> ignore
@@ -171,7 +172,7 @@ let private judge (ctx: Context<Config>) =
     else
         let all = Array.init (int data.Train.Count) int64
         torch.manual_seed(0L) |> ignore
-        let encoder = instantiate None data.Train.Channels supervised.Encoder
+        let encoder = instantiate ctx.Layout None data.Train.Channels supervised.Encoder
         let folder = Ssl.Host.Runs.RunFolder(Path.Combine(ctx.Folder.Root, "judge"))
         let head, _ = SupervisedTraining.trainWith encoder supervised data all 0L false folder device (Ssl.Host.Engine.SilentProgress())
         Directory.CreateDirectory cacheDir |> ignore
@@ -216,7 +217,7 @@ let private muProbe (gan: BigBiGan) (ctx: Context<Config>) =
 /// sample and reconstruction grids and the judge's figures; the protocols read E's pooled trunk.
 let build (ctx: Context<Config>) =
     let config, data = ctx.Config, ctx.Data
-    let gan = ctx.Own(new BigBiGan(data.Train.Channels, data.Train.Height, config.LatentDim, config.Width))
+    let gan = ctx.Own(new BigBiGan(data.Train.Channels, data.Train.Height, config.LatentDim, config.Width, ctx.Layout))
     let standardiser = ctx.Own(new Standardiser(data.Mean, data.Std, ctx.Device))
     let fixedPrior =
         use g = new torch.Generator(uint64 (Seeds.Derive(ctx.Seed, 77L)), ctx.Device)
@@ -247,7 +248,7 @@ let build (ctx: Context<Config>) =
 let spec =
     { Template.spec "bigbigan" "Donahue & Simonyan 2019, Large Scale Adversarial Representation Learning"
         { selfSupervised with SupervisedOnly = NotReported } config
-        (fun config data -> new PooledEncoder(new BigBiGanEncoder(data.Train.Channels, config.LatentDim, config.Width)) :> Encoder)
+        (fun config data layout -> new PooledEncoder(new BigBiGanEncoder(data.Train.Channels, config.LatentDim, config.Width, layout)) :> Encoder)
         (fun _ -> None) (fun config -> $"BigBiGanPooled{config.Width}-{config.LatentDim}") build with
         CheckData = fun config data ->
             if config.Width % 32L <> 0L then

@@ -1,11 +1,10 @@
-/// BYOL: Bootstrap Your Own Latent (Grill et al., NeurIPS 2020). An online network (encoder f_θ,
-/// projector g_θ, predictor q_θ) predicts the projection of another view by a target network
-/// (f_ξ, g_ξ), an exponential moving average of the online one (ξ ← τξ + (1 − τ)θ, Sec. 3.1) with
-/// τ from 0.996 to 1 on a cosine (Sec. 3.2; Core's Momentum.cosine). The loss is the symmetric
-/// normalised squared error 2 − 2·cos (eq. 2, symmetrised as L̃; Core's
-/// Siamese.normalisedSquaredError); no negatives. The online encoder is what is kept and evaluated.
-/// The step logs `z_std`, the std of the normalised online projections (about 1/√d when healthy,
-/// 0 when collapsed, as SimSiam's Sec. 4.1 reads it). Measured runs: docs/experiments/byol.md.
+/// BYOL: Bootstrap Your Own Latent (Grill et al., NeurIPS 2020). An online network (encoder f_θ, projector g_θ,
+/// predictor q_θ) predicts the projection of another view by a target network (f_ξ, g_ξ), an exponential moving
+/// average of the online one (ξ ← τξ + (1 − τ)θ, Sec. 3.1) with τ from 0.996 to 1 on a cosine (Sec. 3.2; Core's
+/// Momentum.cosine). The loss is the symmetric normalised squared error 2 − 2·cos (eq. 2, symmetrised as L̃; Core's
+/// Siamese.normalisedSquaredError); no negatives. The online encoder is what is kept and evaluated. The step logs
+/// `z_std`, the std of the normalised online projections (about 1/√d when healthy, 0 when collapsed, as SimSiam's
+/// Sec. 4.1 reads it). Measured runs: docs/experiments/byol.md.
 module Ssl.Experiments.Recipes.Byol
 
 open TorchSharp
@@ -27,24 +26,19 @@ type Config =
       [<Range(1.0)>] ProjectionDim: int64
       /// τ_base, the target's decay at the first step; it rises to 1 on a cosine (Sec. 3.2).
       [<Range(0.0, 1.0)>] BaseMomentum: float
-      /// LARS (LarsEta); BatchSize at least 2 (the projector's batch norm).
       Schedule: TrainingSchedule
-      /// LARS's trust coefficient η: a weight moves by at most about lr · η of its norm per step
-      /// (You et al. 2017, Alg. 1; the paper's 0.001).
+      /// LARS's trust coefficient η (You et al. 2017, Alg. 1; the paper's 0.001): a weight moves by about lr · η of its norm a step.
       [<Range(0.0)>] LarsEta: float
       Augmentation: Augmentation
-      /// The output, the paper's representation y; quick reads SmallConvNet's last block pooled 2 x 2
-      /// (256-d) rather than its 64-d global pool: the same block, less averaged; its random-init
-      /// baseline is read there too (docs/experiments/byol.md, "The probe's layer").
+      /// The output, the paper's representation y; quick reads SmallConvNet's last block pooled 2 x 2 (256-d, not its 64-d
+      /// global pool), its random-init baseline too (docs/experiments/byol.md, "The probe's layer").
       Probe: Probe }
 
-/// `paper`: ResNet-18 (512-d features, hidden 4,096, d = 256) at batch 512 for 800 epochs (solo-learn's
-/// CIFAR budget), lr 0.2 · 512 / 256. `quick`: SmallConvNet-16 (64-d features), hidden 1,024, d = 256,
-/// batch 256, 20 epochs with one of warm-up (SimSiam's quick budget), τ_base 0.996 as the paper, LARS
-/// at lr 1.0 with η = 0.02 (solo-learn's CIFAR recipe: lr 1.0, η 0.02) instead of the paper's 0.2
-/// and 0.001: LARS moves a weight by lr × η of its norm per step, and 2e-4 a step is sized for the
-/// paper's 1,000 epochs, not 1% of its steps (trials: docs/experiments/byol.md).
-/// Quick probes block 3 pooled 2 x 2 (see Probe). `smoke`: one epoch of the smoke subset.
+/// `paper`: ResNet-18 (512-d features, hidden 4,096, d = 256) at batch 512 for 800 epochs (solo-learn's CIFAR
+/// budget), lr 0.2 · 512 / 256. `quick`: SmallConvNet-16, hidden 1,024, batch 256, 20 epochs with one of warm-up
+/// (SimSiam's quick budget), LARS at lr 1.0 with η = 0.02 (solo-learn's CIFAR recipe) instead of the paper's 0.2
+/// and 0.001, whose 2e-4 of a weight's norm a step is sized for 1,000 epochs, not 1% of its steps
+/// (docs/experiments/byol.md). `smoke`: one epoch of the smoke subset.
 let config preset =
     let paper =
         { Encoder = ResNet18; HiddenDim = 4096L; ProjectionDim = 256L; BaseMomentum = 0.996; LarsEta = 0.001
@@ -62,13 +56,7 @@ let config preset =
 
 /// g(f(x)): an encoder and its projector as one module, so the target can be a MomentumCopy of it.
 let private projected (encoder: Encoder) (config: Config) =
-    let projector = new MlpHead(encoder.FeatureDim, config.HiddenDim, config.ProjectionDim, true)
-    torch.nn.Sequential(struct ("encoder", encoder :> torch.nn.Module<torch.Tensor, torch.Tensor>),
-                        struct ("projector", projector :> torch.nn.Module<torch.Tensor, torch.Tensor>))
-
-/// Batch statistics (the projector's batch norm) need two images a batch.
-let private requireBatchOfTwo (schedule: TrainingSchedule) =
-    if schedule.BatchSize < 2 then invalidArg "Schedule.BatchSize" $"Schedule.BatchSize: expected integer >= 2, found {schedule.BatchSize}"
+    Projectors.projected encoder (new MlpHead(encoder.FeatureDim, config.HiddenDim, config.ProjectionDim, true))
 
 /// One step (Sec. 3.1, eq. 2): z = g_θ(f_θ(v)), p = q_θ(z), z' = g_ξ(f_ξ(v')) for both orders of the
 /// two views; L̃ = ‖p̄₁ − z̄'₂‖² + ‖p̄₂ − z̄'₁‖²; LARS on θ, then ξ ← τ_k ξ + (1 − τ_k) θ.
@@ -80,9 +68,7 @@ let build (ctx: Context<Config>) =
     let predictor = new MlpHead(config.ProjectionDim, config.HiddenDim, config.ProjectionDim, true)
     let optimizers = [ optimizer "main" (Optim.lars config.Schedule config.LarsEta) [ online; predictor ] ]
     ctx.Train(encoder, stepOf [ "online" => online; "predictor" => predictor; "target" => target ] optimizers (fun step batch ->
-        let x = unitPixels ctx.Data batch step.Device
-        let v1 = view config.Augmentation ctx.Data step.Generator x
-        let v2 = view config.Augmentation ctx.Data step.Generator x
+        let v1, v2 = twoViews config.Augmentation ctx.Data step batch
         let z1, z2 = online.forward v1, online.forward v2
         let t1, t2 =
             use _ = torch.no_grad()
@@ -95,5 +81,5 @@ let build (ctx: Context<Config>) =
 
 let spec =
     { backboneSpec "byol" "Grill et al. 2020, Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning" selfSupervised config
-        (fun c -> c.Encoder) build with
-        CheckData = fun c _ -> requireBatchOfTwo c.Schedule }
+        (fun config -> config.Encoder) build with
+        CheckData = fun config _ -> requireBatchOf 2 config.Schedule }

@@ -72,10 +72,10 @@ let config preset =
 /// scaled, to features (N, 4w, H/4, W/4); `forward` takes standardised RGB (N, 3, H, W), as the
 /// evaluation protocols pass it, undoes the standardisation with the buffers `input_mean` and
 /// `input_std`, converts to L and pools `Dense` globally → (N, 4w).
-type ColorizationNet(width: int64, mean: float[], std: float[]) as this =
+type ColorizationNet(width: int64, mean: float[], std: float[], layout: SafeConv.ConvLayout) as this =
     inherit Encoder("ColorizationNet")
     let block (name: string) (input: int64) (output: int64) =
-        [ struct ($"{name}conv", SafeConv.layer input output 3L 1L 1L false)
+        [ struct ($"{name}conv", SafeConv.layer layout input output 3L 1L 1L false)
           struct ($"{name}bn", torch.nn.BatchNorm2d(output))
           struct ($"{name}relu", torch.nn.ReLU()) ]
     let trunk =
@@ -106,9 +106,9 @@ type ColorizationNet(width: int64, mean: float[], std: float[]) as this =
         this.Dense(lightness).mean([| 2L; 3L |]).MoveToOuterDisposeScope()
 
 /// The spec's encoder, holding the data's pixel statistics (to undo the standardisation before Lab).
-let private newEncoder (config: Config) (data: Data) : Encoder =
+let private newEncoder (config: Config) (data: Data) (layout: SafeConv.ConvLayout) : Encoder =
     if data.Train.Channels <> 3L then invalidArg "--dataset" $"--dataset: colorization expects 3-channel (colour) images, found {data.Train.Channels}"
-    new ColorizationNet(config.Width, data.Mean, data.Std)
+    new ColorizationNet(config.Width, data.Mean, data.Std, layout)
 
 /// Lab of [0, 1] RGB pixels, and their ab average-pooled to the prediction's quarter resolution.
 let labAndTargets (pixels: torch.Tensor) =
@@ -205,8 +205,8 @@ let build (ctx: Context<Config>) =
         use pixels = Features.ToInput(ctx.Data.Train.Rows(0L, priorCount), [| 0.0; 0.0; 0.0 |], [| 1.0; 1.0; 1.0 |], ctx.Device)
         rebalancingWeights config bins pixels ctx.Device
     let weights, prior = ctx.Own weights, ctx.Own prior
-    let net = new ColorizationNet(config.Width, ctx.Data.Mean, ctx.Data.Std)
-    let head = new SafeConv.SafeConv2d(net.FeatureDim, bins.shape[0], 1L, 1L, 0L, true)
+    let net = new ColorizationNet(config.Width, ctx.Data.Mean, ctx.Data.Std, ctx.Layout)
+    let head = new SafeConv.SafeConv2d(net.FeatureDim, bins.shape[0], 1L, 1L, 0L, true, ctx.Layout)
     let schedule = config.Schedule
     let adam =
         OptimizerSpec(Kind = OptimizerKind.Adam, LearningRate = schedule.LearningRate, Beta1 = 0.9, Beta2 = 0.99,
@@ -236,4 +236,4 @@ let build (ctx: Context<Config>) =
 let spec =
     Ssl.Experiments.Template.spec "colorization" "Zhang et al. 2016, Colorful Image Colorization"
         { selfSupervised with Colour = true; SupervisedOnly = NotReported } config newEncoder (fun _ -> None)
-        (fun c -> $"ColorizationNet{c.Width}") build
+        (fun config -> $"ColorizationNet{config.Width}") build

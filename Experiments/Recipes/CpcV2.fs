@@ -68,8 +68,8 @@ let config preset =
     | Quick -> quick
     | Paper -> { quick with Width = 32L; ContextDim = 128L; Schedule = { quick.Schedule with Epochs = 200 } }
 
-let private gridEncoder (config: Config) (channels: int64) =
-    new PatchGridEncoder(new LayerNormConvNet(channels, config.Width), config.PatchSize, config.Stride)
+let private gridEncoder (config: Config) (channels: int64) (layout: SafeConv.ConvLayout) =
+    new PatchGridEncoder(new LayerNormConvNet(channels, config.Width, layout), config.PatchSize, config.Stride)
 
 /// CPC's InfoNCE (Hénaff et al. 2019, eq. 1): each prediction scores every candidate by a dot
 /// product, and cross-entropy picks out its own target.
@@ -84,9 +84,9 @@ let cpcInfoNce (predictions: torch.Tensor) (candidates: torch.Tensor) (targets: 
     loss.MoveToOuterDisposeScope(), accuracy.MoveToOuterDisposeScope()
 
 /// One direction's context network and its predictors W_1 .. W_K (linear, no bias).
-type DirectionalPredictor(dim: int64, contextDim: int64, blocks: int, maxOffset: int) as this =
+type DirectionalPredictor(dim: int64, contextDim: int64, blocks: int, maxOffset: int, layout: SafeConv.ConvLayout) as this =
     inherit torch.nn.Module("DirectionalPredictor")
-    let context = new ContextNetwork(dim, contextDim, blocks, 3L, ContextMask.RowsAbove)
+    let context = new ContextNetwork(dim, contextDim, blocks, 3L, ContextMask.RowsAbove, layout)
     let predictors = torch.nn.ModuleList([| for _ in 1 .. maxOffset -> torch.nn.Linear(contextDim, dim, hasBias = false) |])
     do this.RegisterComponents()
 
@@ -112,9 +112,9 @@ type DirectionalPredictor(dim: int64, contextDim: int64, blocks: int, maxOffset:
         total.MoveToOuterDisposeScope(), accuracy.MoveToOuterDisposeScope()
 
 /// The context networks and predictors of every direction.
-type Predictors(directions: int, dim: int64, contextDim: int64, blocks: int, maxOffset: int) as this =
+type Predictors(directions: int, dim: int64, contextDim: int64, blocks: int, maxOffset: int, layout: SafeConv.ConvLayout) as this =
     inherit torch.nn.Module("CpcPredictors")
-    let heads = torch.nn.ModuleList([| for _ in 1 .. directions -> new DirectionalPredictor(dim, contextDim, blocks, maxOffset) |])
+    let heads = torch.nn.ModuleList([| for _ in 1 .. directions -> new DirectionalPredictor(dim, contextDim, blocks, maxOffset, layout) |])
     do this.RegisterComponents()
 
     /// z: (N, D, G, G) → mean over directions of the summed offset losses, and the mean accuracy.
@@ -128,8 +128,8 @@ type Predictors(directions: int, dim: int64, contextDim: int64, blocks: int, max
 /// The patch encoder and the predictors; one step: crop, cut the grid, augment each patch, embed, predict, InfoNCE.
 let build (ctx: Context<Config>) =
     let config = ctx.Config
-    let encoder = gridEncoder config ctx.Data.Train.Channels
-    let predictors = new Predictors(config.Directions, encoder.FeatureDim, config.ContextDim, config.ContextBlocks, config.MaxOffset)
+    let encoder = gridEncoder config ctx.Data.Train.Channels ctx.Layout
+    let predictors = new Predictors(config.Directions, encoder.FeatureDim, config.ContextDim, config.ContextBlocks, config.MaxOffset, ctx.Layout)
     let optimizers = [ optimizer "main" (Optim.adam config.Schedule) [ encoder; predictors ] ]
     ctx.Train(encoder, stepOf [ "encoder" => encoder; "predictors" => predictors ] optimizers (fun step batch ->
         let x = unitPixels ctx.Data batch step.Device
@@ -147,15 +147,11 @@ let build (ctx: Context<Config>) =
         [ "loss", step.Optimize("main", loss); "prediction_acc", float (accuracy.item<float32>()) ]))
 
 let private checkData (config: Config) (data: Data) =
-    if data.Train.Height <> data.Train.Width then
-        invalidArg "--dataset"
-            $"--dataset: CPC v2 turns the patch grid by quarter turns and needs square images, found {data.Train.Height}x{data.Train.Width}"
-    let least = config.PatchSize + int64 config.MaxOffset * config.Stride
-    if data.Train.Height < least then
-        invalidArg "--dataset" $"--dataset: CPC v2 needs images of at least {least} px for its grid, found {data.Train.Height}"
+    requireSquare "CPC v2 (its patch grid turns by quarter turns)" data
+    requireSide "CPC v2's patch grid" (config.PatchSize + int64 config.MaxOffset * config.Stride) data
 
 let spec =
     { Ssl.Experiments.Template.spec "cpc-v2" "Hénaff et al. 2019, Data-Efficient Image Recognition with Contrastive Predictive Coding"
-        selfSupervised config (fun c data -> gridEncoder c data.Train.Channels :> Encoder) (fun _ -> None)
-        (fun c -> $"PatchGrid(LayerNormConvNet{c.Width}, patch={c.PatchSize}, stride={c.Stride})") build with
+        selfSupervised config (fun config data layout -> gridEncoder config data.Train.Channels layout :> Encoder) (fun _ -> None)
+        (fun config -> $"PatchGrid(LayerNormConvNet{config.Width}, patch={config.PatchSize}, stride={config.Stride})") build with
         CheckData = checkData }

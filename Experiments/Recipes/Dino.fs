@@ -154,14 +154,13 @@ let build (ctx: Context<Config>) =
 
 let spec =
     { backboneSpec "dino" "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers (DINO)" selfSupervised config
-        (fun c -> c.Encoder) build with
-        CheckData = fun c data ->
+        (fun config -> config.Encoder) build with
+        CheckData = fun config data ->
             requireSquare "dino" data
-            if c.Schedule.BatchSize < 2 then
-                invalidArg "Schedule.BatchSize" $"Schedule.BatchSize: expected int >= 2, found {c.Schedule.BatchSize}"
-            match c.Encoder with
-            | VitTiny(p, _) when data.Train.Height % p <> 0L || c.LocalCropSize % p <> 0L ->
+            requireBatchOf 2 config.Schedule
+            match config.Encoder with
+            | VitTiny(p, _) when data.Train.Height % p <> 0L || config.LocalCropSize % p <> 0L ->
                 invalidArg "--dataset"
-                    ($"--dataset: dino on {c.Encoder} needs an image side and LocalCropSize that are multiples of the patch size {p}, "
-                     + $"found {data.Train.Height} px and LocalCropSize {c.LocalCropSize}")
+                    ($"--dataset: dino on {config.Encoder} needs an image side and LocalCropSize that are multiples of the patch size {p}, "
+                     + $"found {data.Train.Height} px and LocalCropSize {config.LocalCropSize}")
             | _ -> () }

@@ -135,11 +135,6 @@ let private run (config: Config) (families: _ list) (p: Parts) (tap: LayerTap) d
         ([ "kl", float (kl.item<float32>()); "weight_aet", ramp ]
          @ List.map2 (fun (name, _, _, _) (l: Tensor) -> $"aet_{name}", float (l.item<float32>())) families regressions)
 
-/// The run's context as MixMatch's (its config the nested one, whose Schedule the template reads); the same run, the same Own.
-let private asMixMatch (ctx: Context<Config>) : Context<MixMatch.Config> =
-    { Request = ctx.Request; Env = ctx.Env; Folder = ctx.Folder; Data = ctx.Data; Config = ctx.Config.MixMatch; Split = ctx.Split
-      NewEncoder = ctx.NewEncoder; Owned = ctx.Owned }
-
 /// The classifier, the decoders, the tap on the encoder's branch layer, the EMA copy and the step,
 /// created in the order the seeded run always has; test accuracy and the protocols read the EMA copy.
 let build (ctx: Context<Config>) =
@@ -158,11 +153,11 @@ let build (ctx: Context<Config>) =
     let decoderModules = List.map2 (fun (name, _, _, _) d -> $"decoder_{name}" => d) families decoders
     let optimizers = [ optimizer "main" (MixMatch.optimizerSpec config.MixMatch.Schedule) (List.map snd (classifier @ decoderModules)) ]
     let def = stepOf (classifier @ decoderModules @ ema.Modules) optimizers (run config families p tap decoders ema aligned)
-    { (asMixMatch ctx).TrainSemi(p, config.MixMatch.Schedule.BatchSize, { def with State = MixMatch.alignmentState aligned }) with
+    { ctx.TrainSemi(p, config.MixMatch.Schedule.BatchSize, { def with State = MixMatch.alignmentState aligned }) with
         Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head) }
 
 let spec =
     Ssl.Experiments.Template.spec "enaet"
         "Wang et al. 2019, EnAET: A Self-Trained Framework for Semi-Supervised and Supervised Learning with Ensemble Transformations"
-        semiSupervised config (fun config data -> MixMatch.encoder config.MixMatch data.Train.Channels) (fun config -> Some config.MixMatch.Encoder)
+        semiSupervised config (fun config data layout -> MixMatch.encoder config.MixMatch data.Train.Channels layout) (fun config -> Some config.MixMatch.Encoder)
         (fun config -> name config.MixMatch.Encoder) build

@@ -15,22 +15,6 @@ open Ssl.Core.Models
 open Ssl.Core.Transforms
 open Ssl.Experiments
 
-/// The triplet losses (Config.Triplet), both on L2-normalised embeddings. `BatchHard`: S4L's
-/// (google-research/s4l semi_supervised/exemplar.py; Core's Triplet.batchHardSoftMargin).
-/// `SemiHard`: Kolesnikov, Zhai & Beyer 2019's (google/revisiting-self-supervised
-/// self_supervision/exemplar.py, margin 0.5; Core's Triplet.semiHard).
-type TripletForm =
-    | BatchHard
-    | SemiHard
-
-/// The triplet loss `form` names, on L2-normalised `embeddings` (N, D) whose rows with equal
-/// `sources` (N) are copies of one image; `margin` is the semi-hard loss's (batch-hard has a soft
-/// margin). Exemplar and S4L-Exemplar both select their loss here.
-let tripletLoss (form: TripletForm) (margin: float) (embeddings: torch.Tensor) (sources: torch.Tensor) =
-    match form with
-    | BatchHard -> Triplet.batchHardSoftMargin embeddings sources
-    | SemiHard -> Triplet.semiHard margin embeddings sources
-
 /// S4L-Exemplar's choices (Sec. 3.1 and 4: 8 copies per image, a triplet loss on a 1000-d
 /// representation, SGD with momentum); cosine decay with one warm-up epoch like the other recipes.
 type Config =
@@ -38,7 +22,8 @@ type Config =
       Encoder: Backbone
       [<Range(1.0)>] Copies: int
       [<Range(1.0)>] EmbeddingDim: int64
-      Triplet: TripletForm
+      /// BatchHard (S4L's) or SemiHard (Kolesnikov et al. 2019's), Core's Triplet.Form.
+      Triplet: Triplet.Form
       /// The semi-hard loss's margin (on squared distances of unit vectors).
       [<Range(0.0)>] Margin: float
       CropScale: float * float
@@ -56,7 +41,7 @@ type Config =
 /// (the engine's images_per_s counts source images, not views); `smoke`: one epoch of the smoke subset.
 let config preset =
     let paper =
-        { Encoder = SmallConvNet 32L; Copies = 8; EmbeddingDim = 1000L; Triplet = SemiHard; Margin = 0.5; CropScale = (0.2, 1.0)
+        { Encoder = SmallConvNet 32L; Copies = 8; EmbeddingDim = 1000L; Triplet = Triplet.SemiHard; Margin = 0.5; CropScale = (0.2, 1.0)
           RotationDegrees = 20.0; Brightness = 0.4; Contrast = 0.4; FlipProbability = 0.5; Probe = Probe.Branch 3L
           Schedule = { Epochs = 100; BatchSize = 64; LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 1.0 } }
     let small = { paper with Encoder = SmallConvNet 16L; Schedule = { paper.Schedule with BatchSize = 32 } }
@@ -89,9 +74,9 @@ let build (ctx: Context<Config>) =
         let views = augment config ctx.Data step.Generator (pixels.repeat(copies, 1L, 1L, 1L))
         let sources = torch.arange(count, dtype = torch.ScalarType.Int64, device = step.Device).repeat(copies)
         let embeddings = torch.nn.functional.normalize(projection.forward(encoder.forward views), dim = 1L)
-        let loss = tripletLoss config.Triplet config.Margin embeddings sources
+        let loss = Triplet.ofForm config.Triplet config.Margin embeddings sources
         [ "loss", step.Optimize("main", loss); "copy_retrieval_acc", Triplet.nearestSameLabel embeddings sources ]))
 
 let spec =
     backboneSpec "exemplar" "Dosovitskiy et al. 2014, Exemplar CNN; triplet form of S4L-Exemplar, Zhai et al. 2019"
-        selfSupervised config (fun c -> c.Encoder) build
+        selfSupervised config (fun config -> config.Encoder) build

@@ -59,8 +59,9 @@ let config preset =
     | Quick -> { paper with Encoder = SmallConvNet 16L; BatchNormMomentum = 0.01; EmaMomentum = 0.99; Schedule = { paper.Schedule with Epochs = 10 } }
     | Paper -> paper
 
-/// The encoder of a config: its Backbone with the config's batch-norm momentum.
-let encoder (config: Config) (channels: int64) : Encoder = instantiate (Some config.BatchNormMomentum) channels config.Encoder
+/// The encoder of a config: its Backbone with the config's batch-norm momentum, convolutions in `layout`.
+let encoder (config: Config) (channels: int64) (layout: SafeConv.ConvLayout) : Encoder =
+    instantiate layout (Some config.BatchNormMomentum) channels config.Encoder
 
 /// SGD with Nesterov momentum 0.9. The paper decays the rate as cos(7πk / 16K); OptimizerSpec's
 /// schedule is the half cosine ½(1 + cos(πk/K)) to a floor, so we use it with the floor cos(7π/16)
@@ -137,4 +138,5 @@ let build (ctx: Context<Config>) =
 
 let spec =
     Ssl.Experiments.Template.spec "fixmatch" "Sohn et al. 2020, FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence"
-        semiSupervised config (fun c data -> encoder c data.Train.Channels) (fun c -> Some c.Encoder) (fun c -> name c.Encoder) build
+        semiSupervised config (fun config data layout -> encoder config data.Train.Channels layout) (fun config -> Some config.Encoder)
+        (fun config -> name config.Encoder) build

@@ -55,8 +55,8 @@ let build (ctx: Context<Config>) =
     let head = new MlpHead(encoder.FeatureDim, encoder.FeatureDim, config.ProjectionDim)
     let optimizers = [ optimizer "main" (Optim.lars config.Schedule 0.001) [ encoder; head ] ]
     ctx.Train(encoder, stepOf [ "encoder" => encoder; "head" => head ] optimizers (fun step batch ->
-        let x = unitPixels ctx.Data batch step.Device
-        let views = torch.cat([| view config.Augmentation ctx.Data step.Generator x; view config.Augmentation ctx.Data step.Generator x |], 0L)
+        let v1, v2 = twoViews config.Augmentation ctx.Data step batch
+        let views = torch.cat([| v1; v2 |], 0L)
         let embed (v: torch.Tensor) = head.forward (encoder.forward v)
         let z = Contrastive.normalize (shuffledPerGroup config.Groups step.Generator embed views)
         let n = int64 batch.Length
@@ -70,4 +70,4 @@ let build (ctx: Context<Config>) =
 
 let spec =
     backboneSpec "infonce" "van den Oord et al. 2018 (InfoNCE) in SimCLR's in-batch form, Chen et al. 2020"
-        selfSupervised config (fun c -> c.Encoder) build
+        selfSupervised config (fun config -> config.Encoder) build

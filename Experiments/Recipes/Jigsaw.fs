@@ -49,14 +49,6 @@ let config preset =
     | Quick -> { small with Schedule.Epochs = 5 }
     | Paper -> paper
 
-/// Each tile standardised on its own (Sec. 3.2). tiles: (M, C, t, t) → same shape; a flat tile
-/// (the garment's empty background) stays flat instead of amplifying float noise.
-let normaliseTiles (tiles: torch.Tensor) =
-    use scope = torch.NewDisposeScope()
-    let mean = tiles.mean([| 1L; 2L; 3L |], keepdim = true)
-    let std = tiles.std([| 1L; 2L; 3L |], keepdim = true)
-    ((tiles - mean) / std.clamp_min(1e-2)).MoveToOuterDisposeScope()
-
 /// The permutation set (its own generator: no draw from the seeded global one), the tile encoder
 /// and the classifier. A step: a puzzle per image, the nine tiles through the shared encoder in one
 /// batch, their features concatenated in the shuffled order and classified into the permutation
@@ -74,7 +66,7 @@ let build (ctx: Context<Config>) =
             let tiles, labels = Patches.jigsaw permutations config.CellSize config.TileSize step.Generator x
             let count = tiles.shape[0]
             let flat = tiles.view(count * 9L, tiles.shape[2], tiles.shape[3], tiles.shape[4])
-            let logits = classifier.forward(encoder.forward(normaliseTiles flat).view(count, -1L))
+            let logits = classifier.forward(encoder.forward(Patches.normaliseTiles flat).view(count, -1L))
             let loss = torch.nn.functional.cross_entropy(logits, labels)
             [ "loss", step.Optimize("main", loss); "permutation_acc", accuracy logits labels ])
     { ctx.Train(encoder, def) with
@@ -84,10 +76,5 @@ let build (ctx: Context<Config>) =
 
 let spec =
     { backboneSpec "jigsaw" "Noroozi & Favaro 2016, Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles"
-        selfSupervised config (fun c -> c.Encoder) build with
-        CheckData = fun config data ->
-            let needed = 3L * config.CellSize
-            if data.Train.Height < needed || data.Train.Width < needed then
-                invalidArg "--dataset"
-                    ($"--dataset: jigsaw with {config.CellSize}-pixel cells needs images of at least {needed}x{needed}, "
-                     + $"found {data.Train.Height}x{data.Train.Width}") }
+        selfSupervised config (fun config -> config.Encoder) build with
+        CheckData = fun config data -> requireSide $"jigsaw with {config.CellSize}-pixel cells" (3L * config.CellSize) data }

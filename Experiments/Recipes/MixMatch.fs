@@ -61,8 +61,9 @@ let config preset =
                      Schedule = { paper.Schedule with Epochs = 9 } }
     | Paper -> paper
 
-/// The encoder of a config: its Backbone with the config's batch-norm momentum.
-let encoder (config: Config) (channels: int64) : Encoder = instantiate (Some config.BatchNormMomentum) channels config.Encoder
+/// The encoder of a config: its Backbone with the config's batch-norm momentum, convolutions in `layout`.
+let encoder (config: Config) (channels: int64) (layout: SafeConv.ConvLayout) : Encoder =
+    instantiate layout (Some config.BatchNormMomentum) channels config.Encoder
 
 /// The optimiser of the paper: Adam, constant rate, decoupled weight decay on weights.
 let optimizerSpec (schedule: TrainingSchedule) =
@@ -186,4 +187,5 @@ let build (ctx: Context<Config>) =
 
 let spec =
     Ssl.Experiments.Template.spec "mixmatch" "Berthelot et al. 2019, MixMatch: A Holistic Approach to Semi-Supervised Learning"
-        semiSupervised config (fun c data -> encoder c data.Train.Channels) (fun c -> Some c.Encoder) (fun c -> name c.Encoder) build
+        semiSupervised config (fun config data layout -> encoder config data.Train.Channels layout) (fun config -> Some config.Encoder)
+        (fun config -> name config.Encoder) build

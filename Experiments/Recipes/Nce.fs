@@ -131,4 +131,4 @@ let build (ctx: Context<Config>) =
 
 let spec =
     backboneSpec "nce" "Wu et al. 2018, Unsupervised Feature Learning via Non-Parametric Instance Discrimination"
-        selfSupervised config (fun c -> c.Encoder) build
+        selfSupervised config (fun config -> config.Encoder) build

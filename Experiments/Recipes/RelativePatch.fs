@@ -63,13 +63,10 @@ let build (ctx: Context<Config>) =
 
 /// Images large enough for the 3 x 3 grid with its gaps and jitter.
 let checkData (config: Config) (data: Data) =
-    let needed = 3L * config.PatchSize + 2L * config.Gap + 2L * config.Jitter
-    if data.Train.Height < needed || data.Train.Width < needed then
-        invalidArg "--dataset"
-            ($"--dataset: relative-patch with {config.PatchSize}-pixel patches, gap {config.Gap} and jitter {config.Jitter} "
-             + $"needs images of at least {needed}x{needed}, found {data.Train.Height}x{data.Train.Width}")
+    let what = $"relative-patch with {config.PatchSize}-pixel patches, gap {config.Gap} and jitter {config.Jitter}"
+    requireSide what (3L * config.PatchSize + 2L * config.Gap + 2L * config.Jitter) data
 
 let spec =
     { backboneSpec "relative-patch" "Doersch et al. 2015, Unsupervised Visual Representation Learning by Context Prediction"
-        selfSupervised config (fun c -> c.Encoder) build with
+        selfSupervised config (fun config -> config.Encoder) build with
         CheckData = checkData }

@@ -49,5 +49,5 @@ let build (ctx: Context<Config>) =
 
 let spec =
     { backboneSpec "rotnet" "Gidaris et al. 2018, Unsupervised Representation Learning by Predicting Image Rotations"
-        selfSupervised config (fun c -> c.Encoder) build with
+        selfSupervised config (fun config -> config.Encoder) build with
         CheckData = fun _ data -> requireSquare "RotNet" data }

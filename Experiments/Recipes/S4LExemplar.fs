@@ -9,6 +9,7 @@
 module Ssl.Experiments.Recipes.S4LExemplar
 
 open TorchSharp
+open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Core.Transforms
 open Ssl.Experiments
@@ -30,8 +31,8 @@ type Config =
       [<Range(1.0)>] EmbeddingDim: int64
       /// w of eq. 1.
       [<Range(0.0)>] TripletWeight: float
-      /// BatchHard (S4L's code) or SemiHard (Exemplar.TripletForm).
-      Triplet: Exemplar.TripletForm
+      /// BatchHard (S4L's code) or SemiHard (Core's Triplet.Form).
+      Triplet: Triplet.Form
       /// Margin of the semi-hard loss.
       [<Range(0.0)>] Margin: float
       /// Area range of the crop: (0.25, 1) where the paper's (0.05, 1), as a 5% crop of a 28 px garment shows little of it.
@@ -45,13 +46,13 @@ type Config =
 let config preset =
     let quick =
         { Encoder = SmallConvNet 16L; UnlabelledBatch = 24; Copies = 8; EmbeddingDim = 128L; TripletWeight = 1.0
-          Triplet = Exemplar.SemiHard; Margin = 0.5; CropScale = (0.25, 1.0); FlipProbability = 0.5
+          Triplet = Triplet.SemiHard; Margin = 0.5; CropScale = (0.25, 1.0); FlipProbability = 0.5
           Schedule = { Epochs = 1; BatchSize = 24; LearningRate = 0.1; WeightDecay = 5e-4; WarmupEpochs = 0.05 } }
     match preset with
     | Smoke -> { quick with UnlabelledBatch = 32; Copies = 4; Schedule = { quick.Schedule with BatchSize = 32 } }
     | Quick -> quick
     | Paper ->
-        { quick with Encoder = SmallConvNet 32L; UnlabelledBatch = 256; Triplet = Exemplar.BatchHard
+        { quick with Encoder = SmallConvNet 32L; UnlabelledBatch = 256; Triplet = Triplet.BatchHard
                      Schedule = { quick.Schedule with Epochs = 30; BatchSize = 256 } }
 
 /// One step: `Copies` augmented copies of every labelled and unlabelled image through the encoder at
@@ -77,7 +78,7 @@ let private run (config: Config) (p: Parts) (embeddingHead: LinearHead) (step: S
     let embeddings = torch.nn.functional.normalize(embeddingHead.forward features, dim = 1L)
     let triplet (rows: torch.Tensor) =
         let instances = torch.arange((rows.shape[0] / copies).ToScalar(), device = step.Device).repeat_interleave(copies, dim = 0L)
-        Exemplar.tripletLoss config.Triplet config.Margin rows instances
+        Triplet.ofForm config.Triplet config.Margin rows instances
     let tripletLoss = (triplet (embeddings.narrow(0L, 0L, nl)) + triplet (embeddings.narrow(0L, nl, embeddings.shape[0] - nl))) / 2.0
     let classLoss = torch.nn.functional.cross_entropy(classLogits, y)
     let value = step.Optimize("main", classLoss + config.TripletWeight * tripletLoss)
@@ -95,4 +96,4 @@ let build (ctx: Context<Config>) =
 
 let spec =
     backboneSpec "s4l-exemplar" "Zhai et al. 2019, S4L: Self-Supervised Semi-Supervised Learning (S4L-Exemplar)"
-        semiSupervised config (fun c -> c.Encoder) build
+        semiSupervised config (fun config -> config.Encoder) build

@@ -77,5 +77,5 @@ let build (ctx: Context<Config>) =
 
 let spec =
     { backboneSpec "s4l-rotation" "Zhai et al. 2019, S4L: Self-Supervised Semi-Supervised Learning (S4L-Rotation)"
-        semiSupervised config (fun c -> c.Encoder) build with
+        semiSupervised config (fun config -> config.Encoder) build with
         CheckData = fun _ data -> requireSquare "S4L-Rotation" data }

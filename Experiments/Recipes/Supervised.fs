@@ -32,4 +32,4 @@ let build (ctx: Context<Config>) =
 
 let spec =
     backboneSpec "supervised" "supervised baseline (cross-entropy; SGD + Nesterov, cosine)"
-        { selfSupervised with SupervisedOnly = OwnResult } config (fun c -> c.Encoder) build
+        { selfSupervised with SupervisedOnly = OwnResult } config (fun config -> config.Encoder) build
