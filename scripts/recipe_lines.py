@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Per recipe file: non-blank lines, comment lines and their share of all lines; then the median.
+"""Per recipe file: non-blank lines, comment lines and their share of them; then the median.
 
 A recipe should read in a minute: the median recipe file stays under 80 non-blank lines and no
 recipe's comments exceed a third of its lines (trial histories go to docs/experiments/<method>.md).
@@ -15,7 +15,7 @@ for path in sorted(folder.glob("*.fs")):
     every = path.read_text(encoding="utf-8").splitlines()
     lines = [line for line in every if line.strip()]
     comments = sum(1 for line in lines if line.lstrip().startswith("//"))
-    rows.append((path.name, len(lines), comments, len(every)))
+    rows.append((path.name, len(lines), comments, len(lines)))
 
 print(f"{'recipe file':<22} {'lines':>6} {'comments':>9} {'share':>6}")
 for name, total, comments, every in rows:

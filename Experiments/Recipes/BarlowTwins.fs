@@ -1,7 +1,6 @@
-/// Barlow Twins: self-supervised learning via redundancy reduction (Zbontar, Jing, Misra, LeCun & Deny, ICML 2021).
-/// Two views go through one encoder and projector; the cross-correlation of their batch-standardised embeddings is
-/// driven to the identity (eq. 1-2; Core's Siamese.barlowTwins): no negatives, no predictor, no momentum encoder, no
-/// stop-gradient. Measured runs: docs/experiments/barlow-twins.md.
+/// Barlow Twins: self-supervised learning via redundancy reduction (Zbontar, Jing, Misra, LeCun & Deny, ICML 2021). Two views
+/// go through one encoder and projector; the cross-correlation of their batch-standardised embeddings is driven to the identity
+/// (eq. 1-2; Core's Siamese.barlowTwins): no negatives, predictor, momentum encoder or stop-gradient. docs/experiments/barlow-twins.md.
 module Ssl.Experiments.Recipes.BarlowTwins
 
 open TorchSharp
@@ -9,35 +8,33 @@ open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Experiments
 
-/// The paper's settings (Sec. 4 "Implementation details"): a projector of three linear layers of
-/// 8,192 units, batch norm and ReLU after the first two; λ = 5e-3; LARS at 0.2 for weights and
-/// 0.0048 for biases and batch norm, cosine decay after 10 warm-up epochs, weight decay 1.5e-6,
-/// batch 2,048, 1,000 epochs; BYOL's augmentation.
+/// The paper's settings (Sec. 4 "Implementation details"): a projector of three linear layers of 8,192 units, batch norm and ReLU
+/// after the first two; λ = 5e-3; LARS at 0.2 for weights and 0.0048 for biases and batch norm, cosine decay after 10 warm-up
+/// epochs, weight decay 1.5e-6, batch 2,048, 1,000 epochs; BYOL's augmentation.
 type Config =
     { /// The paper's is ResNet-50; `paper` takes ResNet-18 in its CIFAR form; quick and smoke SmallConvNet.
       Encoder: Backbone
       /// Width D of the projector's three layers (its output is the embedding the loss reads).
       [<Range(1.0)>] ProjectionDim: int64
-      /// λ, the off-diagonal weight. Uncorrelated dimensions give an off-diagonal sum of about
-      /// D(D − 1)/N against D diagonal terms, so the terms' balance is λ(D − 1)/N: the paper's 5e-3
-      /// at D = 8,192, N = 2,048 holds unchanged wherever D/N = 4 (quick: 1,024 over 256).
+      /// λ, the off-diagonal weight. Uncorrelated dimensions give an off-diagonal sum of about D(D − 1)/N against D diagonal
+      /// terms, so the terms' balance is λ(D − 1)/N: the paper's 5e-3 at D = 8,192, N = 2,048 holds unchanged wherever D/N = 4
+      /// (quick: 1,024 over 256).
       [<Range(0.0)>] OffDiagonalWeight: float
-      /// The loss is multiplied by this. Under LARS the weights' steps ignore it and the biases' and
-      /// batch norms' (not LARS-adapted) scale with it: 0.024 turns one rate of 0.2 into the paper's
-      /// 0.2 and 0.0048 (its first code's --scale-loss 0.024).
+      /// The loss's factor: LARS's weight steps ignore it, the biases' and batch norms' scale with it, so 0.024 turns one
+      /// rate of 0.2 into the paper's 0.2 and 0.0048 (its first code's --scale-loss 0.024).
       [<Range(0.0)>] LossScale: float
       Schedule: TrainingSchedule
-      /// LARS's trust coefficient η (You et al. 2017, Alg. 1; the paper's 0.001): a weight moves by about lr · η of its norm a step.
+      /// LARS's trust coefficient η (You et al. 2017, Alg. 1; the paper's 0.001): a weight moves by about lr · η of its norm.
       [<Range(0.0)>] LarsEta: float
       Augmentation: Augmentation
-      /// The output, the paper's representation; quick reads SmallConvNet's block 3 pooled 2 x 2 (256-d) as BYOL's quick
-      /// does, its random-init baseline too (docs/experiments/barlow-twins.md, "The probe's layer").
+      /// The output, the paper's representation; quick reads SmallConvNet's block 3 pooled 2 x 2 (256-d) as BYOL's quick does,
+      /// its random-init baseline too (docs/experiments/barlow-twins.md, "The probe's layer").
       Probe: Probe }
 
-/// `paper`: ResNet-18 (512-d features), D = 2,048 at batch 512 (D/N = 4 as the paper) for 800 epochs (solo-learn's
-/// CIFAR budget). `quick`: SmallConvNet-16, D = 1,024, batch 256 (D/N = 4), one warm-up epoch of ten, 10 epochs
-/// (SimSiam's budget on 2 cores), LARS at lr 1.0 with η = 0.02 (solo-learn's CIFAR η): the paper's 0.2 · 0.001 = 2e-4
-/// of a weight's norm a step suits its 1,000 epochs, not 1% of its steps (docs/experiments/barlow-twins.md). `smoke`: one epoch.
+/// `paper`: ResNet-18 (512-d features), D = 2,048 at batch 512 (D/N = 4 as the paper) for 800 epochs (solo-learn's CIFAR budget).
+/// `quick`: SmallConvNet-16, D = 1,024, batch 256 (D/N = 4), one warm-up epoch of ten, 10 epochs (SimSiam's budget on 2 cores),
+/// LARS at lr 1.0 with η = 0.02 (solo-learn's CIFAR η): the paper's 0.2 · 0.001 = 2e-4 of a weight's norm a step suits its 1,000
+/// epochs, not 1% of its steps (docs/experiments/barlow-twins.md). `smoke`: one epoch.
 let config preset =
     let paper =
         { Encoder = ResNet18; ProjectionDim = 2048L; OffDiagonalWeight = 5e-3; LossScale = 0.024; LarsEta = 0.001
@@ -52,8 +49,8 @@ let config preset =
                      Schedule = { small.Schedule with Epochs = 10; LearningRate = 1.0 } }
     | Paper -> paper
 
-/// One step (the paper's Algorithm 1): z = g(f(v)) for two views, L = scale · BT(z¹, z²); logged:
-/// C's diagonal mean and off-diagonal root mean square, read from the same C without its graph.
+/// One step (the paper's Algorithm 1): z = g(f(v)) for two views, L = scale · BT(z¹, z²); logged: C's diagonal mean
+/// (invariance, → 1) and off-diagonal root mean square (redundancy, → 0).
 let build (ctx: Context<Config>) =
     let config = ctx.Config
     let encoder = ctx.NewEncoder()

@@ -1,25 +1,23 @@
-/// CPC v2: data-efficient image recognition with contrastive predictive coding (Hénaff, Srinivas,
-/// De Fauw, Razavi, Doersch, Eslami & van den Oord 2019). Each image is cut into an overlapping
-/// grid of patches (Core's `Patches.patchGrid`); a patch encoder maps every patch to a mean-pooled
-/// vector z_{i,j}; a masked (PixelCNN-style) context network over the grid gives contexts c_{i,j}
-/// that see only the rows above and including row i (Core's `ContextNetwork` with `RowsAbove`: its
-/// output one row further down); a linear map per offset predicts the patch k rows below,
-/// ẑ_{i+k,j} = W_k c_{i,j} (Sec. 2.1), and InfoNCE tells the true z_{i+k,j} from the other patches
-/// of the batch, those of the same image at other positions and those of every other image (eq. 1:
-/// -log exp(ẑ·z_{i+k,j}) / Σ_l exp(ẑ·z_l), dot products without temperature, the candidates l
-/// being every patch of the batch, the true one included).
+/// CPC v2: data-efficient image recognition with contrastive predictive coding (Hénaff, Srinivas, De Fauw, Razavi,
+/// Doersch, Eslami & van den Oord 2019). Each image is cut into an overlapping grid of patches (Core's
+/// `Patches.patchGrid`); a patch encoder maps every patch to a mean-pooled vector z_{i,j}; a masked (PixelCNN-style)
+/// context network over the grid gives contexts c_{i,j} that see only the rows above and including row i (Core's
+/// `ContextNetwork` with `RowsAbove`: its output one row further down); a linear map per offset predicts the patch k
+/// rows below, ẑ_{i+k,j} = W_k c_{i,j} (Sec. 2.1), and InfoNCE tells the true z_{i+k,j} from the other patches of the
+/// batch, those of the same image at other positions and those of every other image (eq. 1: -log exp(ẑ·z_{i+k,j}) /
+/// Σ_l exp(ẑ·z_l), dot products without temperature, the candidates l being every patch of the batch, the true one
+/// included).
 ///
-/// The v2 changes of Sec. 3 that apply at this scale: layer normalisation in the patch encoder
-/// (Core's `LayerNormConvNet`; batch norm would let the patches of one image, encoded in one batch,
-/// share statistics, a path around the context's receptive field); predictions in several
-/// directions, each with its own context network and predictors (here the grid turned by quarter
-/// turns, so "k rows below" becomes k rows above, left and right); patch-wise augmentation, each
-/// patch flipped and jittered independently (colour dropping does not apply to one grey channel:
-/// brightness and contrast jitter per patch take its place). Model capacity (ResNet-161) does not.
+/// The v2 changes of Sec. 3 that apply at this scale: layer normalisation in the patch encoder (Core's
+/// `LayerNormConvNet`; batch norm would let the patches of one image, encoded in one batch, share statistics, a path
+/// around the context's receptive field); predictions in several directions, each with its own context network and
+/// predictors (here the grid turned by quarter turns, so "k rows below" becomes k rows above, left and right);
+/// patch-wise augmentation, each patch flipped and jittered independently (colour dropping does not apply to one grey
+/// channel: brightness and contrast jitter per patch take its place). Model capacity (ResNet-161) does not.
 ///
-/// The evaluated encoder is `PatchGridEncoder`: the patch encoder's features mean-pooled over the
-/// same grid of an image (Sec. 4.1's linear classification reads the mean-pooled patch features);
-/// its random-initialised twin is the random-init baseline. Measured runs: docs/experiments/cpc-v2.md.
+/// The evaluated encoder is `PatchGridEncoder`: the patch encoder's features mean-pooled over the same grid of an
+/// image (Sec. 4.1's linear classification reads the mean-pooled patch features); its random-initialised twin is the
+/// random-init baseline. Measured runs: docs/experiments/cpc-v2.md.
 module Ssl.Experiments.Recipes.CpcV2
 
 open TorchSharp
@@ -27,15 +25,14 @@ open Ssl.Core.Models
 open Ssl.Core.Transforms
 open Ssl.Experiments
 
-/// The paper's ImageNet setting: 64-px patches at stride 32 of 256-px images (a 7 x 7 grid, see
-/// `Patches.patchGrid`), predictions up to 5 rows ahead in 4 directions. Scaled to 28 x 28 grey
-/// images: 8-px patches at stride 5 (a 5 x 5 grid that covers the image exactly, overlap 3 px, the
-/// paper's patch-to-image ratio 1/4 to 2/7), predictions 1-2 rows ahead (the 5-row horizon of a 7-row
-/// grid is 3 rows past its middle; 2 rows is the same share of a 5-row grid), context network of 3
-/// residual blocks so the last row used sees every row above. Adam (as the paper) at 1e-3 for the
-/// short schedules here; batch 32 images = 800 patches, each prediction against 800 candidates.
-/// Forward cost per image: patch encoder 25 x 377,856 = 9.4 M multiply-adds; InfoNCE logits
-/// 4 directions x (20 + 15 predictions) x 800 candidates x 64 = 7.2 M (they grow with the batch).
+/// The paper's ImageNet setting: 64-px patches at stride 32 of 256-px images (a 7 x 7 grid, see `Patches.patchGrid`),
+/// predictions up to 5 rows ahead in 4 directions. Scaled to 28 x 28 grey images: 8-px patches at stride 5 (a 5 x 5
+/// grid that covers the image exactly, overlap 3 px, the paper's patch-to-image ratio 1/4 to 2/7), predictions 1-2
+/// rows ahead (the 5-row horizon of a 7-row grid is 3 rows past its middle; 2 rows is the same share of a 5-row
+/// grid), context network of 3 residual blocks so the last row used sees every row above. Adam (as the paper) at 1e-3
+/// for the short schedules here; batch 32 images = 800 patches, each prediction against 800 candidates. Forward cost
+/// per image: patch encoder 25 x 377,856 = 9.4 M multiply-adds; InfoNCE logits 4 directions x (20 + 15 predictions) x
+/// 800 candidates x 64 = 7.2 M (they grow with the batch).
 type Config =
     { /// LayerNormConvNet base width (features 4w); the paper's is ResNet-161.
       [<Range(1.0)>] Width: int64
@@ -55,9 +52,9 @@ type Config =
       [<Range(0.0)>] PatchJitter: float
       [<Range(0.0, 1.0)>] PatchFlipProbability: float }
 
-/// `quick`: width 16 (64-d patch features) for 3 epochs (180,000 images, 4.5 M patches), 12 minutes
-/// in all on 2 cores (every protocol encodes 25 patches per image). `paper`: the same geometry at
-/// width 32 for 200 epochs; `smoke`: one epoch on the smoke subset.
+/// `quick`: width 16 (64-d patch features) for 3 epochs (180,000 images, 4.5 M patches), 12 minutes in all on 2 cores
+/// (every protocol encodes 25 patches per image). `paper`: the same geometry at width 32 for 200 epochs; `smoke`: one
+/// epoch on the smoke subset.
 let config preset =
     let quick =
         { Width = 16L; PatchSize = 8L; Stride = 5L; MaxOffset = 2; Directions = 4; ContextDim = 64L; ContextBlocks = 3
@@ -71,11 +68,10 @@ let config preset =
 let private gridEncoder (config: Config) (channels: int64) (layout: SafeConv.ConvLayout) =
     new PatchGridEncoder(new LayerNormConvNet(channels, config.Width, layout), config.PatchSize, config.Stride)
 
-/// CPC's InfoNCE (Hénaff et al. 2019, eq. 1): each prediction scores every candidate by a dot
-/// product, and cross-entropy picks out its own target.
-/// `predictions: (P, D)`; `candidates: (M, D)`; `targets: (P)` int64 row of each prediction's true
-/// patch in `candidates`. Result: scalar (mean over P), and the share of predictions whose best
-/// candidate is the true one.
+/// CPC's InfoNCE (Hénaff et al. 2019, eq. 1): each prediction scores every candidate by a dot product, and
+/// cross-entropy picks out its own target. `predictions: (P, D)`; `candidates: (M, D)`; `targets: (P)` int64 row of
+/// each prediction's true patch in `candidates`. Result: scalar (mean over P), and the share of predictions whose
+/// best candidate is the true one.
 let cpcInfoNce (predictions: torch.Tensor) (candidates: torch.Tensor) (targets: torch.Tensor) =
     use scope = torch.NewDisposeScope()
     let logits = predictions.mm(candidates.t())
@@ -90,9 +86,9 @@ type DirectionalPredictor(dim: int64, contextDim: int64, blocks: int, maxOffset:
     let predictors = torch.nn.ModuleList([| for _ in 1 .. maxOffset -> torch.nn.Linear(contextDim, dim, hasBias = false) |])
     do this.RegisterComponents()
 
-    /// z: (N, D, G, G) embeddings, already turned so that "ahead" is "below" → summed loss over the
-    /// offsets and the mean accuracy. The context covering rows ≤ i is the network's output at row
-    /// i + 1, so offset k pairs output rows 1 .. G-k with target rows k .. G-1.
+    /// z: (N, D, G, G) embeddings, already turned so that "ahead" is "below" → summed loss over the offsets and the
+    /// mean accuracy. The context covering rows ≤ i is the network's output at row i + 1, so offset k pairs output
+    /// rows 1 .. G-k with target rows k .. G-1.
     member _.Loss(z: torch.Tensor) =
         use scope = torch.NewDisposeScope()
         let n, d, gh, gw = z.shape[0], z.shape[1], z.shape[2], z.shape[3]

@@ -1,12 +1,11 @@
-/// InfoNCE with in-batch negatives: two augmented views of each image, one the query and one the
-/// key, and every other image's views in the batch as negatives. The loss is InfoNCE (van den Oord,
-/// Li & Vinyals 2018, "Representation Learning with Contrastive Predictive Coding", eq. 4) in the
-/// symmetric NT-Xent form of SimCLR (Chen, Kornblith, Norouzi & Hinton 2020, "A Simple Framework
-/// for Contrastive Learning of Visual Representations", eq. 1): 2N embeddings, each one's positive
-/// the other view of its image, 2N − 2 negatives. SimCLR's MLP projection head (Sec. 2.1) sits on
-/// the encoder; the representation evaluated is the encoder's, before the head (Sec. 4.2).
-/// Unlike MoCo, the dictionary is the current batch, encoded by the same network with gradients,
-/// so it is consistent but only as large as the batch. Measured runs: docs/experiments/infonce.md.
+/// InfoNCE with in-batch negatives: two augmented views of each image, one the query and one the key, and every other
+/// image's views in the batch as negatives. The loss is InfoNCE (van den Oord, Li & Vinyals 2018, "Representation
+/// Learning with Contrastive Predictive Coding", eq. 4) in the symmetric NT-Xent form of SimCLR (Chen, Kornblith,
+/// Norouzi & Hinton 2020, "A Simple Framework for Contrastive Learning of Visual Representations", eq. 1): 2N
+/// embeddings, each one's positive the other view of its image, 2N − 2 negatives. SimCLR's MLP projection head (Sec.
+/// 2.1) sits on the encoder; the representation evaluated is the encoder's, before the head (Sec. 4.2). Unlike MoCo,
+/// the dictionary is the current batch, encoded by the same network with gradients, so it is consistent but only as
+/// large as the batch. Measured runs: docs/experiments/infonce.md.
 module Ssl.Experiments.Recipes.InfoNce
 
 open TorchSharp
@@ -14,9 +13,9 @@ open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Experiments
 
-/// SimCLR's CIFAR-10 settings (App. B.9: ResNet-50 adapted to 32 px, batch 256 to 4,096, LARS,
-/// learning rate 0.3 · B/256, weight decay 1e-6, 10 warm-up epochs, cosine decay; τ = 0.5 best on
-/// CIFAR-10, Table 5/B.2) and its augmentation (random resized crop, flip, colour distortion; no blur).
+/// SimCLR's CIFAR-10 settings (App. B.9: ResNet-50 adapted to 32 px, batch 256 to 4,096, LARS, learning rate 0.3 ·
+/// B/256, weight decay 1e-6, 10 warm-up epochs, cosine decay; τ = 0.5 best on CIFAR-10, Table 5/B.2) and its
+/// augmentation (random resized crop, flip, colour distortion; no blur).
 type Config =
     { /// SimCLR's is ResNet-50; `paper` takes ResNet-18 in its CIFAR form (solo-learn's and
       /// lightly's CIFAR tables); quick and smoke SmallConvNet.
@@ -26,15 +25,15 @@ type Config =
       [<Range(0.0)>] Temperature: float
       /// LARS with η = 0.001 (You et al. 2017, Alg. 1), warm-up then cosine decay.
       Schedule: TrainingSchedule
-      /// Batch-norm groups: the 2N views are shuffled across this many equal groups, each normalised
-      /// with its own statistics (Views.shuffledPerGroup). 1 is SimCLR's global batch norm (Sec. 2.2).
+      /// Batch-norm groups: the 2N views are shuffled across this many equal groups, each normalised with its own
+      /// statistics (Views.shuffledPerGroup). 1 is SimCLR's global batch norm (Sec. 2.2).
       [<Range(1.0)>] Groups: int
       Augmentation: Augmentation }
 
 /// `paper`: ResNet-18 with the CIFAR-10 settings for 500 epochs at batch 512 (SimCLR's 1,000 at 4,096 are a TPU
-/// budget), global batch norm. `quick` (15 minutes on 2 cores): SmallConvNet-16, batch 256 (512
-/// views) in 16 shuffled batch-norm groups of 32 views (faster on a CPU than one 512-view batch),
-/// LARS at learning rate 1.0 with half an epoch of warm-up, 10 epochs. `smoke`: one epoch.
+/// budget), global batch norm. `quick` (15 minutes on 2 cores): SmallConvNet-16, batch 256 (512 views) in 16 shuffled
+/// batch-norm groups of 32 views (faster on a CPU than one 512-view batch), LARS at learning rate 1.0 with half an
+/// epoch of warm-up, 10 epochs. `smoke`: one epoch.
 let config preset =
     let paper =
         { Encoder = ResNet18; ProjectionDim = 128L; Temperature = 0.5; Groups = 1
