@@ -219,7 +219,7 @@ let tests =
             let config dir = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))
             let ca, cb = config a, config b
             let field (key: string) (node: System.Text.Json.Nodes.JsonNode) = node[key]
-            Expect.equal ((ca |> field "config" |> field "BatchSize").GetValue<int>()) 64 "the override is in config.json"
+            Expect.equal ((ca |> field "config" |> field "Schedule" |> field "BatchSize").GetValue<int>()) 64 "the override is in config.json"
             Expect.equal ((ca |> field "config" |> field "CropScale").ToJsonString()) "[0.7,1]" "a tuple override"
             Expect.equal (cb["config"].ToJsonString()) (ca["config"].ToJsonString()) "the same resolved config"
             Expect.equal (cb["overrides"].ToJsonString()) (ca["overrides"].ToJsonString()) "the same overrides listed"

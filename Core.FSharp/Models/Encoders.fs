@@ -258,7 +258,7 @@ type WideResNet(inputChannels: int64, depth: int, widenFactor: int64, bnMomentum
                 nn.init.kaiming_normal_(conv.weight, mode = nn.init.FanInOut.FanOut,
                                         nonlinearity = nn.init.NonlinearityType.ReLU) |> ignore
             | :? SafeConv.SafeConv2d as conv ->
-                nn.init.kaiming_normal_(conv.weight, mode = nn.init.FanInOut.FanOut,
+                nn.init.kaiming_normal_(conv.Weight, mode = nn.init.FanInOut.FanOut,
                                         nonlinearity = nn.init.NonlinearityType.ReLU) |> ignore
             | _ -> ()
     do

@@ -141,29 +141,26 @@ let conv2d (layout: ConvLayout) (stride: int64) (padding: int64) (x: Tensor) (we
 /// nn.Conv2d's parameters, names (`weight`, `bias`) and initialisation, so checkpoints and exports
 /// read the same whether a layer needs the workaround or not.
 /// x: (N, inputChannels, H, W) → (N, outputChannels, H', W').
-type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, stride: int64, padding: int64, bias: bool, ?layout: ConvLayout) as this =
+type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, stride: int64, padding: int64, hasBias: bool, ?layout: ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("SafeConv2d")
     let layout = defaultArg layout ChannelsLast
-    // nn.Conv2d's initialisation (the same draws), its parameters then held here.
-    let owned =
-        use conv = nn.Conv2d(inputChannels, outputChannels, kernelSize, stride = stride, padding = padding, bias = bias)
-        let own (t: Tensor) =
-            if isNull t then null
-            else
-                use detached = t.detach()
-                nn.Parameter(detached.clone().DetachFromDisposeScope())
-        own conv.weight, own conv.bias
     do
-        this.register_parameter("weight", fst owned)
-        if not (isNull (snd owned)) then this.register_parameter("bias", snd owned)
+        // nn.Conv2d's initialisation (the same draws); its parameters then registered here.
+        use conv = nn.Conv2d(inputChannels, outputChannels, kernelSize, stride = stride, padding = padding, bias = hasBias)
+        let own (t: Tensor) =
+            use detached = t.detach()
+            nn.Parameter(detached.clone().DetachFromDisposeScope())
+        this.register_parameter("weight", own conv.weight)
+        if hasBias then this.register_parameter("bias", own conv.bias)
 
     member _.Layout = layout
-    /// (outputChannels, inputChannels, k, k), as nn.Conv2d's.
-    member _.weight : Modules.Parameter = fst owned
+    /// (outputChannels, inputChannels, k, k), as nn.Conv2d's; read from the module's parameters, so
+    /// `to` and `load` keep it current.
+    member this.Weight : Tensor = this.get_parameter "weight"
     /// (outputChannels), or null without a bias.
-    member _.bias : Modules.Parameter = snd owned
+    member this.Bias : Tensor = if hasBias then this.get_parameter "bias" else null
 
-    override _.forward(x) = conv2d layout stride padding x (fst owned) (snd owned)
+    override this.forward(x) = conv2d layout stride padding x this.Weight this.Bias
 
     interface ICountsMultiplyAdds with
         member _.MultiplyAdds(_, output) = MultiplyAdds.convolution inputChannels kernelSize output

@@ -844,8 +844,8 @@ let safeConvTests =
             use plain = nn.Conv2d(8L, 3L, 3L, padding = 1L)
             let shapes = conv.named_parameters () |> Seq.map (fun struct (n, p) -> n, p.shape) |> Seq.toList
             Expect.equal shapes [ "weight", [| 3L; 8L; 3L; 3L |]; "bias", [| 3L |] ] "parameters"
-            Expect.isTrue (conv.weight.allclose(plain.weight, 0.0, 0.0)) "nn.Conv2d's initial weights"
-            Expect.isTrue (conv.bias.allclose(plain.bias, 0.0, 0.0)) "nn.Conv2d's initial bias"
+            Expect.isTrue (conv.Weight.allclose(plain.weight, 0.0, 0.0)) "nn.Conv2d's initial weights"
+            Expect.isTrue (conv.Bias.allclose(plain.bias, 0.0, 0.0)) "nn.Conv2d's initial bias"
         }
         test "SafeConv.layer pads exactly the channel counts libtorch gets wrong" {
             let padded = [ for i, o in [ 1L, 16L; 3L, 32L; 16L, 16L; 32L, 64L; 1L, 40L; 40L, 80L; 17L, 32L; 8L, 3L; 16L, 24L ] ->
