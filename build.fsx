@@ -1,7 +1,8 @@
 // The build script: `dotnet fsi build.fsx <target>`. Targets: build, test, demo, repro, bench, clean.
-// It needs nothing but the .NET SDK; it installs the data set the demo and tests read (Debian's
-// dataset-fashion-mnist) where it is missing and apt can, and says how to provide it otherwise; the
-// bench target installs what the PyTorch twins run on (python3-torch, libopenblas0-openmp) the same way.
+// It needs nothing but the .NET SDK; it installs the data sets the demo and tests read (Debian's
+// dataset-fashion-mnist with apt, the emoji npm packages with npm) where they are missing and it can,
+// and says how to provide them otherwise; the bench target installs what the PyTorch twins run on
+// (python3-torch, libopenblas0-openmp) the same way.
 open System
 open System.Diagnostics
 open System.IO
@@ -80,6 +81,44 @@ let ensureFashionMnist () =
         aptInstall "Fashion-MNIST" "dataset-fashion-mnist" howTo
         if not (fashionMnistPresent ()) then fail $"dataset-fashion-mnist installed, but {debianFashionMnist}/{fashionMnistFile} is missing. {howTo}"
 
+// ---- emoji (npm) --------------------------------------------------------------------------------
+// The emoji data set's npm packages, found and installed by the loader's rule (docs/data.md#emoji,
+// Host.CSharp/Data/Emoji.cs): installed into $SSL_DATA/emoji where SSL_DATA is set, else into
+// <user data folder>/ssl/emoji; looked for there and in $SSL_DATA and /usr/share/datasets/emoji.
+let emojiVersion = "16.0.0"
+let emojiPackages = [ "emoji-datasource-google"; "emoji-datasource-twitter" ]
+
+let userEmojiFolder () =
+    Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.DoNotVerify), "ssl", "emoji")
+
+let emojiInstallFolder () =
+    match Environment.GetEnvironmentVariable "SSL_DATA" with
+    | null | "" -> userEmojiFolder ()
+    | dir -> Path.Combine(dir, "emoji")
+
+let emojiPresent () =
+    let fromEnv =
+        match Environment.GetEnvironmentVariable "SSL_DATA" with
+        | null | "" -> []
+        | dir -> [ Path.Combine(dir, "emoji"); dir ]
+    (fromEnv @ [ userEmojiFolder (); "/usr/share/datasets/emoji" ])
+    |> List.exists (fun d -> emojiPackages |> List.forall (fun p -> File.Exists(Path.Combine(d, "node_modules", p, "emoji.json"))))
+
+/// Makes sure the emoji packages are readable: installs them with npm (itself installed with apt
+/// where missing and apt can), else explains.
+let ensureEmoji () =
+    if not (emojiPresent ()) then
+        let folder = emojiInstallFolder ()
+        let packages = emojiPackages |> List.map (fun p -> $"{p}@{emojiVersion}") |> String.concat " "
+        let npmArgs = $"install --no-save --no-audit --no-fund --prefix \"{folder}\" {packages}"
+        let install = $"npm {npmArgs}"
+        let howTo = $"Install them yourself: `{install}` (or into $SSL_DATA/emoji with SSL_DATA set)."
+        if not (onPath "npm") then aptInstall "npm (to install the emoji data set)" "npm" howTo
+        printfn "The emoji data set not found: installing the npm packages %s into %s." packages folder
+        Directory.CreateDirectory folder |> ignore
+        if run "npm" npmArgs <> 0 then fail $"could not install the emoji packages with npm. {howTo}"
+        if not (emojiPresent ()) then fail $"npm installed {packages}, but {folder}/node_modules/<package>/emoji.json is missing. {howTo}"
+
 // ---- the PyTorch twins (ssl bench --peer) -------------------------------------------------------
 let debianTorch = "/usr/lib/python3/dist-packages/torch/__init__.py"
 let multiarch = if Runtime.InteropServices.RuntimeInformation.ProcessArchitecture = Runtime.InteropServices.Architecture.Arm64 then "aarch64-linux-gnu" else "x86_64-linux-gnu"
@@ -105,6 +144,7 @@ let ssl (args: string) = run "dotnet" $"Experiments/bin/{configuration}/net10.0/
 /// Runs the Expecto suite and ends with one line `N passed, N failed` (errored tests count as failed).
 let test () =
     ensureFashionMnist ()
+    ensureEmoji ()
     build ()
     let code, output = runCapture "dotnet" $"tests/bin/{configuration}/net10.0/Ssl.Tests.dll --no-spinner --colours 0"
     let summary = Regex.Match(output, @"(\d+) passed, (\d+) ignored, (\d+) failed, (\d+) errored")
@@ -120,6 +160,7 @@ let test () =
 /// and reported with its plots.
 let demo () =
     ensureFashionMnist ()
+    ensureEmoji ()
     build ()
     let out = Path.Combine("runs", "demo")
     must (ssl $"data --dataset fashion-mnist --grid {out}/samples.png --json {out}/data.json") "ssl data"

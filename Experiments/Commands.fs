@@ -229,9 +229,16 @@ let data (args: ParseResults<DataArgs>) =
     let env = DeviceSetup.Configure(DeviceRequest.Cpu, threads = args.GetResult(DataArgs.Threads, defaultValue = 0))
     let clock = Stopwatch.StartNew()
     let layout = args.TryGetResult DataArgs.Layout |> Option.map ImageFolder.ParseLayout |> Option.defaultValue FolderLayout.Auto
-    use dataset = DataCatalog.Load(name, split, args.TryGetResult DataArgs.Data_Root |> Option.toObj, folder = ImageFolderOptions(Layout = layout))
+    let root = args.TryGetResult DataArgs.Data_Root |> Option.toObj
+    use dataset = DataCatalog.Load(name, split, root, folder = ImageFolderOptions(Layout = layout))
     if not (isNull dataset.LayoutNote) then eprintfn "data: %s" dataset.LayoutNote
     let loadSeconds = clock.Elapsed.TotalSeconds
+    // A built-in set read without --split: the test split's class counts beside the training split's.
+    let testCounts =
+        if args.Contains DataArgs.Split || DataCatalog.IsFolder name || not dataset.IsLabelled then None
+        else
+            use test = DataCatalog.Load(name, Split.Test, root)
+            Some(test.ClassCounts())
     let struct (mean, std) = dataset.ChannelStatistics()
     let counts = dataset.ClassCounts()
     let fmt (xs: float[]) = xs |> Array.map (sprintf "%.4f") |> String.concat ", "
@@ -244,8 +251,14 @@ let data (args: ParseResults<DataArgs>) =
     summary.AddRow("pixel std", fmt std) |> ignore
     summary.AddRow("files", Markup.Escape(String.Join("\n", dataset.Sources))) |> ignore
     AnsiConsole.Write summary
-    let classes = Table().AddColumns("class", "name", "images")
-    counts |> Array.iteri (fun c n -> classes.AddRow(string c, Markup.Escape dataset.ClassNames[c], string n) |> ignore)
+    let classes =
+        match testCounts with
+        | Some _ -> Table().AddColumns("class", "name", "train", "test")
+        | None -> Table().AddColumns("class", "name", "images")
+    let row (cells: string list) = classes.AddRow(Array.ofList cells) |> ignore
+    let column (c: int) = match testCounts with Some test -> [ string test[c] ] | None -> []
+    counts |> Array.iteri (fun c n -> row ([ string c; Markup.Escape dataset.ClassNames[c]; string n ] @ column c))
+    row ([ ""; "all"; string (Array.sum counts) ] @ (testCounts |> Option.map (Array.sum >> string) |> Option.toList))
     if dataset.IsLabelled then AnsiConsole.Write classes
 
     match args.TryGetResult DataArgs.Grid with
@@ -260,7 +273,7 @@ let data (args: ParseResults<DataArgs>) =
         let report =
             {| dataset = dataset.Name; split = string split; count = dataset.Count
                shape = [| dataset.Channels; dataset.Height; dataset.Width |]
-               class_names = dataset.ClassNames; class_counts = counts
+               class_names = dataset.ClassNames; class_counts = counts; test_class_counts = Option.toObj testCounts
                pixel_mean = mean; pixel_std = std
                load_seconds = loadSeconds; threads = env.Threads; sources = dataset.Sources |}
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath path)) |> ignore

@@ -318,7 +318,7 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
             $"--dataset: {request.Method} trains on labels and '{request.Dataset}' holds none (images without class sub-folders); give it a class tree (one sub-folder per class) or a train/ + val/ folder of such trees"
     if spec.Traits.Colour && data.Train.Channels <> 3L then
         invalidArg "--dataset"
-            $"--dataset: {request.Method} needs colour (3-channel) images such as cifar10, cifar100, stl10 or an image folder; '{request.Dataset}' has {data.Train.Channels} channel(s)"
+            $"--dataset: {request.Method} needs colour (3-channel) images such as emoji, cifar10, cifar100, stl10 or an image folder; '{request.Dataset}' has {data.Train.Channels} channel(s)"
     match data.Probed with
     | Some probe when probe.Classes < 2 ->
         let flag = if data.Eval.IsSome then "--eval-dataset" else "--dataset"

@@ -3,7 +3,8 @@ namespace Ssl.Host.Data;
 /// <summary>
 /// Finds and reads the data sets by name (DESIGN.md, Data contract). A folder is searched in this
 /// order: an explicit root, <c>$SSL_DATA/&lt;name&gt;</c>, <c>$SSL_DATA</c> itself, then the Debian
-/// location <c>/usr/share/datasets/&lt;name&gt;</c>. Any other name is read as an image-folder tree path.
+/// location <c>/usr/share/datasets/&lt;name&gt;</c>; the emoji sets also the user's data folder
+/// (<see cref="Emoji.SearchPath"/>). Any other name is read as an image-folder tree path.
 /// </summary>
 public static class DataCatalog
 {
@@ -20,7 +21,7 @@ public static class DataCatalog
         { "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck" };
 
     /// <summary>The registered data-set names, default first.</summary>
-    public static readonly string[] Names = { "fashion-mnist", "mnist", "cifar10", "cifar100", "stl10" };
+    public static readonly string[] Names = new[] { "fashion-mnist", "mnist", "cifar10", "cifar100", "stl10" }.Concat(Emoji.Names).ToArray();
 
     /// <summary>Reads <paramref name="name"/>'s <paramref name="split"/>; <paramref name="root"/> overrides the search.</summary>
     public static ImageDataset Load(string name, Split split, string? root = null, int? limit = null, ImageFolderOptions? folder = null) => name switch
@@ -30,6 +31,7 @@ public static class DataCatalog
         "cifar10" => LoadCifar10(split, root),
         "cifar100" => LoadCifar100(split, root),
         "stl10" => LoadStl10(split, root, limit),
+        _ when Emoji.Names.Contains(name) => Emoji.Load(name, split, root),
         _ when Directory.Exists(name) => LoadFolder(name, split, folder ?? new ImageFolderOptions()),
         _ => throw new ArgumentException(
             $"--dataset: expected one of {string.Join(", ", Names)} or an image-folder path, found '{name}'"),
