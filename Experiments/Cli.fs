@@ -186,7 +186,8 @@ type NeighboursArgs =
     | Data_Root of dir: string
     | Data_Memory_Mb of mib: int64
     | Workers of threads: int
-    | Queries of count: int
+    | Query of image: string
+    | [<AltCommandLine("--random")>] Queries of count: int
     | K of count: int
     | Seed of int64
     | Layer of name: string
@@ -204,6 +205,7 @@ type NeighboursArgs =
             | Data_Root _ -> "folder holding the built-in data sets' files (default: $SSL_DATA, then /usr/share/datasets)."
             | Data_Memory_Mb _ -> "image folders whose decoded pixels exceed this many MiB are streamed from their files (default 2048; 0 streams any folder)."
             | Workers _ -> "image decoding threads (default: all cores)."
+            | Query _ -> "an image file to find the nearest training images of, instead of drawn test images (repeatable); decoded to the run's channels and size."
             | Queries _ -> "query images drawn from the test split (default 8)."
             | K _ -> "nearest training images shown per query (default 8)."
             | Seed _ -> "seed of the query draw (default 0)."

@@ -259,7 +259,7 @@ let nearest (queries: torch.Tensor) (pool: torch.Tensor) (k: int) (exclude: int6
     let struct (values, indices) = sims.topk(k, dim = 1)
     indices.MoveToOuterDisposeScope(), values.MoveToOuterDisposeScope()
 
-/// `ssl neighbours <run-dir>`: `--queries` test images drawn with `--seed`, each beside its `--k`
+/// `ssl neighbours <run-dir>`: `--queries` test images drawn with `--seed` (or the `--query` image files), each beside its `--k`
 /// nearest training images by the trained encoder and by the random-initialised one (seeded as the
 /// run's random-init baseline), drawn side by side as one PNG.
 let neighbours (args: ParseResults<NeighboursArgs>) =
@@ -281,23 +281,39 @@ let neighbours (args: ParseResults<NeighboursArgs>) =
     let poolSize = if sameSet then train.Count - 1L else train.Count
     if int64 k > poolSize then
         invalidArg "--k" $"--k: expected at most {poolSize} (the training images a query can be matched with), found {k}"
-    let queryCount = int (min (int64 queryCount) test.Count)
-    let picks =
-        use generator = new torch.Generator(uint64 seed)
-        use order = torch.randperm(test.Count, generator = generator)
-        order.data<int64>().ToArray() |> Array.truncate queryCount
-    use queryImages = test.Batch picks
-    use querySet = test.Subset picks
-    let labelled = train.IsLabelled && test.IsLabelled
+    let given = args.GetResults NeighboursArgs.Query
+    // The queries: image files (--query), each decoded to the run's channels and size, or test images
+    // drawn with --seed; a drawn query of a set that serves both splits is not its own neighbour.
+    let querySet, picks =
+        if not given.IsEmpty then
+            if args.Contains NeighboursArgs.Queries then invalidArg "--query" "--query: names the query images; expected no --queries (--random) beside it"
+            for path in given do
+                if not (File.Exists path) then raise (DataException(path, "an image file to query with (--query)", "no such file"))
+            let square = train.Height = train.Width
+            let sizing = ImageSizing(int train.Channels, int train.Height, int train.Width, (if square then Nullable(int train.Height) else Nullable()), not square)
+            let bytes = StreamedImages(Array.ofList given, sizing, 1).Read(Array.init given.Length int64)
+            use pinned = torch.tensor(bytes, ReadOnlySpan<int64>([| int64 given.Length; train.Channels; train.Height; train.Width |]), dtype = torch.uint8)
+            new ImageDataset("query", Split.Test, pinned.clone(), torch.tensor(Array.create given.Length -1L), train.ClassNames, Array.ofList given), None
+        else
+            let count = int (min (int64 queryCount) test.Count)
+            let picks =
+                use generator = new torch.Generator(uint64 seed)
+                use order = torch.randperm(test.Count, generator = generator)
+                order.data<int64>().ToArray() |> Array.truncate count
+            test.Subset picks, Some picks
+    use querySet = querySet
+    let queryCount = int querySet.Count
+    use queryImages = querySet.Rows(0L, querySet.Count)
+    let labelled = train.IsLabelled && querySet.IsLabelled
     let trainLabels = train.Labels.data<int64>().ToArray()
-    let testLabels = test.Labels.data<int64>().ToArray()
+    let queryLabels = querySet.Labels.data<int64>().ToArray()
     let panel (randomInit: bool) =
         use encoder = probedEncoder run loaded.Run env layer pool randomInit
         let which = if randomInit then "random-init" else "trained"
         eprintfn "neighbours: features of %d training images (%s encoder) ..." train.Count which
         use poolFeatures = Features.Extract(encoder, train, loaded.Run.Mean, loaded.Run.Std, env.Device)
         use queryFeatures = Features.Extract(encoder, querySet, loaded.Run.Mean, loaded.Run.Std, env.Device)
-        let indices, sims = nearest queryFeatures poolFeatures k (if sameSet then Some picks else None)
+        let indices, sims = nearest queryFeatures poolFeatures k (if sameSet then picks else None)
         use indices = indices
         use sims = sims
         let rows = indices.data<int64>().ToArray()
@@ -305,7 +321,7 @@ let neighbours (args: ParseResults<NeighboursArgs>) =
         use flat = train.Batch rows
         let neighbourImages = flat.view(int64 queryCount, int64 k, train.Channels, train.Height, train.Width)
         let agrees =
-            if labelled then Some(Array.init queryCount (fun q -> Array.init k (fun j -> trainLabels[int rows[q * k + j]] = testLabels[int picks[q]])))
+            if labelled then Some(Array.init queryCount (fun q -> Array.init k (fun j -> trainLabels[int rows[q * k + j]] = queryLabels[q])))
             else None
         let title = if randomInit then $"random init (seed {run.Seed})" else $"trained {run.Recipe.Name}"
         let share = agrees |> Option.map (fun a -> a |> Array.collect id |> Array.averageBy (fun b -> if b then 1.0 else 0.0))
@@ -321,8 +337,9 @@ let neighbours (args: ParseResults<NeighboursArgs>) =
             trained.Neighbours.Dispose()
             random.Neighbours.Dispose()
     let what = if layer = "" then "the encoder's output" else $"layer '{layer}' pooled {pool}"
+    let queries = if given.IsEmpty then $"{queryCount} test images of {loaded.Name} (seed {seed})" else $"{queryCount} --query images"
     AnsiConsole.MarkupLine
-        $"{queryCount} test images of {Markup.Escape loaded.Name} (seed {seed}), {k} nearest training images each by cosine similarity of {Markup.Escape what}"
+        $"{Markup.Escape queries}, {k} nearest training images of {Markup.Escape loaded.Name} each by cosine similarity of {Markup.Escape what}"
     match trainedShare, randomShare with
     | Some t, Some r -> AnsiConsole.MarkupLine $"neighbours of the query's class: trained [bold]{t:P0}[/], random init {r:P0}"
     | _ -> ()

@@ -178,6 +178,14 @@ let tests =
             // 28 x 28 images at 3x (84 px); a panel: 4 + 5 x (84 + 4) + 12 = 456 wide, 24 + 4 + 3 x (84 + 16 + 4) = 340 high; two panels 16 apart.
             Expect.equal (codec.Info.Width, codec.Info.Height) (2 * 456 + 16, 340) "pixel size"
             Expect.equal (Ssl.Host.Reporting.NeighbourGrid.Size(2, 3, 4, 28, 28, 3)) (struct (928, 340)) "the documented layout"
+            let data, _ = trained.Force()
+            let queries = [ Path.Combine(data, "class0", "03.png"); Path.Combine(root.Force(), "other-query.png") ]
+            Fixtures.writeImage queries[1] 7 56 40
+            let png = Path.Combine(root.Force(), "neighbours-query.png")
+            Expect.equal (Program.run [| "neighbours"; dir; "--query"; queries[0]; "--query"; queries[1]; "--k"; "3"; "--out"; png |]) 0 "--query images"
+            use codec = SkiaSharp.SKCodec.Create png
+            Expect.equal (codec.Info.Width, codec.Info.Height) (2 * (4 + 4 * 88 + 12) + 16, 24 + 4 + 2 * 104) "two queries, three neighbours each"
+            Expect.equal (Program.run [| "neighbours"; dir; "--query"; queries[0]; "--random"; "2" |]) 2 "--query and --random (--queries) together"
         }
         test "nearest neighbours by cosine similarity, a query's own row left out" {
             use pool = torch.tensor([| 1.0f; 0.0f; 0.0f; 1.0f; 1.0f; 1.0f; -1.0f; 0.0f |]).view(4L, 2L)
