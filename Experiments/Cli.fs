@@ -142,6 +142,79 @@ type EvalArgs =
             | Device _ -> "cpu (default), cuda or auto."
             | Threads _ -> "torch threads (default: all cores)."
 
+/// What --dataset says in the commands that use a trained encoder on a data set.
+[<Literal>]
+let encoderDatasetUsage =
+    "the data set to read instead of the run's own: fashion-mnist, mnist, cifar10, cifar100, stl10, or an image-folder path; every image of it, converted to the run's channels (a folder's images resized and centre-cropped to the run's size) and standardised with the run's training statistics (default: the run's data set as the run read it, both splits)."
+
+type EmbedArgs =
+    | [<MainCommand; ExactlyOnce>] Run_Dir of dir: string
+    | [<AltCommandLine("-d")>] Dataset of name: string
+    | Layout of layout: string
+    | Data_Root of dir: string
+    | Data_Memory_Mb of mib: int64
+    | Workers of threads: int
+    | Layer of name: string
+    | Pool of size: int
+    | Random_Init
+    | Batch_Size of images: int
+    | Device of string
+    | Threads of int
+    | Out of prefix: string
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
+            | Dataset _ -> encoderDatasetUsage
+            | Layout _ -> layoutUsage
+            | Data_Root _ -> "folder holding the built-in data sets' files (default: $SSL_DATA, then /usr/share/datasets)."
+            | Data_Memory_Mb _ -> "image folders whose decoded pixels exceed this many MiB are streamed from their files, a batch at a time (default 2048; 0 streams any folder)."
+            | Workers _ -> "image decoding threads (default: all cores)."
+            | Layer _ -> "embed this layer instead of the one the run's protocols read (config.json's probe, the default): output, a layer name, branch, class-tokens or class-tokens-patch-mean, as `ssl eval --layer`."
+            | Pool _ -> "with --layer: the pooled size, or the number of last blocks of class-tokens (default 2)."
+            | Random_Init -> "embed with the same architecture randomly initialised (seeded by the run's seed, as `ssl eval --random-init`): the baseline."
+            | Batch_Size _ -> "images encoded at once (default 512)."
+            | Device _ -> "cpu (default), cuda or auto."
+            | Threads _ -> "torch threads (default: all cores)."
+            | Out _ -> "file prefix of the outputs <prefix>.npy, <prefix>.files.txt and <prefix>.parquet (default <run-dir>/embed/<data set>[-random-init]; a .npy or .parquet ending is dropped)."
+
+type NeighboursArgs =
+    | [<MainCommand; ExactlyOnce>] Run_Dir of dir: string
+    | [<AltCommandLine("-d")>] Dataset of name: string
+    | Layout of layout: string
+    | Data_Root of dir: string
+    | Data_Memory_Mb of mib: int64
+    | Workers of threads: int
+    | Query of image: string
+    | [<AltCommandLine("--random")>] Queries of count: int
+    | K of count: int
+    | Seed of int64
+    | Layer of name: string
+    | Pool of size: int
+    | Device of string
+    | Threads of int
+    | Out of png: string
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
+            | Dataset _ -> encoderDatasetUsage
+            | Layout _ -> layoutUsage
+            | Data_Root _ -> "folder holding the built-in data sets' files (default: $SSL_DATA, then /usr/share/datasets)."
+            | Data_Memory_Mb _ -> "image folders whose decoded pixels exceed this many MiB are streamed from their files (default 2048; 0 streams any folder)."
+            | Workers _ -> "image decoding threads (default: all cores)."
+            | Query _ -> "an image file to find the nearest training images of, instead of drawn test images (repeatable); decoded to the run's channels and size."
+            | Queries _ -> "query images drawn from the test split (default 8)."
+            | K _ -> "nearest training images shown per query (default 8)."
+            | Seed _ -> "seed of the query draw (default 0)."
+            | Layer _ -> "compare this layer instead of the one the run's protocols read (as `ssl eval --layer`)."
+            | Pool _ -> "with --layer: the pooled size, or the number of last blocks of class-tokens (default 2)."
+            | Device _ -> "cpu (default), cuda or auto."
+            | Threads _ -> "torch threads (default: all cores)."
+            | Out _ -> "the PNG to write (default <run-dir>/plots/neighbours-<data set>.png): the trained encoder's neighbours beside the random-initialised one's."
+
 type ReportArgs =
     | [<MainCommand; Unique>] Runs_Dir of dir: string
     | Record of records: string
@@ -280,6 +353,8 @@ type SslArgs =
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
     | [<CliPrefix(CliPrefix.None)>] Config of ParseResults<ConfigArgs>
     | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalArgs>
+    | [<CliPrefix(CliPrefix.None)>] Embed of ParseResults<EmbedArgs>
+    | [<CliPrefix(CliPrefix.None)>] Neighbours of ParseResults<NeighboursArgs>
     | [<CliPrefix(CliPrefix.None)>] Data of ParseResults<DataArgs>
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
     | [<CliPrefix(CliPrefix.None)>] Report of ParseResults<ReportArgs>
@@ -296,6 +371,8 @@ type SslArgs =
             | Train _ -> "train a recipe, evaluate it beside its baselines, write the run folder."
             | Config _ -> "print a recipe's resolved config as JSON (what --config accepts back)."
             | Eval _ -> "evaluate a trained run's encoder again with one protocol (linear, knn, finetune)."
+            | Embed _ -> "write a trained run's features of every image of a data set: .npy, .files.txt and .parquet."
+            | Neighbours _ -> "draw test images beside their nearest training images, by the trained and the random-initialised encoder, as a PNG."
             | Data _ -> "read a data set, print its statistics, optionally save a PNG grid of samples."
             | Info _ -> "set up the device and print it with threads, seed and library versions."
             | Report _ -> "write RESULTS.md from a folder of run folders, or record them into results/ and report mean ± std over seeds."

@@ -30,12 +30,6 @@ let methods () =
     AnsiConsole.MarkupLine $"{(Registry.all ()).Length} recipes registered; `ssl config <recipe>` prints one's config, `--set Field=value` changes it."
     0
 
-/// The first line of a message (native libraries append their traces below it), or the whole
-/// message where that line is empty.
-let firstLine (message: string) =
-    let line = message.Split('\n', 2).[0].Trim()
-    if line.Length > 0 then line else message.Trim()
-
 let private formatAcc (v: Nullable<float>) = if v.HasValue then $"{v.Value:P2}" else "-"
 
 /// Prints the result beside its baselines, and where the plots are.
@@ -79,16 +73,6 @@ let private readConfigFile (path: string) : JsonObject * JsonObject =
     | Some _ -> raise (DataException(path, "\"config\": a JSON object", o["config"].ToJsonString()))
     | None -> JsonObject(), o
 
-/// A run field of a `--config` file read as 'T, or None where absent or null; a value of another
-/// type is an error naming the file and the field.
-let private field<'T> (path: string) (o: JsonObject) (key: string) : 'T option =
-    if o.ContainsKey key && not (isNull o[key]) then
-        try Some(o[key].GetValue<'T>())
-        with :? InvalidOperationException | :? FormatException ->
-            let kind = if typeof<'T> = typeof<string> then "text" else "an integer"
-            raise (DataException(path, $"\"{key}\": {kind}", o[key].ToJsonString()))
-    else None
-
 /// The run-time options of a command: its --memory-format and --side-thread, each defaulting to
 /// the environment's documented default (RuntimeOptions), and its --threads.
 let runtimeOptions (memoryFormat: string option) (sideThread: string option) (threads: int) =
@@ -125,7 +109,7 @@ let train (args: ParseResults<TrainArgs>) =
     let file = args.TryGetResult TrainArgs.Config |> Option.map (fun p -> p, readConfigFile p)
     let run = file |> Option.map (fun (_, (r, _)) -> r) |> Option.defaultWith (fun () -> JsonObject())
     let filePath = file |> Option.map fst |> Option.defaultValue "--config"
-    let text key = field<string> filePath run key
+    let text key = TrainedRun.field<string> filePath run key
     let name =
         match args.TryGetResult TrainArgs.Method, text "method" with
         | Some n, Some m when m <> n -> invalidArg "method" $"method: {n} given, but --config {filePath} is a config of {m}"
@@ -138,7 +122,7 @@ let train (args: ParseResults<TrainArgs>) =
         |> Option.orElse (text "preset")
         |> Option.defaultValue "quick"
         |> parsePreset recipe
-    let labels = args.TryGetResult TrainArgs.Labels |> Option.orElse (field<int> filePath run "labels_per_class")
+    let labels = args.TryGetResult TrainArgs.Labels |> Option.orElse (TrainedRun.field<int> filePath run "labels_per_class")
     match labels with
     | Some n when n <= 0 -> invalidArg "--labels" $"--labels: expected a positive number of labels per class, found {n}"
     | _ -> ()
@@ -155,7 +139,7 @@ let train (args: ParseResults<TrainArgs>) =
           Dataset = args.TryGetResult TrainArgs.Dataset |> Option.orElse (text "dataset") |> Option.defaultValue "fashion-mnist"
           EvalDataset = args.TryGetResult TrainArgs.Eval_Dataset |> Option.orElse (text "eval_dataset")
           ImageSize =
-            match args.TryGetResult TrainArgs.Image_Size |> Option.orElse (field<int> filePath run "image_size") with
+            match args.TryGetResult TrainArgs.Image_Size |> Option.orElse (TrainedRun.field<int> filePath run "image_size") with
             | Some n when n < 1 || n > maxImageSize ->
                 invalidArg "--image-size" $"--image-size: expected a size of 1 to {maxImageSize} pixels, found {n}"
             | size -> size
@@ -172,7 +156,7 @@ let train (args: ParseResults<TrainArgs>) =
             |> Option.map ImageFolder.ParseLayout |> Option.defaultValue FolderLayout.Auto
           DataRoot = args.TryGetResult TrainArgs.Data_Root
           Labels = labels
-          Seed = args.TryGetResult TrainArgs.Seed |> Option.orElse (field<int64> filePath run "seed") |> Option.defaultValue 0L
+          Seed = args.TryGetResult TrainArgs.Seed |> Option.orElse (TrainedRun.field<int64> filePath run "seed") |> Option.defaultValue 0L
           Device = DeviceSetup.Parse(args.GetResult(TrainArgs.Device, defaultValue = "cpu"))
           Threads = args.GetResult(TrainArgs.Threads, defaultValue = 0)
           Deterministic = args.Contains TrainArgs.Deterministic
@@ -312,45 +296,14 @@ let version () =
     printfn "ssl %O, TorchSharp %s, libtorch %s" ssl ts lt
     0
 
-/// A run's recorded data set as `ssl eval` can read it from any folder: a built-in name as it is; a
-/// folder by its recorded absolute path, else as written relative to the shell's folder, else
-/// relative to the run folder.
-let private locateData (runDir: string) (given: string) (recordedPath: string option) =
-    if List.contains given (List.ofArray DataCatalog.Names) then given
-    else
-        [ yield! Option.toList recordedPath; given; IO.Path.Combine(runDir, given) ]
-        |> List.tryFind IO.Directory.Exists
-        |> Option.defaultValue given
-
 /// `ssl eval <run-dir>`: rebuilds the run's encoder, loads its exported weights and applies one
 /// protocol to the representation the run's own evaluation read (config.json's probe: layer and
 /// pool), unless --layer names another; prints the figure and writes it to
 /// eval-<protocol>[-<labels>][-<layer>].json in the run folder.
 let eval (args: ParseResults<EvalArgs>) =
-    let dir = IO.Path.GetFullPath(args.GetResult EvalArgs.Run_Dir)
-    let configPath = IO.Path.Combine(dir, "config.json")
-    let weights = IO.Path.Combine(dir, "export", "encoder.dat")
-    for path in [ configPath; weights ] do
-        if not (IO.File.Exists path) then
-            raise (DataException(path, "a file written by `ssl train` (a finished run folder)", "no such file"))
-    let recorded = Template.readJsonObject configPath "a JSON object (the config.json `ssl train` wrote)"
-    let field (key: string) (_what: string) : 'T option = field configPath recorded key
-    let required key what : 'T = match field key what with Some v -> v | None -> raise (DataException(configPath, $"\"{key}\": {what}", "none"))
-    let methodName = required "method" "a recipe name"
-    let recipe =
-        match Registry.tryFind methodName with
-        | Some r -> r
-        | None -> raise (DataException(configPath, "a method registered in this build", methodName))
-    let recipeConfig =
-        match recorded["config"] with
-        | :? JsonObject as c -> c
-        | _ -> raise (DataException(configPath, "a \"config\" object (a config.json written by `ssl train`)", "none"))
-    let preset =
-        let name = required "preset" "smoke, quick or paper"
-        match Recipe.Preset.tryParse name with
-        | Some p -> p
-        | None -> raise (DataException(configPath, "preset smoke, quick or paper", name))
-    let seed = required "seed" "an integer"
+    let run = TrainedRun.read (args.GetResult EvalArgs.Run_Dir)
+    let dir = run.Dir
+    let seed = run.Seed
     let protocol = args.GetResult(EvalArgs.Protocol, defaultValue = "linear").ToLowerInvariant()
     if not (List.contains protocol [ "linear"; "knn"; "finetune" ]) then
         invalidArg "--protocol" $"--protocol: expected linear, knn or finetune, found '{protocol}'"
@@ -358,35 +311,14 @@ let eval (args: ParseResults<EvalArgs>) =
     match labels with
     | Some n when n <= 0 -> invalidArg "--labels" $"--labels: expected a positive number of labels per class, found {n}"
     | _ -> ()
-    // The run's own memory format (config.json's runtime), so features are computed as the run computed them.
-    let recordedFormat =
-        match recorded["runtime"] with
-        | :? JsonObject as r when not (isNull r["memory_format"]) -> Some(r["memory_format"].GetValue<string>())
-        | _ -> None
     let env = DeviceSetup.Configure(DeviceSetup.Parse(args.GetResult(EvalArgs.Device, defaultValue = "cpu")),
                                     threads = args.GetResult(EvalArgs.Threads, defaultValue = 0), seed = seed,
-                                    runtime = runtimeOptions recordedFormat None 0)
-    let dataset = locateData dir (required "dataset" "a data set name or folder") (field "dataset_path" "a folder")
-    let evalDataset =
-        match args.TryGetResult EvalArgs.Eval_Dataset with
-        | Some d -> Some d
-        | None -> field "eval_dataset" "a data set name or folder" |> Option.map (fun d -> locateData dir d (field "eval_dataset_path" "a folder"))
-    let request: Recipe.Request =
-        { Method = recipe.Name; Preset = preset; Dataset = dataset; EvalDataset = evalDataset
-          ImageSize = field "image_size" "an integer"
-          DataMemoryMb = Recipe.defaultDataMemoryMb; Workers = 0; DataRoot = None; Labels = labels; Seed = seed
-          Layout = field "layout" "auto, unlabelled, classes or split" |> Option.map ImageFolder.ParseLayout |> Option.defaultValue FolderLayout.Auto
-          Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = dir; Resume = false; Force = false
-          Config = Some recipeConfig; Overrides = [] }
-    // The run's own representation: config.json's "probe", or (runs before it was recorded) the
-    // recipe config's ProbeLayer and ProbePool.
-    let runLayer, runPool =
-        let probe = match recorded["probe"] with :? JsonObject as p -> Some p | _ -> None
-        let fromProbe (key: string) = probe |> Option.bind (fun p -> Option.ofObj p[key])
-        let fromConfig (key: string) = Option.ofObj recipeConfig[key]
-        let layer = fromProbe "layer" |> Option.orElse (fromConfig "ProbeLayer") |> Option.map (fun v -> v.GetValue<string>()) |> Option.defaultValue ""
-        let pool = fromProbe "pool" |> Option.orElse (fromConfig "ProbePool") |> Option.map (fun v -> v.GetValue<int64>()) |> Option.defaultValue 0L
-        layer, pool
+                                    runtime = runtimeOptions run.MemoryFormat None 0)
+    let request =
+        { TrainedRun.request run env.Threads with
+            Labels = labels
+            EvalDataset = args.TryGetResult EvalArgs.Eval_Dataset |> Option.orElse run.EvalDataset }
+    let runLayer, runPool = run.ProbeLayer, run.ProbePool
     let layer, pool =
         match args.TryGetResult EvalArgs.Layer with
         | Some "output" -> "", 0L
@@ -406,14 +338,7 @@ let eval (args: ParseResults<EvalArgs>) =
         match all.Probed with
         | Some d -> d
         | None -> raise (DataException(request.Dataset, "labelled images to evaluate on (give --eval-dataset <a labelled set>)", "unlabelled images"))
-    torch.manual_seed(seed) |> ignore
-    let trained =
-        try recipe.Encoder recipeConfig data env.Runtime.ConvLayout
-        with :? ArgumentException as e -> raise (DataException(configPath, $"a {recipe.Name} config of this build", e.Message))
-    if not randomInit then
-        try Ssl.Host.Export.EncoderExport.Load(trained, weights)
-        with e when not (e :? OutOfMemoryException) ->
-            raise (DataException(weights, $"the {recipe.Name} encoder `ssl train` exported for this config", firstLine e.Message))
+    let trained = TrainedRun.encoder run data env.Runtime.ConvLayout randomInit
     let encoder: Ssl.Core.Models.Encoder =
         if protocol = "finetune" || layer = "" then trained
         else fst (Pipeline.probed layer pool data trained)
@@ -427,7 +352,7 @@ let eval (args: ParseResults<EvalArgs>) =
         | "finetune" ->
             let folder = Ssl.Host.Runs.RunFolder(IO.Path.Combine(dir, "finetune" + (labels |> Option.map (sprintf "-%d") |> Option.defaultValue "")))
             let head, _ =
-                SupervisedTraining.trainWith encoder (SupervisedTraining.fineTuneConfig preset) data examples seed false folder env.Device (ConsoleProgress())
+                SupervisedTraining.trainWith encoder (SupervisedTraining.fineTuneConfig run.Preset) data examples seed false folder env.Device (ConsoleProgress())
             use tuned = encoder
             use head = head
             SupervisedTraining.testAccuracy tuned head data env.Device

@@ -70,7 +70,7 @@ let private readSplitsOf (request: Request) (dataset: string) (channels: int opt
     | _ -> train, test
 
 /// readSplitsOf, its messages naming `flag` (the catalogue names --dataset; the evaluation set is --eval-dataset).
-let private readSplits (request: Request) (dataset: string) (channels: int option) (flag: string) =
+let readSplits (request: Request) (dataset: string) (channels: int option) (flag: string) =
     try readSplitsOf request dataset channels
     with :? ArgumentException as e when flag <> "--dataset" && e.Message.StartsWith "--dataset:" ->
         invalidArg flag (flag + e.Message.Substring("--dataset".Length))

@@ -14,6 +14,8 @@ let private usageOf (argv: string[]) =
         | "train" -> Some((parser.GetSubCommandParser <@ Train @>).PrintCommandLineSyntax())
         | "config" -> Some((parser.GetSubCommandParser <@ Config @>).PrintCommandLineSyntax())
         | "eval" -> Some((parser.GetSubCommandParser <@ Eval @>).PrintCommandLineSyntax())
+        | "embed" -> Some((parser.GetSubCommandParser <@ Embed @>).PrintCommandLineSyntax())
+        | "neighbours" -> Some((parser.GetSubCommandParser <@ Neighbours @>).PrintCommandLineSyntax())
         | "data" -> Some((parser.GetSubCommandParser <@ Data @>).PrintCommandLineSyntax())
         | "info" -> Some((parser.GetSubCommandParser <@ Info @>).PrintCommandLineSyntax())
         | "report" -> Some((parser.GetSubCommandParser <@ Report @>).PrintCommandLineSyntax())
@@ -34,7 +36,7 @@ let private unexpected (e: exn) =
             File.WriteAllText(trace, e.ToString())
             $" (full trace in {trace})"
         with _ -> ""
-    eprintfn "error: %s: %s%s" (e.GetType().Name) (Commands.firstLine e.Message) kept
+    eprintfn "error: %s: %s%s" (e.GetType().Name) (TrainedRun.firstLine e.Message) kept
     1
 
 /// Exit codes: 0 success, 1 a run failed (bad data, a file or folder, the device, a fault), 2 a
@@ -50,6 +52,8 @@ let run (argv: string[]) =
         | Some(Train a) -> Commands.train a
         | Some(Config a) -> Commands.config a
         | Some(Eval a) -> Commands.eval a
+        | Some(Embed a) -> Embed.embed a
+        | Some(Neighbours a) -> Embed.neighbours a
         | Some(Data a) -> Commands.data a
         | Some(Info a) -> Commands.info a
         | Some(Report a) -> Commands.reportRuns a
@@ -70,7 +74,7 @@ let run (argv: string[]) =
         2
     | :? ArgumentException as e ->
         let message = if isNull e.ParamName then e.Message else e.Message.Replace($" (Parameter '{e.ParamName}')", "")
-        eprintfn "usage error: %s\n\n%s" (Commands.firstLine message) (usageOf argv)
+        eprintfn "usage error: %s\n\n%s" (TrainedRun.firstLine message) (usageOf argv)
         2
     | :? DataException
     | :? Ssl.Host.Runs.RunFolderException
@@ -78,17 +82,17 @@ let run (argv: string[]) =
     | :? Peer.PeerUnavailableException
     | :? Ssl.Host.Engine.NonFiniteLossException
     | :? InvalidDataException as e ->
-        eprintfn "error: %s" (Commands.firstLine e.Message)
+        eprintfn "error: %s" (TrainedRun.firstLine e.Message)
         1
     | :? UnauthorizedAccessException
     | :? IOException as e ->
-        eprintfn "error: %s" (Commands.firstLine e.Message)
+        eprintfn "error: %s" (TrainedRun.firstLine e.Message)
         1
     | :? Text.Json.JsonException as e ->
-        eprintfn "error: expected JSON, found text that does not parse as it (%s)" (Commands.firstLine e.Message)
+        eprintfn "error: expected JSON, found text that does not parse as it (%s)" (TrainedRun.firstLine e.Message)
         1
     | :? OutOfMemoryException as e ->
-        eprintfn "error: out of memory (%s); lower the batch size, --image-size or --data-memory-mb" (Commands.firstLine e.Message)
+        eprintfn "error: out of memory (%s); lower the batch size, --image-size or --data-memory-mb" (TrainedRun.firstLine e.Message)
         1
     | e -> unexpected e
 

@@ -37,6 +37,8 @@ public sealed class ImageDataset : IDisposable, IBatchPlan
     public IReadOnlyList<string> ClassNames { get; }
     /// <summary>The files this data set was read from, for the run's config.</summary>
     public IReadOnlyList<string> Sources { get; }
+    /// <summary>An image folder's file of each row, in row order; null for the built-in sets (a row is its index).</summary>
+    public IReadOnlyList<string>? Files { get; init; }
     /// <summary>Files of an image folder that could not be decoded: (path, reason). Empty for the built-in sets.</summary>
     public IReadOnlyList<(string Path, string Reason)> Skipped { get; init; } = Array.Empty<(string, string)>();
     /// <summary>The image files an image folder held (decoded or skipped); the built-in sets: their count.</summary>
@@ -140,10 +142,10 @@ public sealed class ImageDataset : IDisposable, IBatchPlan
             var paths = indices.Select(i => streamed.Paths[(int)i]).ToArray();
             return new ImageDataset(name ?? Name, Split, new StreamedImages(paths, streamed.Sizing, streamed.Workers, streamed.Depth),
                 Labels.index_select(0, idx), ClassNames, paths, pixelSums!.Rows(indices, (int)Channels))
-                { Skipped = Skipped, FilesSeen = FilesSeen, DecodedBytes = DecodedBytes, LayoutNote = LayoutNote };
+                { Skipped = Skipped, FilesSeen = FilesSeen, DecodedBytes = DecodedBytes, LayoutNote = LayoutNote, Files = paths };
         }
         return new ImageDataset(name ?? Name, Split, images!.index_select(0, idx), Labels.index_select(0, idx), ClassNames, Sources)
-            { Skipped = Skipped, FilesSeen = FilesSeen, DecodedBytes = DecodedBytes, LayoutNote = LayoutNote };
+            { Skipped = Skipped, FilesSeen = FilesSeen, DecodedBytes = DecodedBytes, LayoutNote = LayoutNote, Files = Files is null ? null : indices.Select(i => Files[(int)i]).ToArray() };
     }
 
     /// <summary>Images per class, index = class; unlabelled images are not counted.</summary>

@@ -376,11 +376,11 @@ public static class ImageFolder
         if (streamed)
         {
             return new ImageDataset(name, split, new StreamedImages(paths, sizing, options.Workers), labels, classNames!, paths,
-                new PixelSums(sums, squares).Rows(kept.Select(k => (long)k).ToArray(), channels)) { Skipped = skipped, FilesSeen = files.Count, DecodedBytes = decoded, LayoutNote = note };
+                new PixelSums(sums, squares).Rows(kept.Select(k => (long)k).ToArray(), channels)) { Skipped = skipped, FilesSeen = files.Count, DecodedBytes = decoded, LayoutNote = note, Files = paths };
         }
         var all = tensor(pixels, new long[] { readable.Length, channels, height, width }, dtype: uint8);
         var images = kept.Length == readable.Length ? all : all.index_select(0, tensor(kept.Select(k => (long)k).ToArray()));
-        return new ImageDataset(name, split, images, labels, classNames!, paths) { Skipped = skipped, FilesSeen = files.Count, DecodedBytes = decoded, LayoutNote = note };
+        return new ImageDataset(name, split, images, labels, classNames!, paths) { Skipped = skipped, FilesSeen = files.Count, DecodedBytes = decoded, LayoutNote = note, Files = paths };
     }
 
     /// <summary>

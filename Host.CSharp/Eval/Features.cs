@@ -30,26 +30,82 @@ public static class Features
         Extract(encoder, images.shape[0], (start, length) => images.narrow(0, start, length), mean, std, device, batchSize);
 
     /// <summary>The same over a data set, held in memory or streamed (decoded a batch at a time).</summary>
-    public static Tensor Extract(nn.Module<Tensor, Tensor> encoder, Ssl.Host.Data.ImageDataset data, double[] mean, double[] std, Device device, int batchSize = 512) =>
-        Extract(encoder, data.Count, data.Rows, mean, std, device, batchSize);
+    public static Tensor Extract(nn.Module<Tensor, Tensor> encoder, Ssl.Host.Data.ImageDataset data, double[] mean, double[] std, Device device, int batchSize = 512)
+    {
+        var parts = new List<Tensor>();
+        try
+        {
+            ForEachBatch(encoder, data, mean, std, device, (_, features) => parts.Add(features), batchSize);
+            return cat(parts, 0);
+        }
+        finally
+        {
+            foreach (var p in parts) p.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// The features of a data set a batch at a time, for sets whose features need not be held at once:
+    /// <paramref name="each"/> receives the first row's index and float32 (B, D) on the CPU, and owns that
+    /// tensor. A streamed set is told the batches first, so the next ones decode while one is encoded.
+    /// </summary>
+    public static void ForEachBatch(nn.Module<Tensor, Tensor> encoder, Ssl.Host.Data.ImageDataset data, double[] mean, double[] std, Device device,
+                                    Action<long, Tensor> each, int batchSize = 512)
+    {
+        if (data.IsStreamed)
+        {
+            var batches = new List<long[]>();
+            for (long start = 0; start < data.Count; start += batchSize)
+            {
+                var length = Math.Min(batchSize, data.Count - start);
+                var rows = new long[length];
+                for (long i = 0; i < length; i++) rows[i] = start + i;
+                batches.Add(rows);
+            }
+            data.Plan(batches);
+        }
+        try
+        {
+            ForEachBatch(encoder, data.Count, data.Rows, mean, std, device, batchSize, each);
+        }
+        finally
+        {
+            if (data.IsStreamed) data.Plan(Array.Empty<long[]>());
+        }
+    }
 
     static Tensor Extract(nn.Module<Tensor, Tensor> encoder, long count, Func<long, long, Tensor> rows, double[] mean, double[] std, Device device, int batchSize)
+    {
+        var parts = new List<Tensor>();
+        try
+        {
+            ForEachBatch(encoder, count, rows, mean, std, device, batchSize, (_, features) => parts.Add(features));
+            return cat(parts, 0);
+        }
+        finally
+        {
+            foreach (var p in parts) p.Dispose();
+        }
+    }
+
+    static void ForEachBatch(nn.Module<Tensor, Tensor> encoder, long count, Func<long, long, Tensor> rows, double[] mean, double[] std, Device device,
+                             int batchSize, Action<long, Tensor> each)
     {
         var wasTraining = encoder.training;
         encoder.eval();
         try
         {
             using var noGrad = no_grad();
-            var parts = new List<Tensor>();
             for (long start = 0; start < count; start += batchSize)
             {
-                using var scope = NewDisposeScope();
-                var x = ToInput(rows(start, Math.Min(batchSize, count - start)), mean, std, device);
-                parts.Add(encoder.forward(x).flatten(1).cpu().MoveToOuterDisposeScope());
+                Tensor features;
+                using (var scope = NewDisposeScope())
+                {
+                    var x = ToInput(rows(start, Math.Min(batchSize, count - start)), mean, std, device);
+                    features = encoder.forward(x).flatten(1).cpu().MoveToOuterDisposeScope();
+                }
+                each(start, features);
             }
-            var all = cat(parts, 0);
-            foreach (var p in parts) p.Dispose();
-            return all;
         }
         finally
         {
