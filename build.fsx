@@ -136,6 +136,14 @@ let ensurePeer () =
         for file in [ debianTorch; openblasOpenmp ] do
             if not (File.Exists file) then fail $"{packages} installed, but {file} is missing. {howTo}"
 
+/// Makes sure /usr/bin/python3 imports numpy (the embed test reads `ssl embed`'s .npy with it):
+/// installs Debian's python3-numpy where apt can, else explains.
+let ensureNumpy () =
+    let imports () = File.Exists "/usr/bin/python3" && run "/usr/bin/python3" "-c \"import numpy\"" = 0
+    if not (imports ()) then
+        aptInstall "numpy for /usr/bin/python3" "python3-numpy" "Install it yourself: `sudo apt-get install python3-numpy`."
+        if not (imports ()) then fail "python3-numpy installed, but /usr/bin/python3 cannot import numpy."
+
 // ---- targets -----------------------------------------------------------------------------------
 let build () = must (run "dotnet" $"build Ssl.sln -c {configuration} -nologo -v minimal") "dotnet build"
 
@@ -145,6 +153,7 @@ let ssl (args: string) = run "dotnet" $"Experiments/bin/{configuration}/net10.0/
 let test () =
     ensureFashionMnist ()
     ensureEmoji ()
+    ensureNumpy ()
     build ()
     let code, output = runCapture "dotnet" $"tests/bin/{configuration}/net10.0/Ssl.Tests.dll --no-spinner --colours 0"
     let summary = Regex.Match(output, @"(\d+) passed, (\d+) ignored, (\d+) failed, (\d+) errored")
