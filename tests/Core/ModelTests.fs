@@ -1226,12 +1226,14 @@ let private vitTests =
             Expect.floatClose { absolute = 1e-3; relative = 0.0 } (float (qkv.item<float32>())) 0.02 "qkv weight std"
         }
         test "DINO's head: logits are cosines with unit directions; FreezeLastLayer stops their gradient only" {
+            torch.manual_seed 1228L |> ignore
             use head = new DinoHead(6L, 16L, 4L, 10L)
             use x = randn 10 [| 5L; 6L |]
             use y = head.forward x
             expectShape "logits" [| 5L; 10L |] y
+            // 256 draws: the sample std's standard error is about 4.4 % of 0.02; 4e-3 is over 4 of them.
             use fc2 = (vitParameter head "mlp.fc2.weight").std()
-            Expect.floatClose { absolute = 2e-3; relative = 0.0 } (float (fc2.item<float32>())) 0.02 "MLP weight std 0.02"
+            Expect.floatClose { absolute = 4e-3; relative = 0.0 } (float (fc2.item<float32>())) 0.02 "MLP weight std 0.02"
             Expect.isTrue (y.abs().max().item<float32>() <= 1.0f + 1e-5f) "|cosine| <= 1"
             let rescale () =
                 use _ = torch.no_grad ()
