@@ -147,12 +147,6 @@ let standardise (data: Data) (pixels: torch.Tensor) =
     let std = torch.tensor(data.Std, dtype = pixels.dtype, device = pixels.device).view(1L, channels, 1L, 1L)
     ((pixels - mean) / std).MoveToOuterDisposeScope()
 
-/// SGD with Nesterov momentum 0.9, the optimiser of most of our recipes and of the supervised
-/// baseline, with cosine decay after `warmupEpochs` of linear warm-up (OptimizerSpec's schedule).
-let nesterov (learningRate: float) (weightDecay: float) (warmupEpochs: float) =
-    Ssl.Host.Engine.OptimizerSpec(Kind = Ssl.Host.Engine.OptimizerKind.Sgd, LearningRate = learningRate, Momentum = 0.9, Nesterov = true,
-                                  WeightDecay = weightDecay, WarmupEpochs = warmupEpochs)
-
 /// The few-label budgets every result reports (DESIGN.md): N labels per class.
 let fewLabelBudgets = [ 10; 100 ]
 

@@ -66,15 +66,6 @@ let parts (c: Context<'Config>) =
     let encoder = c.NewEncoder()
     { Data = c.Data; Split = c.LabelSplit; Encoder = encoder; Classifier = new LinearHead(encoder.FeatureDim, int64 c.Data.Classes) }
 
-/// The training of a semi-supervised recipe: an epoch is one pass over the unlabelled pool in
-/// batches of `unlabelledBatch`; the classifier's test accuracy is the method's own figure; `owned`:
-/// what the recipe built beside the parts, disposed after them.
-let trainingOf (c: Context<'Config>) (p: Parts) (step: Ssl.Host.Engine.ITrainingStep) (epochs: int) (unlabelledBatch: int)
-               (owned: System.IDisposable list) =
-    { training step epochs unlabelledBatch p.Encoder c with
-        Examples = int64 p.Split.Unlabelled.Length; Classifier = Some(p.Encoder, p.Classifier)
-        Owned = [ p.Encoder :> System.IDisposable; p.Classifier ] @ owned }
-
 /// A semi-supervised step's examples, as training-set indices: the labelled batch drawn for the
 /// step and the unlabelled batch the engine hands out of the pool.
 type Batches =
