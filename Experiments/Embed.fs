@@ -125,50 +125,21 @@ let probedEncoder (run: TrainedRun.Run) (data: Data) (env: RunEnvironment) (laye
     probed.``to``(env.Device) |> ignore
     probed
 
-/// A progress line for `total` images: done, rate and ETA, redrawn in place on a terminal (at most
-/// four times a second), one line at each tenth when the output is redirected (as training's).
-type private ImageProgress(what: string, total: int64) =
-    let clock = Diagnostics.Stopwatch.StartNew()
-    let live = not Console.IsOutputRedirected
-    let mutable lastDraw = TimeSpan.Zero
-    let mutable lastTenth = 0L
-    let line (count: int64) =
-        let seconds = clock.Elapsed.TotalSeconds
-        let rate = if seconds > 0.0 then float count / seconds else 0.0
-        let eta = if rate > 0.0 then TimeSpan.FromSeconds(float (total - count) / rate) else TimeSpan.Zero
-        let etaText = eta.ToString(@"hh\:mm\:ss")
-        let fraction = if total = 0L then 1.0 else float count / float total
-        let filled = int (Math.Round(fraction * 24.0))
-        let bar = String('#', filled) + String('-', 24 - filled)
-        $"{what} {count:N0}/{total:N0} images [{bar}] {fraction:P0} {rate:N0} img/s ETA {etaText}"
-    member _.Elapsed = clock.Elapsed
-    member _.Report(count: int64) =
-        if live then
-            if count = total || clock.Elapsed - lastDraw >= TimeSpan.FromMilliseconds 250.0 then
-                lastDraw <- clock.Elapsed
-                Console.Out.Write("\r" + (line count).PadRight(Math.Max(Console.WindowWidth - 1, 20)))
-                if count = total then Console.Out.WriteLine()
-        else
-            let tenth = if total = 0L then 10L else count * 10L / total
-            if tenth > lastTenth then
-                lastTenth <- tenth
-                Console.Out.WriteLine(line count)
-
-/// A text file written through `path.tmp`, renamed into place by `commit`, deleted if not committed.
+/// A UTF-8 text file written through a PendingFile: renamed into place by `Commit`, deleted if not committed.
 type private TextOutput(path: string) =
-    let temp = path + ".tmp"
-    let writer = new StreamWriter(temp, false, Text.UTF8Encoding(false))
+    let pending = new Ssl.Host.Export.PendingFile(path)
+    let writer = new StreamWriter(pending.Stream, Text.UTF8Encoding(false), 1 <<< 16, leaveOpen = true)
     let mutable committed = false
     member _.Writer = writer
     member _.Commit() =
         writer.Dispose()
-        File.Move(temp, path, true)
+        pending.Commit()
         committed <- true
     interface IDisposable with
         member _.Dispose() =
             if not committed then
                 writer.Dispose()
-                try File.Delete temp with :? IOException | :? UnauthorizedAccessException -> ()
+                pending.Dispose()
 
 /// The output prefix: --out with a .npy or .parquet ending dropped, else <run>/embed/<data set>[-random-init].
 let private outputPrefix (run: TrainedRun.Run) (out: string option) (name: string) (randomInit: bool) =
@@ -212,7 +183,7 @@ let embed (args: ParseResults<EmbedArgs>) =
     use npy = new NpyWriter(prefix + ".npy")
     use parquet = new EmbeddingParquet(prefix + ".parquet")
     use text = new TextOutput(prefix + ".files.txt")
-    let progress = ImageProgress("embed", total)
+    let progress = Ssl.Host.Engine.CountProgress("embed", total)
     let written = ref 0L
     for part in loaded.Parts do
         let labels = part.Set.Labels.data<int64>().ToArray()

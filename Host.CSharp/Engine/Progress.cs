@@ -75,12 +75,59 @@ public sealed class ConsoleProgress(TextWriter? output = null) : IProgressReport
     string Line(int epoch, IReadOnlyDictionary<string, double> figures, double rate)
     {
         var fraction = totalSteps == 0 ? 1 : (double)stepsDone / totalSteps;
-        const int width = 24;
-        var filled = (int)Math.Round(fraction * width);
         var done = stepsDone - startStep;
         var eta = done > 0 ? TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds / done * (totalSteps - stepsDone)) : TimeSpan.Zero;
         var loss = figures.TryGetValue("loss", out var l) ? $" loss {l:F4}" : "";
         var speed = double.IsNaN(rate) ? "" : $" {rate:N0} img/s";
-        return $"epoch {epoch + 1}/{epochs} [{new string('#', filled)}{new string('-', width - filled)}] {fraction:P0}{loss}{speed} ETA {eta:hh\\:mm\\:ss}";
+        return $"epoch {epoch + 1}/{epochs} {Bar(fraction)}{loss}{speed} ETA {eta:hh\\:mm\\:ss}";
+    }
+
+    /// <summary>The bar of every progress line: 24 cells of '#' and '-', then the percentage.</summary>
+    internal static string Bar(double fraction)
+    {
+        const int width = 24;
+        var filled = (int)Math.Round(fraction * width);
+        return $"[{new string('#', filled)}{new string('-', width - filled)}] {fraction:P0}";
+    }
+}
+
+/// <summary>
+/// Progress over a known count of images (<c>ssl embed</c>): done, the bar, rate and ETA, redrawn in
+/// place on a terminal at most four times a second, one line at each tenth when the output is
+/// redirected, as <see cref="ConsoleProgress"/> does for training.
+/// </summary>
+public sealed class CountProgress(string what, long total)
+{
+    readonly bool live = !Console.IsOutputRedirected;
+    readonly System.Diagnostics.Stopwatch clock = System.Diagnostics.Stopwatch.StartNew();
+    TimeSpan lastDraw;
+    long lastTenth;
+
+    public TimeSpan Elapsed => clock.Elapsed;
+
+    /// <summary>Reports <paramref name="count"/> images done.</summary>
+    public void Report(long count)
+    {
+        if (live)
+        {
+            if (count != total && clock.Elapsed - lastDraw < TimeSpan.FromMilliseconds(250)) return;
+            lastDraw = clock.Elapsed;
+            Console.Out.Write("\r" + Line(count).PadRight(Math.Max(Console.WindowWidth - 1, 20)));
+            if (count == total) Console.Out.WriteLine();
+            return;
+        }
+        var tenth = total == 0 ? 10 : count * 10 / total;
+        if (tenth <= lastTenth) return;
+        lastTenth = tenth;
+        Console.Out.WriteLine(Line(count));
+    }
+
+    string Line(long count)
+    {
+        var seconds = clock.Elapsed.TotalSeconds;
+        var rate = seconds > 0 ? count / seconds : 0.0;
+        var eta = rate > 0 ? TimeSpan.FromSeconds((total - count) / rate) : TimeSpan.Zero;
+        var fraction = total == 0 ? 1.0 : (double)count / total;
+        return $"{what} {count:N0}/{total:N0} images {ConsoleProgress.Bar(fraction)} {rate:N0} img/s ETA {eta:hh\\:mm\\:ss}";
     }
 }

@@ -19,9 +19,7 @@ public sealed class EmbeddingParquet : IDisposable
     public static readonly DataField<float> Element = new(ListField.ElementName, nullable: false);
     public static readonly ParquetSchema Schema = new(Index, File, Split, Label, new ListField("embedding", Element));
 
-    readonly string path;
-    readonly string temp;
-    readonly FileStream stream;
+    readonly PendingFile pending;
     readonly ParquetWriter writer;
     readonly int rowGroupRows;
     readonly List<long> indices = new();
@@ -35,12 +33,9 @@ public sealed class EmbeddingParquet : IDisposable
     /// <param name="rowGroupRows">rows per row group: readers load a row group at a time.</param>
     public EmbeddingParquet(string path, int rowGroupRows = 16384)
     {
-        this.path = path;
-        temp = path + ".tmp";
         this.rowGroupRows = rowGroupRows;
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
-        stream = new FileStream(temp, FileMode.Create, FileAccess.ReadWrite, FileShare.None, 1 << 20);
-        writer = ParquetWriter.CreateAsync(Schema, stream).GetAwaiter().GetResult();
+        pending = new PendingFile(path, FileAccess.ReadWrite);
+        writer = ParquetWriter.CreateAsync(Schema, pending.Stream).GetAwaiter().GetResult();
     }
 
     /// <summary>Rows appended so far.</summary>
@@ -96,9 +91,7 @@ public sealed class EmbeddingParquet : IDisposable
     {
         Flush();
         writer.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        stream.Flush(flushToDisk: true);
-        stream.Dispose();
-        System.IO.File.Move(temp, path, true);
+        pending.Commit();
         committed = true;
     }
 
@@ -106,7 +99,6 @@ public sealed class EmbeddingParquet : IDisposable
     {
         if (committed) return;
         try { writer.DisposeAsync().AsTask().GetAwaiter().GetResult(); } catch (Exception) { }
-        stream.Dispose();
-        try { System.IO.File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        pending.Dispose();
     }
 }

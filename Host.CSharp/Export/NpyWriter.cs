@@ -17,10 +17,8 @@ public sealed class NpyWriter : IDisposable
     /// room for any (N, D) of 64-bit sizes.</summary>
     public const int HeaderLength = 128;
 
-    readonly string path;
-    readonly string temp;
-    readonly FileStream file;
-    bool committed;
+    readonly PendingFile pending;
+    FileStream file => pending.Stream;
 
     /// <summary>Rows written so far.</summary>
     public long Rows { get; private set; }
@@ -30,10 +28,7 @@ public sealed class NpyWriter : IDisposable
 
     public NpyWriter(string path)
     {
-        this.path = path;
-        temp = path + ".tmp";
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
-        file = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        pending = new PendingFile(path);
         file.Write(new byte[HeaderLength]);
     }
 
@@ -63,10 +58,7 @@ public sealed class NpyWriter : IDisposable
     {
         file.Position = 0;
         file.Write(Header(Rows, Math.Max(Columns, 0)));
-        file.Flush(flushToDisk: true);
-        file.Dispose();
-        File.Move(temp, path, true);
-        committed = true;
+        pending.Commit();
     }
 
     /// <summary>
@@ -90,10 +82,5 @@ public sealed class NpyWriter : IDisposable
         return header;
     }
 
-    public void Dispose()
-    {
-        if (committed) return;
-        file.Dispose();
-        try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-    }
+    public void Dispose() => pending.Dispose();
 }
