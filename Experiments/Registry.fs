@@ -24,6 +24,13 @@ let recipes: Recipe list =
           recipes Recipes.BigBiGan.spec
           recipes Recipes.MixMatch.spec
           recipes Recipes.FixMatch.spec
+          recipes Recipes.FlexMatch.spec
+          recipes Recipes.FreeMatch.spec
+          recipes Recipes.SoftMatch.spec
+          recipes Recipes.Uda.spec
+          recipes Recipes.PseudoLabel.spec
+          recipes Recipes.PiModel.spec
+          recipes Recipes.MeanTeacher.spec
           recipes Recipes.EnAET.spec
           recipes Recipes.S4LRotation.spec
           recipes Recipes.S4LExemplar.spec

@@ -14,6 +14,7 @@ open Ssl.Core.Transforms
 open Ssl.Host.Data
 open Ssl.Host.Eval
 open Ssl.Host.Runs
+open Ssl.Host.Engine
 open Ssl.Experiments.Recipe
 open Ssl.Experiments.Pipeline
 open Ssl.Experiments.Template
@@ -67,10 +68,23 @@ let parts (c: Context<'Config>) =
     { Data = c.Data; Split = c.LabelSplit; Encoder = encoder; Classifier = new LinearHead(encoder.FeatureDim, int64 c.Data.Classes) }
 
 /// A semi-supervised step's examples, as training-set indices: the labelled batch drawn for the
-/// step and the unlabelled batch the engine hands out of the pool.
+/// step and the unlabelled batch the engine hands out of the pool; `Pool`: the unlabelled images'
+/// positions in the pool (0 .. pool size − 1), for state kept per pool image (FlexMatch).
 type Batches =
     { Labelled: int64[]
-      Unlabelled: int64[] }
+      Unlabelled: int64[]
+      Pool: int64[] }
+
+/// What a FixMatch-family method makes of the weak views' class probabilities q (μB, C; no
+/// gradient): a weight per image for its hard pseudo-label's cross-entropy, a loss term added to
+/// the step's (FreeMatch's fairness loss) and figures to log. FixMatch's weight is 1(max q ≥ τ).
+type Weighing =
+    { Weights: Tensor
+      Added: Tensor option
+      Figures: (string * float) list }
+
+/// A method's weighing of one step: its batches, q of the weak views, the strong views' logits.
+type Weigh = Batches -> Tensor -> Tensor -> Weighing
 
 type Context<'Config> with
     /// The training of a semi-supervised recipe's `def` on the parts `p`: an epoch walks the unlabelled
@@ -81,7 +95,7 @@ type Context<'Config> with
         let labelledSize = c.Schedule.BatchSize
         let batches (ctx: Ssl.Host.Engine.StepContext) (batch: int64[]) =
             let labelled = labelledBatch ctx.Generator p.Split.Labelled labelledSize
-            { Labelled = labelled; Unlabelled = batch |> Array.map (fun i -> p.Split.Unlabelled[int i]) }
+            { Labelled = labelled; Unlabelled = batch |> Array.map (fun i -> p.Split.Unlabelled[int i]); Pool = batch }
         { trainOn c p.Encoder def batches with
             BatchSize = unlabelledBatch; Examples = int64 p.Split.Unlabelled.Length; Classifier = Some(p.Encoder, p.Classifier) }
 
@@ -134,3 +148,84 @@ type EmaClassifier(encoder: Encoder, head: LinearHead, makeEncoder: unit -> Enco
         member _.Dispose() =
             encoderCopy.Dispose()
             headCopy.Dispose()
+
+type Context<'Config> with
+    /// The training of the classifier `p` with an EMA copy of its weights (decay `emaMomentum`,
+    /// updated after every optimiser step) that test accuracy and the protocols read, as USB
+    /// evaluates every method (ema_m): `loss` makes one step's loss to minimise and figures from the
+    /// EMA copy, the step's context and batches; `state`: tensors the method keeps, for checkpoints.
+    /// Returns the EMA copy with the training.
+    member c.TrainWithEma(p: Parts, unlabelledBatch: int, spec: OptimizerSpec, emaMomentum: float,
+                          loss: EmaClassifier -> StepContext -> Batches -> Tensor * (string * float) list, ?state: unit -> (string * Tensor) list) =
+        let ema = new EmaClassifier(p.Encoder, p.Classifier, c.NewEncoder, int64 c.Data.Classes)
+        let def =
+            stepOf ([ "encoder" => p.Encoder; "head" => p.Classifier ] @ ema.Modules) [ optimizer "main" spec [ p.Encoder; p.Classifier ] ] (fun step batches ->
+                let total, figures = loss ema step batches
+                let value = step.Optimize("main", total)
+                ema.Update emaMomentum
+                ("loss", value) :: figures)
+        ema, { c.TrainSemi(p, unlabelledBatch, { def with State = defaultArg state (fun () -> []) }) with
+                 Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head) }
+
+/// USB's settings of its classic consistency baselines (Pseudo-Label, Π-model, Mean Teacher;
+/// config/classic_cv/<method>/<method>_cifar10_40_0.yaml): WRN-28-2, B = μB = 64, SGD with Nesterov
+/// momentum at 0.03 and FixMatch's cosine, weight decay 5e-4, EMA 0.999, the unlabelled weight ramped
+/// up linearly over the first 40% of the steps (unsup_warm_up), weak views only.
+type ConsistencySettings =
+    { /// The paper's WRN-28-2; quick SmallConvNet-16, as FixMatch's quick.
+      Encoder: Backbone
+      /// Epochs: passes over the unlabelled pool; BatchSize: B, labelled images per step.
+      Schedule: TrainingSchedule
+      /// μ, unlabelled images per labelled one.
+      [<Range(1.0)>] UnlabelledRatio: int
+      /// λ_u, the unlabelled loss's weight once ramped up.
+      [<Range(0.0)>] UnlabelledWeight: float
+      /// The share of the steps over which λ_u ramps up linearly from 0.
+      [<Range(0.0, 1.0)>] RampUp: float
+      [<Range(0.0, 1.0)>] EmaMomentum: float
+      /// The batch norms' running-statistics momentum (PyTorch's convention).
+      [<Range(0.0, 1.0)>] BatchNormMomentum: float
+      /// The weak view's translation by up to this many pixels (FixMatch's 12.5%) and flip.
+      [<Range(0.0)>] TranslatePixels: int64
+      [<Range(0.0, 1.0)>] FlipProbability: float }
+
+/// The settings with λ_u = `weight`. `paper`: USB's 2^20 steps (1,120 epochs of the ~59,900-image pool
+/// at 64 a step); `quick`: SmallConvNet-16, 10 epochs (~9,400 steps of 64 + 64 or 64 + 2·64 images,
+/// about FixMatch quick's images), batch-norm momentum 0.01 and EMA 0.99 as FixMatch's quick;
+/// `smoke`: one epoch of the smoke pool at 16 a step.
+let consistencySettings (weight: float) (preset: Preset) =
+    let paper =
+        { Encoder = Backbone.WideResNet(28, 2L); UnlabelledRatio = 1; UnlabelledWeight = weight; RampUp = 0.4; EmaMomentum = 0.999
+          BatchNormMomentum = 0.001; TranslatePixels = 3L; FlipProbability = 0.5
+          Schedule = { Epochs = 1120; BatchSize = 64; LearningRate = 0.03; WeightDecay = 5e-4; WarmupEpochs = 0.0 } }
+    match preset with
+    | Paper -> paper
+    | Quick -> { paper with Encoder = Backbone.SmallConvNet 16L; BatchNormMomentum = 0.01; EmaMomentum = 0.99; Schedule = { paper.Schedule with Epochs = 10 } }
+    | Smoke -> { paper with Encoder = Backbone.SmallConvNet 16L; BatchNormMomentum = 0.01; Schedule = { paper.Schedule with Epochs = 1; BatchSize = 16 } }
+
+/// The encoder of the settings: its Backbone with their batch-norm momentum, convolutions in `layout`.
+let consistencyEncoder (settings: ConsistencySettings) (channels: int64) (layout: Ssl.Core.Models.SafeConv.ConvLayout) =
+    instantiate layout (Some settings.BatchNormMomentum) channels settings.Encoder
+
+/// The spec of a consistency baseline whose config holds its settings at `settings`.
+let consistencySpec (method: string) (paper: string) (config: Preset -> 'Config) (settings: 'Config -> ConsistencySettings) build =
+    spec method paper semiSupervised config (fun config data layout -> consistencyEncoder (settings config) data.Train.Channels layout)
+        (fun config -> Some (settings config).Encoder) (fun config -> name (settings config).Encoder) build
+
+/// One step of a consistency baseline: the cross-entropy of the weakly augmented labelled batch
+/// (the pass that moves the batch-norm statistics, as USB's bn_controller leaves them to it) plus
+/// λ_u·r(t)·`unlabelled`, r(t) the linear ramp-up; `unlabelled` gets the step and two weak views of
+/// the unlabelled batch and returns its loss and figures.
+let consistencyLoss (settings: ConsistencySettings) (data: Data) (p: Parts) (unlabelled: StepContext -> Tensor -> Tensor -> Tensor * (string * float) list)
+                    (step: StepContext) (batches: Batches) =
+    let weak x = weakAugment settings.TranslatePixels settings.FlipProbability step.Generator x
+    let x = pixels data.Train batches.Labelled step.Device |> weak |> standardise data
+    let y = labelsOf data step.Device batches.Labelled
+    let logits = p.Classifier.forward(p.Encoder.forward x)
+    let supervised = torch.nn.functional.cross_entropy(logits, y)
+    let raw = pixels data.Train batches.Unlabelled step.Device
+    let first, second = weak raw |> standardise data, weak raw |> standardise data
+    let loss, figures = BatchNorms.withoutRunningUpdates [ p.Encoder :> torch.nn.Module ] (fun () -> unlabelled step first second)
+    let ramp = Ssl.Core.Losses.MixMatch.linearRampUp (max 1L (int64 (settings.RampUp * float step.TotalSteps))) 1.0 step.GlobalStep
+    supervised + loss * (settings.UnlabelledWeight * ramp),
+    [ "loss_x", float (supervised.item<float32>()); "loss_u", float (loss.item<float32>()); "ramp", ramp; "train_acc", accuracy logits y; yield! figures ]

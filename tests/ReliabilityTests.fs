@@ -243,6 +243,24 @@ let tests =
                     Expect.sequenceEqual (metricRows dir) (metricRows reference) "metrics.jsonl rows"
                     Expect.isFalse (File.Exists(Path.Combine(dir, "checkpoints", "last.ckpt.tmp"))) "no temporary checkpoint left"
                 }
+            test "FreeMatch killed in its second epoch and resumed logs the uninterrupted run's figures, threshold state included" {
+                // Both runs stop at the evaluation (killed there), so only training is compared: epoch 2's
+                // thresholds and mask rate read τ_t, p̃_t and h̃_t, which the resume must take from the checkpoint.
+                let args dir = [ "train"; "freematch"; "--preset"; "smoke"; "--deterministic"; "--set"; "Epochs=2"; "--out"; dir ]
+                let kill = Ssl.Host.Runtime.FaultInjection.Variable
+                let straight = Path.Combine(root.Force(), "freematch-straight")
+                let code, _, err = ssl [ kill, "eval:1" ] (args straight)
+                Expect.equal code 137 $"the uninterrupted run reaches the evaluation ({err})"
+                let dir = Path.Combine(root.Force(), "freematch-killed")
+                let code, _, err = ssl [ kill, "step:20" ] (args dir)
+                Expect.equal code 137 $"killed in epoch 2 ({err})"
+                let code, _, err = ssl [ kill, "eval:1" ] (args dir @ [ "--resume" ])
+                Expect.equal code 137 $"the resume reaches the evaluation ({err})"
+                let rows = metricRows dir
+                Expect.equal rows.Length 2 "two epoch rows"
+                Expect.stringContains rows[1] "\"threshold/0\"" "epoch 2 logs the class thresholds"
+                Expect.sequenceEqual rows (metricRows straight) "metrics.jsonl rows"
+            }
             test "a full disk ends in a clear error, keeps the last checkpoint and resumes once space is freed" {
                 if isRoot () then
                     let disk = Path.Combine(root.Force(), "small-disk")

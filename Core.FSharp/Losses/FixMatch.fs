@@ -18,6 +18,18 @@ type PseudoLabelLoss =
       /// q̂_b = argmax q_b, (μB) int64, no gradient.
       PseudoLabels: Tensor }
 
+/// The unlabelled loss of the FixMatch family with a weight per image: (1/μB) Σ_b w_b H(q̂_b,
+/// p_m(y | A(u_b))). FixMatch's w_b is 1(max q_b ≥ τ); FlexMatch, FreeMatch and SoftMatch compute
+/// theirs in AdaptiveThresholds.fs. `weights`: (μB), no gradient; `pseudoLabels`: q̂ (μB) int64;
+/// `strongLogits`: (μB, C).
+let weightedLoss (weights: Tensor) (pseudoLabels: Tensor) (strongLogits: Tensor) : Tensor =
+    expect "strongLogits" [| Any; Any |] strongLogits
+    expect "weights" [| Exactly strongLogits.shape[0] |] weights
+    expect "pseudoLabels" [| Exactly strongLogits.shape[0] |] pseudoLabels
+    use scope = NewDisposeScope()
+    let perImage = nn.functional.cross_entropy(strongLogits, pseudoLabels, reduction = nn.Reduction.None)
+    (perImage * weights.detach()).mean().MoveToOuterDisposeScope()
+
 /// FixMatch eq. 4: ℓ_u = (1/μB) Σ_b 1(max q_b ≥ τ) H(q̂_b, p_m(y | A(u_b))), with q_b = p_m(y | α(u_b))
 /// the softmax of the weak view's logits under stop-gradient (eq. 3) and q̂_b = argmax q_b a hard
 /// pseudo-label. The mean runs over all μB images, the masked ones counting as 0, as the paper and
@@ -36,7 +48,6 @@ let pseudoLabelLoss (threshold: float) (weakLogits: Tensor) (strongLogits: Tenso
         weakLogits.detach().softmax(1L).max(1L)
     let passing = confidence.ge(threshold.ToScalar())
     let mask = passing.to_type(strongLogits.dtype)
-    let perImage = nn.functional.cross_entropy(strongLogits, pseudoLabels, reduction = nn.Reduction.None)
-    let loss = (perImage * mask).mean()
+    let loss = weightedLoss mask pseudoLabels strongLogits
     { Loss = loss.MoveToOuterDisposeScope(); Mask = passing.MoveToOuterDisposeScope(); MaskRate = mask.mean().MoveToOuterDisposeScope()
       PseudoLabels = pseudoLabels.MoveToOuterDisposeScope() }

@@ -66,9 +66,9 @@ let encoder (config: Config) (channels: int64) (layout: SafeConv.ConvLayout) : E
 /// SGD with Nesterov momentum 0.9. The paper decays the rate as cos(7πk / 16K); OptimizerSpec's
 /// schedule is the half cosine ½(1 + cos(πk/K)) to a floor, so we use it with the floor cos(7π/16)
 /// ≈ 0.195, the paper's final factor: same start and end, a slightly lower middle.
-let optimizerSpec (config: Config) =
-    OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = config.Schedule.LearningRate, Momentum = 0.9, Nesterov = true,
-                  WeightDecay = config.Schedule.WeightDecay, FinalLrFraction = cos (7.0 * System.Math.PI / 16.0))
+let optimizerSpec (schedule: TrainingSchedule) =
+    OptimizerSpec(Kind = OptimizerKind.Sgd, LearningRate = schedule.LearningRate, Momentum = 0.9, Nesterov = true,
+                  WeightDecay = schedule.WeightDecay, FinalLrFraction = cos (7.0 * System.Math.PI / 16.0))
 
 /// Share of `predicted` equal to the pool images' true labels where `among` holds (and the label is
 /// known): logged only, None where nothing counts.
@@ -80,9 +80,17 @@ let private agreement (truth: torch.Tensor) (predicted: torch.Tensor) (among: to
         use hits = predicted.eq(truth).logical_and(counted)
         Some(float (hits.sum().item<int64>()) / float total)
 
-/// One FixMatch step: the labelled batch, the weak and the strong view of the unlabelled batch,
-/// classified in one pass; then the EMA update.
-let private run (config: Config) (data: Data) (encoder: Encoder) (head: LinearHead) (ema: EmaClassifier) (step: StepContext) (batches: Batches) =
+/// FixMatch's fixed confidence threshold τ (eq. 4).
+let fixedThreshold (threshold: float) : Weigh =
+    fun _ probs _ ->
+        let struct (confidence, predicted) = probs.max(1L)
+        use _ = predicted
+        use _ = confidence
+        { Weights = confidence.ge(threshold.ToScalar()).to_type(probs.dtype); Added = None; Figures = [] }
+
+/// One step of the family: the labelled batch, the weak and the strong view of the unlabelled batch,
+/// classified in one pass; ℓ_s + λ_u ℓ_u (+ the weighing's added term).
+let private loss (config: Config) (weigh: Weigh) (data: Data) (encoder: Encoder) (head: LinearHead) (step: StepContext) (batches: Batches) =
     let generator = step.Generator
     let weak x = weakAugment config.TranslatePixels config.FlipProbability generator x
     let x = pixels data.Train batches.Labelled step.Device |> weak
@@ -93,16 +101,22 @@ let private run (config: Config) (data: Data) (encoder: Encoder) (head: LinearHe
     let logits = head.forward(encoder.forward(standardise data (torch.cat([| x; weakView; strongView |], 0L))))
     let b, u = x.shape[0], raw.shape[0]
     let labelledLogits = logits.narrow(0L, 0L, b)
+    let strongLogits = logits.narrow(0L, b + u, u)
     let supervised = torch.nn.functional.cross_entropy(labelledLogits, y)
-    let unlabelled = FixMatch.pseudoLabelLoss config.Threshold (logits.narrow(0L, b, u)) (logits.narrow(0L, b + u, u))
-    let value = step.Optimize("main", supervised + unlabelled.Loss * config.UnlabelledWeight)
-    ema.Update config.EmaMomentum
+    let probs = logits.narrow(0L, b, u).detach().softmax(1L)
+    let pseudoLabels = probs.argmax(1L)
+    let weighing = weigh batches probs strongLogits
+    let unlabelled = FixMatch.weightedLoss weighing.Weights pseudoLabels strongLogits
+    let total = supervised + unlabelled * config.UnlabelledWeight
     use truth = labelsOf data step.Device batches.Unlabelled
     use everywhere = torch.ones_like(truth, dtype = torch.ScalarType.Bool)
-    [ "loss", value; "loss_x", float (supervised.item<float32>()); "loss_u", float (unlabelled.Loss.item<float32>())
-      "mask_rate", float (unlabelled.MaskRate.item<float32>()); "train_acc", accuracy labelledLogits y
-      match agreement truth unlabelled.PseudoLabels everywhere with Some a -> "pseudo_acc", a | None -> ()
-      match agreement truth unlabelled.PseudoLabels unlabelled.Mask with Some a -> "pseudo_acc_masked", a | None -> () ]
+    use kept = weighing.Weights.gt(0.0.ToScalar())
+    (match weighing.Added with Some added -> total + added | None -> total),
+    [ "loss_x", float (supervised.item<float32>()); "loss_u", float (unlabelled.item<float32>())
+      "mask_rate", float (weighing.Weights.mean().item<float32>()); "train_acc", accuracy labelledLogits y
+      match agreement truth pseudoLabels everywhere with Some a -> "pseudo_acc", a | None -> ()
+      match agreement truth pseudoLabels kept with Some a -> "pseudo_acc_masked", a | None -> ()
+      yield! weighing.Figures ]
 
 /// After training, the EMA classifier on the un-augmented pool: the share of images whose
 /// pseudo-label would pass τ, and the accuracy of all pseudo-labels and of those passing.
@@ -123,20 +137,27 @@ let poolFigures (ema: EmaClassifier) (data: Data) (pool: int64[]) (threshold: fl
       match agreement truth predicted everywhere with Some a -> "pool_pseudo_acc", a | None -> ()
       match agreement truth predicted passing with Some a -> "pool_pseudo_acc_confident", a | None -> () ]
 
-/// The classifier, its EMA copy and the step; an epoch walks the pool μB images at a time; test
-/// accuracy, the protocols and the pool figures read the EMA copy.
-let build (ctx: Context<Config>) =
-    let config = ctx.Config
+/// A FixMatch-family recipe's training: the classifier and its EMA copy (what test accuracy, the
+/// protocols and the pool figures read), the step with the weighing that `weighing` makes for the run
+/// (with the state tensors it keeps, for checkpoints); an epoch walks the pool μB images at a time.
+/// `fixMatch`: the FixMatch settings inside the recipe's config.
+let buildFamily (fixMatch: 'Config -> Config) (weighing: Context<'Config> -> Parts -> Weigh * (unit -> (string * torch.Tensor) list)) (ctx: Context<'Config>) =
+    let config = fixMatch ctx.Config
     let p = parts ctx
-    let ema = new EmaClassifier(p.Encoder, p.Classifier, ctx.NewEncoder, int64 ctx.Data.Classes)
-    let def =
-        stepOf ([ "encoder" => p.Encoder; "head" => p.Classifier ] @ ema.Modules)
-            [ optimizer "main" (optimizerSpec config) [ p.Encoder; p.Classifier ] ] (run config ctx.Data p.Encoder p.Classifier ema)
-    { ctx.TrainSemi(p, config.Schedule.BatchSize * config.UnlabelledRatio, def) with
-        Evaluated = ema.Encoder; Classifier = Some(ema.Encoder, ema.Head)
-        Extra = poolFigures ema ctx.Data p.Split.Unlabelled config.Threshold ctx.Device }
+    let weigh, state = weighing ctx p
+    let ema, training =
+        ctx.TrainWithEma(p, config.Schedule.BatchSize * config.UnlabelledRatio, optimizerSpec config.Schedule, config.EmaMomentum,
+                         (fun _ -> loss config weigh ctx.Data p.Encoder p.Classifier), state)
+    { training with Extra = poolFigures ema ctx.Data p.Split.Unlabelled config.Threshold ctx.Device }
+
+let build (ctx: Context<Config>) = buildFamily id (fun ctx _ -> fixedThreshold ctx.Config.Threshold, (fun () -> [])) ctx
 
 let spec =
     Ssl.Experiments.Template.spec "fixmatch" "Sohn et al. 2020, FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence"
         semiSupervised config (fun config data layout -> encoder config data.Train.Channels layout) (fun config -> Some config.Encoder)
         (fun config -> name config.Encoder) build
+
+/// The spec of a recipe built on FixMatch's settings, which its config holds at `fixMatch`.
+let familySpec (method: string) (paper: string) (config: Preset -> 'Config) (fixMatch: 'Config -> Config) build =
+    Ssl.Experiments.Template.spec method paper semiSupervised config (fun config data layout -> encoder (fixMatch config) data.Train.Channels layout)
+        (fun config -> Some (fixMatch config).Encoder) (fun config -> name (fixMatch config).Encoder) build

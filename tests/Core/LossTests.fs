@@ -450,6 +450,178 @@ let fixMatchTests =
         }
     ]
 
+// ---- FlexMatch, FreeMatch, SoftMatch (AdaptiveThresholds.fs), against USB's hooks in loops ----
+
+/// Rows of class probabilities, softmax of scaled normal logits (some confident, some not).
+let private probabilities (g: torch.Generator) (n: int64) (c: int64) =
+    use logits = randn g [| n; c |] * 3.0
+    logits.softmax(1L)
+
+let private argmaxOf (row: float[]) = let best = Array.max row in Array.findIndex ((=) best) row
+
+/// USB's FlexMatchThresholdingHook.update: counts of the selections (class or -1); where the
+/// largest is below U, β_c = count_c / the largest count (with -1 under warm-up, without it otherwise).
+let private flexStatusOracle (warmup: bool) (previous: float[]) (selected: int64[]) =
+    let count k = selected |> Array.filter ((=) k) |> Array.length |> float
+    let classes = previous.Length
+    let all = [ -1L .. int64 classes - 1L ] |> List.map count |> List.max
+    if all >= float selected.Length then previous
+    else
+        let largest = if warmup then all else [ 0L .. int64 classes - 1L ] |> List.map count |> List.max
+        Array.init classes (fun c -> count (int64 c) / largest)
+
+let private flexMaskOracle (threshold: float) (status: float[]) (probs: float[][]) =
+    probs |> Array.map (fun q -> let b = status[argmaxOf q] in if Array.max q >= threshold * b / (2.0 - b) then 1.0 else 0.0)
+
+let private flexSelectOracle (threshold: float) (selected: int64[]) (pool: int64[]) (probs: float[][]) =
+    let updated = Array.copy selected
+    probs |> Array.iteri (fun i q -> if Array.max q >= threshold then updated[int pool[i]] <- int64 (argmaxOf q))
+    updated
+
+let private longs (t: torch.Tensor) = t.data<int64>().ToArray()
+
+let adaptiveThresholdTests =
+    testList "adaptive thresholds" [
+        Prop.propSmall "weightedLoss: the mean over all images of w_b times the strong view's cross-entropy" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            use g = generator seed
+            let n, c = int64 (Random(seed).Next(1, 9)), 4L
+            let strong = randn g [| n; c |]
+            let weights = torch.rand([| n |], dtype = f64, generator = g)
+            let labels = torch.randint(c, [| n |], generator = g)
+            let labelArray, weightArray = longs labels, values weights
+            let expected = rows strong |> Array.mapi (fun i s -> weightArray[i] * (logSumExp s - s[int labelArray[i]])) |> Array.average
+            near 1e-12 "loss" (scalar (FixMatch.weightedLoss weights labels strong)) expected)
+
+        Prop.propSmall "FlexMatch: mask, selections and learning status equal USB's hook in loops, warm-up on and off" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            use g = generator seed
+            let rnd = Random(seed)
+            let u, n, c = 40L, int64 (rnd.Next(1, 12)), int64 (rnd.Next(2, 6))
+            let warmup = rnd.Next(2) = 0
+            let threshold = [| 0.3; 0.6; 0.95 |][rnd.Next(3)]
+            let selectedArray = Array.init (int u) (fun _ -> if rnd.Next(3) = 0 then -1L else int64 (rnd.Next(int c)))
+            let selected = torch.tensor(selectedArray)
+            let status = torch.rand([| c |], dtype = f64, generator = g)
+            let pool = torch.randperm(u, generator = g).narrow(0L, 0L, n)
+            let probs = probabilities g n c
+            let mask, statusNext, selectedNext = FlexMatch.step warmup threshold status selected pool probs
+            let expectedSelected = flexSelectOracle threshold selectedArray (longs pool) (rows probs)
+            Expect.equal (values mask) (flexMaskOracle threshold (values status) (rows probs)) "the mask reads the status before the batch"
+            Expect.equal (longs selectedNext) expectedSelected "selections"
+            Check.close 1e-12 0.0 "status" statusNext (torch.tensor(flexStatusOracle warmup (values status) expectedSelected, dtype = f64)))
+
+        test "FlexMatch: at the start (every image unselected) the status stays 0, so every threshold is 0 under warm-up" {
+            use previous = torch.zeros(3L, dtype = f64)
+            use selected = torch.full([| 10L |], FlexMatch.unselected.ToScalar())
+            use status = FlexMatch.learningStatus true previous selected
+            Expect.equal (values status) [| 0.0; 0.0; 0.0 |] "unchanged"
+            use probs = torch.tensor([| 0.4; 0.3; 0.3 |], dtype = f64).view(1L, 3L)
+            Expect.equal (values (FlexMatch.mask 0.95 status probs)) [| 1.0 |] "τ·M(0) = 0: the unsure image passes"
+        }
+
+        Prop.propSmall "FreeMatch: the state update, the mask from the updated state and the fairness loss equal USB in loops" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            use g = generator seed
+            let rnd = Random(seed)
+            let n, c = int64 (rnd.Next(2, 12)), int64 (rnd.Next(2, 6))
+            let m = [| 0.0; 0.9; 0.999 |][rnd.Next(3)]
+            let start = { FreeMatch.initial c f64 with Threshold = torch.tensor(rnd.NextDouble(), dtype = f64); ClassProbabilities = probabilities g 1L c |> fun t -> t.squeeze(0L) }
+            let probs = probabilities g n c
+            let mask, next = FreeMatch.step m start probs
+            let q = rows probs
+            let hist = Array.init (int c) (fun k -> q |> Array.filter (fun r -> argmaxOf r = k) |> Array.length |> float)
+            let ema (o: float) (b: float) = m * o + (1.0 - m) * b
+            let tau = ema (scalar start.Threshold) (q |> Array.averageBy Array.max)
+            let startP, startH = values start.ClassProbabilities, values start.Histogram
+            let pModel : float[] = Array.init (int c) (fun k -> ema startP[k] (q |> Array.averageBy (fun r -> r[k])))
+            let labelHist : float[] = Array.init (int c) (fun k -> ema startH[k] (hist[k] / float n))
+            near 1e-12 "τ_t" (scalar next.Threshold) tau
+            Check.close 1e-12 0.0 "p̃_t" next.ClassProbabilities (torch.tensor(pModel, dtype = f64))
+            Check.close 1e-12 0.0 "h̃_t" next.Histogram (torch.tensor(labelHist, dtype = f64))
+            let expectedMask = q |> Array.map (fun r -> if Array.max r >= tau * pModel[argmaxOf r] / Array.max pModel then 1.0 else 0.0)
+            Expect.equal (values mask) expectedMask "mask from the updated state"
+            // The fairness loss over the masked rows of random strong logits.
+            let strong = randn g [| n; c |]
+            let loss = FreeMatch.fairnessLoss next mask strong
+            let kept = Array.zip (rows strong) expectedMask |> Array.filter (fun (_, w) -> w > 0.0) |> Array.map (fst >> softmax)
+            let expected =
+                if kept.Length = 0 then 0.0
+                else
+                    let inv x = if x = 0.0 then 0.0 else 1.0 / x
+                    let histS = Array.init (int c) (fun k -> (kept |> Array.filter (fun r -> argmaxOf r = k) |> Array.length |> float) / float kept.Length)
+                    let norm (xs: float[]) = let s = Array.sum xs in xs |> Array.map (fun x -> x / s)
+                    let target = norm (Array.init (int c) (fun k -> pModel[k] * inv labelHist[k]))
+                    let predicted = norm (Array.init (int c) (fun k -> (kept |> Array.averageBy (fun r -> r[k])) * inv histS[k]))
+                    Array.fold2 (fun acc t p -> acc + t * log (p + 1e-12)) 0.0 target predicted
+            near 1e-10 "L_f" (scalar loss) expected)
+
+        Prop.propSmall "SoftMatch: alignment, μ_t and σ²_t updated before the weights, as USB's hooks in loops" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            use g = generator seed
+            let rnd = Random(seed)
+            let n, c = int64 (rnd.Next(2, 12)), int64 (rnd.Next(2, 6))
+            let m = [| 0.0; 0.9; 0.999 |][rnd.Next(3)]
+            let first = rnd.Next(2) = 0
+            let start =
+                { SoftMatch.initial c f64 with
+                    ClassProbabilities = (probabilities g 1L c).squeeze(0L); Mean = torch.tensor(rnd.NextDouble(), dtype = f64)
+                    Variance = torch.tensor(0.01 + rnd.NextDouble(), dtype = f64); Steps = torch.tensor((if first then 0.0 else 5.0), dtype = f64) }
+            let probs = probabilities g n c
+            let weights, next = SoftMatch.step m 2.0 start probs
+            let q = rows probs
+            let batchMean = Array.init (int c) (fun k -> q |> Array.averageBy (fun r -> r[k]))
+            let pModel = if first then batchMean else Array.map2 (fun o b -> m * o + (1.0 - m) * b) (values start.ClassProbabilities) batchMean
+            let aligned = q |> Array.map (fun r -> let a = Array.init (int c) (fun k -> r[k] * (1.0 / float c + 1e-6) / (pModel[k] + 1e-6)) in let s = Array.sum a in a |> Array.map (fun x -> x / s))
+            let conf = aligned |> Array.map Array.max
+            let avg = Array.average conf
+            let var = (conf |> Array.sumBy (fun x -> (x - avg) ** 2.0)) / float (n - 1L)
+            let mu = m * scalar start.Mean + (1.0 - m) * avg
+            let sigma2 = m * scalar start.Variance + (1.0 - m) * var
+            Check.close 1e-12 0.0 "p_model" next.ClassProbabilities (torch.tensor(pModel, dtype = f64))
+            near 1e-12 "μ_t" (scalar next.Mean) mu
+            near 1e-12 "σ²_t" (scalar next.Variance) sigma2
+            let expected = conf |> Array.map (fun x -> let d = min (x - mu) 0.0 in exp (-(d * d) / (2.0 * sigma2 / 4.0)))
+            Check.close 1e-12 0.0 "weights" weights (torch.tensor(expected, dtype = f64)))
+
+        Prop.propSmall "UDA: sharpened soft targets, the confidence mask and the weighted soft cross-entropy equal loops" (fun (seed: int) ->
+            use scope = torch.NewDisposeScope()
+            use g = generator seed
+            let rnd = Random(seed)
+            let n, c = int64 (rnd.Next(1, 9)), int64 (rnd.Next(2, 6))
+            let weak = randn g [| n; c |] * 3.0
+            let strong = randn g [| n; c |]
+            let temperature, threshold = [| 0.4; 1.0 |][rnd.Next(2)], [| 0.5; 0.8 |][rnd.Next(2)]
+            let soft, mask = Uda.targets temperature threshold weak
+            let w = rows weak
+            Check.close 1e-12 0.0 "targets" soft (torch.tensor(Array.concat (w |> Array.map (fun r -> softmax (r |> Array.map (fun x -> x / temperature)))), dtype = f64).view(n, c))
+            Expect.equal (values mask) (w |> Array.map (fun r -> if Array.max (softmax r) >= threshold then 1.0 else 0.0)) "mask"
+            let t, m = rows soft, values mask
+            let expected = rows strong |> Array.mapi (fun i s -> let l = logSumExp s in m[i] * (Array.map2 (fun ti si -> -ti * (si - l)) t[i] s |> Array.sum)) |> Array.average
+            near 1e-12 "loss" (scalar (Uda.consistencyLoss mask soft strong)) expected)
+
+        test "UDA: TSA thresholds grow from about 1/K towards 1 under every schedule; none keeps every example" {
+            for schedule in [ Uda.Linear; Uda.Exponential; Uda.Logarithmic ] do
+                Expect.isLessThan (Uda.tsaThreshold schedule 0.0 10) (Uda.tsaThreshold schedule 0.5 10) $"{schedule} grows"
+                Expect.isLessThan (Uda.tsaThreshold schedule 0.5 10) (Uda.tsaThreshold schedule 1.0 10) $"{schedule} grows"
+            near 1e-12 "linear at the end" (Uda.tsaThreshold Uda.Linear 1.0 10) 1.0
+            near 1e-12 "exp at the end" (Uda.tsaThreshold Uda.Exponential 1.0 10) 1.0
+            near 1e-12 "log at the end" (Uda.tsaThreshold Uda.Logarithmic 1.0 10) ((1.0 - exp -5.0) * 0.9 + 0.1)
+            near 1e-12 "linear at the start" (Uda.tsaThreshold Uda.Linear 0.0 10) 0.1
+            near 1e-12 "linear midway" (Uda.tsaThreshold Uda.Linear 0.5 10) 0.55
+            near 1e-12 "log midway" (Uda.tsaThreshold Uda.Logarithmic 0.5 4) ((1.0 - exp -2.5) * 0.75 + 0.25)
+            near 1e-12 "exp midway" (Uda.tsaThreshold Uda.Exponential 0.5 4) (exp -2.5 * 0.75 + 0.25)
+            near 0.0 "none" (Uda.tsaThreshold Uda.NoAnnealing 0.0 10) 1.0
+        }
+
+        test "bad input names the argument" {
+            use probs = torch.full([| 1L; 3L |], (1.0 / 3.0).ToScalar(), dtype = f64)
+            rejects "probs" "at least 2 rows" (fun () -> (snd (SoftMatch.step 0.9 2.0 (SoftMatch.initial 3L f64) probs)).Mean)
+            rejects "probs" "(*, 4)" (fun () -> FreeMatch.mask (FreeMatch.initial 4L f64) probs)
+            rejects "weights" "(2)" (fun () -> FixMatch.weightedLoss (torch.ones(3L)) (torch.zeros(2L, dtype = torch.int64)) (torch.zeros(2L, 3L)))
+        }
+    ]
+
 // ---- MixMatch ----
 
 let private oneHot (labels: int[]) (classes: int) =
@@ -1308,6 +1480,7 @@ let tests =
         entropyTests
         mixMatchTests
         fixMatchTests
+        adaptiveThresholdTests
         tripletTests
         transformationTests
         vatTests
