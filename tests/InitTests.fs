@@ -29,7 +29,7 @@ let private python (args: string list) =
     p.WaitForExit()
     p.ExitCode, out + err.Result
 
-/// The folder tests/scripts/torchvision_resnet18.py wrote: resnet18.pt, input.f32, features.f32.
+/// The folder tests/scripts/torchvision_resnet18.py wrote: resnet18.pt, checkpoint.pth, input.f32, features.f32.
 let private torchvision =
     lazy
         (let dir = Path.Combine(root.Force(), "torchvision")
@@ -83,6 +83,7 @@ let private torchvisionTests =
             let loaded = EncoderInit.Load(encoder, Path.Combine(dir, "resnet18.pt"), "resnet18-imagenet")
             Expect.equal (List.sort (List.ofSeq loaded.IgnoredHeads)) [ "fc.bias"; "fc.weight" ] "the classifier head is left aside"
             Expect.equal loaded.Loaded (encoder.state_dict().Count) "every tensor of the encoder"
+            Expect.equal (encoder.parameters() |> Seq.sumBy (fun p -> p.numel())) 11_176_512L "torchvision's parameters less its fc"
             use images = readF32 (Path.Combine(dir, "input.f32")) [| 2L; 3L; 64L; 64L |]
             use expected = readF32 (Path.Combine(dir, "features.f32")) [| 2L; 512L |]
             use ours = features encoder images
@@ -104,6 +105,16 @@ let private torchvisionTests =
             let loaded = EncoderInit.Load(encoder, path, "resnet18-imagenet")
             Expect.equal loaded.Prefix "module." "the prefix every name of the encoder is found under"
             Expect.equal (List.ofSeq loaded.IgnoredOutsidePrefix) [ "projector.0.weight" ] "the rest of the checkpoint"
+            use images = readF32 (Path.Combine(dir, "input.f32")) [| 2L; 3L; 64L; 64L |]
+            use expected = readF32 (Path.Combine(dir, "features.f32")) [| 2L; 512L |]
+            use ours = features encoder images
+            Check.close 1e-4 0.0 "features" ours expected
+        }
+        test "a training checkpoint (.pth) is unwrapped from its state_dict entry and read under its backbone. prefix" {
+            let dir = torchvision.Force()
+            use encoder = seededNchw 3L 3L ResNet18ImageNet
+            let loaded = EncoderInit.Load(encoder, Path.Combine(dir, "checkpoint.pth"), "resnet18-imagenet")
+            Expect.equal (loaded.Prefix, List.ofSeq loaded.IgnoredOutsidePrefix) ("backbone.", [ "projector.weight" ]) "prefix and the rest"
             use images = readF32 (Path.Combine(dir, "input.f32")) [| 2L; 3L; 64L; 64L |]
             use expected = readF32 (Path.Combine(dir, "features.f32")) [| 2L; 512L |]
             use ours = features encoder images

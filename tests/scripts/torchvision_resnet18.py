@@ -2,7 +2,8 @@
 
 Random weights and non-trivial batch-norm running statistics, in eval mode; writes to OUT_DIR its
 state dict (resnet18.pt by torch.save; resnet18.safetensors too where the safetensors module is
-installed), an input (input.f32: float32 (2, 3, 64, 64), C order) and its features before the
+installed), a training checkpoint holding it under "state_dict" with a "backbone." prefix
+beside other entries (checkpoint.pth), an input (input.f32: float32 (2, 3, 64, 64), C order) and its features before the
 classifier (features.f32: float32 (2, 512), after the global average pool).
 Usage: /usr/bin/python3 torchvision_resnet18.py OUT_DIR
 """
@@ -28,6 +29,9 @@ with torch.no_grad():
             module.num_batches_tracked.fill_(7)
 model.eval()
 torch.save(model.state_dict(), os.path.join(out, "resnet18.pt"))
+checkpoint = {"backbone." + name: tensor for name, tensor in model.state_dict().items()}
+checkpoint["projector.weight"] = torch.ones(8, 512)
+torch.save({"epoch": 3, "state_dict": checkpoint}, os.path.join(out, "checkpoint.pth"))
 try:
     import safetensors.torch
     safetensors.torch.save_file(model.state_dict(), os.path.join(out, "resnet18.safetensors"))
