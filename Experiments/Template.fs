@@ -368,11 +368,13 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
     let newEncoder () = spec.Encoder config data env.Runtime.ConvLayout
     // The encoders the recipe builds start from --init; the random-init baseline and checks do not.
     let architecture = spec.Backbone config |> Option.map string |> Option.defaultWith (fun () -> spec.EncoderName config)
+    let initLoads = ref 0
     let initialised () =
         let encoder = newEncoder ()
         request.Init |> Option.iter (fun init ->
             try loadInit init architecture encoder
-            with _ -> encoder.Dispose(); reraise ())
+            with _ -> encoder.Dispose(); reraise ()
+            initLoads.Value <- initLoads.Value + 1)
         encoder
     torch.manual_seed(request.Seed) |> ignore
     let context =
@@ -380,6 +382,8 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
           Owned = Collections.Generic.List() }
     let t = spec.Build context
     try
+        if request.Init.IsSome && initLoads.Value = 0 then
+            invalidArg "--init" $"--init: expected a recipe whose encoder the template builds (ctx.NewEncoder), found {request.Method}, which builds its own"
         let layer, pool = t.Probe.LayerAndPool
         // The probed layer exists (a typo fails now, not after training); built on a copy of the
         // trained encoder's architecture, after Build so the run's random draws are unchanged.

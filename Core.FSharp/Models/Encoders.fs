@@ -176,9 +176,6 @@ type ResNet18(inputChannels: int64, ?layout: SafeConv.ConvLayout, ?imagenetStem:
 
     override _.FeatureDim = 512L
 
-    /// Whether the stem is the ImageNet one (7x7 stride 2, max-pool) rather than the CIFAR one.
-    member _.ImagenetStem = imagenetStem
-
     /// Our name of the tensor torchvision's `resnet18` calls `name` (conv1, bn1, layerS.B.convK,
     /// layerS.B.bnK, layerS.B.downsample.0/1), or `name` itself where it has none (`fc.*`, the classifier).
     static member TorchvisionName(name: string) : string =
