@@ -69,7 +69,7 @@ let runOne (recipe: Recipe) (preset: Preset) (warmup: int) (steps: int) (threads
     let request: Request =
         { Method = recipe.Name; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = reading.ImageSize; DataMemoryMb = reading.DataMemoryMb; Workers = 0; Layout = Ssl.Host.Data.FolderLayout.Auto; DataRoot = None; Labels = labels; Seed = 0L
           Device = DeviceRequest.Cpu; Threads = env.Threads; Deterministic = false; Out = out; Resume = false; Force = false
-          Config = Some config; Overrides = [] }
+          Config = Some config; Overrides = []; Init = None }
     let peak = MachineInfo.MatmulPeakGflops()
     let perImage, streamed =
         // The FLOP count needs the images' shape only: read a folder streamed (no pixels kept), so this

@@ -78,6 +78,7 @@ type TrainArgs =
     | Out of dir: string
     | Resume
     | Force
+    | Init of file: string
 
     interface IArgParserTemplate with
         member a.Usage =
@@ -103,6 +104,7 @@ type TrainArgs =
             | Memory_Format _ -> memoryFormatUsage
             | Side_Thread _ -> sideThreadUsage
             | Force -> "replace the run the folder holds (its config, metrics, checkpoints, results and plots are deleted first)."
+            | Init _ -> "start the encoder from these weights: a state dict in .pt/.pth (torch.save), .safetensors or .dat (an ssl export), matched by name (torchvision's resnet18 into resnet18-imagenet; a module./backbone./encoder. prefix is stripped); recorded in config.json with its SHA-256."
 
 type ConfigArgs =
     | [<MainCommand; ExactlyOnce>] Method of method: string
@@ -128,10 +130,12 @@ type EvalArgs =
     | Pool of size: int
     | Eval_Dataset of name: string
     | Random_Init
+    | Init of file: string
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Init _ -> "evaluate these weights (a state dict file, as `ssl train --init` reads) in the run's architecture instead of its export."
             | Layer _ -> "probe this layer instead of the one the run's evaluation read (config.json's probe; default: that one, so figures match result.json); linear or knn. `output` reads the encoder's output; e.g. features.block2b_relu of SmallConvNet, branch for a staged encoder's branch layer, class-tokens for a ViT's class tokens of its last --pool blocks, class-tokens-patch-mean for those and the mean of the last block's patch tokens."
             | Pool _ -> "with --layer: average-pool the layer's maps to size x size before flattening (default 2); with class-tokens or class-tokens-patch-mean, the number of last blocks."
             | Eval_Dataset _ -> "the labelled set to evaluate on (default: the run's --eval-dataset, else its --dataset); needed for runs trained on unlabelled images."

@@ -105,6 +105,20 @@ let defaultOut (request: Recipe.Request) =
           if not request.Overrides.IsEmpty then $"set-{digest request.Overrides}" ]
     IO.Path.Combine("runs", String.concat "-" parts)
 
+/// The weights a run starts from: --init's file, else the one a replayed config.json records
+/// (`init`), which must still be the same bytes (its SHA-256).
+let private initOf (given: string option) (configPath: string) (recorded: JsonObject) =
+    match given, (if recorded.ContainsKey "init" then recorded["init"] else null) with
+    | Some path, _ -> Some(InitFile.Of path)
+    | None, (:? JsonObject as was) ->
+        let field key = TrainedRun.field<string> configPath was key
+        let init = InitFile.Of(defaultArg (field "path") "")
+        match field "sha256" with
+        | Some sha when sha <> init.Sha256 ->
+            raise (DataException(init.Path, $"the weights {configPath} records as its init (SHA-256 {sha})", $"SHA-256 {init.Sha256}; pass --init to start from it anyway"))
+        | _ -> Some init
+    | None, _ -> None
+
 let train (args: ParseResults<TrainArgs>) =
     let file = args.TryGetResult TrainArgs.Config |> Option.map (fun p -> p, readConfigFile p)
     let run = file |> Option.map (fun (_, (r, _)) -> r) |> Option.defaultWith (fun () -> JsonObject())
@@ -164,7 +178,8 @@ let train (args: ParseResults<TrainArgs>) =
           Resume = args.Contains TrainArgs.Resume
           Force = args.Contains TrainArgs.Force
           Config = Some config
-          Overrides = recorded @ sets }
+          Overrides = recorded @ sets
+          Init = initOf (args.TryGetResult TrainArgs.Init) filePath run }
     let request = { request with Out = args.TryGetResult TrainArgs.Out |> Option.defaultWith (fun () -> defaultOut request) }
     let runtime = runtimeOptions (args.TryGetResult TrainArgs.Memory_Format) (args.TryGetResult TrainArgs.Side_Thread) request.Threads
     let env = DeviceSetup.Configure(request.Device, request.Threads, request.Seed, request.Deterministic, runtime)
@@ -327,6 +342,9 @@ let eval (args: ParseResults<EvalArgs>) =
             if args.Contains EvalArgs.Pool then invalidArg "--pool" "--pool: sets the pooling of --layer; expected --layer with it, found none"
             runLayer, runPool
     let randomInit = args.Contains EvalArgs.Random_Init
+    let init = args.TryGetResult EvalArgs.Init |> Option.map InitFile.Of
+    if randomInit && init.IsSome then
+        invalidArg "--init" "--init: evaluates the given weights, --random-init a random start; expected one of them, found both"
     if layer <> "" && protocol = "finetune" then
         if args.Contains EvalArgs.Layer then invalidArg "--layer" "--layer: probes an inner layer with the linear or knn protocol, not finetune"
     if layer <> "" && pool < 1L then invalidArg "--pool" $"--pool: expected a positive size, found {pool}"
@@ -338,7 +356,10 @@ let eval (args: ParseResults<EvalArgs>) =
         match all.Probed with
         | Some d -> d
         | None -> raise (DataException(request.Dataset, "labelled images to evaluate on (give --eval-dataset <a labelled set>)", "unlabelled images"))
-    let trained = TrainedRun.encoder run data env.Runtime.ConvLayout randomInit
+    let trained =
+        match init with
+        | Some file -> TrainedRun.encoderFrom run data env.Runtime.ConvLayout file
+        | None -> TrainedRun.encoder run data env.Runtime.ConvLayout randomInit
     let encoder: Ssl.Core.Models.Encoder =
         if protocol = "finetune" || layer = "" then trained
         else fst (Pipeline.probed layer pool data trained)
@@ -373,13 +394,14 @@ let eval (args: ParseResults<EvalArgs>) =
            | Some _ -> $"-{layer}-pool{pool}"
            | None -> "")
         + (if randomInit then "-random-init" else "")
+        + (match init with Some file -> "-init-" + IO.Path.GetFileNameWithoutExtension file.Path | None -> "")
     let out = IO.Path.Combine(dir, $"eval-{protocol}{suffix}.json")
     Ssl.Host.Runs.RunFolder.WriteAtomically(
         out,
         JsonSerializer.Serialize
             {| protocol = protocol; labels_per_class = Option.toNullable labels; layer = (if layer = "" || protocol = "finetune" then null else layer)
-               pool = (if layer = "" || protocol = "finetune" then Nullable() else Nullable pool); weights = (if randomInit then "random-init" else "trained")
-               feature_dim = encoder.FeatureDim; test_acc = accuracy |})
+               pool = (if layer = "" || protocol = "finetune" then Nullable() else Nullable pool); weights = (if randomInit then "random-init" elif init.IsSome then "init" else "trained")
+               init = Template.initJson init; feature_dim = encoder.FeatureDim; test_acc = accuracy |})
     let budget = labels |> Option.map (sprintf " with %d labels per class") |> Option.defaultValue ""
     AnsiConsole.MarkupLine $"{protocol}{budget}: test top-1 [bold]{accuracy:P2}[/] -> {Markup.Escape out}"
     0

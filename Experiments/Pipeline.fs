@@ -328,12 +328,33 @@ let probed (layer: string) (pool: int64) (data: Data) (encoder: Encoder) : Encod
     | layer, _ ->
         new LayerFeatures(encoder, layer, pool, input) :> Encoder, $"-{layer}-pool{pool}"
 
+/// The safetensors export's `__metadata__` (string to string, docs/cli.md#weights-in-and-out): the
+/// architecture (`architecture`, a Backbone's text form where the recipe has one), the input the
+/// encoder reads (channels, height, width; [0, 1] pixels standardised by the training set's
+/// per-channel mean and std, JSON lists), the representation the protocols read (`probe`), the
+/// method, data set and seed.
+let exportMetadata (request: Request) (data: Data) (architecture: string) (probe: string) =
+    let list (values: float[]) = "[" + String.Join(", ", values |> Array.map (fun v -> v.ToString("R", Globalization.CultureInfo.InvariantCulture))) + "]"
+    [ "format", "ssl-encoder"
+      "architecture", architecture
+      "input_channels", string data.Train.Channels
+      "input_height", string data.Train.Height
+      "input_width", string data.Train.Width
+      "input_range", "[0, 1]"
+      "input_mean", list data.Mean
+      "input_std", list data.Std
+      "probe", probe
+      "method", request.Method
+      "dataset", data.Name
+      "seed", string request.Seed ]
+
 /// Evaluates a trained encoder by every protocol beside its baselines, then writes result.json, the
 /// exported encoder and the plots. `testAcc`: the method's own classifier accuracy where it has one;
-/// `supervisedOnly`: the supervised-only baseline on the same labels where it applies.
+/// `supervisedOnly`: the supervised-only baseline on the same labels where it applies; `metadata`:
+/// what the export's safetensors header records of the encoder (exportMetadata).
 let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: Data) (encoder: Encoder) (encoderName: string)
            (makeEncoder: unit -> Encoder) (summary: Ssl.Host.Engine.TrainSummary) (testAcc: float option) (supervisedOnly: float option)
-           (extra: (string * float) list) (notes: string list) =
+           (extra: (string * float) list) (notes: string list) (metadata: (string * string) list) =
     let budget = evalBudget request.Preset
     let eval, baselines, probedFeatures =
         match data.Probed with
@@ -369,7 +390,7 @@ let finish (request: Request) (env: RunEnvironment) (folder: RunFolder) (data: D
     FaultInjection.At "eval"
     // The export is the whole encoder, also when an inner layer was evaluated (`ssl eval --layer` reads it there).
     let exported = match box encoder with :? IEncoderView as view -> view.Encoder | _ -> encoder
-    Ssl.Host.Export.EncoderExport.Save(exported, Path.Combine(folder.Root, "export")) |> ignore
+    Ssl.Host.Export.EncoderExport.Save(exported, Path.Combine(folder.Root, "export"), metadata = readOnlyDict metadata) |> ignore
     plotCurves folder result.Train
     match probedFeatures with
     | Some(probe, testFeatures) ->

@@ -22,6 +22,19 @@ module Preset =
 [<Literal>]
 let defaultDataMemoryMb = 2048L
 
+/// The weights a run's encoder starts from (--init): the file's absolute path and the SHA-256 of its
+/// bytes, as config.json records them (a replay or a --resume checks the file is the same).
+type InitFile =
+    { Path: string
+      Sha256: string }
+
+    /// The file at `path` (a missing one: a DataException naming it).
+    static member Of(path: string) =
+        let path = System.IO.Path.GetFullPath path
+        if not (System.IO.File.Exists path) then
+            raise (Ssl.Host.Data.DataException(path, $"a state dict file ({Ssl.Host.Export.EncoderInit.Formats})", "no such file"))
+        { Path = path; Sha256 = Ssl.Host.Export.EncoderInit.Sha256 path }
+
 /// One `ssl train` invocation, fully resolved.
 type Request =
     { Method: string
@@ -51,7 +64,9 @@ type Request =
       /// The recipe's resolved config (Configs.toJson of its record); None = the preset's own.
       Config: JsonObject option
       /// The `--set` overrides the config holds, as given (config.json lists them).
-      Overrides: string list }
+      Overrides: string list
+      /// The weights the encoder starts from (--init); None = random (seeded).
+      Init: InitFile option }
 
     /// A request with the defaults of `ssl train` for everything not given (the C# surface).
     static member Create(method: string, preset: Preset, [<Optional; DefaultParameterValue("fashion-mnist")>] dataset: string,
@@ -60,4 +75,4 @@ type Request =
         { Method = method; Preset = preset; Dataset = dataset; EvalDataset = None; ImageSize = None; DataMemoryMb = defaultDataMemoryMb; Workers = 0; Layout = Ssl.Host.Data.FolderLayout.Auto; DataRoot = None
           Labels = (if labels > 0 then Some labels else None); Seed = seed; Device = DeviceRequest.Cpu; Threads = 0
           Deterministic = false; Out = (if isNull folder then System.IO.Path.Combine("runs", $"{method}-{Preset.name preset}") else folder)
-          Resume = false; Force = false; Config = None; Overrides = [] }
+          Resume = false; Force = false; Config = None; Overrides = []; Init = None }

@@ -242,6 +242,24 @@ let readJsonObject (path: string) (what: string) : JsonObject =
     | :? JsonObject as o -> o
     | _ -> raise (DataException(path, what, if isNull node then "null" else node.ToJsonString()))
 
+/// config.json's "init": the file the encoder starts from (path, sha256), or null for a random start.
+let initJson (init: InitFile option) : JsonNode =
+    match init with
+    | Some file -> JsonObject(dict [ "path", JsonValue.Create file.Path :> JsonNode; "sha256", JsonValue.Create file.Sha256 ])
+    | None -> null
+
+/// Loads `init` into `encoder` (EncoderInit.Load; `architecture` names it in a refusal) and says
+/// on stdout what of the file it left aside.
+let loadInit (init: InitFile) (architecture: string) (encoder: Encoder) =
+    let loaded = Ssl.Host.Export.EncoderInit.Load(encoder, init.Path, architecture)
+    let under = if loaded.Prefix = "" then "" else $" (names under '{loaded.Prefix}')"
+    printfn "init: %d tensors from %s%s" loaded.Loaded init.Path under
+    let listed (names: string seq) = String.Join(", ", Seq.truncate 4 names) + (if Seq.length names > 4 then ", ..." else "")
+    if loaded.IgnoredHeads.Count > 0 then
+        printfn "init: ignored %d tensors of the file's classifier head (%s)" loaded.IgnoredHeads.Count (listed loaded.IgnoredHeads)
+    if loaded.IgnoredOutsidePrefix.Count > 0 then
+        printfn "init: ignored %d tensors outside '%s' (%s)" loaded.IgnoredOutsidePrefix.Count loaded.Prefix (listed loaded.IgnoredOutsidePrefix)
+
 /// The checks of `folder` before a run starts in it (nothing is written): a finished run is
 /// refused unless --resume (re-evaluate) or --force (replace); an unfinished one unless --resume or
 /// --force; --resume needs the run's config.json and asks for the same config, seed and labels.
@@ -266,16 +284,15 @@ let checkFolder (request: Request) (env: RunEnvironment) (configJson: JsonObject
                                   "no such file (the folder holds a checkpoint or metrics without it); start again with --force, or use another --out"))
     | _, true, _ ->
         let before = readJsonObject folder.ConfigPath "the JSON object config.json `ssl train` wrote"
-        let same (key: string) (now: JsonNode) =
-            let was = before[key]
-            (if isNull was then "null" else was.ToJsonString()) = (if isNull now then "null" else now.ToJsonString())
+        let text (node: JsonNode) = if isNull node then "null" else node.ToJsonString()
+        let same (key: string) (now: JsonNode) = text before[key] = text now
         let labels = request.Labels |> Option.map (fun n -> JsonValue.Create n :> JsonNode) |> Option.toObj
         for key, now in [ "method", JsonValue.Create request.Method :> JsonNode; "dataset", JsonValue.Create request.Dataset
                           "config", configJson :> JsonNode
-                          "seed", JsonValue.Create request.Seed; "labels_per_class", labels ] do
+                          "seed", JsonValue.Create request.Seed; "labels_per_class", labels; "init", initJson request.Init ] do
             if not (same key now) then
                 invalidArg "--resume"
-                    $"--resume: {folder.ConfigPath} holds {key} {before[key]}, this command asks for {now}; resume with the run's own settings (--config {folder.ConfigPath}) or use another --out"
+                    $"--resume: {folder.ConfigPath} holds {key} {text before[key]}, this command asks for {text now}; resume with the run's own settings (--config {folder.ConfigPath}) or use another --out"
         // The run-time options that change results: the same as the run's (runs before they were recorded: unchecked).
         match before["runtime"] with
         | :? JsonObject as was ->
@@ -349,12 +366,24 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
                 None
         | _ -> None
     let newEncoder () = spec.Encoder config data env.Runtime.ConvLayout
+    // The encoders the recipe builds start from --init; the random-init baseline and checks do not.
+    let architecture = spec.Backbone config |> Option.map string |> Option.defaultWith (fun () -> spec.EncoderName config)
+    let initLoads = ref 0
+    let initialised () =
+        let encoder = newEncoder ()
+        request.Init |> Option.iter (fun init ->
+            try loadInit init architecture encoder
+            with _ -> encoder.Dispose(); reraise ()
+            initLoads.Value <- initLoads.Value + 1)
+        encoder
     torch.manual_seed(request.Seed) |> ignore
     let context =
-        { Request = request; Env = env; Folder = folder; Data = data; Config = config; Split = split; NewEncoder = newEncoder
+        { Request = request; Env = env; Folder = folder; Data = data; Config = config; Split = split; NewEncoder = initialised
           Owned = Collections.Generic.List() }
     let t = spec.Build context
     try
+        if request.Init.IsSome && initLoads.Value = 0 then
+            invalidArg "--init" $"--init: expected a recipe whose encoder the template builds (ctx.NewEncoder), found {request.Method}, which builds its own"
         let layer, pool = t.Probe.LayerAndPool
         // The probed layer exists (a typo fails now, not after training); built on a copy of the
         // trained encoder's architecture, after Build so the run's random draws are unchanged.
@@ -385,7 +414,7 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
                labels_per_class = Option.toNullable request.Labels; seed = request.Seed; device = env.DeviceName; threads = env.Threads
                deterministic = env.Deterministic; runtime = env.Runtime.ToJson(env.Threads); encoder = spec.EncoderName config
                probe = {| layer = layer; pool = pool |}
-               overrides = request.Overrides; config = configJson; data = describeData data |}
+               overrides = request.Overrides; config = configJson; data = describeData data; init = initJson request.Init |}
         for m in t.Step.Modules.Values do m.``to``(env.Device) |> ignore
         let options =
             TrainerOptions(Epochs = t.Epochs, BatchSize = t.BatchSize, ExampleCount = t.Examples, Seed = request.Seed,
@@ -409,7 +438,7 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
         let evaluated, suffix = probed layer pool data t.Evaluated
         let makeEncoder () = fst (probed layer pool data (newEncoder ()))
         finish request env folder data evaluated (spec.EncoderName config + suffix) makeEncoder summary testAcc supervisedOnly
-            extra (List.ofSeq notes)
+            extra (List.ofSeq notes) (exportMetadata request data architecture (string t.Probe))
         |> Evaluated
     finally
         for d in List.rev t.Owned do d.Dispose()

@@ -111,19 +111,33 @@ let request (run: Run) (threads: int) : Request =
     { Method = run.Recipe.Name; Preset = run.Preset; Dataset = run.Dataset; EvalDataset = run.EvalDataset
       ImageSize = run.ImageSize; DataMemoryMb = defaultDataMemoryMb; Workers = 0; DataRoot = None; Labels = None; Seed = run.Seed
       Layout = run.Layout; Device = DeviceRequest.Cpu; Threads = threads; Deterministic = false; Out = run.Dir
-      Resume = false; Force = false; Config = Some run.Config; Overrides = [] }
+      Resume = false; Force = false; Config = Some run.Config; Overrides = []; Init = None }
 
 /// The run's encoder for `data` (whose training set fixes its input channels and size), seeded by the
 /// run's seed as the run's random-initialised baseline was: with the exported weights loaded, or
 /// without them (`randomInit`: that baseline's encoder).
-let encoder (run: Run) (data: Data) (layout: Ssl.Core.Models.SafeConv.ConvLayout) (randomInit: bool) : Ssl.Core.Models.Encoder =
+let private build (run: Run) (data: Data) (layout: Ssl.Core.Models.SafeConv.ConvLayout) =
     torch.manual_seed(run.Seed) |> ignore
-    let built =
-        try run.Recipe.Encoder run.Config data layout
-        with :? ArgumentException as e -> raise (DataException(run.ConfigPath, $"a {run.Recipe.Name} config of this build", e.Message))
+    try run.Recipe.Encoder run.Config data layout
+    with :? ArgumentException as e -> raise (DataException(run.ConfigPath, $"a {run.Recipe.Name} config of this build", e.Message))
+
+let encoder (run: Run) (data: Data) (layout: Ssl.Core.Models.SafeConv.ConvLayout) (randomInit: bool) : Ssl.Core.Models.Encoder =
+    let built = build run data layout
     if not randomInit then
         try Ssl.Host.Export.EncoderExport.Load(built, run.Weights)
         with e when not (e :? OutOfMemoryException) ->
             built.Dispose()
             raise (DataException(run.Weights, $"the {run.Recipe.Name} encoder `ssl train` exported for this config", firstLine e.Message))
+    built
+
+/// The run's architecture for `data`, holding the weights of `init` instead of its export
+/// (`ssl eval --init`): loaded as `ssl train --init` loads them.
+let encoderFrom (run: Run) (data: Data) (layout: Ssl.Core.Models.SafeConv.ConvLayout) (init: InitFile) : Ssl.Core.Models.Encoder =
+    let built = build run data layout
+    let architecture =
+        match run.Config["Encoder"] with
+        | :? JsonValue as v when v.GetValueKind() = Text.Json.JsonValueKind.String -> v.GetValue<string>()
+        | _ -> run.Recipe.Name + "'s"
+    try Template.loadInit init architecture built
+    with _ -> built.Dispose(); reraise ()
     built

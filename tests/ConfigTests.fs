@@ -91,7 +91,7 @@ let tests =
                     Expect.stringContains (message (fun () -> box (r.Resolve preset (Some missing) []))) $"missing field '{first}'" $"{r.Name}: missing"
         }
         test "backbones read and write their text form" {
-            for b in [ SmallConvNet 16L; ResNet18; WideResNet(28, 2L) ] do
+            for b in [ SmallConvNet 16L; ResNet18; ResNet18ImageNet; WideResNet(28, 2L) ] do
                 Expect.equal (Backbone.TryParse(string b)) (Some b) $"{b}"
             for bad in [ "smallconvnet"; "smallconvnet-0"; "wrn-27-2"; "resnet50"; "" ] do
                 Expect.isNone (Backbone.TryParse bad) $"'{bad}' refused"

@@ -18,18 +18,10 @@ open Ssl.Experiments
 
 let private root = lazy (Fixtures.tempDir "embed")
 
-/// A class tree of `classes` x `perClass` colour PNGs of `size` x `size`.
-let private tree (dir: string) classes perClass size =
-    for c in 0 .. classes - 1 do
-        let classDir = Path.Combine(dir, $"class{c}")
-        Directory.CreateDirectory classDir |> ignore
-        for i in 0 .. perClass - 1 do Fixtures.writeImage (Path.Combine(classDir, $"{i:D2}.png")) (c * 100 + i) size size
-    dir
-
 /// The run every test reads: RotNet smoke, one epoch of batches of 16, on 2 classes x 30 images of 28 x 28.
 let private trained =
     lazy
-        (let data = tree (Path.Combine(root.Force(), "tree")) 2 30 28
+        (let data = Fixtures.classTree (Path.Combine(root.Force(), "tree")) 2 30 28
          let dir = Path.Combine(root.Force(), "run")
          let code = Program.run [| "train"; "rotnet"; "--preset"; "smoke"; "--set"; "Epochs=1"; "--set"; "BatchSize=16"; "--dataset"; data; "--out"; dir |]
          if code <> 0 then failwithf "the run the embed tests read failed (exit %d)" code
@@ -163,7 +155,7 @@ let tests =
             let _, _, b = readNpy (streamed + ".npy")
             Expect.sequenceEqual b a "the same features, batch by batch"
             Expect.sequenceEqual (File.ReadAllLines(streamed + ".files.txt")) (File.ReadAllLines(inMemory + ".files.txt")) "the same files"
-            let other = tree (Path.Combine(root.Force(), "other-tree")) 2 5 40
+            let other = Fixtures.classTree (Path.Combine(root.Force(), "other-tree")) 2 5 40
             let prefix = Path.Combine(root.Force(), "other", "other")
             Expect.equal (Program.run [| "embed"; dir; "--dataset"; other; "--out"; prefix |]) 0 "another folder"
             let rows, columns, _ = readNpy (prefix + ".npy")

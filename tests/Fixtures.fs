@@ -52,6 +52,14 @@ let truncate (path: string) keep =
     let bytes = File.ReadAllBytes path
     File.WriteAllBytes(path, bytes[.. keep - 1])
 
+/// A class tree of `classes` x `perClass` colour PNGs of `size` x `size` in `dir`; returns `dir`.
+let classTree (dir: string) classes perClass size =
+    for c in 0 .. classes - 1 do
+        let classDir = Path.Combine(dir, $"class{c}")
+        Directory.CreateDirectory classDir |> ignore
+        for i in 0 .. perClass - 1 do writeImage (Path.Combine(classDir, $"{i:D2}.png")) (c * 100 + i) size size
+    dir
+
 /// A colour image folder (the colour recipes' fixture): Synthetic.writeColourFolder.
 let writeColourFolder (dir: string) (classes: int) (perClass: int) (size: int) =
     Ssl.Experiments.Synthetic.writeColourFolder dir classes perClass size

@@ -143,9 +143,14 @@ type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: in
 /// [2, 2, 2, 2] basic blocks (stride 2 at the start of stages 2–4), global average pool, no fc.
 /// 11,168,832 parameters for 3 input channels (11,167,680 for 1). FeatureDim = 512.
 /// `inputChannels`: C of the (N, C, H, W) input; `layout`: what its convolutions read (channels-last unless given).
-type ResNet18(inputChannels: int64, ?layout: SafeConv.ConvLayout) as this =
+/// `imagenetStem`: the ImageNet stem of He et al. 2016 and torchvision instead (a 7x7 stride-2
+/// convolution, padding 3, then a 3x3 stride-2 max-pool, padding 1: features at 1/32 of the input
+/// side), so that torchvision's weights load whole (TorchvisionName); 11,176,512 parameters for 3
+/// input channels.
+type ResNet18(inputChannels: int64, ?layout: SafeConv.ConvLayout, ?imagenetStem: bool) as this =
     inherit Encoder("ResNet18")
     let layout = defaultArg layout SafeConv.ChannelsLast
+    let imagenetStem = defaultArg imagenetStem false
     do Layers.checkPositive "inputChannels" inputChannels
     let stage (inC: int64) (outC: int64) (stride: int64) =
         Layers.sequential [
@@ -158,9 +163,11 @@ type ResNet18(inputChannels: int64, ?layout: SafeConv.ConvLayout) as this =
           "flatten", nn.Flatten() ]
     let features =
         Layers.sequential (
-            [ "stem_conv", Layers.conv3x3 layout inputChannels 64L 1L
-              "stem_bn", nn.BatchNorm2d(64L)
+            [ if imagenetStem then ("stem_conv", SafeConv.layer layout inputChannels 64L 7L 2L 3L false)
+              else ("stem_conv", Layers.conv3x3 layout inputChannels 64L 1L)
+              "stem_bn", nn.BatchNorm2d(64L) :> nn.Module<Tensor, Tensor>
               "stem_relu", nn.ReLU()
+              if imagenetStem then ("stem_pool", nn.MaxPool2d(3L, 2L, 1L) :> nn.Module<Tensor, Tensor>)
               "stage1", stage 64L 64L 1L
               "stage2", stage 64L 128L 2L
               "stage3", stage 128L 256L 2L ]
@@ -168,6 +175,26 @@ type ResNet18(inputChannels: int64, ?layout: SafeConv.ConvLayout) as this =
     do this.RegisterComponents()
 
     override _.FeatureDim = 512L
+
+    /// Our name of the tensor torchvision's `resnet18` calls `name` (conv1, bn1, layerS.B.convK,
+    /// layerS.B.bnK, layerS.B.downsample.0/1), or `name` itself where it has none (`fc.*`, the classifier).
+    static member TorchvisionName(name: string) : string =
+        let parts = name.Split('.')
+        let rest (from: int) = String.concat "." parts[from..]
+        match parts with
+        | [| "conv1"; _ |] -> "features.stem_conv." + rest 1
+        | [| "bn1"; _ |] -> "features.stem_bn." + rest 1
+        | _ when parts.Length >= 4 && parts[0].StartsWith "layer" ->
+            match System.Int32.TryParse(parts[0].Substring 5), System.Int32.TryParse parts[1] with
+            | (true, stage), (true, block) ->
+                let blockPath = $"features.stage{stage}.block{block + 1}"
+                match parts[2], parts[3] with
+                | ("conv1" | "bn1" | "conv2" | "bn2") as layer, _ -> $"{blockPath}.residual.{layer}.{rest 3}"
+                | "downsample", "0" -> $"{blockPath}.shortcut.conv.{rest 4}"
+                | "downsample", "1" -> $"{blockPath}.shortcut.bn.{rest 4}"
+                | _ -> name
+            | _ -> name
+        | _ -> name
 
     /// images: (N, inputChannels, H, W) → features (N, 512).
     override _.forward(images) =
