@@ -144,6 +144,14 @@ let ensureNumpy () =
         aptInstall "numpy for /usr/bin/python3" "python3-numpy" "Install it yourself: `sudo apt-get install python3-numpy`."
         if not (imports ()) then fail "python3-numpy installed, but /usr/bin/python3 cannot import numpy."
 
+/// Makes sure /usr/bin/python3 imports onnx (the ONNX test checks `ssl export`'s model with
+/// onnx.checker): installs Debian's python3-onnx where apt can, else explains.
+let ensureOnnx () =
+    let imports () = File.Exists "/usr/bin/python3" && run "/usr/bin/python3" "-c \"import onnx\"" = 0
+    if not (imports ()) then
+        aptInstall "onnx for /usr/bin/python3" "python3-onnx" "Install it yourself: `sudo apt-get install python3-onnx`."
+        if not (imports ()) then fail "python3-onnx installed, but /usr/bin/python3 cannot import onnx."
+
 // ---- targets -----------------------------------------------------------------------------------
 let build () = must (run "dotnet" $"build Ssl.sln -c {configuration} -nologo -v minimal") "dotnet build"
 
@@ -154,6 +162,7 @@ let test () =
     ensureFashionMnist ()
     ensureEmoji ()
     ensureNumpy ()
+    ensureOnnx ()
     build ()
     let code, output = runCapture "dotnet" $"tests/bin/{configuration}/net10.0/Ssl.Tests.dll --no-spinner --colours 0"
     let summary = Regex.Match(output, @"(\d+) passed, (\d+) ignored, (\d+) failed, (\d+) errored")

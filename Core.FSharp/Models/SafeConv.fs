@@ -154,6 +154,9 @@ type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, 
         if hasBias then this.register_parameter("bias", own conv.bias)
 
     member _.Layout = layout
+    member _.Stride = stride
+    /// Zero padding on each side of both spatial dimensions.
+    member _.Padding = padding
     /// (outputChannels, inputChannels, k, k), as nn.Conv2d's; read from the module's parameters, so
     /// `to` and `load` keep it current.
     member this.Weight : Tensor = this.get_parameter "weight"

@@ -71,6 +71,8 @@ type MultiHeadSelfAttention(dim: int64, heads: int64) as this =
     let proj = nn.Linear(dim, dim)
     do this.RegisterComponents()
 
+    member _.Heads = heads
+
     override _.forward(tokens) =
         expect "tokens" [| Any; Any; Exactly dim |] tokens
         use scope = NewDisposeScope()
@@ -144,6 +146,8 @@ type VisionTransformer(inputChannels: int64, patchSize: int64, dim: int64, depth
     member _.PatchSize = patchSize
     member _.Depth = depth
     member _.PatchEmbedding = patchEmbedding
+    /// The class token (1, 1, D).
+    member _.ClassToken: Tensor = classToken
 
     /// The positional table for a rows × columns patch grid: (1, 1 + rows·columns, D); the class
     /// token's vector as is, the patch vectors resized bicubically from g × g (align_corners false).
@@ -213,6 +217,8 @@ type ClassTokenFeatures(vit: VisionTransformer, blocks: int, patchMean: bool) as
     override _.FeatureDim = int64 (if patchMean then blocks + 1 else blocks) * vit.FeatureDim
     override _.forward(images) = vit.ClassTokens(images, blocks, patchMean)
     member _.Encoder = vit
+    member _.Blocks = blocks
+    member _.PatchMean = patchMean
 
     interface IEncoderView with
         member _.Encoder = vit
