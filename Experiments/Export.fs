@@ -42,13 +42,14 @@ let metadata (run: TrainedRun.Run) (encoderName: string) =
     |> List.map (fun (k, v) -> Collections.Generic.KeyValuePair(k, v))
 
 let export (args: ParseResults<ExportArgs>) =
-    let run = TrainedRun.read (args.GetResult ExportArgs.Run_Dir)
+    let dir = args.GetResult ExportArgs.Run_Dir
     match args.GetResult ExportArgs.Format with
     | "onnx" -> ()
     | "safetensors" ->
-        let written = Path.Combine(run.Dir, "export", "encoder.safetensors")
+        let written = Path.Combine(dir, "export", "encoder.safetensors")
         invalidArg "--format" $"--format: `ssl train` writes the safetensors export itself ({written}); expected onnx, found safetensors"
     | other -> invalidArg "--format" $"--format: expected onnx, found '{other}'"
+    let run = TrainedRun.read dir
     let out = args.GetResult(ExportArgs.Out, defaultValue = Path.Combine(run.Dir, "export", "encoder.onnx"))
     let env = Embed.configure run None (args.TryGetResult ExportArgs.Threads)
     use data = Pipeline.loadData { TrainedRun.request run env.Threads with EvalDataset = None }

@@ -109,16 +109,6 @@ let private trained =
          if code <> 0 then failwithf "the run the onnx tests read failed (exit %d)" code
          dir)
 
-/// Runs `ssl args` in this process with standard error captured: (exit code, the lines written to it).
-let private sslCapturingErrors (args: string[]) =
-    let saved = Console.Error
-    use captured = new StringWriter()
-    Console.SetError captured
-    let code =
-        try Program.run args
-        finally Console.SetError saved
-    code, captured.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries)
-
 let private comparisons =
     [ for name, make, channels, size in cases ->
             test $"ONNX Runtime computes TorchSharp's features within 1e-4 at batch 64 and 1: {name}" {
@@ -208,11 +198,11 @@ let tests =
         test "ssl export of a folder without a finished run, or to another format, ends in one line" {
             let empty = Path.Combine(root.Force(), "not-a-run")
             Directory.CreateDirectory empty |> ignore
-            let code, lines = sslCapturingErrors [| "export"; empty; "--format"; "onnx" |]
+            let code, lines = Fixtures.sslCapturingErrors [| "export"; empty; "--format"; "onnx" |]
             Expect.equal code 1 "exit code 1"
             Expect.equal lines.Length 1 "one line"
             Expect.stringContains lines[0] "config.json" "names the missing file"
-            let code, lines = sslCapturingErrors [| "export"; trained.Force(); "--format"; "tflite" |]
+            let code, lines = Fixtures.sslCapturingErrors [| "export"; trained.Force(); "--format"; "tflite" |]
             Expect.equal code 2 "a usage error"
             Expect.stringContains lines[0] "--format: expected onnx, found 'tflite'" "names the flag, the expected and the found"
         }

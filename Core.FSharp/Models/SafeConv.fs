@@ -154,8 +154,8 @@ type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, 
         if hasBias then this.register_parameter("bias", own conv.bias)
 
     member _.Layout = layout
+    /// The stride and the zero padding on each side, in both spatial dimensions.
     member _.Stride = stride
-    /// Zero padding on each side of both spatial dimensions.
     member _.Padding = padding
     /// (outputChannels, inputChannels, k, k), as nn.Conv2d's; read from the module's parameters, so
     /// `to` and `load` keep it current.

@@ -71,6 +71,7 @@ type MultiHeadSelfAttention(dim: int64, heads: int64) as this =
     let proj = nn.Linear(dim, dim)
     do this.RegisterComponents()
 
+    /// The number of attention heads.
     member _.Heads = heads
 
     override _.forward(tokens) =
@@ -217,6 +218,7 @@ type ClassTokenFeatures(vit: VisionTransformer, blocks: int, patchMean: bool) as
     override _.FeatureDim = int64 (if patchMean then blocks + 1 else blocks) * vit.FeatureDim
     override _.forward(images) = vit.ClassTokens(images, blocks, patchMean)
     member _.Encoder = vit
+    /// The last blocks whose class tokens are read, and whether the patch-token mean follows them.
     member _.Blocks = blocks
     member _.PatchMean = patchMean
 
