@@ -63,7 +63,7 @@ public static class EncoderToOnnx
         string Numbers(double[] values) => string.Join(",", values.Select(v => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture)));
         var recorded = new List<KeyValuePair<string, string>>
         {
-            new("input", $"{InputName}: float32 (batch, {channels}, {height}, {width}), raw pixels in [0, 1], RGB channel order"),
+            new("input", $"{InputName}: float32 (batch, {channels}, {height}, {width}), raw pixels in [0, 1], channels as the run read them (RGB for colour)"),
             new("input_channels", channels.ToString()),
             new("input_height", height.ToString()),
             new("input_width", width.ToString()),
@@ -73,9 +73,8 @@ public static class EncoderToOnnx
             new("output", $"{OutputName}: float32 (batch, {graph.Outputs[0].Dims[1]})"),
         };
         recorded.AddRange(metadata);
-        var bytes = OnnxWriter.Model(graph, recorded, producerVersion);
         using var file = new PendingFile(path);
-        file.Stream.Write(bytes);
+        OnnxWriter.Write(file.Stream, graph, recorded, producerVersion);
         file.Commit();
         return graph;
     }

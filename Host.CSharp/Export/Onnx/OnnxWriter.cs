@@ -9,20 +9,28 @@ namespace Ssl.Host.Export.Onnx;
 /// byte string (type 2: strings, bytes, packed repeated numbers and nested messages). Enough of it
 /// for the ONNX messages <see cref="OnnxWriter"/> writes.
 /// </summary>
-sealed class ProtoWriter
+sealed class ProtoWriter(Stream? target)
 {
-    readonly MemoryStream buffer = new();
+    /// <summary>The bytes written so far (a writer without a target only counts them: a nested message's size).</summary>
+    public long Length { get; private set; }
 
-    public byte[] ToArray() => buffer.ToArray();
+    void Write(ReadOnlySpan<byte> bytes)
+    {
+        target?.Write(bytes);
+        Length += bytes.Length;
+    }
 
     void Varint(ulong value)
     {
+        Span<byte> bytes = stackalloc byte[10];
+        var n = 0;
         while (value >= 0x80)
         {
-            buffer.WriteByte((byte)(value | 0x80));
+            bytes[n++] = (byte)(value | 0x80);
             value >>= 7;
         }
-        buffer.WriteByte((byte)value);
+        bytes[n++] = (byte)value;
+        Write(bytes[..n]);
     }
 
     void Key(int field, int wireType) => Varint((ulong)((field << 3) | wireType));
@@ -38,7 +46,7 @@ sealed class ProtoWriter
     {
         Key(field, 2);
         Varint((ulong)value.Length);
-        buffer.Write(value);
+        Write(value);
     }
 
     public void String(int field, string value) => Bytes(field, Encoding.UTF8.GetBytes(value));
@@ -49,22 +57,26 @@ sealed class ProtoWriter
         Key(field, 5);
         Span<byte> bytes = stackalloc byte[4];
         System.Buffers.Binary.BinaryPrimitives.WriteSingleLittleEndian(bytes, value);
-        buffer.Write(bytes);
+        Write(bytes);
     }
 
     /// <summary>A repeated int64 field, packed (proto3's default encoding, which proto2 parsers also read).</summary>
     public void PackedInts(int field, IReadOnlyList<long> values)
     {
-        var packed = new ProtoWriter();
-        foreach (var v in values) packed.Varint((ulong)v);
+        var packed = new MemoryStream();
+        var writer = new ProtoWriter(packed);
+        foreach (var v in values) writer.Varint((ulong)v);
         Bytes(field, packed.ToArray());
     }
 
+    /// <summary>A nested message: its size (measured by writing it to a counting writer), then its fields.</summary>
     public void Message(int field, Action<ProtoWriter> write)
     {
-        var nested = new ProtoWriter();
-        write(nested);
-        Bytes(field, nested.ToArray());
+        var size = new ProtoWriter(null);
+        write(size);
+        Key(field, 2);
+        Varint((ulong)size.Length);
+        write(this);
     }
 }
 
@@ -82,10 +94,19 @@ public static class OnnxWriter
 
     const int FloatType = 1, Int64Type = 7;
 
+    /// <summary>The model as bytes.</summary>
     public static byte[] Model(OnnxGraph graph, IEnumerable<KeyValuePair<string, string>> metadata, string producerVersion)
     {
+        using var bytes = new MemoryStream();
+        Write(bytes, graph, metadata, producerVersion);
+        return bytes.ToArray();
+    }
+
+    /// <summary>Writes the model to <paramref name="stream"/>, each tensor's data copied once.</summary>
+    public static void Write(Stream stream, OnnxGraph graph, IEnumerable<KeyValuePair<string, string>> metadata, string producerVersion)
+    {
         if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("ONNX export: raw tensor data is written little-endian; this machine is big-endian");
-        var model = new ProtoWriter();
+        var model = new ProtoWriter(stream);
         model.Int(1, IrVersion);
         model.String(2, "ssl");
         model.String(3, producerVersion);
@@ -101,7 +122,6 @@ public static class OnnxWriter
                 e.String(1, key);
                 e.String(2, value);
             });
-        return model.ToArray();
     }
 
     static void Graph(ProtoWriter g, OnnxGraph graph)
