@@ -225,8 +225,8 @@ type ExportArgs =
         member a.Usage =
             match a with
             | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
-            | Format _ -> "onnx: the encoder at the run's probe as an ONNX model (opset 17), raw [0, 1] pixels in, the run's standardisation inside."
-            | Out _ -> "the file to write (default <run-dir>/export/encoder.onnx)."
+            | Format _ -> "onnx: the encoder at the run's probe as an ONNX model (opset 17), raw [0, 1] pixels in, the run's standardisation inside; safetensors: the whole encoder's weights `ssl train` wrote (export/encoder.safetensors)."
+            | Out _ -> "the file to write (default <run-dir>/export/encoder.onnx; for safetensors, a copy of the run's file)."
             | Threads _ -> "torch threads (default: all cores)."
 
 type ReportArgs =
@@ -387,7 +387,7 @@ type SslArgs =
             | Config _ -> "print a recipe's resolved config as JSON (what --config accepts back)."
             | Eval _ -> "evaluate a trained run's encoder again with one protocol (linear, knn, finetune)."
             | Embed _ -> "write a trained run's features of every image of a data set: .npy, .files.txt and .parquet."
-            | Export _ -> "write a trained run's encoder for other runtimes: --format onnx (an ONNX model of the representation its protocols read)."
+            | Export _ -> "write a trained run's encoder for other runtimes: --format onnx (an ONNX model of the representation its protocols read) or safetensors."
             | Neighbours _ -> "draw test images beside their nearest training images, by the trained and the random-initialised encoder, as a PNG."
             | Data _ -> "read a data set, print its statistics, optionally save a PNG grid of samples."
             | Info _ -> "set up the device and print it with threads, seed and library versions."

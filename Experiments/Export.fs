@@ -1,6 +1,7 @@
 /// `ssl export <run-dir> --format onnx`: the trained encoder of a finished run as an ONNX model
 /// (docs/cli.md#ssl-export), at the representation the run's protocols read (config.json's probe),
-/// with the run's input standardisation inside the graph and recorded in its metadata.
+/// with the run's input standardisation inside the graph and recorded in its metadata; `--format
+/// safetensors` names (or copies) the safetensors file `ssl train` wrote.
 module Ssl.Experiments.Export
 
 open System
@@ -41,17 +42,24 @@ let metadata (run: TrainedRun.Run) (encoderName: string) =
       "opset", string OnnxWriter.Opset ]
     |> List.map (fun (k, v) -> Collections.Generic.KeyValuePair(k, v))
 
-let export (args: ParseResults<ExportArgs>) =
-    let dir = args.GetResult ExportArgs.Run_Dir
-    match args.GetResult ExportArgs.Format with
-    | "onnx" -> ()
-    | "safetensors" ->
-        let written = Path.Combine(dir, "export", "encoder.safetensors")
-        invalidArg "--format" $"--format: `ssl train` writes the safetensors export itself ({written}); expected onnx, found safetensors"
-    | other -> invalidArg "--format" $"--format: expected onnx, found '{other}'"
-    let run = TrainedRun.read dir
-    let out = args.GetResult(ExportArgs.Out, defaultValue = Path.Combine(run.Dir, "export", "encoder.onnx"))
-    let env = Embed.configure run None (args.TryGetResult ExportArgs.Threads)
+/// `--format safetensors`: the safetensors file `ssl train` wrote (the whole encoder's state dict), copied to --out where given.
+let private safetensors (run: TrainedRun.Run) (out: string option) =
+    let written = Path.Combine(run.Dir, "export", "encoder.safetensors")
+    if not (File.Exists written) then
+        raise (Ssl.Host.Data.DataException(written, "the safetensors export `ssl train` writes", "no such file"))
+    match out with
+    | Some out when Path.GetFullPath out <> written ->
+        use target = new Ssl.Host.Export.PendingFile(out)
+        using (File.OpenRead written) (fun source -> source.CopyTo target.Stream)
+        target.Commit()
+        AnsiConsole.MarkupLine $"wrote {Markup.Escape(Path.GetFullPath out)} (a copy of {Markup.Escape written})"
+    | _ -> AnsiConsole.MarkupLine $"{Markup.Escape written} (written by `ssl train`)"
+    0
+
+/// `--format onnx`: the encoder at the run's probe, its input standardisation inside the graph.
+let private onnx (run: TrainedRun.Run) (out: string option) (threads: int option) =
+    let out = defaultArg out (Path.Combine(run.Dir, "export", "encoder.onnx"))
+    let env = Embed.configure run None threads
     use data = Pipeline.loadData { TrainedRun.request run env.Threads with EvalDataset = None }
     use encoder = Embed.probedEncoder run data env run.ProbeLayer run.ProbePool false
     let started = Diagnostics.Stopwatch.StartNew()
@@ -66,3 +74,11 @@ let export (args: ParseResults<ExportArgs>) =
         $"exported {Markup.Escape run.Recipe.Name}'s encoder at probe {Markup.Escape probe}: images (batch, {train.Channels}, {train.Height}, {train.Width}) -> features (batch, {features}), {graph.Nodes.Count} nodes, opset {OnnxWriter.Opset}, in {started.Elapsed.TotalSeconds:F2} s"
     AnsiConsole.MarkupLine $"wrote {Markup.Escape(Path.GetFullPath out)} ({float (FileInfo(out).Length) / 1048576.0:F1} MiB)"
     0
+
+let export (args: ParseResults<ExportArgs>) =
+    let write =
+        match args.GetResult ExportArgs.Format with
+        | "onnx" -> fun run out -> onnx run out (args.TryGetResult ExportArgs.Threads)
+        | "safetensors" -> safetensors
+        | other -> invalidArg "--format" $"--format: expected onnx or safetensors, found '{other}'"
+    write (TrainedRun.read (args.GetResult ExportArgs.Run_Dir)) (args.TryGetResult ExportArgs.Out)

@@ -195,7 +195,7 @@ let tests =
             Expect.equal (File.ReadAllBytes out) (File.ReadAllBytes path) "the same model, written where --out says"
         }
 
-        test "ssl export of a folder without a finished run, or to another format, ends in one line" {
+        test "ssl export of a folder without a finished run, or to another format, ends in one line; safetensors is the run's file" {
             let empty = Path.Combine(root.Force(), "not-a-run")
             Directory.CreateDirectory empty |> ignore
             let code, lines = Fixtures.sslCapturingErrors [| "export"; empty; "--format"; "onnx" |]
@@ -204,6 +204,9 @@ let tests =
             Expect.stringContains lines[0] "config.json" "names the missing file"
             let code, lines = Fixtures.sslCapturingErrors [| "export"; trained.Force(); "--format"; "tflite" |]
             Expect.equal code 2 "a usage error"
-            Expect.stringContains lines[0] "--format: expected onnx, found 'tflite'" "names the flag, the expected and the found"
+            Expect.stringContains lines[0] "--format: expected onnx or safetensors, found 'tflite'" "names the flag, the expected and the found"
+            let copy = Path.Combine(root.Force(), "copy", "encoder.safetensors")
+            Expect.equal (Program.run [| "export"; trained.Force(); "--format"; "safetensors"; "--out"; copy |]) 0 "--format safetensors"
+            Expect.equal (File.ReadAllBytes copy) (File.ReadAllBytes(Path.Combine(trained.Force(), "export", "encoder.safetensors"))) "a copy of the run's file"
         }
     ]

@@ -146,11 +146,13 @@ public static class EncoderToOnnx
                     return Convolution(hint, x, safe.Weight, safe.Bias, [safe.Stride, safe.Stride], [safe.Padding, safe.Padding], [1, 1], 1, ShapeAfter(safe, x.Shape));
                 case BatchNorm2d bn:
                     {
+                        if (bn.running_mean is null || bn.running_var is null)
+                            throw new NotSupportedException($"ONNX export: BatchNorm2d '{hint}': expected running statistics (eval mode reads them), found none");
                         var c = x.Shape[1];
                         var scale = bn.weight is null ? graph.Floats(hint + ".weight", [c], Enumerable.Repeat(1f, (int)c).ToArray()) : Constant(hint + ".weight", bn.weight);
                         var shift = bn.bias is null ? graph.Floats(hint + ".bias", [c], new float[c]) : Constant(hint + ".bias", bn.bias);
                         var name = graph.Add("BatchNormalization", hint,
-                            [x.Name, scale, shift, Constant(hint + ".running_mean", bn.running_mean!), Constant(hint + ".running_var", bn.running_var!)],
+                            [x.Name, scale, shift, Constant(hint + ".running_mean", bn.running_mean), Constant(hint + ".running_var", bn.running_var)],
                             OnnxAttribute.Float("epsilon", bn.eps));
                         return x with { Name = name };
                     }
