@@ -136,21 +136,14 @@ let ensurePeer () =
         for file in [ debianTorch; openblasOpenmp ] do
             if not (File.Exists file) then fail $"{packages} installed, but {file} is missing. {howTo}"
 
-/// Makes sure /usr/bin/python3 imports numpy (the embed test reads `ssl embed`'s .npy with it):
-/// installs Debian's python3-numpy where apt can, else explains.
-let ensureNumpy () =
-    let imports () = File.Exists "/usr/bin/python3" && run "/usr/bin/python3" "-c \"import numpy\"" = 0
+/// Makes sure /usr/bin/python3 imports `modul` (tests read or check our outputs with it: numpy the
+/// embed test's .npy, torchvision the --init test's resnet18, onnx the export's checker): installs
+/// the Debian package `package` where apt can, else explains.
+let ensurePythonModule (modul: string) (package: string) =
+    let imports () = File.Exists "/usr/bin/python3" && run "/usr/bin/python3" $"-c \"import {modul}\"" = 0
     if not (imports ()) then
-        aptInstall "numpy for /usr/bin/python3" "python3-numpy" "Install it yourself: `sudo apt-get install python3-numpy`."
-        if not (imports ()) then fail "python3-numpy installed, but /usr/bin/python3 cannot import numpy."
-
-/// Makes sure /usr/bin/python3 imports torchvision (the --init tests build torchvision's resnet18
-/// with it): installs Debian's python3-torchvision where apt can, else explains.
-let ensureTorchvision () =
-    let imports () = File.Exists "/usr/bin/python3" && run "/usr/bin/python3" "-c \"import torchvision\"" = 0
-    if not (imports ()) then
-        aptInstall "torchvision for /usr/bin/python3" "python3-torchvision" "Install it yourself: `sudo apt-get install python3-torchvision`."
-        if not (imports ()) then fail "python3-torchvision installed, but /usr/bin/python3 cannot import torchvision."
+        aptInstall $"{modul} for /usr/bin/python3" package $"Install it yourself: `sudo apt-get install {package}`."
+        if not (imports ()) then fail $"{package} installed, but /usr/bin/python3 cannot import {modul}."
 
 // ---- targets -----------------------------------------------------------------------------------
 let build () = must (run "dotnet" $"build Ssl.sln -c {configuration} -nologo -v minimal") "dotnet build"
@@ -161,8 +154,8 @@ let ssl (args: string) = run "dotnet" $"Experiments/bin/{configuration}/net10.0/
 let test () =
     ensureFashionMnist ()
     ensureEmoji ()
-    ensureNumpy ()
-    ensureTorchvision ()
+    for modul, package in [ "numpy", "python3-numpy"; "torchvision", "python3-torchvision"; "onnx", "python3-onnx" ] do
+        ensurePythonModule modul package
     build ()
     let code, output = runCapture "dotnet" $"tests/bin/{configuration}/net10.0/Ssl.Tests.dll --no-spinner --colours 0"
     let summary = Regex.Match(output, @"(\d+) passed, (\d+) ignored, (\d+) failed, (\d+) errored")

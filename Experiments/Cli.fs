@@ -219,6 +219,20 @@ type NeighboursArgs =
             | Threads _ -> "torch threads (default: all cores)."
             | Out _ -> "the PNG to write (default <run-dir>/plots/neighbours-<data set>.png): the trained encoder's neighbours beside the random-initialised one's."
 
+type ExportArgs =
+    | [<MainCommand; ExactlyOnce>] Run_Dir of dir: string
+    | [<Mandatory; Unique>] Format of format: string
+    | Out of file: string
+    | Threads of int
+
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
+            | Format _ -> "onnx: the encoder at the run's probe as an ONNX model (opset 17), raw [0, 1] pixels in, the run's standardisation inside; safetensors: the whole encoder's weights `ssl train` wrote (export/encoder.safetensors)."
+            | Out _ -> "the file to write (default <run-dir>/export/encoder.onnx; for safetensors, a copy of the run's file)."
+            | Threads _ -> "torch threads (default: all cores)."
+
 type ReportArgs =
     | [<MainCommand; Unique>] Runs_Dir of dir: string
     | Record of records: string
@@ -359,6 +373,7 @@ type SslArgs =
     | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalArgs>
     | [<CliPrefix(CliPrefix.None)>] Embed of ParseResults<EmbedArgs>
     | [<CliPrefix(CliPrefix.None)>] Neighbours of ParseResults<NeighboursArgs>
+    | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
     | [<CliPrefix(CliPrefix.None)>] Data of ParseResults<DataArgs>
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
     | [<CliPrefix(CliPrefix.None)>] Report of ParseResults<ReportArgs>
@@ -376,6 +391,7 @@ type SslArgs =
             | Config _ -> "print a recipe's resolved config as JSON (what --config accepts back)."
             | Eval _ -> "evaluate a trained run's encoder again with one protocol (linear, knn, finetune)."
             | Embed _ -> "write a trained run's features of every image of a data set: .npy, .files.txt and .parquet."
+            | Export _ -> "write a trained run's encoder for other runtimes: --format onnx (an ONNX model of the representation its protocols read) or safetensors."
             | Neighbours _ -> "draw test images beside their nearest training images, by the trained and the random-initialised encoder, as a PNG."
             | Data _ -> "read a data set, print its statistics, optionally save a PNG grid of samples."
             | Info _ -> "set up the device and print it with threads, seed and library versions."

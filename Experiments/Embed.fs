@@ -151,7 +151,8 @@ let private outputPrefix (run: TrainedRun.Run) (out: string option) (name: strin
         else full
     | None -> Path.Combine(run.Dir, "embed", safeName name + (if randomInit then "-random-init" else ""))
 
-let private configure (run: TrainedRun.Run) (device: string option) (threads: int option) =
+/// The device and threads of a command that reads a run's encoder, set up as the run's runtime.
+let configure (run: TrainedRun.Run) (device: string option) (threads: int option) =
     let env =
         DeviceSetup.Configure(DeviceSetup.Parse(defaultArg device "cpu"), threads = defaultArg threads 0, seed = run.Seed,
                               runtime = Commands.runtimeOptions run.MemoryFormat None 0)

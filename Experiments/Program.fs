@@ -16,6 +16,7 @@ let private usageOf (argv: string[]) =
         | "eval" -> Some((parser.GetSubCommandParser <@ Eval @>).PrintCommandLineSyntax())
         | "embed" -> Some((parser.GetSubCommandParser <@ Embed @>).PrintCommandLineSyntax())
         | "neighbours" -> Some((parser.GetSubCommandParser <@ Neighbours @>).PrintCommandLineSyntax())
+        | "export" -> Some((parser.GetSubCommandParser <@ Export @>).PrintCommandLineSyntax())
         | "data" -> Some((parser.GetSubCommandParser <@ Data @>).PrintCommandLineSyntax())
         | "info" -> Some((parser.GetSubCommandParser <@ Info @>).PrintCommandLineSyntax())
         | "report" -> Some((parser.GetSubCommandParser <@ Report @>).PrintCommandLineSyntax())
@@ -54,6 +55,7 @@ let run (argv: string[]) =
         | Some(Eval a) -> Commands.eval a
         | Some(Embed a) -> Embed.embed a
         | Some(Neighbours a) -> Embed.neighbours a
+        | Some(Export a) -> Export.export a
         | Some(Data a) -> Commands.data a
         | Some(Info a) -> Commands.info a
         | Some(Report a) -> Commands.reportRuns a
@@ -81,6 +83,7 @@ let run (argv: string[]) =
     | :? DeviceUnavailableException
     | :? Peer.PeerUnavailableException
     | :? Ssl.Host.Engine.NonFiniteLossException
+    | :? NotSupportedException
     | :? InvalidDataException as e ->
         eprintfn "error: %s" (TrainedRun.firstLine e.Message)
         1

@@ -76,16 +76,6 @@ let private oracleFeatures (dir: string) =
     if not (Object.ReferenceEquals(probed, encoder)) then probed.Dispose()
     features, data
 
-/// Runs `ssl args` in this process with standard error captured: (exit code, the lines written to it).
-let private sslCapturingErrors (args: string[]) =
-    let saved = Console.Error
-    use captured = new StringWriter()
-    Console.SetError captured
-    let code =
-        try Program.run args
-        finally Console.SetError saved
-    code, captured.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries)
-
 [<Tests>]
 let tests =
     testSequenced <| testList "embed" [
@@ -202,7 +192,7 @@ let tests =
         test "bad input ends in one line: no such run folder, a run without its export (exit 1), an unknown data set (exit 2)" {
             let missing = Path.Combine(root.Force(), "no-such-run")
             for command in [ "embed"; "neighbours" ] do
-                let code, lines = sslCapturingErrors [| command; missing |]
+                let code, lines = Fixtures.sslCapturingErrors [| command; missing |]
                 Expect.equal code 1 $"{command}: exit code"
                 let said = String.Join(" / ", lines)
                 Expect.equal lines.Length 1 $"{command}: one line: {said}"
@@ -211,11 +201,11 @@ let tests =
             let noExport = Path.Combine(root.Force(), "no-export")
             Directory.CreateDirectory noExport |> ignore
             File.Copy(Path.Combine(dir, "config.json"), Path.Combine(noExport, "config.json"))
-            let code, lines = sslCapturingErrors [| "embed"; noExport |]
+            let code, lines = Fixtures.sslCapturingErrors [| "embed"; noExport |]
             Expect.equal code 1 "exit code"
             Expect.equal lines.Length 1 (String.Join(" / ", lines))
             Expect.stringContains lines[0] "encoder.dat" "names the missing export"
-            let code, lines = sslCapturingErrors [| "embed"; dir; "--dataset"; "imagenet" |]
+            let code, lines = Fixtures.sslCapturingErrors [| "embed"; dir; "--dataset"; "imagenet" |]
             Expect.equal code 2 "a usage error"
             Expect.stringContains lines[0] "--dataset" "the first line names the flag"
             Expect.stringContains lines[0] "imagenet" "and the data set"

@@ -84,3 +84,13 @@ let expectContractResult (dir: string) (method: string) =
     Expecto.Expect.isTrue (fraction (baselines.GetProperty("random_init").GetProperty("linear_probe_acc"))) "random-init baseline"
     Expecto.Expect.isTrue (fraction (baselines.GetProperty("raw_pixels").GetProperty("knn_acc"))) "raw-pixel baseline"
     doc
+
+/// Runs `ssl args` in this process with standard error captured: (exit code, the lines written to it).
+let sslCapturingErrors (args: string[]) =
+    let saved = Console.Error
+    use captured = new StringWriter()
+    Console.SetError captured
+    let code =
+        try Ssl.Experiments.Program.run args
+        finally Console.SetError saved
+    code, captured.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries)

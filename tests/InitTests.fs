@@ -65,10 +65,6 @@ let private seededIn (layout: SafeConv.ConvLayout) (seed: int64) (channels: int6
 
 let private seeded = seededIn SafeConv.ChannelsLast
 
-/// ResNet-18 compared with torchvision runs NCHW: libtorch's channels-last 1x1 convolutions with 512
-/// outputs (stage 4's shortcut) are wrong on this project's CPUs (docs/conv-backward-bug.md#1x1-convolutions-with-512-outputs).
-let private seededNchw = seededIn SafeConv.Nchw
-
 let private refusal (load: unit -> unit) =
     let e = Expect.throwsC load id
     Expect.isTrue (e :? DataException) $"a DataException, found {e.GetType().Name}: {e.Message}"
@@ -79,7 +75,7 @@ let private torchvisionTests =
     testList "torchvision" [
         test "torchvision's resnet18 (.pt) loads whole into resnet18-imagenet: the same features within 1e-4" {
             let dir = torchvision.Force()
-            use encoder = seededNchw 1L 3L ResNet18ImageNet
+            use encoder = seeded 1L 3L ResNet18ImageNet
             let loaded = EncoderInit.Load(encoder, Path.Combine(dir, "resnet18.pt"), "resnet18-imagenet")
             Expect.equal (List.sort (List.ofSeq loaded.IgnoredHeads)) [ "fc.bias"; "fc.weight" ] "the classifier head is left aside"
             Expect.equal loaded.Loaded (encoder.state_dict().Count) "every tensor of the encoder"
@@ -101,7 +97,7 @@ let private torchvisionTests =
                 EncoderExport.WriteSafetensors(path, wrapped, readOnlyDict [])
             finally
                 for t in state.Values do t.Dispose()
-            use encoder = seededNchw 2L 3L ResNet18ImageNet
+            use encoder = seeded 2L 3L ResNet18ImageNet
             let loaded = EncoderInit.Load(encoder, path, "resnet18-imagenet")
             Expect.equal loaded.Prefix "module." "the prefix every name of the encoder is found under"
             Expect.equal (List.ofSeq loaded.IgnoredOutsidePrefix) [ "projector.0.weight" ] "the rest of the checkpoint"
@@ -112,7 +108,7 @@ let private torchvisionTests =
         }
         test "a training checkpoint (.pth) is unwrapped from its state_dict entry and read under its backbone. prefix" {
             let dir = torchvision.Force()
-            use encoder = seededNchw 3L 3L ResNet18ImageNet
+            use encoder = seeded 3L 3L ResNet18ImageNet
             let loaded = EncoderInit.Load(encoder, Path.Combine(dir, "checkpoint.pth"), "resnet18-imagenet")
             Expect.equal (loaded.Prefix, List.ofSeq loaded.IgnoredOutsidePrefix) ("backbone.", [ "projector.weight" ]) "prefix and the rest"
             use images = readF32 (Path.Combine(dir, "input.f32")) [| 2L; 3L; 64L; 64L |]
@@ -122,7 +118,7 @@ let private torchvisionTests =
         }
         test "into the CIFAR stem it is refused in one line naming the file and the mis-shaped tensor" {
             let path = Path.Combine(torchvision.Force(), "resnet18.pt")
-            use encoder = seededNchw 3L 3L ResNet18
+            use encoder = seeded 3L 3L ResNet18
             let message = refusal (fun () -> EncoderInit.Load(encoder, path, "resnet18") |> ignore)
             Expect.stringStarts message path "names the file"
             Expect.stringContains message "1 mis-shaped (conv1.weight [64, 3, 7, 7] for [64, 3, 3, 3])" "the stem's shapes"

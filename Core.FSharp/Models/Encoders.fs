@@ -115,7 +115,7 @@ type SmallConvNet(inputChannels: int64, width: int64, bnMomentum: float, ?layout
         member _.NewLastStage() = Layers.sequential (lastStage ())
 
 /// The basic residual block of He et al. 2016 (two 3x3 conv-BN, identity or 1x1 conv-BN shortcut).
-type internal BasicBlock(inputChannels: int64, outputChannels: int64, stride: int64, layout: SafeConv.ConvLayout) as this =
+type BasicBlock(inputChannels: int64, outputChannels: int64, stride: int64, layout: SafeConv.ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("BasicBlock")
     let residual =
         Layers.sequential [
@@ -210,7 +210,7 @@ type ResNet18(inputChannels: int64, ?layout: SafeConv.ConvLayout, ?imagenetStem:
 /// BN → leaky ReLU → conv3x3(stride) → BN → leaky ReLU → conv3x3, added to the shortcut. The
 /// shortcut is the block input, or the activated input when `activateBeforeResidual`; a 1x1 conv
 /// when the shape changes.
-type internal PreActivationBlock(inputChannels: int64, outputChannels: int64, stride: int64,
+type PreActivationBlock(inputChannels: int64, outputChannels: int64, stride: int64,
                                  activateBeforeResidual: bool, bnMomentum: float, slope: float, layout: SafeConv.ConvLayout) as this =
     inherit nn.Module<Tensor, Tensor>("PreActivationBlock")
     let bn1 = nn.BatchNorm2d(inputChannels, momentum = bnMomentum)
@@ -232,6 +232,11 @@ type internal PreActivationBlock(inputChannels: int64, outputChannels: int64, st
         let activated = nn.functional.leaky_relu(bn1.call x, slope)
         let shortcut = projection.call (if activateBeforeResidual then activated else x)
         (residual.call activated + shortcut).MoveToOuterDisposeScope()
+
+    /// Whether the shortcut reads the activated input (else the block input).
+    member _.ActivateBeforeResidual = activateBeforeResidual
+    /// The leaky ReLU's negative slope.
+    member _.Slope = slope
 
 /// Wide-ResNet-depth-k (Zagoruyko & Komodakis 2016) in the variant MixMatch uses (Berthelot et al.
 /// 2019, official TensorFlow code): pre-activation blocks, a 3x3 stem of 16 channels, three stages
@@ -385,6 +390,9 @@ type LayerFeatures(encoder: Encoder, layer: string, pool: int64, inputShape: int
 
     /// The encoder whose layer this reads (what a run exports).
     member _.Encoder = encoder
+    /// The sub-module whose output is read, and the pooled size.
+    member _.Layer = layer
+    member _.Pool = pool
 
     interface IEncoderView with
         member _.Encoder = encoder

@@ -105,37 +105,53 @@ let needsInputGradient (x: Tensor) = torch.is_grad_enabled () && x.requires_grad
 let readsAnyInputCount (layout: ConvLayout) (x: Tensor) (weight: Tensor) =
     runsChannelsLast layout x && weight.shape[2] > 1L && weight.shape[3] > 1L
 
+/// A 1x1 convolution without padding on x (N, C, H, W) as a matrix product over the channels of
+/// every `stride`-th pixel: y[n, :, i, j] = W · x[n, :, s·i, s·j] + b, with channels-last strides out.
+/// libtorch 2.10's channels-last 1x1 float32 kernels were wrong on this project's machines for
+/// shapes no rule predicts (80 and 512 outputs among them), where sgemm is right
+/// (docs/conv-backward-bug.md, "1x1 convolutions"). weight: (O, C, 1, 1); bias: (O) or null.
+let pointwise (stride: int64) (x: Tensor) (weight: Tensor) (bias: Tensor) : Tensor =
+    use scope = NewDisposeScope()
+    let sampled = if stride = 1L then x else x.slice(2L, 0L, x.shape[2], stride).slice(3L, 0L, x.shape[3], stride)
+    let product = sampled.permute(0L, 2L, 3L, 1L).matmul(weight.flatten(1L).t())
+    let withBias = if isNull bias then product else product + bias
+    withBias.permute(0L, 3L, 1L, 2L).MoveToOuterDisposeScope()
+
 /// conv2d(x, weight, bias) with zero filters appended up to a multiple of `ChannelBlock` output
 /// channels (when x's gradient will be computed: `needsInputGradient`) and, above `ChannelBlock`
 /// inputs (unless `readsAnyInputCount`), zero channels appended to x and the filters up to a
 /// multiple of `ChannelBlock` inputs (float32 on the CPU only; elsewhere, or when no padding is
-/// needed, a plain conv2d); the extra outputs dropped; x read in `layout` (convolutionInput).
+/// needed, a plain conv2d); the extra outputs dropped; x read in `layout` (convolutionInput). A 1x1
+/// convolution without padding that runs channels-last is `pointwise` instead.
 /// x: (N, C, H, W); weight: (O, C, k, k); bias: (O) or null → (N, O, H', W').
 let conv2d (layout: ConvLayout) (stride: int64) (padding: int64) (x: Tensor) (weight: Tensor) (bias: Tensor) : Tensor =
     let outputs = weight.shape[0]
-    let extraOut = if needsInputGradient x then outputPadding outputs else 0L
-    let extraIn = if readsAnyInputCount layout x weight then 0L else inputPadding weight.shape[1]
-    if (extraOut = 0L && extraIn = 0L) || x.dtype <> ScalarType.Float32 || x.device.``type`` <> DeviceType.CPU then
-        use scope = NewDisposeScope()
-        nn.functional.conv2d(convolutionInput layout x, weight, bias, strides = [| stride; stride |], padding = [| padding; padding |])
-            .MoveToOuterDisposeScope()
+    if weight.shape[2] = 1L && weight.shape[3] = 1L && padding = 0L && x.dtype = ScalarType.Float32 && runsChannelsLast layout x then
+        pointwise stride x weight bias
     else
-        use scope = NewDisposeScope()
-        let zerosLike (tensor: Tensor) (dim: int) (count: int64) =
-            let shape = Array.copy tensor.shape
-            shape[dim] <- count
-            zeros(shape, dtype = tensor.dtype, device = tensor.device)
-        let widen (tensor: Tensor) (dim: int) (count: int64) =
-            if count = 0L then tensor else cat([| tensor; zerosLike tensor dim count |], Operators.int64 dim)
-        let paddedWeight = widen (widen weight 1 extraIn) 0 extraOut
-        let paddedBias = if isNull bias then null else widen bias 0 extraOut
-        let output =
-            nn.functional.conv2d(widen (convolutionInput layout x) 1 extraIn, paddedWeight, paddedBias, strides = [| stride; stride |], padding = [| padding; padding |])
-        if extraOut = 0L then output.MoveToOuterDisposeScope()
+        let extraOut = if needsInputGradient x then outputPadding outputs else 0L
+        let extraIn = if readsAnyInputCount layout x weight then 0L else inputPadding weight.shape[1]
+        if (extraOut = 0L && extraIn = 0L) || x.dtype <> ScalarType.Float32 || x.device.``type`` <> DeviceType.CPU then
+            use scope = NewDisposeScope()
+            nn.functional.conv2d(convolutionInput layout x, weight, bias, strides = [| stride; stride |], padding = [| padding; padding |])
+                .MoveToOuterDisposeScope()
         else
-            let narrowed = output.narrow(1L, 0L, outputs)
-            // The narrowed map is strided; a dense channels-last copy keeps the layers after it on their fast paths.
-            (convolutionInput layout narrowed).MoveToOuterDisposeScope()
+            use scope = NewDisposeScope()
+            let zerosLike (tensor: Tensor) (dim: int) (count: int64) =
+                let shape = Array.copy tensor.shape
+                shape[dim] <- count
+                zeros(shape, dtype = tensor.dtype, device = tensor.device)
+            let widen (tensor: Tensor) (dim: int) (count: int64) =
+                if count = 0L then tensor else cat([| tensor; zerosLike tensor dim count |], Operators.int64 dim)
+            let paddedWeight = widen (widen weight 1 extraIn) 0 extraOut
+            let paddedBias = if isNull bias then null else widen bias 0 extraOut
+            let output =
+                nn.functional.conv2d(widen (convolutionInput layout x) 1 extraIn, paddedWeight, paddedBias, strides = [| stride; stride |], padding = [| padding; padding |])
+            if extraOut = 0L then output.MoveToOuterDisposeScope()
+            else
+                let narrowed = output.narrow(1L, 0L, outputs)
+                // The narrowed map is strided; a dense channels-last copy keeps the layers after it on their fast paths.
+                (convolutionInput layout narrowed).MoveToOuterDisposeScope()
 
 /// A convolution computed through `SafeConv.conv2d` in `layout` (ChannelsLast unless given), with
 /// nn.Conv2d's parameters, names (`weight`, `bias`) and initialisation, so checkpoints and exports
@@ -154,6 +170,9 @@ type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, 
         if hasBias then this.register_parameter("bias", own conv.bias)
 
     member _.Layout = layout
+    /// The stride and the zero padding on each side, in both spatial dimensions.
+    member _.Stride = stride
+    member _.Padding = padding
     /// (outputChannels, inputChannels, k, k), as nn.Conv2d's; read from the module's parameters, so
     /// `to` and `load` keep it current.
     member this.Weight : Tensor = this.get_parameter "weight"
@@ -166,13 +185,14 @@ type SafeConv2d(inputChannels: int64, outputChannels: int64, kernelSize: int64, 
         member _.MultiplyAdds(_, output) = MultiplyAdds.convolution inputChannels kernelSize output
 
 /// A convolution layer for any channel counts reading its input in `layout`: nn.Conv2d where
-/// libtorch's float32 CPU kernels are right for them (`needsPadding` false), else SafeConv2d; both
+/// libtorch's float32 CPU kernels are right for them (`needsPadding` false, and not a channels-last
+/// 1x1 convolution, which `pointwise` computes), else SafeConv2d; both
 /// with parameters `weight` and `bias`. Every convolution of Core's models is made here, or is a
 /// SafeConv2d built directly where its counts always need it (BigBiGAN's generator output,
 /// colorization's 261-bin head).
 let layer (layout: ConvLayout) (inputChannels: int64) (outputChannels: int64) (kernelSize: int64) (stride: int64) (padding: int64) (bias: bool)
     : nn.Module<Tensor, Tensor> =
-    if needsPadding inputChannels outputChannels then
+    if needsPadding inputChannels outputChannels || (kernelSize = 1L && padding = 0L && layout = ChannelsLast) then
         new SafeConv2d(inputChannels, outputChannels, kernelSize, stride, padding, bias, layout)
     else
         let conv = nn.Conv2d(inputChannels, outputChannels, kernelSize, stride = stride, padding = padding, bias = bias)

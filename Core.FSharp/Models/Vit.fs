@@ -71,6 +71,9 @@ type MultiHeadSelfAttention(dim: int64, heads: int64) as this =
     let proj = nn.Linear(dim, dim)
     do this.RegisterComponents()
 
+    /// The number of attention heads.
+    member _.Heads = heads
+
     override _.forward(tokens) =
         expect "tokens" [| Any; Any; Exactly dim |] tokens
         use scope = NewDisposeScope()
@@ -144,6 +147,8 @@ type VisionTransformer(inputChannels: int64, patchSize: int64, dim: int64, depth
     member _.PatchSize = patchSize
     member _.Depth = depth
     member _.PatchEmbedding = patchEmbedding
+    /// The class token (1, 1, D).
+    member _.ClassToken: Tensor = classToken
 
     /// The positional table for a rows × columns patch grid: (1, 1 + rows·columns, D); the class
     /// token's vector as is, the patch vectors resized bicubically from g × g (align_corners false).
@@ -213,6 +218,9 @@ type ClassTokenFeatures(vit: VisionTransformer, blocks: int, patchMean: bool) as
     override _.FeatureDim = int64 (if patchMean then blocks + 1 else blocks) * vit.FeatureDim
     override _.forward(images) = vit.ClassTokens(images, blocks, patchMean)
     member _.Encoder = vit
+    /// The last blocks whose class tokens are read, and whether the patch-token mean follows them.
+    member _.Blocks = blocks
+    member _.PatchMean = patchMean
 
     interface IEncoderView with
         member _.Encoder = vit

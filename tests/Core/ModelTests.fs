@@ -812,6 +812,37 @@ let safeConvTests =
                         Expect.isLessThan (relative gx ex) 1e-4 $"{name}: input gradient"
                         Expect.isLessThan (relative gw ew) 1e-4 $"{name}: weight gradient"
         }
+        test "channels-last 1x1 layers (ResNet-18's 256 -> 512 shortcut among them) equal float64: forward and gradients, every call" {
+            // libtorch's own channels-last 1x1 kernels were off by ~1 for these shapes
+            // (docs/conv-backward-bug.md, "1x1 convolutions"); SafeConv.layer computes them as `pointwise`.
+            use scope = torch.NewDisposeScope()
+            let relative (a: Tensor) (e: Tensor) =
+                let r = ((a.to_type(ScalarType.Float64) - e).abs().max() / e.abs().max()).item<float>()
+                if Double.IsNaN r then infinity else r
+            do
+                for inputs, outputs, stride, side in [ 256L, 512L, 2L, 8L; 256L, 512L, 2L, 16L; 256L, 512L, 1L, 4L; 512L, 512L, 2L, 4L; 40L, 80L, 2L, 14L; 128L, 256L, 2L, 7L ] do
+                    use gen = new torch.Generator(uint64 (inputs * 100L + outputs + side))
+                    let x0 = torch.randn([| 4L; inputs; side; side |], generator = gen)
+                    use conv = SafeConv.layer SafeConv.ChannelsLast inputs outputs 1L stride 0L true
+                    let weight, bias = conv.get_parameter("weight").detach(), conv.get_parameter("bias").detach()
+                    let reference =
+                        let w = weight.to_type(ScalarType.Float64).requires_grad_(true)
+                        let x = x0.to_type(ScalarType.Float64).requires_grad_(true)
+                        let y = nn.functional.conv2d(x, w, bias.to_type(ScalarType.Float64), strides = [| stride; stride |])
+                        y.sum().backward()
+                        y.detach(), x.grad, w.grad
+                    let ey, ex, ew = reference
+                    for call in 1..3 do
+                        conv.zero_grad()
+                        let x = (SafeConv.channelsLast x0).requires_grad_(true)
+                        let y = conv.call x
+                        y.sum().backward()
+                        let name = $"{inputs} -> {outputs} stride {stride} at {side} px, call {call}"
+                        Expect.isTrue (SafeConv.isChannelsLast y) $"{name}: channels-last out"
+                        Expect.isLessThan (relative y ey) 1e-5 $"{name}: forward"
+                        Expect.isLessThan (relative x.grad ex) 1e-4 $"{name}: input gradient"
+                        Expect.isLessThan (relative (conv.get_parameter("weight").grad) ew) 1e-4 $"{name}: weight gradient"
+        }
         test "without the input's gradient (image inputs, no_grad) outputs run unpadded: forward and weight gradient equal float64" {
             // SafeConv.needsInputGradient: the output padding is for backward-data only; libtorch's
             // forward and weight gradient are right for any output count (docs/conv-backward-bug.md).
