@@ -34,7 +34,7 @@ type DataArgs =
             | Split _ -> "train (default; a built-in set's class counts then show the test split beside it), test, or unlabelled (stl10 only)."
             | Layout _ -> layoutUsage
             | Data_Root _ -> "folder holding the data set's files (default: $SSL_DATA, then /usr/share/datasets)."
-            | Grid _ -> "write a PNG grid of samples, one row per class, to this path."
+            | Grid _ -> "write a PNG grid of samples, one row per class named beside it, to this path."
             | Json _ -> "write the statistics as JSON to this path."
             | Threads _ -> "torch threads (default: all cores)."
 

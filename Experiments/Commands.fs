@@ -215,12 +215,15 @@ let private parseSplit (text: string) =
     | other -> invalidArg "--split" $"--split: expected train, test or unlabelled, found '{other}'"
 
 /// Up to `perClass` images of every class, class by class (the first ones, for a stable picture).
-let private samplesByClass (data: ImageDataset) perClass =
-    let labels = data.Labels.data<int64>().ToArray()
-    let picks =
-        [| for c in 0L .. int64 data.ClassNames.Count - 1L do
-               yield! labels |> Seq.indexed |> Seq.filter (fun (_, l) -> l = c) |> Seq.truncate perClass |> Seq.map (fst >> int64) |]
-    if picks.Length = 0 then Array.init (min 100 (int data.Count)) int64 else picks
+/// The rows of a labelled data set's sample grid: each class that has images, by name, with the
+/// indices of its first `perClass` images; none for an unlabelled one.
+let classRows (data: ImageDataset) perClass =
+    if not data.IsLabelled then []
+    else
+        let labels = data.Labels.data<int64>().ToArray()
+        [ for c in 0 .. data.ClassNames.Count - 1 do
+              let picks = labels |> Seq.indexed |> Seq.filter (fun (_, l) -> l = int64 c) |> Seq.truncate perClass |> Seq.map (fst >> int64) |> Seq.toArray
+              if picks.Length > 0 then yield data.ClassNames[c], picks ]
 
 let data (args: ParseResults<DataArgs>) =
     let name = args.GetResult(DataArgs.Dataset, defaultValue = "fashion-mnist")
@@ -262,8 +265,15 @@ let data (args: ParseResults<DataArgs>) =
 
     match args.TryGetResult DataArgs.Grid with
     | Some png ->
-        use images = dataset.Batch(samplesByClass dataset 10)
-        ImageGrid.SavePng(images, png, columns = 10, scale = (if dataset.Height <= 32L then 3 else 1))
+        let scale = if dataset.Height <= 32L then 3 else 1
+        match classRows dataset 10 with
+        | [] ->
+            use images = dataset.Batch(Array.init (min 100 (int dataset.Count)) int64)
+            ImageGrid.SavePng(images, png, columns = 10, scale = scale)
+        | rows ->
+            let batches = [ for name, picks in rows -> struct (name, dataset.Batch picks) ]
+            try ImageGrid.SaveLabelledRows(ResizeArray batches, png, scale = scale) |> ignore
+            finally for struct (_, images) in batches do images.Dispose()
         AnsiConsole.MarkupLine $"sample grid: [link]{Markup.Escape(Path.GetFullPath png)}[/]"
     | None -> ()
 

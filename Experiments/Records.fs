@@ -173,8 +173,8 @@ type Row =
       Records: RunRecord list
       Stale: bool }
 
-/// The records grouped into rows, in the registry's order, each marked stale when its recipe now
-/// resolves to another digest (or is gone).
+/// The records grouped into rows, by data set, then in the registry's order, each marked stale when
+/// its recipe now resolves to another digest (or is gone).
 let rows (recipes: Template.Recipe list) (records: RunRecord list) : Row list =
     let rank (m: string) = recipes |> List.tryFindIndex (fun r -> r.Name = m) |> Option.defaultValue recipes.Length
     records
@@ -182,24 +182,24 @@ let rows (recipes: Template.Recipe list) (records: RunRecord list) : Row list =
     |> List.map (fun (key, group) ->
         let group = group |> List.sortBy (fun r -> r.Seed)
         { Key = key; Records = group; Stale = currentDigest recipes group.Head <> Some group.Head.Digest })
-    |> List.sortBy (fun row -> let m, p, l, d, ds = row.Key in rank m, m, p, l, ds, d)
+    |> List.sortBy (fun row -> let m, p, l, d, ds = row.Key in ds, rank m, m, p, l, d)
 
 let private line (sb: StringBuilder) (cells: string list) = sb.AppendLine("| " + String.Join(" | ", cells) + " |") |> ignore
 
 let private methodsTable (recipes: Template.Recipe list) (rows: Row list) =
     let sb = StringBuilder()
-    let head = [ "method"; "preset"; "labels/class"; "overrides"; "n"; "seeds"; "linear probe"; "kNN"; "probe, 10 labels/class"
+    let head = [ "data set"; "method"; "preset"; "labels/class"; "overrides"; "n"; "seeds"; "linear probe"; "kNN"; "probe, 10 labels/class"
                  "probe, 100 labels/class"; "test acc (own classifier)"; "supervised only"; "training s"; "digest"; "commits" ]
     line sb head
     line sb (head |> List.map (fun _ -> "---"))
     for row in rows do
-        let method, preset, labels, digest, _ = row.Key
+        let method, preset, labels, digest, dataset = row.Key
         let rs = row.Records
         let few (n: int) (r: RunRecord) = match r.Result.Eval.FewLabelLinearAcc.TryGetValue(string n) with | true, v -> percent v | _ -> None
         let overrides = overridesCell recipes rs.Head
         let commits = rs |> List.map (fun r -> BuildInfo.Short r.Commit) |> List.distinct
         line sb
-            [ method; preset; (labels |> Option.map string |> Option.defaultValue "all"); overrides; string rs.Length
+            [ dataset; method; preset; (labels |> Option.map string |> Option.defaultValue "all"); overrides; string rs.Length
               rs |> List.map (fun r -> string r.Seed) |> String.concat ","
               formatMeanStd [ for r in rs -> percent r.Result.Eval.LinearProbeAcc ]
               formatMeanStd [ for r in rs -> percent r.Result.Eval.KnnAcc ]
@@ -224,6 +224,21 @@ let private baselinesTable (recipes: Template.Recipe list) (records: RunRecord l
                   b (fun x -> x.RandomInit.LinearProbeAcc); b (fun x -> x.RandomInit.KnnAcc)
                   b (fun x -> x.RawPixels.LinearProbeAcc); b (fun x -> x.RawPixels.KnnAcc) ]
     sb.ToString()
+
+/// One bar chart per data set of the rows' means over seeds, `accuracy-<data set>.png` in
+/// `figuresDir`, the data set in its title; returns (data set, path) of each.
+let private accuracyFigures (rows: Row list) (figuresDir: string) =
+    Directory.CreateDirectory figuresDir |> ignore
+    [ for dataset, rows in rows |> List.groupBy (fun row -> let _, _, _, _, ds = row.Key in ds) do
+          let path = Path.Combine(figuresDir, $"accuracy-{Report.fileSafe dataset}.png")
+          let name (row: Row) = let m, _, l, _, _ = row.Key in m + (l |> Option.map (fun n -> $"-{n}") |> Option.defaultValue "")
+          let mean (f: RunRecord -> Nullable<float>) (row: Row) =
+              match meanStd [ for r in row.Records -> Option.ofNullable (f r) ] with Some(m, _, _) -> Nullable m | None -> Nullable()
+          Plots.Bars(path, $"{dataset}: mean over seeds (test top-1)", "test top-1", [ for r in rows -> name r ],
+                     readOnlyDict [ "linear probe", [| for r in rows -> mean (fun x -> x.Result.Eval.LinearProbeAcc) r |]
+                                    "kNN", [| for r in rows -> mean (fun x -> x.Result.Eval.KnnAcc) r |]
+                                    "own classifier", [| for r in rows -> mean (fun x -> x.Result.Eval.TestAcc) r |] ])
+          yield dataset, path ]
 
 /// The whole RESULTS.md from the records in `recordsDir`; draws the figure into `figuresDir`.
 /// `notRun`: (run, reason) of the runs that could not be made where the records were gathered.
@@ -251,7 +266,7 @@ let render (recipes: Template.Recipe list) (recordsDir: string) (outPath: string
     say "is one seed, not a claim. Linear probe and kNN use all training labels on frozen features; \"probe, N"
     say "labels/class\" fits the linear probe on N labels per class; \"test acc\" is the method's own classifier;"
     say "\"supervised only\" trains the same encoder on the run's labelled subset alone. A row is one config digest:"
-    say "the recipe's resolved config, label budget and data set."
+    say "the recipe's resolved config, label budget and data set; rows are sorted by data set, then by recipe."
     say ""
     if fresh.IsEmpty then say "No fresh records." else sb.Append(methodsTable recipes fresh) |> ignore
     say ""
@@ -279,19 +294,11 @@ let render (recipes: Template.Recipe list) (recordsDir: string) (outPath: string
         sb.Append(methodsTable recipes stale) |> ignore
         say ""
     if not fresh.IsEmpty then
-        Directory.CreateDirectory figuresDir |> ignore
-        let path = Path.Combine(figuresDir, "accuracy.png")
-        let name (row: Row) = let m, _, l, _, _ = row.Key in m + (l |> Option.map (fun n -> $"-{n}") |> Option.defaultValue "")
-        let mean (f: RunRecord -> Nullable<float>) (row: Row) =
-            match meanStd [ for r in row.Records -> Option.ofNullable (f r) ] with Some(m, _, _) -> Nullable m | None -> Nullable()
-        Plots.Bars(path, "mean over seeds (test top-1)", "test top-1", [ for r in fresh -> name r ],
-                   readOnlyDict [ "linear probe", [| for r in fresh -> mean (fun x -> x.Result.Eval.LinearProbeAcc) r |]
-                                  "kNN", [| for r in fresh -> mean (fun x -> x.Result.Eval.KnnAcc) r |]
-                                  "own classifier", [| for r in fresh -> mean (fun x -> x.Result.Eval.TestAcc) r |] ])
         say "## Figures"
         say ""
-        say $"![Mean linear probe, kNN and own-classifier accuracy of every fresh row]({relative path})"
-        say ""
+        for dataset, path in accuracyFigures fresh figuresDir do
+            say $"![{dataset}: mean linear probe, kNN and own-classifier accuracy of every fresh row]({relative path})"
+            say ""
     let missing =
         [ for r in recipes do
               let budgets = if r.Traits.LabelBudgets.IsEmpty then [ None ] else List.map Some r.Traits.LabelBudgets

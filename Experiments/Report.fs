@@ -23,8 +23,9 @@ type RunEntry =
       /// Wall time of the whole `ssl train` command (training, evaluation, baselines, plots), where
       /// a sweep (or `ssl repro`) ran it and stamped it in sweep.json.
       CommandSeconds: float option
-      /// (epoch as a fraction, loss) from metrics.jsonl's step records.
-      LossCurve: float[] * float[] }
+      /// (epoch as a fraction, loss) from metrics.jsonl's step records, and (epoch, mean loss) from
+      /// its epoch summaries.
+      LossCurve: (float[] * float[]) * (float[] * float[]) }
 
 /// What a figure that does not apply shows: never 0.
 let missing = "—"
@@ -55,14 +56,14 @@ let private floatField (node: JsonNode option) (key: string) =
     node
     |> Option.bind (fun n -> match n[key] with null -> None | v -> (try Some(v.GetValue<float>()) with _ -> None))
 
-/// The logged steps' loss of the run in `dir` at fractional epochs (Pipeline.curveSeries), read
-/// without touching the folder.
+/// The logged steps' loss of the run in `dir` at fractional epochs and its epoch means
+/// (Pipeline.curveSeries), read without touching the folder.
 let private lossCurve (dir: string) (result: RunResult) =
     let path = Path.Combine(dir, "metrics.jsonl")
     let rows = if File.Exists path then File.ReadLines path |> Seq.filter (fun l -> l.Length > 0) |> Seq.map (fun l -> JsonNode.Parse(l).AsObject()) |> Seq.toArray else [||]
     match Pipeline.curveSeries (Pipeline.stepsPerEpoch result.Train) rows |> List.tryFind (fun (key, _, _) -> key = "loss") with
-    | Some(_, logged, _) -> logged
-    | None -> [||], [||]
+    | Some(_, logged, means) -> logged, means
+    | None -> ([||], [||]), ([||], [||])
 
 /// Where a recipe name sits in the registry's order (unknown names go last, by name).
 let private contractRank (name: string) =
@@ -70,8 +71,8 @@ let private contractRank (name: string) =
     | Some i -> i
     | None -> Registry.recipes.Length
 
-/// Reads every direct sub-folder of `runsDir` that holds a result.json, in the contract's order of
-/// methods, then by labels per class. A result.json that cannot be read is an error naming it.
+/// Reads every direct sub-folder of `runsDir` that holds a result.json, by data set, then in the
+/// contract's order of methods, then by labels per class. A result.json that cannot be read is an error naming it.
 let loadRuns (runsDir: string) : RunEntry list =
     if not (Directory.Exists runsDir) then
         raise (Ssl.Host.Data.DataException(runsDir, "a folder of run folders (each with a result.json)", "no such folder"))
@@ -89,7 +90,7 @@ let loadRuns (runsDir: string) : RunEntry list =
                     Preset = stringField config "preset"; Encoder = stringField config "encoder"
                     CommandSeconds = floatField stamp "wall_s"
                     LossCurve = lossCurve dir result } ]
-    |> List.sortBy (fun e -> contractRank e.Result.Method, e.Result.Method, Option.ofNullable e.Result.LabelsPerClass, e.Name)
+    |> List.sortBy (fun e -> e.Result.Dataset, contractRank e.Result.Method, e.Result.Method, Option.ofNullable e.Result.LabelsPerClass, e.Name)
 
 /// The run folders `ssl repro` recorded without a result.json: (folder name, why), the reason being
 /// sweep.json's `not_run` or the failed attempt's exit code.
@@ -118,13 +119,13 @@ let private shortCommit (c: string) = if String.IsNullOrEmpty c then missing els
 /// and what training cost.
 let methodsTable (entries: RunEntry list) =
     let sb = StringBuilder()
-    sb.AppendLine(header [ "run"; "method"; "preset"; "labels/class"; "linear probe"; "kNN"; "probe, 10 labels/class"; "probe, 100 labels/class"
+    sb.AppendLine(header [ "run"; "data set"; "method"; "preset"; "labels/class"; "linear probe"; "kNN"; "probe, 10 labels/class"; "probe, 100 labels/class"
                            "test acc (own classifier)"; "supervised only"; "epochs"; "training s"; "command s"; "img/s"; "peak RSS MiB"; "commit" ]) |> ignore
     for e in entries do
         let r = e.Result
         let labels = if r.LabelsPerClass.HasValue then string r.LabelsPerClass.Value else "all"
         sb.AppendLine(
-            row [ e.Name; r.Method; defaultArg e.Preset missing; labels
+            row [ e.Name; r.Dataset; r.Method; defaultArg e.Preset missing; labels
                   formatAcc r.Eval.LinearProbeAcc; formatAcc r.Eval.KnnAcc; fewLabel r 10; fewLabel r 100
                   formatAcc r.Eval.TestAcc; formatAcc r.Baselines.SupervisedOnly.TestAcc
                   string r.Train.Epochs; formatNumber 0 (Some r.Train.WallSeconds); formatNumber 0 e.CommandSeconds
@@ -173,18 +174,19 @@ let private versionsSection (entries: RunEntry list) =
     $"- TorchSharp: {list (distinct (fun e -> e.Result.Versions.TorchSharp))}\n" +
     $"- libtorch: {list (distinct (fun e -> e.Result.Versions.LibTorch))}\n"
 
-let private fileSafe (name: string) =
+/// `name` with every character but letters, digits, '-' and '_' replaced by '_', for a file name.
+let fileSafe (name: string) =
     String(name |> Seq.map (fun c -> if Char.IsLetterOrDigit c || c = '-' || c = '_' then c else '_') |> Seq.toArray)
 
 /// Draws the figures into `figuresDir` and returns (title, path) of each.
 let writeFigures (entries: RunEntry list) (figuresDir: string) =
     Directory.CreateDirectory figuresDir |> ignore
     let figures = Collections.Generic.List<string * string>()
-    if not entries.IsEmpty then
+    for dataset, entries in entries |> List.groupBy (fun e -> e.Result.Dataset) do
         // Methods against the baselines: each run's linear probe and kNN, then each distinct baseline set.
         let baselineGroups =
             entries
-            |> List.distinctBy (fun e -> e.Result.Dataset, e.Encoder, e.Preset, e.Result.Seed)
+            |> List.distinctBy (fun e -> e.Encoder, e.Preset, e.Result.Seed)
         let many = baselineGroups.Length > 1
         let groups =
             [ for e in entries -> e.Name ]
@@ -198,27 +200,27 @@ let writeFigures (entries: RunEntry list) (figuresDir: string) =
                    yield randomValue b.Result.Baselines.RandomInit |> Option.ofNullable
                    yield randomValue b.Result.Baselines.RawPixels |> Option.ofNullable |]
             |> Array.map Option.toNullable
-        let accuracy = Path.Combine(figuresDir, "accuracy.png")
-        Plots.Bars(accuracy, "methods against the baselines (test top-1)", "test top-1", groups,
+        let accuracy = Path.Combine(figuresDir, $"accuracy-{fileSafe dataset}.png")
+        Plots.Bars(accuracy, $"{dataset}: methods against the baselines (test top-1)", "test top-1", groups,
                    readOnlyDict [ "linear probe", values (fun r -> r.Eval.LinearProbeAcc) (fun p -> p.LinearProbeAcc)
                                   "kNN", values (fun r -> r.Eval.KnnAcc) (fun p -> p.KnnAcc) ])
-        figures.Add("Linear probe and kNN of every run beside the random-initialised encoder and raw pixels", accuracy)
+        figures.Add($"{dataset}: linear probe and kNN of every run beside the random-initialised encoder and raw pixels", accuracy)
 
-        let few = Path.Combine(figuresDir, "few-labels.png")
+        let few = Path.Combine(figuresDir, $"few-labels-{fileSafe dataset}.png")
         let pick n (r: RunResult) = match r.Eval.FewLabelLinearAcc.TryGetValue(string n) with | true, v -> v | _ -> Nullable()
-        Plots.Bars(few, "few labels (test top-1)", "test top-1", [ for e in entries -> e.Name ],
+        Plots.Bars(few, $"{dataset}: few labels (test top-1)", "test top-1", [ for e in entries -> e.Name ],
                    readOnlyDict [ "probe, 10 labels/class", [| for e in entries -> pick 10 e.Result |]
                                   "probe, 100 labels/class", [| for e in entries -> pick 100 e.Result |]
                                   "own classifier", [| for e in entries -> e.Result.Eval.TestAcc |]
                                   "supervised only", [| for e in entries -> e.Result.Baselines.SupervisedOnly.TestAcc |] ])
-        figures.Add("Few-label probes, the method's own classifier and the supervised-only baseline", few)
+        figures.Add($"{dataset}: few-label probes, the method's own classifier and the supervised-only baseline", few)
 
         for e in entries do
-            let x, y = e.LossCurve
-            if x.Length > 0 then
+            let (stepX, stepY), (epochX, epochY) = e.LossCurve
+            if stepX.Length + epochX.Length > 0 then
                 let path = Path.Combine(figuresDir, "curves", fileSafe e.Name + ".png")
-                Plots.Curves(path, $"{e.Name}: training loss", "epoch", "loss", readOnlyDict [ "loss", (x, y) ])
-                figures.Add($"{e.Name}: training loss", path)
+                Plots.Curves(path, $"{e.Name} on {dataset}: training loss", "epoch", "loss", readOnlyDict [ "logged steps", struct (stepX, stepY); "epoch mean", struct (epochX, epochY) ])
+                figures.Add($"{e.Name} on {dataset}: training loss", path)
     List.ofSeq figures
 
 /// The whole RESULTS.md text; draws its figures into `figuresDir` (linked relative to `outPath`).

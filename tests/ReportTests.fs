@@ -106,8 +106,8 @@ let tests =
             Expect.stringContains text "GENERATED" "generated mark"
             Expect.stringContains text "never edited by hand" "not to be edited"
             Expect.stringContains text "dotnet fsi build.fsx repro" "how to regenerate"
-            Expect.stringContains text "](docs/results/accuracy.png)" "figure link relative to RESULTS.md"
-            for png in [ "accuracy.png"; "few-labels.png"; "curves/rotnet.png"; "curves/supervised.png" ] do
+            Expect.stringContains text "](docs/results/accuracy-fashion-mnist.png)" "figure link relative to RESULTS.md, one per data set"
+            for png in [ "accuracy-fashion-mnist.png"; "few-labels-fashion-mnist.png"; "curves/rotnet.png"; "curves/supervised.png" ] do
                 Expect.isTrue (File.Exists(Path.Combine(figures, png))) $"{png} drawn"
             let baselineRows = text.Split('\n') |> Array.filter (fun l -> l.StartsWith "| fashion-mnist |")
             Expect.equal baselineRows.Length 1 "one baseline row shared by both runs"

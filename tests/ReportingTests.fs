@@ -59,7 +59,7 @@ let plotTests =
             Plots.ClassMap(Path.Combine(dir, "map.png"), "map", points.narrow(1L, 0L, 2L), labels, [| "a"; "b"; "c" |])
             Plots.Bars(Path.Combine(dir, "bars.png"), "accuracy", "top-1", [| "linear"; "kNN" |],
                        readOnlyDict [ "method", [| Nullable 0.9; Nullable 0.85 |]; "random", [| Nullable 0.7; Nullable() |] ])
-            for name, w, h in [ "loss.png", 900, 520; "map.png", 900, 700; "bars.png", 900, 520 ] do
+            for name, w, h in [ "loss.png", 900, 520; "map.png", 900, 700; "bars.png", 900, 360 ] do
                 use bitmap = SkiaSharp.SKBitmap.Decode(Path.Combine(dir, name))
                 Expect.isNotNull bitmap $"{name} decodes"
                 Expect.equal (bitmap.Width, bitmap.Height) (w, h) $"{name} size"

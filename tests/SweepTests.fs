@@ -250,20 +250,20 @@ let tests =
             let count, stale = Records.write recipes records out (Path.Combine(Path.GetDirectoryName out, "figures")) []
             Expect.equal (count, stale) (6, 1) "six records, the 7-epoch config stale"
             let text = File.ReadAllText out
-            let fresh = text.Split('\n') |> Array.find (fun l -> l.StartsWith "| rotnet | quick | all | — | 3 |")
+            let fresh = text.Split('\n') |> Array.find (fun l -> l.StartsWith "| fashion-mnist | rotnet | quick | all | — | 3 |")
             Expect.stringContains fresh "| 82.00 ± 2.00 |" "linear probe mean ± sample std over 3 seeds"
             Expect.stringContains fresh "| 0,1,2 |" "the seeds"
             Expect.stringContains text "## Stale" "a stale section"
-            let staleRow = text.Substring(text.IndexOf "## Stale").Split('\n') |> Array.find (fun l -> l.StartsWith "| rotnet |")
+            let staleRow = text.Substring(text.IndexOf "## Stale").Split('\n') |> Array.find (fun l -> l.StartsWith "| fashion-mnist | rotnet |")
             Expect.stringContains staleRow "50.00 (n = 1)" "one seed said as such"
             Expect.isFalse (text.Substring(0, text.IndexOf "## Stale").Contains "50.00") "never mixed with fresh rows"
             let methods = text.Substring(0, text.IndexOf "## Baselines")
             Expect.isFalse (methods.Contains "60.00") "a trial is not a row of the methods table"
             let trials = text.Substring(text.IndexOf "## Trials", text.IndexOf "## Stale" - text.IndexOf "## Trials")
-            Expect.isTrue (trials.Split('\n') |> Array.exists (fun l -> l.StartsWith "| rotnet | quick | all | `Epochs=12` | 1 |" && l.Contains "60.00 (n = 1)")) "it is in the trials table"
+            Expect.isTrue (trials.Split('\n') |> Array.exists (fun l -> l.StartsWith "| fashion-mnist | rotnet | quick | all | `Epochs=12` | 1 |" && l.Contains "60.00 (n = 1)")) "it is in the trials table"
             Expect.stringContains text "| fashion-mnist | quick | SmallConvNet16 | branch, pool 3 | 3 | 79.00 ± 1.00 |" "baselines over seeds, at the probed layer"
             Expect.stringContains text "| fashion-mnist | quick | SmallConvNet16 | output | 1 | 78.00 (n = 1) |" "another layer, another baseline row"
-            Expect.isTrue (text.Split('\n') |> Array.exists (fun l -> l.StartsWith "| colorization | quick | all | — | 1 |")) "an override that is the preset's own value is not shown"
+            Expect.isTrue (text.Split('\n') |> Array.exists (fun l -> l.StartsWith "| fashion-mnist | colorization | quick | all | — | 1 |")) "an override that is the preset's own value is not shown"
         }
         test "repro's shards are disjoint and together the whole grid; --shard is checked" {
             let runs, _ = Sweep.expand recipes { grid [ "rotnet"; "mixmatch" ] with Seeds = [ 0L; 1L; 2L ] }

@@ -15,8 +15,17 @@ public sealed record TrainerOptions
     public required long ExampleCount { get; init; }
     public long Seed { get; init; }
     public bool Resume { get; init; }
-    /// <summary>A metrics line every this many steps (epoch summaries are always written).</summary>
+    /// <summary>A metrics line every this many steps, or more often in a short run (<see cref="LogInterval"/>);
+    /// epoch summaries are always written.</summary>
     public int LogEvery { get; init; } = 50;
+
+    /// <summary>Step lines a run logs at least where it has that many steps, so that its curve shows
+    /// the course of training even when it is one epoch short.</summary>
+    public const int MinLoggedSteps = 20;
+
+    /// <summary>The steps between two metrics lines of a run of <paramref name="totalSteps"/>: LogEvery,
+    /// or fewer where that would log less than <see cref="MinLoggedSteps"/> lines (every step at worst).</summary>
+    public int LogInterval(long totalSteps) => (int)Math.Max(1, Math.Min(LogEvery, totalSteps / MinLoggedSteps));
     /// <summary>Identifies the resolved config; a resume with another digest is refused.</summary>
     public string ConfigDigest { get; init; } = "";
     /// <summary>Stop (as if interrupted) after this many epochs of this process; null = train to the end.</summary>
@@ -130,6 +139,7 @@ public static class Trainer
         var stepsPerEpoch = sampler.BatchesPerEpoch;
         var tensorboard = utils.tensorboard.SummaryWriter(Path.Combine(folder.Root, "tensorboard"));
         progress.Start(options.Epochs, stepsPerEpoch, startEpoch);
+        var logEvery = options.LogInterval((long)options.Epochs * stepsPerEpoch);
         var clock = Stopwatch.StartNew();
         var wallBefore = resumed?.WallSeconds ?? 0.0;
         var trainingSeconds = resumed?.TrainingSeconds ?? 0.0;
@@ -183,7 +193,7 @@ public static class Trainer
                 b++;
                 epochImages += batch.Length;
                 var rate = epochImages / Math.Max(epochClock.Elapsed.TotalSeconds, 1e-9);
-                if (globalStep % options.LogEvery == 0)
+                if (globalStep % logEvery == 0)
                 {
                     var record = new Dictionary<string, object?> { ["epoch"] = epoch, ["step"] = globalStep, ["images_per_s"] = rate };
                     foreach (var (name, o) in optimizers) record[$"lr/{name}"] = o.LearningRate;
