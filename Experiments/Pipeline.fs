@@ -273,12 +273,19 @@ let curveSeries (stepsPerEpoch: float) (metrics: IReadOnlyList<JsonObject>) : (s
     [ for key in keys -> key, (stepX, steps |> Array.map (fun r -> value r key)), (epochX, epochs |> Array.map (fun r -> value r key)) ]
 
 /// Loss (and any other logged figure) over training as PNG curves in plots/: the logged steps and
-/// the epoch means; resident memory after each epoch.
+/// the epoch means; a group of figures `<group>/<member>` in one figure; resident memory after each epoch.
 let plotCurves (folder: RunFolder) (train: TrainFigures) =
     let metrics = folder.ReadMetrics()
-    for key, (stepX, stepY), (epochX, epochY) in curveSeries (stepsPerEpoch train) metrics do
-        Plots.Curves(Path.Combine(folder.PlotsDir, $"{key.Replace('/', '_')}.png"), key, "epoch", key,
+    let series = curveSeries (stepsPerEpoch train) metrics
+    for key, (stepX, stepY), (epochX, epochY) in series |> List.filter (fun (key, _, _) -> not (key.Contains '/')) do
+        Plots.Curves(Path.Combine(folder.PlotsDir, $"{key}.png"), key, "epoch", key,
                      readOnlyDict [ "logged steps", struct (stepX, stepY); "epoch mean", struct (epochX, epochY) ])
+    // Figures logged as <group>/<member> (per-class thresholds) share one figure, a line per member
+    // over the logged steps, or over the epoch means where no step was logged.
+    for group, members in series |> List.filter (fun (key, _, _) -> key.Contains '/') |> List.groupBy (fun (key, _, _) -> key.Split('/')[0]) do
+        Plots.Curves(Path.Combine(folder.PlotsDir, $"{group}.png"), $"{group} per member", "epoch", group,
+                     readOnlyDict [ for key, (stepX, stepY), epochs in members ->
+                                        key.Substring(group.Length + 1), (if stepX.Length > 0 then struct (stepX, stepY) else let x, y = epochs in struct (x, y)) ])
     let epochs = metrics |> Seq.filter (fun r -> r.ContainsKey "summary") |> Seq.toArray
     let x = epochs |> Array.map (fun r -> r["epoch"].GetValue<float>() + 1.0)
     let rss = epochs |> Array.map (fun r -> r["rss_mb"].GetValue<float>())
