@@ -168,7 +168,8 @@ let test () =
 
 /// The main job: the data set's statistics and samples, then MoCo's quick preset trained, evaluated
 /// beside its baselines (random-initialised encoder, raw pixels, supervised-only on the same labels)
-/// and reported with its plots.
+/// and reported with its plots, and its test images' nearest training images beside the
+/// random-initialised encoder's.
 let demo () =
     ensureFashionMnist ()
     ensureEmoji ()
@@ -176,6 +177,7 @@ let demo () =
     let out = Path.Combine("runs", "demo")
     must (ssl $"data --dataset fashion-mnist --grid {out}/samples.png --json {out}/data.json") "ssl data"
     must (ssl $"train moco --preset quick --out {out}/moco") "ssl train moco"
+    must (ssl $"neighbours {out}/moco --queries 8 --k 8 --out {out}/neighbours.png") "ssl neighbours"
     printfn "Demo written to %s." (Path.GetFullPath(Path.Combine(root, out)))
 
 /// `--only a,b` after the target, passed on to `ssl` (which checks the names).

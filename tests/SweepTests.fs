@@ -333,7 +333,7 @@ let tests =
                 let records = Path.Combine(Fixtures.tempDir "sweep-slurm-records", "results")
                 let out = Path.Combine(Path.GetDirectoryName records, "RESULTS.md")
                 Expect.equal (run [ "report"; root; "--record"; records; "--out"; out ]) 0 "record and report"
-                let row = File.ReadAllLines out |> Array.find (fun l -> l.StartsWith "| rotnet | smoke |")
+                let row = File.ReadAllLines out |> Array.find (fun l -> l.StartsWith "| fashion-mnist | rotnet | smoke |")
                 Expect.stringContains row "| 3 | 0,1,2 |" "n = 3 over the three tasks"
                 Expect.stringContains row "±" "with a std"
             finally
