@@ -119,6 +119,25 @@ let ensureEmoji () =
         if run "npm" npmArgs <> 0 then fail $"could not install the emoji packages with npm. {howTo}"
         if not (emojiPresent ()) then fail $"npm installed {packages}, but {folder}/node_modules/<package>/emoji.json is missing. {howTo}"
 
+/// The folder of the npm packages the tests run under node: $SSL_DATA/node where SSL_DATA is set,
+/// else <user data folder>/ssl/node (the embed test looks in both).
+let nodeToolsFolder () =
+    match Environment.GetEnvironmentVariable "SSL_DATA" with
+    | null | "" -> Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.DoNotVerify), "ssl", "node")
+    | dir -> Path.Combine(dir, "node")
+
+/// Makes sure hyparquet (a JavaScript Parquet reader, the embed test's outside client: Debian 12
+/// serves none for Python) is installed: with npm (itself installed with apt where missing) where
+/// missing, else explains.
+let ensureHyparquet () =
+    let folder = nodeToolsFolder ()
+    if not (File.Exists(Path.Combine(folder, "node_modules", "hyparquet", "src", "node.js"))) then
+        let npmArgs = $"install --no-save --no-audit --no-fund --prefix \"{folder}\" hyparquet@1.31.5"
+        let howTo = $"Install it yourself: `npm {npmArgs}`."
+        if not (onPath "npm") then aptInstall "npm (to install hyparquet)" "npm" howTo
+        Directory.CreateDirectory folder |> ignore
+        if run "npm" npmArgs <> 0 then fail $"could not install hyparquet with npm. {howTo}"
+
 // ---- the PyTorch twins (ssl bench --peer) -------------------------------------------------------
 let debianTorch = "/usr/lib/python3/dist-packages/torch/__init__.py"
 let multiarch = if Runtime.InteropServices.RuntimeInformation.ProcessArchitecture = Runtime.InteropServices.Architecture.Arm64 then "aarch64-linux-gnu" else "x86_64-linux-gnu"
@@ -156,6 +175,7 @@ let test () =
     ensureEmoji ()
     for modul, package in [ "numpy", "python3-numpy"; "torchvision", "python3-torchvision"; "onnx", "python3-onnx" ] do
         ensurePythonModule modul package
+    ensureHyparquet ()
     build ()
     let code, output = runCapture "dotnet" $"tests/bin/{configuration}/net10.0/Ssl.Tests.dll --no-spinner --colours 0"
     let summary = Regex.Match(output, @"(\d+) passed, (\d+) ignored, (\d+) failed, (\d+) errored")

@@ -135,6 +135,40 @@ let tests =
             let sum = values[.. columns - 1] |> Array.sumBy float
             Expect.floatClose Accuracy.medium (float out[3]) sum "the first row"
         }
+        test "hyparquet, an independent Parquet reader, reads the .parquet: every row's index, file, label and vector" {
+            // Debian 12 serves no Parquet reader for Python (no pyarrow or fastparquet); hyparquet (npm,
+            // pure JavaScript) is the outside client. The test target installs it (build.fsx, ensureHyparquet).
+            let folders =
+                [ match Environment.GetEnvironmentVariable "SSL_DATA" with null | "" -> () | d -> Path.Combine(d, "node")
+                  Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.DoNotVerify), "ssl", "node") ]
+            let entry = folders |> List.map (fun f -> Path.Combine(f, "node_modules", "hyparquet", "src", "node.js")) |> List.tryFind File.Exists
+            let entry = match entry with Some e -> e | None -> failtest "hyparquet is not installed: `dotnet fsi build.fsx test` installs it with npm"
+            let _, dir = trained.Force()
+            let prefix = Path.Combine(root.Force(), "hyparquet", "tree")
+            Expect.equal (Program.run [| "embed"; dir; "--out"; prefix |]) 0 "exit code"
+            let rows, columns, values = readNpy (prefix + ".npy")
+            let script = Path.Combine(root.Force(), "hyparquet", "read.mjs")
+            File.WriteAllText(script, $"import {{ asyncBufferFromFile, parquetReadObjects }} from '{Uri(entry).AbsoluteUri}'\n" +
+                                      $"const rows = await parquetReadObjects({{ file: await asyncBufferFromFile('{prefix}.parquet') }})\n" +
+                                      "console.log(JSON.stringify(rows.map(r => [Number(r.index), r.file, r.label, Array.from(r.embedding)])))\n")
+            let psi = ProcessStartInfo("node", UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true)
+            psi.ArgumentList.Add script
+            use p = Process.Start psi
+            let out = p.StandardOutput.ReadToEnd()
+            let err = p.StandardError.ReadToEnd()
+            p.WaitForExit()
+            Expect.equal p.ExitCode 0 $"node read the file: {err}"
+            let read = JsonNode.Parse(out).AsArray()
+            let lines = File.ReadAllLines(prefix + ".files.txt")
+            Expect.equal read.Count rows "one row per image"
+            for i in 0 .. rows - 1 do
+                let row = read[i].AsArray()
+                Expect.equal (row[0].GetValue<int>()) i "index"
+                Expect.equal (row[1].GetValue<string>()) (lines[i].Split('\t')[0]) "file"
+                Expect.equal (row[2].GetValue<int>()) (int (lines[i].Split('\t')[1])) "label"
+                let vector = row[3].AsArray() |> Seq.map (fun v -> float32 (v.GetValue<float>())) |> Seq.toArray
+                Expect.sequenceEqual vector values[i * columns .. (i + 1) * columns - 1] $"row {i}'s vector, as in the .npy"
+        }
         test "a streamed folder gives the same rows, and another folder is resized to the run's images" {
             let _, dir = trained.Force()
             let inMemory = Path.Combine(root.Force(), "memory", "tree")
