@@ -248,17 +248,19 @@ let initJson (init: InitFile option) : JsonNode =
     | Some file -> JsonObject(dict [ "path", JsonValue.Create file.Path :> JsonNode; "sha256", JsonValue.Create file.Sha256 ])
     | None -> null
 
-/// Loads `init` into `encoder` (EncoderInit.Load; `architecture` names it in a refusal) and says
-/// on stdout what of the file it left aside.
-let loadInit (init: InitFile) (architecture: string) (encoder: Encoder) =
+/// Loads `init` into `encoder` (EncoderInit.Load; `architecture` names it in a refusal) and, where
+/// `report` (the run's first load: a momentum encoder loads the same file again), says on stdout what
+/// of the file it left aside.
+let loadInit (init: InitFile) (architecture: string) (report: bool) (encoder: Encoder) =
     let loaded = Ssl.Host.Export.EncoderInit.Load(encoder, init.Path, architecture)
-    let under = if loaded.Prefix = "" then "" else $" (names under '{loaded.Prefix}')"
-    printfn "init: %d tensors from %s%s" loaded.Loaded init.Path under
-    let listed (names: string seq) = String.Join(", ", Seq.truncate 4 names) + (if Seq.length names > 4 then ", ..." else "")
-    if loaded.IgnoredHeads.Count > 0 then
-        printfn "init: ignored %d tensors of the file's classifier head (%s)" loaded.IgnoredHeads.Count (listed loaded.IgnoredHeads)
-    if loaded.IgnoredOutsidePrefix.Count > 0 then
-        printfn "init: ignored %d tensors outside '%s' (%s)" loaded.IgnoredOutsidePrefix.Count loaded.Prefix (listed loaded.IgnoredOutsidePrefix)
+    if report then
+        let under = if loaded.Prefix = "" then "" else $" (names under '{loaded.Prefix}')"
+        printfn "init: %d tensors from %s%s" loaded.Loaded init.Path under
+        let listed (names: string seq) = String.Join(", ", Seq.truncate 4 names) + (if Seq.length names > 4 then ", ..." else "")
+        if loaded.IgnoredHeads.Count > 0 then
+            printfn "init: ignored %d tensors of the file's classifier head (%s)" loaded.IgnoredHeads.Count (listed loaded.IgnoredHeads)
+        if loaded.IgnoredOutsidePrefix.Count > 0 then
+            printfn "init: ignored %d tensors outside '%s' (%s)" loaded.IgnoredOutsidePrefix.Count loaded.Prefix (listed loaded.IgnoredOutsidePrefix)
 
 /// The checks of `folder` before a run starts in it (nothing is written): a finished run is
 /// refused unless --resume (re-evaluate) or --force (replace); an unfinished one unless --resume or
@@ -372,7 +374,7 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
     let initialised () =
         let encoder = newEncoder ()
         request.Init |> Option.iter (fun init ->
-            try loadInit init architecture encoder
+            try loadInit init architecture (initLoads.Value = 0) encoder
             with _ -> encoder.Dispose(); reraise ()
             initLoads.Value <- initLoads.Value + 1)
         encoder

@@ -138,6 +138,6 @@ let encoderFrom (run: Run) (data: Data) (layout: Ssl.Core.Models.SafeConv.ConvLa
         match run.Config["Encoder"] with
         | :? JsonValue as v when v.GetValueKind() = Text.Json.JsonValueKind.String -> v.GetValue<string>()
         | _ -> run.Recipe.Name + "'s"
-    try Template.loadInit init architecture built
+    try Template.loadInit init architecture true built
     with _ -> built.Dispose(); reraise ()
     built
