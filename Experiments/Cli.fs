@@ -4,6 +4,16 @@ module Ssl.Experiments.Cli
 open Argu
 
 /// What --layout says in every command that reads image folders.
+/// What the run-folder argument of the commands that read a finished run says.
+[<Literal>]
+let runDirUsage = "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
+
+[<Literal>]
+let deviceUsage = "cpu (default), cuda or auto."
+
+[<Literal>]
+let threadsUsage = "torch threads (default: all cores)."
+
 [<Literal>]
 let layoutUsage =
     "how an image folder is read: auto (default: train/ + val/ trees are a split, no images at the top and 2 or more sub-folders with images a class tree, else unlabelled; the log says which and why), unlabelled, classes or split."
@@ -36,7 +46,7 @@ type DataArgs =
             | Data_Root _ -> "folder holding the data set's files (default: $SSL_DATA, then /usr/share/datasets)."
             | Grid _ -> "write a PNG grid of samples, one row per class named beside it, to this path."
             | Json _ -> "write the statistics as JSON to this path."
-            | Threads _ -> "torch threads (default: all cores)."
+            | Threads _ -> threadsUsage
 
 type InfoArgs =
     | Device of string
@@ -50,7 +60,7 @@ type InfoArgs =
         member a.Usage =
             match a with
             | Device _ -> "cpu (default), cuda or auto (CUDA where available, else CPU, and says so)."
-            | Threads _ -> "torch threads (default: all cores)."
+            | Threads _ -> threadsUsage
             | Seed _ -> "seed for torch and .NET randomness (default 0)."
             | Deterministic -> "fixed threads, seeded generators, no TF32: CPU runs repeat exactly."
             | Memory_Format _ -> memoryFormatUsage
@@ -96,8 +106,8 @@ type TrainArgs =
             | Data_Root _ -> "folder holding the data set's files (default: $SSL_DATA, then /usr/share/datasets)."
             | Labels _ -> "labels per class (few-label and semi-supervised runs), drawn with the seed."
             | Seed _ -> "seed for torch and .NET randomness, data order and label splits (default 0)."
-            | Device _ -> "cpu (default), cuda or auto."
-            | Threads _ -> "torch threads (default: all cores)."
+            | Device _ -> deviceUsage
+            | Threads _ -> threadsUsage
             | Deterministic -> "fixed threads, seeded generators, no TF32: CPU runs repeat exactly."
             | Out _ -> "run folder (default runs/<method>-<preset>[-<data set>][-labelsN][-seedS][-set-<digest of the --set list>]); a folder holding a run is refused without --resume or --force."
             | Resume -> "continue the run folder's run from its last checkpoint (a finished run: evaluate it again, its training figures kept)."
@@ -140,11 +150,11 @@ type EvalArgs =
             | Pool _ -> "with --layer: average-pool the layer's maps to size x size before flattening (default 2); with class-tokens or class-tokens-patch-mean, the number of last blocks."
             | Eval_Dataset _ -> "the labelled set to evaluate on (default: the run's --eval-dataset, else its --dataset); needed for runs trained on unlabelled images."
             | Random_Init -> "evaluate the same architecture randomly initialised (seeded by the run's seed) instead of the trained weights: the baseline."
-            | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
+            | Run_Dir _ -> runDirUsage
             | Protocol _ -> "linear (default), knn or finetune."
             | Labels _ -> "labels per class for the protocol's training (default: all), drawn with the run's seed."
-            | Device _ -> "cpu (default), cuda or auto."
-            | Threads _ -> "torch threads (default: all cores)."
+            | Device _ -> deviceUsage
+            | Threads _ -> threadsUsage
 
 /// What --dataset says in the commands that use a trained encoder on a data set.
 [<Literal>]
@@ -169,7 +179,7 @@ type EmbedArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
+            | Run_Dir _ -> runDirUsage
             | Dataset _ -> encoderDatasetUsage
             | Layout _ -> layoutUsage
             | Data_Root _ -> "folder holding the built-in data sets' files (default: $SSL_DATA, then /usr/share/datasets)."
@@ -179,8 +189,8 @@ type EmbedArgs =
             | Pool _ -> "with --layer: the pooled size, or the number of last blocks of class-tokens (default 2)."
             | Random_Init -> "embed with the same architecture randomly initialised (seeded by the run's seed, as `ssl eval --random-init`): the baseline."
             | Batch_Size _ -> "images encoded at once (default 512)."
-            | Device _ -> "cpu (default), cuda or auto."
-            | Threads _ -> "torch threads (default: all cores)."
+            | Device _ -> deviceUsage
+            | Threads _ -> threadsUsage
             | Out _ -> "file prefix of the outputs <prefix>.npy, <prefix>.files.txt and <prefix>.parquet (default <run-dir>/embed/<data set>[-random-init]; a .npy or .parquet ending is dropped)."
 
 type NeighboursArgs =
@@ -203,7 +213,7 @@ type NeighboursArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
+            | Run_Dir _ -> runDirUsage
             | Dataset _ -> encoderDatasetUsage
             | Layout _ -> layoutUsage
             | Data_Root _ -> "folder holding the built-in data sets' files (default: $SSL_DATA, then /usr/share/datasets)."
@@ -215,8 +225,8 @@ type NeighboursArgs =
             | Seed _ -> "seed of the query draw (default 0)."
             | Layer _ -> "compare this layer instead of the one the run's protocols read (as `ssl eval --layer`)."
             | Pool _ -> "with --layer: the pooled size, or the number of last blocks of class-tokens (default 2)."
-            | Device _ -> "cpu (default), cuda or auto."
-            | Threads _ -> "torch threads (default: all cores)."
+            | Device _ -> deviceUsage
+            | Threads _ -> threadsUsage
             | Out _ -> "the PNG to write (default <run-dir>/plots/neighbours-<data set>.png): the trained encoder's neighbours beside the random-initialised one's."
 
 type ExportArgs =
@@ -228,10 +238,10 @@ type ExportArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Run_Dir _ -> "a run folder written by `ssl train` (it holds config.json and export/encoder.dat)."
+            | Run_Dir _ -> runDirUsage
             | Format _ -> "onnx: the encoder at the run's probe as an ONNX model (opset 17), raw [0, 1] pixels in, the run's standardisation inside; safetensors: the whole encoder's weights `ssl train` wrote (export/encoder.safetensors)."
             | Out _ -> "the file to write (default <run-dir>/export/encoder.onnx; for safetensors, a copy of the run's file)."
-            | Threads _ -> "torch threads (default: all cores)."
+            | Threads _ -> threadsUsage
 
 type ReportArgs =
     | [<MainCommand; Unique>] Runs_Dir of dir: string
@@ -361,7 +371,7 @@ type BenchArgs =
             | Preset _ -> "preset whose training step is timed (default quick)."
             | Warmup _ -> "untimed steps first (default 5)."
             | Steps _ -> "timed steps (default 30)."
-            | Threads _ -> "torch threads (default: all cores)."
+            | Threads _ -> threadsUsage
             | Out _ -> "folder for bench.json and one JSON per method (default runs/bench)."
             | Readme _ -> "also write the table between the bench markers of this Markdown file."
 
