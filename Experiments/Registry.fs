@@ -9,11 +9,14 @@ let recipes: Recipe list =
     List.collect id
         [ recipes Recipes.Supervised.spec
           recipes Recipes.RotNet.spec
-          recipes Recipes.InfoNce.spec
+          recipes Recipes.SimClr.spec
+          [ alias "infonce" Recipes.SimClr.spec ]
           recipes Recipes.MoCo.spec
           recipes Recipes.SimSiam.spec
           recipes Recipes.Byol.spec
           recipes Recipes.BarlowTwins.spec
+          recipes Recipes.Vicreg.spec
+          recipes Recipes.Nnclr.spec
           recipes Recipes.Dino.spec
           recipes Recipes.Nce.spec
           recipes Recipes.CpcV2.spec

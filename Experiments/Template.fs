@@ -481,6 +481,11 @@ let recipes (spec: Spec<'Config>) : Recipe list =
     recipe spec spec.Name spec.Paper id
     :: [ for suffix, paper, change in spec.Variants -> recipe spec $"{spec.Name}-{suffix}" paper change ]
 
+/// The spec's own recipe under another name as well (`alias`): an earlier name kept so that its runs, `--config` replays
+/// and records still resolve; `ssl methods` shows it as the spec's recipe under that name.
+let alias (alias: string) (spec: Spec<'Config>) : Recipe =
+    recipe spec alias $"{spec.Name} under its earlier name: {spec.Paper}" id
+
 /// The document `ssl config` prints: the recipe, its preset, the overrides and the resolved config
 /// (what `ssl train --config` replays and the PyTorch twins of `ssl bench --peer` read).
 let configDocument (recipe: Recipe) (preset: Preset) (overrides: string list) =

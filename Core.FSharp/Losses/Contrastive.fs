@@ -102,3 +102,18 @@ let infoNceInBatch (temperature: float) (view1: Tensor) (view2: Tensor) : Tensor
     let target = cat([| index + n; index |], 0L)
     let loss = cross_entropy(logits, target)
     loss.MoveToOuterDisposeScope()
+
+/// In-batch InfoNCE from one set of rows to another: row i of `anchors` must pick row i of `candidates` among all N
+/// (logits = anchors · candidatesᵀ / τ, cross-entropy with targets 0..N−1, averaged over rows). MoCo v3's ctr (Chen, Xie &
+/// He 2021, Algorithm 1, before its 2τ factor) and NNCLR's loss with the neighbours as anchors (Dwibedi et al. 2021, eq. 2;
+/// solo-learn's nnclr_loss_func). Expects L2-normalised rows (see the module note).
+/// `temperature`: τ > 0. `anchors: (N, D)`, `candidates: (N, D)`, N ≥ 1; result: scalar ≥ 0, log N when all similarities
+/// are equal.
+let infoNceAcross (temperature: float) (anchors: Tensor) (candidates: Tensor) : Tensor =
+    Checks.positive "temperature" temperature
+    expect "anchors" [| Any; Any |] anchors
+    expect "candidates" [| Exactly anchors.shape[0]; Exactly anchors.shape[1] |] candidates
+    Checks.nonEmpty "anchors" anchors
+    use scope = NewDisposeScope()
+    let target = arange(anchors.shape[0], dtype = ScalarType.Int64, device = anchors.device)
+    cross_entropy(anchors.mm(candidates.t()) / temperature, target).MoveToOuterDisposeScope()

@@ -79,6 +79,26 @@ module Projectors =
               struct ($"relu{i}", nn.ReLU()) ]
         nn.Sequential(layer 1 inputDim @ layer 2 dim @ [ struct ("fc3", nn.Linear(dim, dim, hasBias = false)) ])
 
+    /// VICReg's expander (Bardes et al. 2022, Sec. 4.1; main_vicreg.py's Projector with --mlp D-D-D): linear → BN → ReLU
+    /// twice, then a linear without bias, all `dim` wide; the first two linears keep their biases. (N, inputDim) → (N, dim);
+    /// N ≥ 2 in training.
+    let vicreg (inputDim: int64) (dim: int64) =
+        let layer (i: int) (input: int64) =
+            [ struct ($"fc{i}", nn.Linear(input, dim) :> nn.Module<Tensor, Tensor>)
+              struct ($"bn{i}", nn.BatchNorm1d(dim))
+              struct ($"relu{i}", nn.ReLU()) ]
+        nn.Sequential(layer 1 inputDim @ layer 2 dim @ [ struct ("fc3", nn.Linear(dim, dim, hasBias = false)) ])
+
+    /// NNCLR's projector (Dwibedi et al. 2021, Sec. 4.1: three layers as SimCLR v2's; solo-learn's nnclr.py): linear → BN →
+    /// ReLU twice at `hiddenDim`, then linear → BN to `outputDim`. (N, inputDim) → (N, outputDim); N ≥ 2 in training.
+    let nnclr (inputDim: int64) (hiddenDim: int64) (outputDim: int64) =
+        let layer (i: int) (input: int64) =
+            [ struct ($"fc{i}", nn.Linear(input, hiddenDim) :> nn.Module<Tensor, Tensor>)
+              struct ($"bn{i}", nn.BatchNorm1d(hiddenDim))
+              struct ($"relu{i}", nn.ReLU()) ]
+        nn.Sequential(layer 1 inputDim @ layer 2 hiddenDim
+                      @ [ struct ("fc3", nn.Linear(hiddenDim, outputDim) :> nn.Module<Tensor, Tensor>); struct ("bn3", nn.BatchNorm1d(outputDim)) ])
+
     /// SimSiam's CIFAR projector (Chen & He 2021, App. D): fc → BN → ReLU → fc → BN, the last batch
     /// norm without affine parameters (the authors' builder.py). (N, inputDim) → (N, dim); N ≥ 2.
     let simSiam (inputDim: int64) (dim: int64) =

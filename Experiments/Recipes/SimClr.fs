@@ -1,12 +1,11 @@
-/// InfoNCE with in-batch negatives: two augmented views of each image, one the query and one the key, and every other
-/// image's views in the batch as negatives. The loss is InfoNCE (van den Oord, Li & Vinyals 2018, "Representation
-/// Learning with Contrastive Predictive Coding", eq. 4) in the symmetric NT-Xent form of SimCLR (Chen, Kornblith,
-/// Norouzi & Hinton 2020, "A Simple Framework for Contrastive Learning of Visual Representations", eq. 1): 2N
-/// embeddings, each one's positive the other view of its image, 2N − 2 negatives. SimCLR's MLP projection head (Sec.
-/// 2.1) sits on the encoder; the representation evaluated is the encoder's, before the head (Sec. 4.2). Unlike MoCo,
-/// the dictionary is the current batch, encoded by the same network with gradients, so it is consistent but only as
-/// large as the batch. Measured runs: docs/experiments/infonce.md.
-module Ssl.Experiments.Recipes.InfoNce
+/// SimCLR (Chen, Kornblith, Norouzi & Hinton, ICML 2020, "A Simple Framework for Contrastive Learning of Visual
+/// Representations"): two augmented views of each image, every other image's views in the batch as negatives. The loss is
+/// InfoNCE (van den Oord, Li & Vinyals 2018, eq. 4) in SimCLR's symmetric NT-Xent form (eq. 1): 2N embeddings, each one's
+/// positive the other view of its image, 2N − 2 negatives. The MLP projection head (Sec. 2.1) sits on the encoder; the
+/// representation evaluated is the encoder's, before the head (Sec. 4.2). Unlike MoCo, the dictionary is the current batch,
+/// encoded by the same network with gradients, so it is consistent but only as large as the batch. Registered as `simclr`
+/// and, for the runs and records made under its earlier name, as `infonce`. Measured runs: docs/experiments/simclr.md.
+module Ssl.Experiments.Recipes.SimClr
 
 open TorchSharp
 open Ssl.Core.Losses
@@ -68,5 +67,5 @@ let build (ctx: Context<Config>) =
         [ "loss", value; "instance_acc", accuracy similarities (self + n) ]))
 
 let spec =
-    backboneSpec "infonce" "van den Oord et al. 2018 (InfoNCE) in SimCLR's in-batch form, Chen et al. 2020"
+    backboneSpec "simclr" "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations (SimCLR)"
         selfSupervised config (fun config -> config.Encoder) build
