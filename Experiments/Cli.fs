@@ -40,7 +40,7 @@ type DataArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Dataset _ -> "data set: fashion-mnist (default), mnist, cifar10, cifar100, stl10, emoji[-google|-twitter][-subcategory], or an image-folder path."
+            | Dataset _ -> "data set: fashion-mnist (default), mnist, cifar10, cifar100, stl10, emoji[-google|-twitter][-skin-tones][-subcategory], or an image-folder path."
             | Split _ -> "train (default; a built-in set's class counts then show the test split beside it), test, or unlabelled (stl10 only)."
             | Layout _ -> layoutUsage
             | Data_Root _ -> "folder holding the data set's files (default: $SSL_DATA, then /usr/share/datasets)."
@@ -97,7 +97,7 @@ type TrainArgs =
             | Preset _ -> "smoke (under a minute), quick (real numbers on 2 cores, default) or paper (the paper's schedule)."
             | Set _ -> "override a config field, Field=value (repeatable; Nested.Field=value; tuples a,b; see `ssl config <method>`)."
             | Config _ -> "start from this JSON config: a run's config.json (replays it) or a config object as `ssl config` prints."
-            | Dataset _ -> "data set: fashion-mnist (default), mnist, cifar10, cifar100, stl10, emoji[-google|-twitter][-subcategory], or an image folder (a class tree, train/ + val/ trees, or unlabelled images)."
+            | Dataset _ -> "data set: fashion-mnist (default), mnist, cifar10, cifar100, stl10, emoji[-google|-twitter][-skin-tones][-subcategory], or an image folder (a class tree, train/ + val/ trees, or unlabelled images)."
             | Eval_Dataset _ -> "the labelled set the probes, kNN and baselines read (for an unlabelled --dataset, or another one)."
             | Image_Size _ -> "image folders: resize the shorter side to N and centre-crop N x N at load."
             | Data_Memory_Mb _ -> "image folders whose decoded pixels exceed this many MiB are streamed from their files, batches decoded ahead (default 2048; 0 streams any folder)."

@@ -121,6 +121,24 @@ let tests =
             Expect.equal (count "emoji-google", count "emoji-twitter") (int64 fakeEmoji.Length, int64 fakeEmoji.Length - 1L) "one style each"
         }
 
+        test "-skin-tones reads each variant beside its base emoji: its labels, its side of the split" {
+            let root = fakePackages ()
+            let all = Emoji.Catalogue(root, EmojiStyle.Both, true)
+            let variants = all |> Seq.filter (fun e -> e.Unified = skinTone) |> List.ofSeq
+            Expect.equal (variants |> List.map (fun e -> e.Style)) [ EmojiStyle.Google; EmojiStyle.Twitter ] "the variant in both styles"
+            for v in variants do
+                Expect.equal v.Base (unified 0) "its base emoji"
+                Expect.equal (v.Category, v.IsTest) (category 0, Emoji.IsTest(unified 0)) "the base's category and side"
+            Expect.isFalse (all |> Seq.exists (fun e -> e.Unified = componentEmoji)) "still no Component"
+            let count name =
+                use train = read name Split.Train root
+                use test = read name Split.Test root
+                train.Count + test.Count
+            Expect.equal (count "emoji-skin-tones" - count "emoji") 2L "two more images: the variant's two drawings"
+            Expect.equal (count "emoji-twitter-skin-tones-subcategory" - count "emoji-twitter-subcategory") 1L "one style, subcategory labels"
+            Expect.isFalse (Emoji.Names |> Array.contains "emoji-subcategory-skin-tones") "one order of the suffixes"
+        }
+
         test "images are 64 x 64 x 3 uint8, RGBA composed on white" {
             let root = fakePackages ()
             use data = read "emoji-twitter" Split.Train root
@@ -165,6 +183,10 @@ let tests =
             let folder = Emoji.Locate(EmojiStyle.Both)
             let all = Emoji.Catalogue(folder, EmojiStyle.Both)
             Expect.equal (train.Count + test.Count) (int64 all.Count) "every catalogued drawing read"
+            let withTones = Emoji.Catalogue(folder, EmojiStyle.Both, true)
+            let splitByBase = withTones |> Seq.groupBy (fun e -> e.Base) |> Seq.forall (fun (_, es) -> es |> Seq.map (fun e -> e.IsTest) |> Seq.distinct |> Seq.length = 1)
+            Expect.isTrue splitByBase "every skin tone on its base emoji's side"
+            Expect.isGreaterThan withTones.Count (all.Count + 1000) "the skin tones read (1,875 variants in 16.0.0, most in both styles)"
             Expect.sequenceEqual train.Images.shape [| train.Count; 3L; 64L; 64L |] "64 x 64 x 3"
             let sides = all |> Seq.groupBy (fun e -> e.Unified) |> Seq.map (fun (u, es) -> u, es |> Seq.map (fun e -> e.IsTest) |> Seq.distinct |> List.ofSeq) |> List.ofSeq
             Expect.allEqual (sides |> List.map (snd >> List.length)) 1 "no emoji on both sides"

@@ -13,21 +13,23 @@ public enum EmojiStyle { Both, Google, Twitter }
 /// <summary>What an emoji's label is: its category (9 classes) or its subcategory.</summary>
 public enum EmojiLabels { Category, Subcategory }
 
-/// <summary>One image of the emoji set: its code points, style, labels, file and side of the split.</summary>
-public sealed record EmojiImage(string Unified, EmojiStyle Style, string Category, string Subcategory, string Path, bool IsTest);
+/// <summary>One image of the emoji set: its code points, style, labels, file and side of the split, and the code
+/// points of its base emoji (<paramref name="Base"/>: itself, or the emoji a skin-tone variant modifies).</summary>
+public sealed record EmojiImage(string Unified, EmojiStyle Style, string Category, string Subcategory, string Path, bool IsTest, string Base);
 
 /// <summary>
 /// The emoji data set (docs/data.md#emoji): the 64 x 64 PNGs of the npm packages
 /// <c>emoji-datasource-google</c> and <c>emoji-datasource-twitter</c>, as the build installs them
 /// (<c>&lt;folder&gt;/node_modules/&lt;package&gt;/</c>, <see cref="SearchPath"/>). The rules:
 /// <list type="bullet">
-/// <item>Each package's <c>emoji.json</c> lists the base emoji; skin-tone variants (<c>skin_variations</c>)
-/// are not read, nor an emoji without an image in the style (<c>has_img_google</c>, <c>has_img_twitter</c>).</item>
+/// <item>Each package's <c>emoji.json</c> lists the base emoji; their skin-tone variants (<c>skin_variations</c>)
+/// are read only by the <c>-skin-tones</c> names, with their base emoji's labels; an emoji without an image in
+/// the style (<c>has_img_google</c>, <c>has_img_twitter</c>) is not read.</item>
 /// <item>Labels are the 9 categories (<see cref="Categories"/>, Unicode's order); <c>Component</c> (skin-tone
 /// swatches and hair parts, not emoji on their own) is dropped. Subcategory labels are ordered by category,
 /// then by name.</item>
-/// <item>The split is by emoji: <see cref="IsTest"/> hashes the code points (<c>unified</c>), so an emoji and
-/// both its drawings are on one side, the same on every machine; about 20% are test.</item>
+/// <item>The split is by emoji: <see cref="IsTest"/> hashes the base emoji's code points (<c>unified</c>), so an
+/// emoji, both its drawings and all its skin tones are on one side, the same on every machine; about 20% are test.</item>
 /// <item>Images are RGBA composed on white (a transparent pixel reads 255, 255, 255), uint8 (N, 3, 64, 64),
 /// in the order of that hash (classes mixed, so a first-N subset holds every class).</item>
 /// </list>
@@ -45,18 +47,22 @@ public static class Emoji
 
     const string Dropped = "Component";
 
-    /// <summary>The registered names: <c>emoji[-google|-twitter][-subcategory]</c>.</summary>
+    /// <summary>The registered names: <c>emoji[-google|-twitter][-skin-tones][-subcategory]</c>.</summary>
     public static readonly string[] Names =
-        { "emoji", "emoji-google", "emoji-twitter", "emoji-subcategory", "emoji-google-subcategory", "emoji-twitter-subcategory" };
+        (from style in new[] { "", "-google", "-twitter" }
+         from tones in new[] { "", "-skin-tones" }
+         from labels in new[] { "", "-subcategory" }
+         select "emoji" + style + tones + labels).ToArray();
 
-    /// <summary>The style and labels a registered name asks for; false for any other name.</summary>
-    public static bool TryParse(string name, out EmojiStyle style, out EmojiLabels labels)
+    /// <summary>The style, labels and skin-tone choice a registered name asks for; false for any other name.</summary>
+    public static bool TryParse(string name, out EmojiStyle style, out EmojiLabels labels, out bool skinTones)
     {
-        (style, labels) = (EmojiStyle.Both, EmojiLabels.Category);
+        (style, labels, skinTones) = (EmojiStyle.Both, EmojiLabels.Category, false);
         if (!Names.Contains(name)) return false;
         if (name.Contains("-google")) style = EmojiStyle.Google;
         if (name.Contains("-twitter")) style = EmojiStyle.Twitter;
         if (name.EndsWith("-subcategory")) labels = EmojiLabels.Subcategory;
+        skinTones = name.Contains("-skin-tones");
         return true;
     }
 
@@ -116,9 +122,10 @@ public static class Emoji
             $"none. Install them with `dotnet fsi build.fsx test` (or `{InstallCommand(InstallFolder())}`)");
     }
 
-    /// <summary>Every image of the set in <paramref name="folder"/> for <paramref name="style"/>, both sides, in the
-    /// set's order (by the split hash, then code points, then style).</summary>
-    public static IReadOnlyList<EmojiImage> Catalogue(string folder, EmojiStyle style)
+    /// <summary>Every image of the set in <paramref name="folder"/> for <paramref name="style"/>, with the skin-tone
+    /// variants where <paramref name="skinTones"/>, both sides, in the set's order (by the split hash of the base
+    /// emoji, then code points, then style).</summary>
+    public static IReadOnlyList<EmojiImage> Catalogue(string folder, EmojiStyle style, bool skinTones = false)
     {
         var images = new List<(ulong Hash, EmojiImage Image)>();
         foreach (var name in Styles(style))
@@ -126,21 +133,23 @@ public static class Emoji
             var package = Path.Combine(folder, "node_modules", Package(name));
             var json = Path.Combine(package, "emoji.json");
             var imageDir = Path.Combine(package, "img", name, Side.ToString());
-            foreach (var e in ReadList(json, name))
+            foreach (var e in ReadList(json, name, skinTones))
             {
                 if (!e.HasImage || e.Category == Dropped) continue;
                 var imageStyle = name == "google" ? EmojiStyle.Google : EmojiStyle.Twitter;
-                images.Add((Hash(e.Unified), new EmojiImage(e.Unified, imageStyle, e.Category, e.Subcategory, Path.Combine(imageDir, e.Image), IsTest(e.Unified))));
+                var image = new EmojiImage(e.Unified, imageStyle, e.Category, e.Subcategory, Path.Combine(imageDir, e.Image), IsTest(e.Base), e.Base);
+                images.Add((Hash(e.Base), image));
             }
         }
         return images.OrderBy(i => i.Hash).ThenBy(i => i.Image.Unified, StringComparer.Ordinal).ThenBy(i => i.Image.Style)
             .Select(i => i.Image).ToArray();
     }
 
-    sealed record Entry(string Unified, string Image, string Category, string Subcategory, bool HasImage);
+    sealed record Entry(string Unified, string Image, string Category, string Subcategory, bool HasImage, string Base);
 
-    /// <summary>The top-level entries of an emoji.json (base emoji; skin tones sit inside them, unread).</summary>
-    static List<Entry> ReadList(string json, string style)
+    /// <summary>The top-level entries of an emoji.json (base emoji), each followed by its skin-tone variants
+    /// (<c>skin_variations</c>, with the base's labels) where <paramref name="skinTones"/>.</summary>
+    static List<Entry> ReadList(string json, string style, bool skinTones)
     {
         const string expected = "the emoji-datasource emoji.json: an array of objects with unified, image, category, subcategory";
         if (!File.Exists(json)) throw new DataException(json, expected, "no such file");
@@ -154,14 +163,19 @@ public static class Emoji
         var i = 0;
         foreach (var e in doc.RootElement.EnumerateArray())
         {
-            string Text(string key) =>
-                e.ValueKind == JsonValueKind.Object && e.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String && v.GetString() is { Length: > 0 } s
+            string Text(JsonElement o, string key) =>
+                o.ValueKind == JsonValueKind.Object && o.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String && v.GetString() is { Length: > 0 } s
                     ? s : throw new DataException(json, expected, $"entry {i} without a \"{key}\" string");
-            var category = Text("category");
+            bool Drawn(JsonElement o) => o.TryGetProperty($"has_img_{style}", out var h) && h.ValueKind == JsonValueKind.True;
+            var category = Text(e, "category");
+            var unified = Text(e, "unified");
             if (category != Dropped && !Categories.Contains(category))
-                throw new DataException(json, $"categories among {string.Join(", ", Categories)}, {Dropped}", $"\"{category}\" (entry {i}, {Text("unified")})");
-            var has = e.TryGetProperty($"has_img_{style}", out var h) && h.ValueKind == JsonValueKind.True;
-            entries.Add(new Entry(Text("unified"), Text("image"), category, Text("subcategory"), has));
+                throw new DataException(json, $"categories among {string.Join(", ", Categories)}, {Dropped}", $"\"{category}\" (entry {i}, {unified})");
+            var subcategory = Text(e, "subcategory");
+            entries.Add(new Entry(unified, Text(e, "image"), category, subcategory, Drawn(e), unified));
+            if (skinTones && e.TryGetProperty("skin_variations", out var variations) && variations.ValueKind == JsonValueKind.Object)
+                foreach (var variant in variations.EnumerateObject())
+                    entries.Add(new Entry(Text(variant.Value, "unified"), Text(variant.Value, "image"), category, subcategory, Drawn(variant.Value), unified));
             i++;
         }
         return entries;
@@ -171,17 +185,17 @@ public static class Emoji
     /// <paramref name="root"/>, else the first folder on <see cref="SearchPath"/> that holds the packages.</summary>
     public static ImageDataset Load(string name, Split split, string? root = null)
     {
-        if (!TryParse(name, out var style, out var labels))
+        if (!TryParse(name, out var style, out var labels, out var skinTones))
             throw new ArgumentException($"--dataset: expected one of {string.Join(", ", Names)}, found '{name}'");
         if (split == Split.Unlabelled)
             throw new ArgumentException($"{name}: expected split train or test, found unlabelled (the unlabelled pool is drawn by the label splitter)");
-        return Read(name, split, Locate(style, root), style, labels);
+        return Read(name, split, Locate(style, root), style, labels, skinTones);
     }
 
     /// <summary>Reads one side of the set from the packages in <paramref name="folder"/>.</summary>
-    public static ImageDataset Read(string name, Split split, string folder, EmojiStyle style, EmojiLabels labels)
+    public static ImageDataset Read(string name, Split split, string folder, EmojiStyle style, EmojiLabels labels, bool skinTones = false)
     {
-        var all = Catalogue(folder, style);
+        var all = Catalogue(folder, style, skinTones);
         var classNames = labels == EmojiLabels.Category
             ? Categories
             : all.GroupBy(e => e.Subcategory)
