@@ -41,9 +41,10 @@ type Config =
       Probe: Probe }
 
 /// `paper`: the ViT settings on ViT-Tiny patch 4 (DINO's paper preset here) at batch 1,024 (CONFIG.md's one-node ViT-S run)
-/// for 300 epochs. `quick`: ViT-Tiny with 2 blocks on 7 px patches as DINO's quick, hidden 1,024, batch 256, crops of 20-100%
-/// (an 8% crop of 28 px is 8 x 8 pixels; the authors' ResNet runs use 20%), probes on the class tokens of both blocks and
-/// the patch-token mean as DINO's quick. `smoke`: one block, hidden 256, one epoch of the smoke subset.
+/// for 300 epochs. `quick`: ViT-Tiny with 2 blocks on 7 px patches as DINO's quick, hidden 1,024, batch 256, 5 epochs (the
+/// 15-20 minute budget at the step rate measured in docs/experiments/moco-v3.md), warm-up a tenth, crops of 20-100% (an 8%
+/// crop of 28 px is 8 x 8 pixels; the authors' ResNet runs use 20%), probes on the class tokens of both blocks and the
+/// patch-token mean as DINO's quick. `smoke`: one block, hidden 256, one epoch of the smoke subset.
 let config preset =
     let paper =
         { Encoder = VitTiny(4L, 12); HiddenDim = 4096L; ProjectionDim = 256L; ProjectorLayers = 3; PredictorLastBatchNorm = true
@@ -56,7 +57,7 @@ let config preset =
                      Schedule = { paper.Schedule with Epochs = 1; BatchSize = 128; WarmupEpochs = 0.2 } }
     | Quick ->
         { paper with Encoder = VitTiny(7L, 2); HiddenDim = 1024L; Augmentation = { paper.Augmentation with CropScale = (0.2, 1.0) }
-                     Probe = Probe.ClassTokens(2L, true); Schedule = { paper.Schedule with Epochs = 12; BatchSize = 256; WarmupEpochs = 1.0 } }
+                     Probe = Probe.ClassTokens(2L, true); Schedule = { paper.Schedule with Epochs = 5; BatchSize = 256; WarmupEpochs = 0.5 } }
     | Paper -> paper
 
 /// One step (Algorithm 1): q = pred(proj(f(x))) and k = proj_m(f_m(x)) for both views; ctr(q₁, k₂) + ctr(q₂, k₁);
