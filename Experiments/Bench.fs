@@ -168,7 +168,8 @@ let run (only: string list option) (preset: Preset) (warmup: int) (steps: int) (
         (readme: string option) (peer: bool) =
     Directory.CreateDirectory out |> ignore
     if peer then printfn "bench --peer: the PyTorch twin runs here as %s" (Peer.require ())
-    let methods = Registry.recipes |> List.filter (fun r -> only |> Option.forall (List.contains r.Name) && List.contains preset r.Presets)
+    let asked (r: Recipe) = match only with Some names -> List.contains r.Name names | None -> r.AliasOf.IsNone
+    let methods = Registry.recipes |> List.filter (fun r -> asked r && List.contains preset r.Presets)
     let ours (r: Recipe) =
         let json = Path.Combine(out, $"{r.Name}.json")
         if File.Exists json then File.Delete json

@@ -35,7 +35,11 @@ let parseShard (text: string) =
 /// The grid of a repro: the given recipes (all registered ones with this preset, or `only`), each
 /// semi-supervised one at its traits' label budgets, on `seeds`.
 let grid (recipes: Recipe list) (only: string list option) (preset: Preset) (seeds: int64 list) (colourDataset: string option) : Sweep.Grid =
-    { Methods = [ for r in recipes do if only |> Option.forall (List.contains r.Name) && List.contains preset r.Presets then r.Name ]
+    { Methods =
+        [ for r in recipes do
+              // An alias runs when asked for by name; the whole repro runs its recipe once, under the recipe's name.
+              let asked = match only with Some names -> List.contains r.Name names | None -> r.AliasOf.IsNone
+              if asked && List.contains preset r.Presets then r.Name ]
       Seeds = seeds; Labels = []; Preset = preset; Sets = []; Dataset = None; ColourDataset = colourDataset }
 
 /// Shard i of n: every n-th run of the expanded grid, from the i-th (a stable slice: the shards of

@@ -211,6 +211,8 @@ type Recipe =
     { Name: string
       Paper: string
       Traits: Traits
+      /// The recipe this one is under an earlier name (`alias`): the same config, steps and figures.
+      AliasOf: string option
       Presets: Preset list
       /// The resolved config: a preset's, or `baseline` (a `--config` file's), then `--set` overrides.
       Resolve: Preset -> JsonObject option -> string list -> JsonObject
@@ -469,7 +471,7 @@ let private recipe (spec: Spec<'Config>) (name: string) (paper: string) (variant
         match request.Config with
         | Some json -> read spec variant request.Preset $"{name} config" json
         | None -> variant (spec.Config request.Preset)
-    { Name = name; Paper = paper; Traits = spec.Traits; Presets = Preset.all
+    { Name = name; Paper = paper; Traits = spec.Traits; AliasOf = None; Presets = Preset.all
       Resolve = resolve spec variant
       Fields = Configs.fields typeof<'Config>
       Run = fun request env folder -> run spec (typed request) request env folder
@@ -484,7 +486,7 @@ let recipes (spec: Spec<'Config>) : Recipe list =
 /// The spec's own recipe under another name as well (`alias`): an earlier name kept so that its runs, `--config` replays
 /// and records still resolve; `ssl methods` shows it as the spec's recipe under that name.
 let alias (alias: string) (spec: Spec<'Config>) : Recipe =
-    recipe spec alias $"{spec.Name} under its earlier name: {spec.Paper}" id
+    { recipe spec alias $"{spec.Name} under its earlier name: {spec.Paper}" id with AliasOf = Some spec.Name }
 
 /// The document `ssl config` prints: the recipe, its preset, the overrides and the resolved config
 /// (what `ssl train --config` replays and the PyTorch twins of `ssl bench --peer` read).

@@ -21,7 +21,7 @@ let private fakeRecipe (name: string) : Template.Recipe =
         | "mixmatch" -> Template.semiSupervised
         | "colorization" -> { Template.selfSupervised with Colour = true }
         | _ -> Template.selfSupervised
-    { Name = name; Paper = "test"; Traits = traits; Presets = [ Smoke; Quick ]
+    { Name = name; Paper = "test"; Traits = traits; AliasOf = None; Presets = [ Smoke; Quick ]
       Resolve =
         fun preset _ overrides ->
             let o = JsonObject()

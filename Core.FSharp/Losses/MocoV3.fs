@@ -20,18 +20,17 @@ let private pair (q: Tensor) (k: Tensor) =
 let private logits (temperature: float) (q: Tensor) (k: Tensor) =
     normalize(q, 2.0, 1L).matmul(normalize(k.detach(), 2.0, 1L).t()) / temperature
 
-/// ctr(q, k) of Algorithm 1: 2τ · mean over i of −log(exp(q̄ᵢ·k̄ᵢ / τ) / Σⱼ exp(q̄ᵢ·k̄ⱼ / τ)), the
-/// cross-entropy of the in-batch logits with labels 0..N−1, times 2τ (builder.py: "* (2 * self.T)",
-/// which keeps the gradient's scale as τ changes). `temperature`: τ > 0 (the paper: 0.2 for ViT,
-/// 1.0 for ResNet). `q: (N, D)` queries; `k: (N, D)` the keys, row i the positive of query i and the
-/// other rows its negatives. Result: a scalar ≥ 0, 2τ·log N when all similarities are equal. No
-/// gradient reaches `k`.
+/// ctr(q, k) of Algorithm 1: 2τ · mean over i of −log(exp(q̄ᵢ·k̄ᵢ / τ) / Σⱼ exp(q̄ᵢ·k̄ⱼ / τ)), the in-batch InfoNCE of the
+/// normalised rows (Contrastive.infoNceAcross) times 2τ (builder.py: "* (2 * self.T)", which keeps the gradient's scale as
+/// τ changes). `temperature`: τ > 0 (the paper: 0.2 for ViT, 1.0 for ResNet). `q: (N, D)` queries; `k: (N, D)` the keys,
+/// row i the positive of query i and the other rows its negatives. Result: a scalar ≥ 0, 2τ·log N when all similarities
+/// are equal. No gradient reaches `k`.
 let contrastive (temperature: float) (q: Tensor) (k: Tensor) : Tensor =
     Checks.positive "temperature" temperature
     pair q k
     use scope = NewDisposeScope()
-    let labels = arange(q.shape[0], dtype = ScalarType.Int64, device = q.device)
-    (cross_entropy(logits temperature q k, labels) * (2.0 * temperature)).MoveToOuterDisposeScope()
+    let unit (t: Tensor) = normalize(t, 2.0, 1L)
+    (Contrastive.infoNceAcross temperature (unit q) (unit (k.detach())) * (2.0 * temperature)).MoveToOuterDisposeScope()
 
 /// The symmetrised loss of Algorithm 1: ctr(q₁, k₂) + ctr(q₂, k₁), each view's query against the
 /// other view's keys. `q1, q2, k1, k2: (N, D)`; result: a scalar ≥ 0, 4τ·log N when all similarities are equal.
