@@ -43,8 +43,8 @@ type Config =
 /// 1,000 epochs, K 3,000, a queue of 3,840 from epoch 50, prototypes frozen 2 epochs; with the paper's multi-crop of 6
 /// small crops of 12 px (96/224 of 28). `quick`: SmallConvNet-16, hidden 1,024, K 300 (Fashion-MNIST's 10 classes against
 /// ImageNet's 1,000), so the batch of 256 alone is about K and needs no queue (the paper's rule above), one warm-up epoch,
-/// block 3 pooled 2 x 2 probed as BYOL's quick; its epochs fill the quick budget (docs/experiments/swav.md). `smoke`: one
-/// epoch of the smoke subset at batch 128 with a queue of 256 from the start, so the queue's path runs.
+/// block 3 pooled 2 x 2 probed as BYOL's quick, 7 epochs: the quick budget at its measured step cost (docs/experiments/swav.md).
+/// `smoke`: one epoch of the smoke subset at batch 128, 2 small crops, a queue of 256 from the start so its path runs.
 let config preset =
     let paper =
         { Encoder = ResNet18; HiddenDim = 2048L; ProjectionDim = 128L; Prototypes = 3000L; Temperature = 0.1; Epsilon = 0.05
@@ -54,9 +54,9 @@ let config preset =
           Schedule = { Epochs = 1000; BatchSize = 256; LearningRate = 0.6; WeightDecay = 1e-6; WarmupEpochs = 10.0 } }
     let small =
         { paper with Encoder = SmallConvNet 16L; HiddenDim = 1024L; Prototypes = 300L; FreezePrototypesEpochs = 1; QueueLength = 0L
-                     Schedule = { paper.Schedule with Epochs = 12; WarmupEpochs = 1.0 } }
+                     Schedule = { paper.Schedule with Epochs = 7; WarmupEpochs = 1.0 } }
     match preset with
-    | Smoke -> { small with QueueLength = 256L; QueueStartEpoch = 0; Schedule = { small.Schedule with Epochs = 1; BatchSize = 128; WarmupEpochs = 0.0 } }
+    | Smoke -> { small with SmallCrops = 2; QueueLength = 256L; QueueStartEpoch = 0; Schedule = { small.Schedule with Epochs = 1; BatchSize = 128; WarmupEpochs = 0.0 } }
     | Quick -> { small with Probe = Probe.Layer("features.block3b_relu", 2L) }
     | Paper -> paper
 

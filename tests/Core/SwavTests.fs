@@ -260,6 +260,19 @@ let private moduleTests =
             rejects "crop" "[0, 1]" (fun () -> queue.Push(2L, first))
             rejects "projections" "(*, 3)" (fun () -> queue.Push(0L, torch.zeros(2L, 4L)))
         }
+        test "Assigned: the batch's scores alone until the queue is full, then the stored projections' scores above them" {
+            use queue = new AssignmentQueue(1L, 4L, 2L)
+            let score (z: torch.Tensor) = z.sum(1L, keepdim = true)
+            use scores = torch.tensor([| 10.0f; 20.0f |]).reshape(2L, 1L)
+            use z = torch.ones(2L, 2L)
+            use first = queue.Assigned(0L, score, scores, z)
+            Expect.equal (values first) [| 10.0; 20.0 |] "empty: the batch alone"
+            use second = queue.Assigned(0L, score, scores, z * 2.0)
+            Expect.equal (values second) [| 10.0; 20.0 |] "half full: the batch alone"
+            use third = queue.Assigned(0L, score, scores, z)
+            Expect.equal (values third) [| 4.0; 4.0; 2.0; 2.0; 10.0; 20.0 |] "full: the queue's scores (newest first), then the batch's"
+            Expect.isFalse third.requires_grad "no gradient"
+        }
     ]
 
 [<Tests>]
