@@ -15,6 +15,7 @@ let recipes: Recipe list =
           recipes Recipes.Byol.spec
           recipes Recipes.BarlowTwins.spec
           recipes Recipes.Dino.spec
+          recipes Recipes.Mae.spec
           recipes Recipes.Nce.spec
           recipes Recipes.CpcV2.spec
           recipes Recipes.RelativePatch.spec
