@@ -140,3 +140,18 @@ let fineTuneAccuracy (preset: Preset) (trained: Encoder) (copy: Encoder) (data: 
     let head, _ = trainWith tuned (fineTuneConfig preset) data examples seed true folder device (SilentProgress())
     use head = head
     testAccuracy tuned head data device
+
+/// result.json's extra figures of the fine-tuning protocol run after training (fineTuneAccuracy on
+/// `data`'s labelled set, on a copy `newEncoder` makes): finetune_acc, and finetune_labels_per_class
+/// where `perClass` is Some; its run in <root>/finetune-result-<N|all>. [] where `data` has no labels.
+let fineTuneFigures (preset: Preset) (trained: Encoder) (newEncoder: unit -> Encoder) (data: Data) (perClass: int option) (seed: int64)
+                    (root: string) (device: torch.Device) =
+    match data.Probed with
+    | None -> []
+    | Some probe ->
+        let name = perClass |> Option.map string |> Option.defaultValue "all"
+        let folder = RunFolder(IO.Path.Combine(root, $"finetune-result-{name}"))
+        let accuracy =
+            phase $"fine-tuning protocol on {name} labels/class" (fun () ->
+                fineTuneAccuracy preset trained (newEncoder ()) probe perClass seed folder device)
+        ("finetune_acc", accuracy) :: [ for n in Option.toList perClass -> "finetune_labels_per_class", float n ]
