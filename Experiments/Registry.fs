@@ -20,6 +20,7 @@ let recipes: Recipe list =
           recipes Recipes.Dino.spec
           recipes Recipes.MocoV3.spec
           recipes Recipes.Swav.spec
+          recipes Recipes.Mae.spec
           recipes Recipes.Nce.spec
           recipes Recipes.CpcV2.spec
           recipes Recipes.RelativePatch.spec
