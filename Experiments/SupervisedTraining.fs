@@ -122,17 +122,18 @@ let supervisedOnlyCached (request: Request) (backbone: Backbone) (data: Data) (p
         use head = head
         testAccuracy encoder head data device)
 
-/// The fine-tuning protocol of `ssl eval --protocol finetune [--labels N]` run on `copy`, a fresh
-/// encoder of `trained`'s architecture that takes `trained`'s weights (`trained` itself is left as
-/// it is, for the protocols that follow): `perClass` labels per class drawn with `seed` (None: all),
-/// the preset's fineTuneConfig, its run under `folder` (resumed if there). Returns the test accuracy;
-/// disposes `copy`. For recipes whose paper reports fine-tuning (result.json's extra `finetune_acc`).
-let fineTuneAccuracy (preset: Preset) (trained: Encoder) (copy: Encoder) (data: Data) (perClass: int option) (seed: int64)
+/// The fine-tuning protocol of `ssl eval --protocol finetune [--labels N]` run on `encoder`, a fresh encoder of the
+/// architecture, after it takes `weights`' parameters and buffers where given (`weights` itself is left as it is, for the
+/// protocols that follow; None fine-tunes the random initialisation, the baseline trained from scratch on the same labels
+/// and schedule): `perClass` labels per class drawn with `seed` (None: all), the preset's fineTuneConfig, its run under
+/// `folder` (resumed if there). Returns the test accuracy; disposes `encoder`.
+let fineTuneAccuracy (preset: Preset) (weights: Encoder option) (encoder: Encoder) (data: Data) (perClass: int option) (seed: int64)
                      (folder: RunFolder) (device: torch.Device) =
-    use tuned = copy
-    (use _ = torch.no_grad ()
-     for target, source in Seq.zip (tuned.parameters ()) (trained.parameters ()) do target.copy_(source) |> ignore
-     for target, source in Seq.zip (tuned.buffers ()) (trained.buffers ()) do target.copy_(source) |> ignore)
+    use tuned = encoder
+    for trained in Option.toList weights do
+        use _ = torch.no_grad ()
+        for target, source in Seq.zip (tuned.parameters ()) (trained.parameters ()) do target.copy_(source) |> ignore
+        for target, source in Seq.zip (tuned.buffers ()) (trained.buffers ()) do target.copy_(source) |> ignore
     let examples =
         match perClass with
         | Some n -> (LabelSplitter.Draw(data.Train, n, seed)).Labelled
@@ -141,17 +142,19 @@ let fineTuneAccuracy (preset: Preset) (trained: Encoder) (copy: Encoder) (data: 
     use head = head
     testAccuracy tuned head data device
 
-/// result.json's extra figures of the fine-tuning protocol run after training (fineTuneAccuracy on
-/// `data`'s labelled set, on a copy `newEncoder` makes): finetune_acc, and finetune_labels_per_class
-/// where `perClass` is Some; its run in <root>/finetune-result-<N|all>. [] where `data` has no labels.
+/// result.json's extra figures of the fine-tuning protocol run after training on `data`'s labelled set, on encoders
+/// `newEncoder` makes: finetune_acc (from `trained`'s weights, run in <root>/finetune-result-<N|all>),
+/// finetune_random_init_acc (the same protocol from the random initialisation, in <root>/finetune-random-init-<N|all>),
+/// and finetune_labels_per_class where `perClass` is Some. [] where `data` has no labels.
 let fineTuneFigures (preset: Preset) (trained: Encoder) (newEncoder: unit -> Encoder) (data: Data) (perClass: int option) (seed: int64)
                     (root: string) (device: torch.Device) =
     match data.Probed with
     | None -> []
     | Some probe ->
         let name = perClass |> Option.map string |> Option.defaultValue "all"
-        let folder = RunFolder(IO.Path.Combine(root, $"finetune-result-{name}"))
-        let accuracy =
-            phase $"fine-tuning protocol on {name} labels/class" (fun () ->
-                fineTuneAccuracy preset trained (newEncoder ()) probe perClass seed folder device)
-        ("finetune_acc", accuracy) :: [ for n in Option.toList perClass -> "finetune_labels_per_class", float n ]
+        let tune what weights folder =
+            phase $"fine-tuning protocol {what} on {name} labels/class" (fun () ->
+                fineTuneAccuracy preset weights (newEncoder ()) probe perClass seed (RunFolder(IO.Path.Combine(root, $"{folder}-{name}"))) device)
+        let accuracy = tune "from the trained encoder" (Some trained) "finetune-result"
+        let scratch = tune "from the random initialisation" None "finetune-random-init"
+        [ "finetune_acc", accuracy; "finetune_random_init_acc", scratch ] @ [ for n in Option.toList perClass -> "finetune_labels_per_class", float n ]

@@ -79,6 +79,12 @@ let tests =
                     let dataset = if List.contains recipe.Name colourOnlyRecipes then [| "--dataset"; Fixtures.colourFolder () |] else [||]
                     Expect.equal (Program.run (Array.append [| "train"; recipe.Name; "--preset"; "smoke"; "--out"; dir |] dataset)) 0 "exit code"
                     use _ = Fixtures.expectContractResult dir recipe.Name
+                    // MAE fine-tunes after training, from its encoder and from the random initialisation (result.json's extra).
+                    if recipe.Name = "mae" then
+                        use result = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "result.json")))
+                        for key in [ "finetune_acc"; "finetune_random_init_acc" ] do
+                            let acc = result.RootElement.GetProperty("extra").GetProperty(key).GetDouble()
+                            Expect.isTrue (acc > 0.0 && acc <= 1.0) $"{key} is a fraction"
                     // DINO's protocol reads class tokens of the last blocks; `ssl eval --layer class-tokens` does the same.
                     if recipe.Name = "dino" then
                         Expect.equal (Program.run [| "eval"; dir; "--protocol"; "knn"; "--layer"; "class-tokens"; "--pool"; "1" |]) 0 "eval class tokens"

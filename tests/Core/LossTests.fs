@@ -8,29 +8,10 @@ open Ssl.Tests
 
 // ---- helpers: seeded float64 inputs, .NET copies for the loop oracles ----
 
-let private f64 = torch.float64
-
-/// Sizes and tensors drawn from one FsCheck seed, so a failing case replays from its seed.
-let private generator (seed: int) = new torch.Generator(uint64 (abs (int64 seed)))
-
-let private randn (g: torch.Generator) (shape: int64[]) = torch.randn(shape, dtype = f64, generator = g)
-
 let private unitRows (g: torch.Generator) (n: int64) (d: int64) =
     use raw = randn g [| n; d |]
     Contrastive.normalize raw
 
-let private values (t: torch.Tensor) : float[] =
-    if t.numel () = 0L then [||] else t.detach().contiguous().to_type(f64).data<float>().ToArray()
-
-let private rows (t: torch.Tensor) : float[][] =
-    let flat = values t
-    let columns = int t.shape[1]
-    Array.init (int t.shape[0]) (fun i -> flat[i * columns .. (i + 1) * columns - 1])
-
-let private scalar (t: torch.Tensor) = t.to_type(f64).item<float>()
-
-let private dot (a: float[]) (b: float[]) = Array.fold2 (fun acc x y -> acc + x * y) 0.0 a b
-let private logSumExp (xs: float[]) = let m = Array.max xs in m + log (xs |> Array.sumBy (fun x -> exp (x - m)))
 let private softplus (x: float) = if x > 30.0 then x else log (1.0 + exp x)
 
 /// Relative tolerance against an exact softplus: torch's softplus returns x itself above its
@@ -38,10 +19,6 @@ let private softplus (x: float) = if x > 30.0 then x else log (1.0 + exp x)
 let private softplusTolerance = 1e-8
 let private softmax (xs: float[]) = let l = logSumExp xs in xs |> Array.map (fun x -> exp (x - l))
 let private mean (xs: float[]) = Array.average xs
-
-let private near (tolerance: float) (what: string) (actual: float) (expected: float) =
-    if abs (actual - expected) > tolerance * (1.0 + abs expected) then
-        failtestf "%s: got %.12g, expected %.12g" what actual expected
 
 /// The argument named in an ArgumentException, and a fragment of its message.
 let private rejects (argument: string) (fragment: string) (f: unit -> torch.Tensor) =

@@ -10,14 +10,6 @@ open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Tests
 
-let private f64 = torch.float64
-
-let private generator (seed: int) = new torch.Generator(uint64 (abs (int64 seed)))
-
-let private randn (g: torch.Generator) (shape: int64[]) = torch.randn(shape, dtype = f64, generator = g)
-
-let private values (t: torch.Tensor) : float[] = t.detach().contiguous().to_type(f64).data<float>().ToArray()
-
 let private longs (t: torch.Tensor) : int64[] = t.detach().contiguous().to_type(torch.int64).data<int64>().ToArray()
 
 let private rejects (argument: string) (fragment: string) (f: unit -> unit) =

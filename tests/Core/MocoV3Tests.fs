@@ -12,23 +12,7 @@ open Ssl.Core.Losses
 open Ssl.Core.Models
 open Ssl.Tests
 
-let private f64 = torch.float64
-let private generator (seed: int) = new torch.Generator(uint64 (abs (int64 seed)))
-let private randn (g: torch.Generator) (shape: int64[]) = torch.randn(shape, dtype = f64, generator = g)
-
-let private rows (t: torch.Tensor) : float[][] =
-    let flat = t.detach().contiguous().to_type(f64).data<float>().ToArray()
-    let columns = int t.shape[1]
-    Array.init (int t.shape[0]) (fun i -> flat[i * columns .. (i + 1) * columns - 1])
-
-let private scalar (t: torch.Tensor) = t.to_type(f64).item<float>()
-let private dot (a: float[]) (b: float[]) = Array.fold2 (fun acc x y -> acc + x * y) 0.0 a b
 let private unit (a: float[]) = let n = max (sqrt (dot a a)) 1e-12 in a |> Array.map (fun x -> x / n)
-let private logSumExp (xs: float[]) = let m = Array.max xs in m + log (xs |> Array.sumBy (fun x -> exp (x - m)))
-
-let private near (tolerance: float) (what: string) (actual: float) (expected: float) =
-    if abs (actual - expected) > tolerance * (1.0 + abs expected) then
-        failtestf "%s: got %.12g, expected %.12g" what actual expected
 
 /// ctr(q, k) of Algorithm 1, loop by loop: 2τ · mean over i of (logsumexp_j q̄ᵢ·k̄ⱼ/τ − q̄ᵢ·k̄ᵢ/τ).
 let private ctrOracle (tau: float) (q: float[][]) (k: float[][]) =

@@ -8,16 +8,6 @@ open TorchSharp
 open Ssl.Core.Losses
 open Ssl.Tests
 
-let private f64 = torch.float64
-let private generator (seed: int) = new torch.Generator(uint64 (abs (int64 seed)))
-let private randn (g: torch.Generator) (shape: int64[]) = torch.randn(shape, dtype = f64, generator = g)
-let private rows (t: torch.Tensor) : float[][] =
-    let flat = t.detach().contiguous().to_type(f64).data<float>().ToArray()
-    let columns = int t.shape[1]
-    Array.init (int t.shape[0]) (fun i -> flat[i * columns .. (i + 1) * columns - 1])
-let private scalar (t: torch.Tensor) = t.to_type(f64).item<float>()
-let private dot (a: float[]) (b: float[]) = Array.fold2 (fun acc x y -> acc + x * y) 0.0 a b
-let private logSumExp (xs: float[]) = let m = Array.max xs in m + log (xs |> Array.sumBy (fun x -> exp (x - m)))
 let private unitRows (r: float[][]) = r |> Array.map (fun row -> let n = sqrt (dot row row) in row |> Array.map (fun x -> x / max n 1e-12))
 
 /// main_vicreg.py's forward as loops over dimensions and rows: (invariance, variance, covariance).
