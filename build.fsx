@@ -196,6 +196,8 @@ let demo () =
     build ()
     let out = Path.Combine("runs", "demo")
     must (ssl $"data --dataset fashion-mnist --grid {out}/samples.png --json {out}/data.json") "ssl data"
+    // The colour set: both emoji styles (Noto Emoji and Twemoji) of each class side by side.
+    must (ssl $"data --dataset emoji --grid {out}/emoji.png --json {out}/emoji.json") "ssl data --dataset emoji"
     must (ssl $"train moco --preset quick --out {out}/moco") "ssl train moco"
     must (ssl $"neighbours {out}/moco --queries 8 --k 8 --out {out}/neighbours.png") "ssl neighbours"
     printfn "Demo written to %s." (Path.GetFullPath(Path.Combine(root, out)))
