@@ -40,21 +40,32 @@ let view (augmentation: Augmentation) (data: Data) (generator: torch.Generator) 
     let flipped = Geometric.randomHorizontalFlip augmentation.FlipProbability generator grey
     (standardise data flipped).MoveToOuterDisposeScope()
 
-/// One random view of each image as multi-crop draws them (SwAV's MultiCropDataset): a resized crop of `scale` of its area
-/// to side x side, a flip, colour jitter applied with probability `jitterProbability` (torchvision's RandomApply), random
-/// grayscale; `augmentation`'s CropScale is not read. [0, 1] images (B, C, H, W) → standardised (B, C, side, side).
+/// `f` applied to the images a Bernoulli(p) draw per image picks, the draw made first (torchvision's RandomApply); p ≤ 0
+/// draws nothing. images (B, C, H, W) → (B, C, H, W).
+let sometimes (generator: torch.Generator) (p: float) (f: torch.Tensor -> torch.Tensor) (images: torch.Tensor) =
+    if p <= 0.0 then images
+    else torch.where((Draw.bernoulli generator p images.shape[0] images.device).view(-1L, 1L, 1L, 1L), f images, images)
+
+/// One random multi-crop view of each image in [0, 1] (SwAV's MultiCropDataset, DINO's DataAugmentationDINO before its
+/// blur and solarisation): a resized crop of `scale` of its area to side x side, a flip, colour jitter applied with
+/// probability `jitterProbability`, random grayscale; `augmentation`'s CropScale is not read. The caller standardises.
+/// [0, 1] images (B, C, H, W) → (B, C, side, side).
+let multiCropPixels (augmentation: Augmentation) (jitterProbability: float) (scale: float * float) (side: int64)
+                    (generator: torch.Generator) (x: torch.Tensor) =
+    use scope = torch.NewDisposeScope()
+    let saturation, hue = if x.shape[1] = 3L then augmentation.ColourJitter else (0.0, 0.0)
+    let jittered =
+        Geometric.randomResizedCrop scale (3.0 / 4.0, 4.0 / 3.0) (side, side) generator x
+        |> Geometric.randomHorizontalFlip augmentation.FlipProbability generator
+        |> sometimes generator jitterProbability (Photometric.colorJitter augmentation.Jitter augmentation.Jitter saturation hue generator)
+    let grey = if x.shape[1] = 3L then Photometric.randomGrayscale augmentation.GrayscaleProbability generator jittered else jittered
+    grey.MoveToOuterDisposeScope()
+
+/// `multiCropPixels`, standardised for the encoder. [0, 1] images (B, C, H, W) → (B, C, side, side).
 let resizedView (augmentation: Augmentation) (jitterProbability: float) (scale: float * float) (side: int64) (data: Data)
                 (generator: torch.Generator) (x: torch.Tensor) =
     use scope = torch.NewDisposeScope()
-    let saturation, hue = if x.shape[1] = 3L then augmentation.ColourJitter else (0.0, 0.0)
-    let cropped =
-        Geometric.randomResizedCrop scale (3.0 / 4.0, 4.0 / 3.0) (side, side) generator x
-        |> Geometric.randomHorizontalFlip augmentation.FlipProbability generator
-    let jittered = Photometric.colorJitter augmentation.Jitter augmentation.Jitter saturation hue generator cropped
-    let chosen = (Draw.bernoulli generator jitterProbability x.shape[0] x.device).view(-1L, 1L, 1L, 1L)
-    let coloured = torch.where(chosen, jittered, cropped)
-    let grey = if x.shape[1] = 3L then Photometric.randomGrayscale augmentation.GrayscaleProbability generator coloured else coloured
-    (standardise data grey).MoveToOuterDisposeScope()
+    (standardise data (multiCropPixels augmentation jitterProbability scale side generator x)).MoveToOuterDisposeScope()
 
 /// Two random views (`view`) of each image at `batch`, drawn in that order with the step's generator.
 let twoViews (augmentation: Augmentation) (data: Data) (step: Ssl.Host.Engine.StepContext) (batch: int64[]) =

@@ -85,21 +85,18 @@ type DinoNet(encoder: Encoder, head: DinoHead) as this =
     member _.Head = head
     override _.forward(images) = head.forward (encoder.forward images)
 
-/// The multi-crop views of DataAugmentationDINO on [0, 1] pixels, each standardised: crop, flip,
-/// jitter (p 0.8), then blur with probability `blur` and solarisation (PIL's, at 0.5) with `solarize`.
+/// The multi-crop views of DataAugmentationDINO on [0, 1] pixels, each standardised: crop, flip, jitter (p 0.8; saturation
+/// and hue 0.2, 0.1 on colour images), grayscale 0.2 (Views.multiCropPixels), then blur with probability `blur` and
+/// solarisation (PIL's, at 0.5) with `solarize`.
 let private crop (config: Config) (data: Data) (g: torch.Generator) (scale: float * float) (size: int64) (blur: float) (solarize: float)
                  (x: torch.Tensor) =
     use scope = torch.NewDisposeScope()
-    let n = x.shape[0]
-    let sometimes p (f: torch.Tensor -> torch.Tensor) (images: torch.Tensor) =
-        if p <= 0.0 then images else torch.where((Draw.bernoulli g p n x.device).view(-1L, 1L, 1L, 1L), f images, images)
-    let colour = if x.shape[1] = 3L then (0.2, 0.1) else (0.0, 0.0)
-    let cropped = Geometric.randomResizedCrop scale (3.0 / 4.0, 4.0 / 3.0) (size, size) g x |> Geometric.randomHorizontalFlip 0.5 g
-    let jittered = cropped |> sometimes 0.8 (Photometric.colorJitter config.Jitter config.Jitter (fst colour) (snd colour) g)
-    let grey = if x.shape[1] = 3L then Photometric.randomGrayscale 0.2 g jittered else jittered
-    let blurred = grey |> sometimes blur (Photometric.randomGaussianBlur config.BlurKernel config.BlurSigma g)
-    let solarized = blurred |> sometimes solarize (fun i -> torch.where(i.ge(Scalar.op_Implicit 0.5), i.neg() + 1.0, i))
-    (standardise data solarized).MoveToOuterDisposeScope()
+    let augmentation = { CropScale = scale; Jitter = config.Jitter; ColourJitter = (0.2, 0.1); GrayscaleProbability = 0.2; FlipProbability = 0.5 }
+    multiCropPixels augmentation 0.8 scale size g x
+    |> sometimes g blur (Photometric.randomGaussianBlur config.BlurKernel config.BlurSigma g)
+    |> sometimes g solarize (fun i -> torch.where(i.ge(Scalar.op_Implicit 0.5), i.neg() + 1.0, i))
+    |> standardise data
+    |> fun views -> views.MoveToOuterDisposeScope()
 
 /// One step of Algorithm 1: teacher on the 2 global crops, student on all, H(P_t, P_s) over pairs of
 /// different crops; AdamW; DINO's cosine weight decay on `decayed`; EMA of the teacher at
