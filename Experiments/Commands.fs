@@ -374,10 +374,7 @@ let eval (args: ParseResults<EvalArgs>) =
         if protocol = "finetune" || layer = "" then trained
         else fst (Pipeline.probed layer pool data trained)
     encoder.``to``(env.Device) |> ignore
-    let examples =
-        match labels with
-        | Some n -> (LabelSplitter.Draw(data.Train, n, seed)).Labelled
-        | None -> Array.init (int data.Train.Count) int64
+    let examples = SupervisedTraining.labelledExamples data.Train labels seed
     let accuracy =
         match protocol with
         | "finetune" ->

@@ -84,6 +84,13 @@ let testAccuracy (encoder: Encoder) (head: LinearHead) (data: Data) (device: tor
     use correct = logits.argmax(1L).cpu().eq(data.Test.Labels)
     correct.to_type(torch.ScalarType.Float64).mean().item<float>()
 
+/// The labelled training examples of a run: `perClass` labels per class drawn with `seed` (LabelSplitter), or
+/// every image of `train` for None. Indices into `train`.
+let labelledExamples (train: ImageDataset) (perClass: int option) (seed: int64) =
+    match perClass with
+    | Some n -> (LabelSplitter.Draw(train, n, seed)).Labelled
+    | None -> Array.init (int train.Count) int64
+
 /// Trains `encoder` + a new linear head on `examples` (all, or a few-label split). Given a trained
 /// encoder, that is the fine-tuning protocol. Returns the head and the engine's summary.
 let trainWith (encoder: Encoder) (config: Config) (data: Data) (examples: int64[]) (seed: int64) (resume: bool)
@@ -134,10 +141,7 @@ let fineTuneAccuracy (preset: Preset) (weights: Encoder option) (encoder: Encode
         use _ = torch.no_grad ()
         for target, source in Seq.zip (tuned.parameters ()) (trained.parameters ()) do target.copy_(source) |> ignore
         for target, source in Seq.zip (tuned.buffers ()) (trained.buffers ()) do target.copy_(source) |> ignore
-    let examples =
-        match perClass with
-        | Some n -> (LabelSplitter.Draw(data.Train, n, seed)).Labelled
-        | None -> Array.init (int data.Train.Count) int64
+    let examples = labelledExamples data.Train perClass seed
     let head, _ = trainWith tuned (fineTuneConfig preset) data examples seed true folder device (SilentProgress())
     use head = head
     testAccuracy tuned head data device

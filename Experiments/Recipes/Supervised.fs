@@ -16,10 +16,7 @@ let config = SupervisedTraining.config
 /// at least MinSteps steps (SupervisedTraining.schedule), logged every 20.
 let build (ctx: Context<Config>) =
     let config = ctx.Config
-    let examples =
-        match ctx.Request.Labels with
-        | Some n -> (LabelSplitter.Draw(ctx.Data.Train, n, ctx.Seed)).Labelled
-        | None -> Array.init (int ctx.Data.Train.Count) int64
+    let examples = SupervisedTraining.labelledExamples ctx.Data.Train ctx.Request.Labels ctx.Seed
     let encoder = ctx.NewEncoder()
     torch.manual_seed(ctx.Seed) |> ignore
     let head = new LinearHead(encoder.FeatureDim, int64 ctx.Data.Classes)
