@@ -164,6 +164,15 @@ let ensurePythonModule (modul: string) (package: string) =
         aptInstall $"{modul} for /usr/bin/python3" package $"Install it yourself: `sudo apt-get install {package}`."
         if not (imports ()) then fail $"{package} installed, but /usr/bin/python3 cannot import {modul}."
 
+/// Makes sure Open MPI (mpirun and libmpi.so.40) is installed: a run on several processes
+/// (`ssl train --ranks N`, docs/distributed.md) and its tests use it; installs it where apt can.
+let ensureOpenMpi () =
+    let library = $"/usr/lib/{multiarch}/libmpi.so.40"
+    if not (onPath "mpirun" && File.Exists library) then
+        aptInstall "Open MPI (runs on several processes)" "openmpi-bin libopenmpi-dev"
+            "Install it yourself: `sudo apt-get install openmpi-bin libopenmpi-dev`."
+        if not (File.Exists library) then fail $"openmpi-bin installed, but {library} is missing."
+
 // ---- targets -----------------------------------------------------------------------------------
 let build () = must (run "dotnet" $"build Ssl.sln -c {configuration} -nologo -v minimal") "dotnet build"
 
@@ -176,6 +185,7 @@ let test () =
     for modul, package in [ "numpy", "python3-numpy"; "torchvision", "python3-torchvision"; "onnx", "python3-onnx" ] do
         ensurePythonModule modul package
     ensureHyparquet ()
+    ensureOpenMpi ()
     build ()
     let code, output = runCapture "dotnet" $"tests/bin/{configuration}/net10.0/Ssl.Tests.dll --no-spinner --colours 0"
     let summary = Regex.Match(output, @"(\d+) passed, (\d+) ignored, (\d+) failed, (\d+) errored")

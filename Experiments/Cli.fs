@@ -89,10 +89,12 @@ type TrainArgs =
     | Resume
     | Force
     | Init of file: string
+    | Ranks of count: int
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Ranks _ -> "one run on N processes of this machine (through mpirun; cores / N threads each); under mpirun or srun, the launcher's count. BatchSize stays the global batch."
             | Method _ -> "recipe to train (see `ssl methods`); may be left out with --config of a run's config.json."
             | Preset _ -> "smoke (under a minute), quick (real numbers on 2 cores, default) or paper (the paper's schedule)."
             | Set _ -> "override a config field, Field=value (repeatable; Nested.Field=value; tuples a,b; see `ssl config <method>`)."
@@ -304,6 +306,7 @@ type SweepArgs =
     | Image of image: string
     | Claim of pvc: string
     | Parallelism of pods: int
+    | Ranks_Per_Run of ranks: int
 
     interface IArgParserTemplate with
         member a.Usage =
@@ -326,15 +329,18 @@ type SweepArgs =
             | Image _ -> "with --emit k8s: the container image with ssl on its PATH (default ssl:latest)."
             | Claim _ -> "with --emit k8s: the PersistentVolumeClaim holding the run folders, mounted at /runs (default ssl-runs)."
             | Parallelism _ -> "with --emit k8s: pods at once (default 4)."
+            | Ranks_Per_Run _ -> "with --emit slurm: processes of each run (ssl train --ranks N; N Slurm tasks of --cpus each, default 1)."
 
 type SweepTaskArgs =
     | [<MainCommand; ExactlyOnce>] Task of tasks_json: string * index: int
     | Root of dir: string
     | Threads of int
+    | Ranks of count: int
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Ranks _ -> "processes of the run (ssl train --ranks N; default 1)."
             | Task _ -> "the tasks.json an `ssl sweep --emit` wrote and the index of the run to do (0-based)."
             | Root _ -> "the sweep folder the run folders go in (default: the folder of tasks.json)."
             | Threads _ -> "torch threads of the run (default: all cores)."
@@ -355,15 +361,17 @@ type BenchArgs =
     | Pairs of count: int
     | [<Hidden>] In_Process
     | Peer
+    | Ranks of count: int
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Ranks _ -> "time each recipe's step on N ranks (mpirun, threads / N each) against one process with all the threads: alternating pairs (--pairs, default 3), medians and ratio; with --method, this recipe on N ranks."
             | Peer -> "beside each recipe with a PyTorch twin (supervised, rotnet, moco: scripts/peer/, on Debian's python3-torch), run ours and the twin alternately, three pairs: medians and ratio ours / twin."
             | Data _ -> "time decoding and resizing this image folder (images/s on all cores), then --method's step (default moco) on it in memory against streamed."
             | Image_Size _ -> "with --data: resize the shorter side to N and centre-crop, as a run's --image-size."
             | Data_Memory_Mb _ -> "with --data: the streamed run's --data-memory-mb (default 0: stream whatever its size)."
-            | Pairs _ -> "with --data: alternating pairs of in-memory and streamed runs (default 3)."
+            | Pairs _ -> "with --data or --ranks: alternating pairs of runs (default 3)."
             | In_Process -> "with --data: time --method's step on the folder in this process (what each child of `ssl bench --data` does)."
             | Colour_Dataset _ -> "colour data set for the colour-only recipes (default: generated colour images, throughput only)."
             | Only _ -> "comma-separated recipes to benchmark (default: every registered one)."

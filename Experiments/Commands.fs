@@ -119,7 +119,7 @@ let private initOf (given: string option) (configPath: string) (recorded: JsonOb
         | _ -> Some init
     | None, _ -> None
 
-let train (args: ParseResults<TrainArgs>) =
+let private trainHere (args: ParseResults<TrainArgs>) =
     let file = args.TryGetResult TrainArgs.Config |> Option.map (fun p -> p, readConfigFile p)
     let run = file |> Option.map (fun (_, (r, _)) -> r) |> Option.defaultWith (fun () -> JsonObject())
     let filePath = file |> Option.map fst |> Option.defaultValue "--config"
@@ -184,15 +184,40 @@ let train (args: ParseResults<TrainArgs>) =
     let runtime = runtimeOptions (args.TryGetResult TrainArgs.Memory_Format) (args.TryGetResult TrainArgs.Side_Thread) request.Threads
     let env = DeviceSetup.Configure(request.Device, request.Threads, request.Seed, request.Deterministic, runtime)
     for note in env.Notes do AnsiConsole.MarkupLine $"[yellow]{Markup.Escape note}[/]"
-    let folder = Ssl.Host.Runs.RunFolder.Claim(request.Out)
+    // Rank 0 alone claims and writes the folder (docs/distributed.md).
+    let writer = Ssl.Host.Distributed.World.IsWriter
+    let folder = if writer then Ssl.Host.Runs.RunFolder.Claim(request.Out) else Ssl.Host.Runs.RunFolder.Follow(request.Out)
     try
         let changed = if request.Overrides.IsEmpty then "" else " with " + String.concat " " request.Overrides
-        AnsiConsole.MarkupLine $"training [bold]{name}[/] ({Recipe.Preset.name preset}{Markup.Escape changed}) on {Markup.Escape request.Dataset}, {env.DeviceName}, {env.Threads} threads, seed {request.Seed} -> {Markup.Escape folder.Root}"
+        let ranks = Ssl.Host.Distributed.World.LaunchedSize
+        let where = if ranks > 1 then $"{ranks} ranks x {env.Threads} threads" else $"{env.Threads} threads"
+        if writer then
+            AnsiConsole.MarkupLine $"training [bold]{name}[/] ({Recipe.Preset.name preset}{Markup.Escape changed}) on {Markup.Escape request.Dataset}, {env.DeviceName}, {where}, seed {request.Seed} -> {Markup.Escape folder.Root}"
         let result = recipe.Run request env folder
-        report folder result
+        if writer then report folder result
         0
     finally
-        folder.Release()
+        if writer then folder.Release()
+
+/// This process's arguments without `--ranks N`: what each rank of Launcher.Run is started with.
+let private argumentsWithoutRanks () =
+    let rec without (rest: string list) =
+        match rest with
+        | "--ranks" :: _ :: tail -> without tail
+        | head :: tail -> head :: without tail
+        | [] -> []
+    without (List.ofArray (Environment.GetCommandLineArgs() |> Array.skip 1))
+
+/// `ssl train`: here, or with `--ranks N` (N > 1, no launcher around it) under mpirun on N processes.
+let train (args: ParseResults<TrainArgs>) =
+    let launched = Ssl.Host.Distributed.World.LaunchedSize
+    match args.TryGetResult TrainArgs.Ranks with
+    | Some n when n < 1 -> invalidArg "--ranks" $"--ranks: expected 1 or more processes, found {n}"
+    | Some n when n > 1 && launched = 1 ->
+        Ssl.Host.Distributed.Launcher.Run(n, argumentsWithoutRanks ())
+    | Some n when n <> launched ->
+        invalidArg "--ranks" $"--ranks: expected {launched}, the processes its launcher started, found {n}"
+    | _ -> trainHere args
 
 /// `ssl config <method>`: the resolved config as JSON that `ssl train --config` reads back, or its fields.
 let config (args: ParseResults<ConfigArgs>) =
@@ -493,7 +518,13 @@ let sweep (args: ParseResults<SweepArgs>) =
     let commit = Ssl.Host.Runtime.BuildInfo.Commit
     let resources: Sweep.Resources =
         { Cpus = args.GetResult(SweepArgs.Cpus, defaultValue = 2); MemoryGb = args.GetResult(SweepArgs.Mem_Gb, defaultValue = 8)
-          Hours = args.GetResult(SweepArgs.Hours, defaultValue = 4) }
+          Hours = args.GetResult(SweepArgs.Hours, defaultValue = 4)
+          RanksPerRun =
+            match args.GetResult(SweepArgs.Ranks_Per_Run, defaultValue = 1) with
+            | n when n < 1 -> invalidArg "--ranks-per-run" $"--ranks-per-run: expected 1 or more processes, found {n}"
+            | n when n > 1 && args.GetResult(SweepArgs.Emit, defaultValue = "") <> "slurm" ->
+                invalidArg "--ranks-per-run" $"--ranks-per-run: expected --emit slurm (runs of several ranks go to Slurm), found {n} without it"
+            | n -> n }
     match args.TryGetResult SweepArgs.Emit, args.TryGetResult SweepArgs.Local with
     | Some _, Some _ -> invalidArg "--emit" "--emit: writes a job for a scheduler instead of running; leave out --local"
     | Some scheduler, None ->
@@ -520,6 +551,7 @@ let sweep (args: ParseResults<SweepArgs>) =
 let sweepTask (args: ParseResults<SweepTaskArgs>) =
     let tasks, index = args.GetResult SweepTaskArgs.Task
     Sweep.runTask tasks index (args.TryGetResult SweepTaskArgs.Root) (args.TryGetResult SweepTaskArgs.Threads)
+        (args.GetResult(SweepTaskArgs.Ranks, defaultValue = 1))
 
 /// `ssl bench`: step throughput and achieved GFLOP/s of each recipe (one child process each).
 let bench (args: ParseResults<BenchArgs>) =
@@ -540,8 +572,13 @@ let bench (args: ParseResults<BenchArgs>) =
         Bench.data path (args.TryGetResult BenchArgs.Image_Size) recipe preset warmup steps threads pairs
                    (args.TryGetResult BenchArgs.Data_Memory_Mb) out (args.TryGetResult BenchArgs.Readme)
     | data ->
+    let ranks = args.GetResult(BenchArgs.Ranks, defaultValue = 1)
+    if ranks < 1 then invalidArg "--ranks" $"--ranks: expected 1 or more processes, found {ranks}"
+    if ranks > 1 && (peer || data.IsSome) then invalidArg "--ranks" "--ranks: expected a training-step bench without --peer or --data"
     match args.TryGetResult BenchArgs.Method with
     | Some _ when peer -> invalidArg "--peer" "--peer: expected the whole bench (it starts ours and the twin as children), found --method"
+    | Some _ when ranks > 1 && Ssl.Host.Distributed.World.LaunchedSize = 1 ->
+        Ssl.Host.Distributed.Launcher.Run(ranks, argumentsWithoutRanks ())
     | Some name ->
         let reading: Bench.FolderReading =
             { ImageSize = args.TryGetResult BenchArgs.Image_Size
@@ -549,6 +586,11 @@ let bench (args: ParseResults<BenchArgs>) =
         match Registry.tryFind name with
         | Some recipe -> Bench.runMethod recipe preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) data reading out
         | None -> findRecipe "--method" name |> ignore; 2
+    | None when ranks > 1 ->
+        let only = args.TryGetResult BenchArgs.Only |> Option.map (Repro.parseOnly Registry.recipes)
+        let pairs = args.GetResult(BenchArgs.Pairs, defaultValue = 3)
+        if pairs < 1 then invalidArg "--pairs" $"--pairs: expected at least 1, found {pairs}"
+        Bench.ranks only preset warmup steps threads ranks pairs (args.TryGetResult BenchArgs.Colour_Dataset) out (args.TryGetResult BenchArgs.Readme)
     | None ->
         let only = args.TryGetResult BenchArgs.Only |> Option.map (Repro.parseOnly Registry.recipes)
         Bench.run only preset warmup steps threads (args.TryGetResult BenchArgs.Colour_Dataset) out (args.TryGetResult BenchArgs.Readme) peer

@@ -83,6 +83,7 @@ let run (argv: string[]) =
     | :? DeviceUnavailableException
     | :? Peer.PeerUnavailableException
     | :? Ssl.Host.Engine.NonFiniteLossException
+    | :? Ssl.Host.Distributed.RanksException
     | :? NotSupportedException
     | :? InvalidDataException as e ->
         eprintfn "error: %s" (TrainedRun.firstLine e.Message)
@@ -105,5 +106,11 @@ let run (argv: string[]) =
 type CommandLine =
     static member Run(args: string[]) : int = run args
 
+/// The process's exit: a run on several processes leaves its MPI world (MPI_Finalize) after success,
+/// and ends every rank (MPI_Abort) after a failure, so that no rank waits on a lost one.
+let private leave (code: int) =
+    if code = 0 then Ssl.Host.Distributed.World.Leave() else Ssl.Host.Distributed.World.Abort code
+    code
+
 [<EntryPoint>]
-let main argv = run argv
+let main argv = run argv |> leave

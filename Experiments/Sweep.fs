@@ -206,13 +206,13 @@ let runChild (args: string list) (log: string option) =
         p.ExitCode, clock.Elapsed.TotalSeconds
 
 /// Runs one run unless it is done; stamps the attempt. Returns (exit code, Some seconds) or (0, None) when skipped.
-let runOne (root: string) (commit: string) (threads: int option) (log: bool) (run: RunSpec) =
+let runOne (root: string) (commit: string) (threads: int option) (ranks: int) (log: bool) (run: RunSpec) =
     let dir = Path.Combine(root, run.Name)
     match upToDate dir commit run with
     | Ok() -> 0, None
     | Error _ ->
         Directory.CreateDirectory dir |> ignore
-        let args = trainArgs run dir threads
+        let args = trainArgs run dir threads @ (if ranks > 1 then [ "--ranks"; string ranks ] else [])
         let code, seconds = runChild args (if log then Some(Path.Combine(dir, "train.log")) else None)
         let stamp =
             {| commit = commit; digest = run.Digest; args = args; exit_code = code; wall_s = seconds; host = Environment.MachineName
@@ -252,7 +252,7 @@ let readTasks (path: string) : RunSpec list =
     | _ -> bad "no 'runs' array"
 
 /// `ssl sweep-task <tasks.json> <index>`: the unit every executor runs. Exit code: the run's.
-let runTask (tasksPath: string) (index: int) (root: string option) (threads: int option) =
+let runTask (tasksPath: string) (index: int) (root: string option) (threads: int option) (ranks: int) =
     let runs = readTasks tasksPath
     if index < 0 || index >= runs.Length then
         invalidArg "index" $"index: expected 0 to {runs.Length - 1} ({tasksPath} lists {runs.Length} runs), found {index}"
@@ -260,7 +260,7 @@ let runTask (tasksPath: string) (index: int) (root: string option) (threads: int
     let root = defaultArg root (Path.GetDirectoryName(Path.GetFullPath tasksPath))
     let commit = Ssl.Host.Runtime.BuildInfo.Commit
     printfn "ssl sweep-task: %s (%d of %d) into %s" run.Name (index + 1) runs.Length root
-    match runOne root commit threads false run with
+    match runOne root commit threads ranks false run with
     | _, None ->
         printfn "skip %s: done for this commit and config" run.Name
         0
@@ -319,7 +319,7 @@ let localWith (heartbeat: TimeSpan) (root: string) (commit: string) (processes: 
             try
                 progress $"start {r.Name}"
                 lock gate (fun () -> running <- running.Add r.Name)
-                let code, took = runOne root commit (Some threads) true r
+                let code, took = runOne root commit (Some threads) 1 true r
                 lock gate (fun () ->
                     running <- running.Remove r.Name
                     finished <- finished + 1
@@ -345,7 +345,9 @@ let local root commit processes runs = localWith (TimeSpan.FromMinutes 2.0) root
 type Resources =
     { Cpus: int
       MemoryGb: int
-      Hours: int }
+      Hours: int
+      /// Processes of one run (`ssl train --ranks`), each with Cpus threads: Slurm tasks of one array task.
+      RanksPerRun: int }
 
 /// Writes <root>/tasks.json and <root>/sweep.sbatch: a Slurm array with one task per pending run,
 /// each `ssl sweep-task` of its index with the task's CPUs as torch threads, logs in <root>/logs.
@@ -362,13 +364,16 @@ let emitSlurm (root: string) (commit: string) (pending: RunSpec list) (resources
           "# Submit with `sbatch sweep.sbatch`; then `ssl report <this folder> --record results/` gathers the runs."
           "#SBATCH --job-name=ssl-sweep"
           $"#SBATCH --array=0-{pending.Length - 1}"
+          if resources.RanksPerRun > 1 then $"#SBATCH --ntasks={resources.RanksPerRun}"
           $"#SBATCH --cpus-per-task={resources.Cpus}"
           $"#SBATCH --mem={resources.MemoryGb}G"
           $"#SBATCH --time={resources.Hours}:00:00"
           $"#SBATCH --output={root}/logs/%%A_%%a.out"
           $"#SBATCH --chdir={Environment.CurrentDirectory}"
           "set -euo pipefail"
-          $"exec {ssl} sweep-task {tasks} \"$SLURM_ARRAY_TASK_ID\" --threads \"${{SLURM_CPUS_PER_TASK:-1}}\"" ]
+          // A run of several ranks: `ssl train --ranks N` starts them with mpirun, which places them on the job's tasks.
+          let ranks = if resources.RanksPerRun > 1 then $" --ranks {resources.RanksPerRun}" else ""
+          $"exec {ssl} sweep-task {tasks} \"$SLURM_ARRAY_TASK_ID\" --threads \"${{SLURM_CPUS_PER_TASK:-1}}\"{ranks}" ]
     RunFolder.WriteAtomically(script, String.concat "\n" lines + "\n")
     script
 

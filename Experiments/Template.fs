@@ -205,6 +205,8 @@ type Observed =
     | Evaluated of RunResult
     /// The observer stopped its training: nothing evaluated or exported, no result.json.
     | StoppedByObserver of TrainSummary
+    /// A rank other than 0 of a run on several processes: it trained; rank 0 evaluates and writes.
+    | TrainedOnly of TrainSummary
 
 /// A recipe as the command line, `repro` and `bench` see it, whatever its config type.
 type Recipe =
@@ -329,7 +331,11 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
     let semi = not spec.Traits.LabelBudgets.IsEmpty
     let request = if semi then { request with Labels = Some(defaultArg request.Labels spec.Traits.LabelBudgets.Head) } else request
     let configJson = Configs.toJson config
-    let resuming = checkFolder request env configJson folder
+    // Rank 0 checks and writes the folder; the others take its answer (docs/distributed.md).
+    let world = Ssl.Host.Distributed.World.Current
+    let writer = world.Rank = 0
+    let resuming = if writer then checkFolder request env configJson folder else false
+    let resuming = Ssl.Host.Distributed.CollectiveExtensions.Broadcast(world, (if resuming then 1L else 0L)) = 1L
     let request = { request with Resume = resuming }
     use data = loadData request
     let skipped = checkSkipped folder data
@@ -404,10 +410,11 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
                 $"BatchSize: expected at most {t.Examples} (the examples an epoch walks of {data.Name}; every batch is whole), found {t.BatchSize}; --set BatchSize=N"
         folder.RequireFreeSpace(checkpointBytes t.Step, "a checkpoint of this run")
         // Every check passed: the folder is written from here on.
-        if request.Force then folder.ClearRun()
-        folder.CreateLayout()
-        writeSkipped folder skipped |> ignore
-        folder.WriteConfig
+        if writer && request.Force then folder.ClearRun()
+        if writer then folder.CreateLayout()
+        if writer then writeSkipped folder skipped |> ignore
+        if writer then
+          folder.WriteConfig
             {| method = request.Method; preset = Preset.name request.Preset; dataset = request.Dataset
                dataset_path = (if DataCatalog.IsFolder request.Dataset then IO.Path.GetFullPath request.Dataset else null)
                eval_dataset = Option.toObj request.EvalDataset
@@ -425,7 +432,8 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
                            Resume = request.Resume, LogEvery = t.LogEvery, Plan = data.Train, Observer = Option.toObj observer,
                            ConfigDigest = $"{request.Method} {configJson.ToJsonString()} labels={request.Labels}")
         let summary = Trainer.Run(t.Step, options, folder, env.Device, ConsoleProgress(), t.AfterEpoch)
-        if summary.StoppedBy = StopReason.Observer then StoppedByObserver summary else
+        if summary.StoppedBy = StopReason.Observer then StoppedByObserver summary
+        elif not writer then TrainedOnly summary else
         let testAcc = t.Classifier |> Option.map (fun (e, h) -> SupervisedTraining.testAccuracy e h data env.Device)
         let supervisedOnly =
             match spec.Traits.SupervisedOnly with
@@ -447,11 +455,13 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
     finally
         for d in List.rev t.Owned do d.Dispose()
 
-/// `runObserved` without an observer: the run `ssl train` makes.
+/// `runObserved` without an observer: the run `ssl train` makes. Null on a rank other than 0 of a run
+/// on several processes (rank 0 evaluates and writes the result).
 let run (spec: Spec<'Config>) (config: 'Config) (request: Request) (env: RunEnvironment) (folder: RunFolder) : RunResult =
     match runObserved spec config request env folder None with
     | Evaluated result -> result
     | StoppedByObserver _ -> invalidOp $"{request.Method}: a run without an observer was stopped by one"
+    | TrainedOnly _ -> null
 
 /// A config read from JSON, one written before Schedule and Probe in today's shape (ConfigParts.upgrade,
 /// with the preset's config as the template).

@@ -10,6 +10,10 @@ let main argv =
         // The child process of the kill -9 test (EngineTests): never returns.
         EngineTests.checkpointWriterLoop dir
         0
+    | [| "--rank-case"; case; dir |] ->
+        // One rank of a DistributedTests case, under mpirun.
+        DistributedTests.rankCase case dir
+        0
     | _ ->
         // Sequenced: torch's seed and thread count are process-wide, and tests set them.
         runTestsInAssemblyWithCLIArgs [ CLIArguments.Sequenced ] argv

@@ -49,8 +49,8 @@ let config preset =
                      Schedule = { small.Schedule with Epochs = 10; LearningRate = 1.0 } }
     | Paper -> paper
 
-/// One step (the paper's Algorithm 1): z = g(f(v)) for two views, L = scale · BT(z¹, z²); logged: C's diagonal mean
-/// (invariance, → 1) and off-diagonal root mean square (redundancy, → 0).
+/// One step (the paper's Algorithm 1): z = g(f(v)) for two views, L = scale · BT(z¹, z²), C over the global batch (the
+/// authors' code all-reduces it); logged: C's diagonal mean (invariance, → 1) and off-diagonal RMS (redundancy, → 0).
 let build (ctx: Context<Config>) =
     let config = ctx.Config
     let encoder = ctx.NewEncoder()
@@ -58,7 +58,7 @@ let build (ctx: Context<Config>) =
     let optimizers = [ optimizer "main" (Optim.lars config.Schedule config.LarsEta) [ encoder; g ] ]
     ctx.Train(encoder, stepOf [ "encoder" => encoder; "projector" => g ] optimizers (fun step batch ->
         let v1, v2 = twoViews config.Augmentation ctx.Data step batch
-        let correlation = Siamese.crossCorrelation (g.forward (encoder.forward v1)) (g.forward (encoder.forward v2))
+        let correlation = Siamese.crossCorrelation (step.Gather(g.forward (encoder.forward v1))) (step.Gather(g.forward (encoder.forward v2)))
         let value = step.Optimize("main", Siamese.barlowTwinsOf config.OffDiagonalWeight correlation * config.LossScale)
         let diagonal, offDiagonalRms = Siamese.correlationFigures correlation
         [ "loss", value; "c_diagonal", diagonal; "c_off_rms", offDiagonalRms ]))

@@ -123,7 +123,8 @@ let private run (config: Config) (data: Data) (student: DinoNet) (teacher: Momen
     (use _ = torch.no_grad () in for p in decayed do p.mul_(Scalar.op_Implicit (1.0 - step.LearningRate "main" * weightDecay)) |> ignore)
     let momentum = Momentum.cosine config.TeacherMomentum step.GlobalStep step.TotalSteps
     teacher.Update momentum
-    center.copy_(Dino.updatedCenter config.CenterMomentum center teacherLogits) |> ignore
+    // The center is the mean over the global batch (main_dino.py's all_reduce), alike on every rank.
+    center.copy_(Dino.updatedCenter config.CenterMomentum center (step.Gather teacherLogits)) |> ignore
     [ "loss", value; "teacher_entropy", entropy; "center_norm", center.norm().item<float32>() |> float
       "teacher_momentum", momentum; "teacher_temperature", temperature; "weight_decay", weightDecay ]
 

@@ -104,7 +104,8 @@ let build (ctx: Context<Config>) =
         let positive = (q * k).sum(1L, keepdim = true)
         let negatives = q.detach().matmul(queue.Keys.t())
         let accuracy = positive.detach().gt(negatives.amax([| 1L |], keepdim = true)).to_type(torch.ScalarType.Float32).mean().item<float32>()
-        queue.Enqueue k
+        // Every rank's keys, so that the queues stay alike (moco/builder.py's concat_all_gather).
+        queue.Enqueue(step.Gather k)
         [ "loss", value; "instance_acc", float accuracy ]))
 
 /// MoCo v2 (Chen, Fan, Girshick & He 2020, "Improved Baselines with Momentum Contrastive Learning"): MoCo v1 with an MLP

@@ -57,11 +57,14 @@ let build (ctx: Context<Config>) =
         let views = torch.cat([| v1; v2 |], 0L)
         let embed (v: torch.Tensor) = head.forward (encoder.forward v)
         let z = Contrastive.normalize (shuffledPerGroup config.Groups step.Generator embed views)
-        let n = int64 batch.Length
-        let z1, z2 = z.narrow(0L, 0L, n), z.narrow(0L, n, n)
+        let local = int64 batch.Length
+        // NT-Xent over the global batch: every rank's embeddings are each other's negatives (the
+        // paper's Sec. 2 / its code's cross-replica gather); one rank: its own batch.
+        let z1, z2 = step.Gather(z.narrow(0L, 0L, local)), step.Gather(z.narrow(0L, local, local))
+        let n = z1.shape[0]
         let value = step.Optimize("main", Contrastive.infoNceInBatch config.Temperature z1 z2)
         // Instance accuracy: how often the other view is the nearest of the 2N − 1 candidates.
-        let similarities = z1.detach().matmul(z.detach().t())
+        let similarities = z1.detach().matmul(torch.cat([| z1; z2 |], 0L).detach().t())
         let self = torch.arange(n, device = step.Device)
         similarities.index_put_(torch.tensor(-2.0f, device = step.Device), [| self; self |]) |> ignore
         [ "loss", value; "instance_acc", accuracy similarities (self + n) ]))

@@ -87,6 +87,9 @@ public sealed class TrainingOptimizer : IDisposable
 
     public double LearningRate => Optimizer.ParamGroups.First().LearningRate;
 
+    /// <summary>The trainable parameters it steps.</summary>
+    public IReadOnlyList<Parameter> Parameters => all;
+
     /// <summary>Sets every group's rate to base × the schedule's factor at this point of training.</summary>
     public void Schedule(double progressEpochs, double totalEpochs)
     {

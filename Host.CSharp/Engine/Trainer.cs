@@ -34,6 +34,9 @@ public sealed record TrainerOptions
     public IBatchPlan? Plan { get; init; }
     /// <summary>Told of every step of this run, and may stop it (<see cref="ITrainingObserver"/>); null: none.</summary>
     public ITrainingObserver? Observer { get; init; }
+    /// <summary>The ranks the run spans; null: the process's (<see cref="Distributed.World.Current"/>).
+    /// <see cref="BatchSize"/> is the global batch, shared evenly by the ranks.</summary>
+    public Distributed.ICollectives? World { get; init; }
 }
 
 /// <summary>What an observer tells the trainer after a step.</summary>
@@ -99,12 +102,18 @@ public static class Trainer
     public static TrainSummary Run(ITrainingStep step, TrainerOptions options, RunFolder folder, Device device,
                                    IProgressReporter? progress = null, EpochHook? afterEpoch = null)
     {
+        var world = options.World ?? Distributed.World.Current;
+        if (options.BatchSize % world.Size != 0)
+            throw new ArgumentException(
+                $"BatchSize: expected a global batch that {world.Size} ranks share evenly (a multiple of {world.Size}), found {options.BatchSize}; --set BatchSize=N");
+        // Rank 0 alone writes (docs/distributed.md): the others report nothing and keep no hook.
+        if (world.Rank != 0) (progress, afterEpoch) = (new SilentProgress(), null);
         progress ??= new ConsoleProgress();
         var optimizers = step.Optimizers.ToDictionary(o => o.Name, o => new TrainingOptimizer(o.Name, o.Spec, o.Parameters));
         using var fence = new GcFence();
         try
         {
-            return Loop(step, options, folder, device, progress, afterEpoch, optimizers, fence);
+            return Loop(step, options, folder, device, progress, afterEpoch, optimizers, fence, world);
         }
         finally
         {
@@ -113,8 +122,9 @@ public static class Trainer
     }
 
     static TrainSummary Loop(ITrainingStep step, TrainerOptions options, RunFolder folder, Device device, IProgressReporter progress,
-                             EpochHook? afterEpoch, Dictionary<string, TrainingOptimizer> optimizers, GcFence fence)
+                             EpochHook? afterEpoch, Dictionary<string, TrainingOptimizer> optimizers, GcFence fence, Distributed.ICollectives world)
     {
+        var writer = world.Rank == 0;
         var checkpoint = Path.Combine(folder.CheckpointsDir, CheckpointName);
         var startEpoch = 0;
         long globalStep = 0;
@@ -130,14 +140,17 @@ public static class Trainer
             (startEpoch, globalStep) = (resumed.NextEpoch, resumed.GlobalStep);
             // Rows the dead process wrote after this checkpoint (and a half-written last line) go: the
             // resumed run writes them again.
-            folder.TrimMetrics(startEpoch, globalStep);
+            if (writer) folder.TrimMetrics(startEpoch, globalStep);
         }
-        else if (options.Resume)
+        else if (options.Resume && writer)
             folder.TrimMetrics(0, 0);
+        // Every rank starts from rank 0's state: the same parameters, buffers, queues and teachers.
+        Distributed.GradientAverage.BroadcastState(world, step.Modules.Values, step.State.Values);
 
         var sampler = new BatchSampler(options.ExampleCount, options.BatchSize, options.Seed);
         var stepsPerEpoch = sampler.BatchesPerEpoch;
-        var tensorboard = utils.tensorboard.SummaryWriter(Path.Combine(folder.Root, "tensorboard"));
+        var tensorboard = writer ? utils.tensorboard.SummaryWriter(Path.Combine(folder.Root, "tensorboard")) : null;
+        var localBatch = options.BatchSize / world.Size;
         progress.Start(options.Epochs, stepsPerEpoch, startEpoch);
         var logEvery = options.LogInterval((long)options.Epochs * stepsPerEpoch);
         var clock = Stopwatch.StartNew();
@@ -162,7 +175,10 @@ public static class Trainer
             var epochClock = Stopwatch.StartNew();
             long epochImages = 0;
             long b = 0;
-            var batches = sampler.Batches(epoch).ToArray();
+            // Each rank's shard of every global batch: the same images per step as one process.
+            // (Every batch is whole: the sampler drops the last partial one.)
+            var batches = sampler.Batches(epoch)
+                .Select(global => world.Size == 1 ? global : global.AsSpan(world.Rank * localBatch, localBatch).ToArray()).ToArray();
             options.Plan?.Plan(batches);
             foreach (var batch in batches)
             {
@@ -175,7 +191,7 @@ public static class Trainer
                 using (var scope = NewDisposeScope())
                 {
                     manual_seed(Seeds.Derive(options.Seed, globalStep));
-                    var context = new StepContext(epoch, globalStep, options.Epochs * stepsPerEpoch, options.Seed, device, optimizers, batch.Length, observer, step);
+                    var context = new StepContext(epoch, globalStep, options.Epochs * stepsPerEpoch, options.Seed, device, optimizers, batch.Length, observer, step, world);
                     try { figures = step.Step(context, batch); }
                     catch (NonFiniteLossException e)
                     {
@@ -184,22 +200,27 @@ public static class Trainer
                             : "no checkpoint was written yet (it stopped in the first epoch)";
                         throw new NonFiniteLossException($"{e.Message} Training stopped; {kept}.");
                     }
-                    finally { context.Generator.Dispose(); }
+                    finally
+                    {
+                        if (!ReferenceEquals(context.SharedGenerator, context.Generator)) context.SharedGenerator.Dispose();
+                        context.Generator.Dispose();
+                    }
                 }
-                var verdict = observer?.AfterStep(step, batch.Length, stepClock.Elapsed.TotalSeconds) ?? StepVerdict.Continue;
+                if (world.Size > 1) figures = Mean(world, figures);
+                var verdict = observer?.AfterStep(step, batch.Length * world.Size, stepClock.Elapsed.TotalSeconds) ?? StepVerdict.Continue;
                 FaultInjection.At("step");
                 foreach (var (k, v) in figures) sums[k] = sums.GetValueOrDefault(k) + v;
                 globalStep++;
                 b++;
-                epochImages += batch.Length;
+                epochImages += batch.Length * world.Size;
                 var rate = epochImages / Math.Max(epochClock.Elapsed.TotalSeconds, 1e-9);
-                if (globalStep % logEvery == 0)
+                if (globalStep % logEvery == 0 && writer)
                 {
                     var record = new Dictionary<string, object?> { ["epoch"] = epoch, ["step"] = globalStep, ["images_per_s"] = rate };
                     foreach (var (name, o) in optimizers) record[$"lr/{name}"] = o.LearningRate;
                     foreach (var (k, v) in figures) record[k] = v;
                     folder.AppendMetrics(record);
-                    foreach (var (k, v) in figures) tensorboard.add_scalar($"train/{k}", (float)v, (int)globalStep);
+                    foreach (var (k, v) in figures) tensorboard!.add_scalar($"train/{k}", (float)v, (int)globalStep);
                 }
                 progress.Step(epoch, b, figures, rate);
                 if (verdict == StepVerdict.Stop)
@@ -225,12 +246,15 @@ public static class Trainer
                 ["live_tensors"] = DisposeScopeManager.Statistics.ThreadTotalLiveCount,
             };
             foreach (var (k, v) in means) summary[k] = v;
-            folder.AppendMetrics(summary);
-            FaultInjection.At("metrics-row");
             var peak = Math.Max(peakBefore, ProcessStats.PeakRssMb());
-            Checkpoint.Save(checkpoint, new TrainingPosition(epoch + 1, globalStep, options.Seed, options.ConfigDigest,
-                trainingSeconds, wallBefore + clock.Elapsed.TotalSeconds, imagesSeen, peak), step, optimizers);
-            foreach (var (k, v) in means) tensorboard.add_scalar($"epoch/{k}", (float)v, epoch);
+            if (writer)
+            {
+                folder.AppendMetrics(summary);
+                FaultInjection.At("metrics-row");
+                Checkpoint.Save(checkpoint, new TrainingPosition(epoch + 1, globalStep, options.Seed, options.ConfigDigest,
+                    trainingSeconds, wallBefore + clock.Elapsed.TotalSeconds, imagesSeen, peak), step, optimizers);
+                foreach (var (k, v) in means) tensorboard!.add_scalar($"epoch/{k}", (float)v, epoch);
+            }
             progress.EpochEnd(epoch, means, epochImages / Math.Max(epochClock.Elapsed.TotalSeconds, 1e-9));
             epochsRun++;
             lastEpoch = epoch + 1;
@@ -242,5 +266,13 @@ public static class Trainer
         {
             StoppedBy = stoppedBy,
         };
+    }
+
+    /// <summary>Each figure's mean over the ranks (the global batch's, for a mean over examples).</summary>
+    static IReadOnlyDictionary<string, double> Mean(Distributed.ICollectives world, IReadOnlyDictionary<string, double> figures)
+    {
+        var keys = figures.Keys.Order(StringComparer.Ordinal).ToArray();
+        var sums = Distributed.CollectiveExtensions.SumAcrossRanks(world, keys.Select(k => figures[k]).ToArray());
+        return keys.Select((k, i) => (k, sums[i] / world.Size)).ToDictionary(p => p.k, p => p.Item2);
     }
 }

@@ -40,18 +40,56 @@ public sealed class StepContext
     readonly object owner;
 
     internal StepContext(int epoch, long step, long totalSteps, long seed, Device device, IReadOnlyDictionary<string, TrainingOptimizer> optimizers, int batchSize,
-                         ITrainingObserver? observer = null, object? owner = null)
+                         ITrainingObserver? observer = null, object? owner = null, Distributed.ICollectives? world = null)
     {
         this.observer = observer;
         this.owner = owner ?? optimizers;
+        World = world ?? Distributed.SingleProcess.Instance;
         BatchSize = batchSize;
         Epoch = epoch;
         GlobalStep = step;
         TotalSteps = totalSteps;
         Device = device;
         this.optimizers = optimizers;
-        Generator = new Generator((ulong)Ssl.Host.Data.Seeds.Derive(seed, 1_000_000 + step), device.type == DeviceType.CUDA ? device : CPU);
+        var stepSeed = Ssl.Host.Data.Seeds.Derive(seed, 1_000_000 + step);
+        // Rank 0 draws what one process draws; every other rank its own stream (its own augmentations).
+        var on = device.type == DeviceType.CUDA ? device : CPU;
+        Generator = new Generator((ulong)(World.Rank > 0 ? Ssl.Host.Data.Seeds.Derive(stepSeed, World.Rank) : stepSeed), on);
+        SharedGenerator = World.Size == 1 ? Generator : new Generator((ulong)stepSeed, on);
     }
+
+    /// <summary>
+    /// This step's generator of draws every rank makes alike (which labelled examples a global batch
+    /// takes), seeded as one process's <see cref="Generator"/>: the same object at one rank. Draw the
+    /// global choice from it, then take this rank's part with <see cref="Shard"/>.
+    /// </summary>
+    public Generator SharedGenerator { get; }
+
+    /// <summary>This rank's part of a global batch of <paramref name="global"/> examples (all of it at one rank):
+    /// the rank's consecutive slice, as the engine shards its own batches.</summary>
+    public long[] Shard(long[] global)
+    {
+        if (World.Size == 1) return global;
+        if (global.Length % World.Size != 0)
+            throw new ArgumentException($"batch: expected a global batch that {World.Size} ranks share evenly, found {global.Length} examples");
+        var part = global.Length / World.Size;
+        return global.AsSpan(World.Rank * part, part).ToArray();
+    }
+
+    /// <summary>The ranks of this run (<see cref="Distributed.SingleProcess"/> for one process).</summary>
+    public Distributed.ICollectives World { get; }
+
+    /// <summary>The examples of this step over every rank: <see cref="BatchSize"/> × ranks.</summary>
+    public int GlobalBatchSize => BatchSize * World.Size;
+
+    /// <summary>
+    /// <paramref name="local"/> (n, ...) of every rank, concatenated in rank order: (ranks·n, ...), with
+    /// the gradient flowing back to each row's own rank (<see cref="Distributed.GatherFunction"/>). A
+    /// loss over the global batch (NT-Xent's negatives, Barlow Twins' cross-correlation) gathers its
+    /// embeddings here; at one rank it is <paramref name="local"/> itself. This rank's rows start at
+    /// <see cref="Distributed.ICollectives.Rank"/> · n.
+    /// </summary>
+    public Tensor Gather(Tensor local) => Distributed.GatherFunction.Gather(World, local);
 
     public int Epoch { get; }
 
@@ -78,7 +116,8 @@ public sealed class StepContext
         SideThread.Run(Device, owner, $"{pass}, batch {BatchSize}", side, main);
 
     /// <summary>
-    /// zero_grad, backward of <paramref name="loss"/>, clip, (LARS), step for one optimizer. A NaN or
+    /// zero_grad, backward of <paramref name="loss"/>, gradients averaged across ranks, clip, (LARS), step
+    /// for one optimizer. A NaN or
     /// infinite loss stops training with a message naming the optimizer, epoch and step. The run's
     /// observer, if any, is told the seconds of the "backward" and "optimizer" phases.
     /// Returns the loss value.
@@ -111,6 +150,8 @@ public sealed class StepContext
     double Optimize(string optimizer, float value, Action backward)
     {
         var target = Get(optimizer);
+        // The global batch's loss; a non-finite one on any rank stops every rank alike.
+        if (World.Size > 1) value = (float)(Distributed.CollectiveExtensions.SumAcrossRanks(World, [value])[0] / World.Size);
         if (!float.IsFinite(value))
             throw new NonFiniteLossException(
                 $"loss of optimizer '{optimizer}' is {value} at epoch {Epoch}, step {GlobalStep}: expected a finite number (lower the learning rate or check the data).");
@@ -118,6 +159,7 @@ public sealed class StepContext
         target.ZeroGrad();
         var zeroed = System.Diagnostics.Stopwatch.GetTimestamp();
         backward();
+        Distributed.GradientAverage.Apply(World, target.Parameters);
         var afterBackward = System.Diagnostics.Stopwatch.GetTimestamp();
         target.Step();
         var seconds = (long ticks) => (double)ticks / System.Diagnostics.Stopwatch.Frequency;

@@ -31,6 +31,10 @@ public sealed class RunFolder
         if (create) CreateLayout();
     }
 
+    /// <summary>The folder rank 0 of a run on several processes writes, as another rank sees it: read
+    /// (a checkpoint to resume from), never created, locked or written by this process.</summary>
+    public static RunFolder Follow(string root) => new(root, create: false);
+
     /// <summary>The lock this process holds on the folder (<see cref="Claim"/>), or null.</summary>
     public RunLock? Lock { get; private set; }
 

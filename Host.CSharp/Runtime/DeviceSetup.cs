@@ -75,7 +75,8 @@ public static class DeviceSetup
         Engine.SideThread.Enabled = runtime.SideThread;
 
         if (threads < 0) throw new ArgumentException($"--threads: expected 0 (all cores) or a positive count, found {threads}");
-        var threadCount = threads == 0 ? Environment.ProcessorCount : threads;
+        // Ranks of one run on this machine share its cores (docs/distributed.md).
+        var threadCount = threads == 0 ? Math.Max(1, Environment.ProcessorCount / Distributed.World.LocalSize) : threads;
         torch.set_num_threads(threadCount);
 
         torch.manual_seed(seed);
@@ -99,7 +100,7 @@ public static class DeviceSetup
             Deterministic = deterministic,
             Random = new Random(unchecked((int)(seed ^ (seed >> 32)))),
             Notes = notes,
-            Runtime = runtime with { Threads = threadCount },
+            Runtime = runtime with { Threads = threadCount, Ranks = Distributed.World.LaunchedSize },
         };
     }
 }

@@ -13,6 +13,10 @@ namespace Ssl.Host.Runtime;
 public static class FaultInjection
 {
     public const string Variable = "SSL_TEST_KILL_AT";
+    /// <summary>With several ranks: the one rank the hook kills (<c>SSL_TEST_KILL_RANK=1</c>); unset, any.</summary>
+    public const string RankVariable = "SSL_TEST_KILL_RANK";
+
+    static readonly int? OnlyRank = int.TryParse(Environment.GetEnvironmentVariable(RankVariable), out var r) ? r : null;
 
     static readonly (string Point, int Count)? Target = Parse(Environment.GetEnvironmentVariable(Variable));
     static int hits;
@@ -32,6 +36,7 @@ public static class FaultInjection
     public static void At(string point)
     {
         if (Target is not { } target || target.Point != point) return;
+        if (OnlyRank is { } rank && rank != Distributed.World.RankFromLauncher) return;
         if (Interlocked.Increment(ref hits) != target.Count) return;
         Console.Out.Flush();
         Console.Error.Flush();

@@ -25,7 +25,7 @@ public sealed record RuntimeOptions
     public int Threads { get; init; }
     /// <summary>The arithmetic of training: float32 (the one this build trains in).</summary>
     public string Precision { get; init; } = "float32";
-    /// <summary>Processes one run spans: 1 (one process).</summary>
+    /// <summary>Processes (ranks) one run spans: its launcher's (<see cref="Distributed.World.LaunchedSize"/>), 1 without one.</summary>
     public int Ranks { get; init; } = 1;
 
     /// <summary>The options with the documented defaults of this process's environment.</summary>
