@@ -26,13 +26,15 @@ type MethodTraits() =
     member val LabelBudgets: int[] = [||] with get, set
     /// Where the supervised-only baseline comes from (trained beside the run by default).
     member val SupervisedOnly = Template.Trained with get, set
+    /// Its paper synchronises batch norm across devices: on several ranks, normalise over the global batch.
+    member val SyncBatchNorm = false with get, set
     /// A self-supervised method: no few-label split, the supervised-only baseline trained beside it.
     static member SelfSupervised = MethodTraits()
     /// A semi-supervised method: trained at 10 labels per class by default, 100 the other budget.
     static member SemiSupervised = MethodTraits(LabelBudgets = [| 10; 100 |])
     member internal t.ToTraits() : Template.Traits =
         { Colour = t.Colour; LabelBudgets = List.ofArray (if isNull t.LabelBudgets then [||] else t.LabelBudgets)
-          SupervisedOnly = t.SupervisedOnly }
+          SupervisedOnly = t.SupervisedOnly; SyncBatchNorm = t.SyncBatchNorm }
 
 /// What a method's `Build` receives from the template: the config, the data, the device and seed,
 /// the run folder, and the one encoder factory.

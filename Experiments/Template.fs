@@ -33,9 +33,14 @@ type Traits =
       /// The label budgets (per class) a semi-supervised recipe trains at, the first the default;
       /// `repro` runs each. [] for recipes that train without a few-label split.
       LabelBudgets: int list
-      SupervisedOnly: SupervisedOnly }
+      SupervisedOnly: SupervisedOnly
+      /// Its paper synchronises batch norm across devices: on several ranks, every batch-norm layer
+      /// normalises over the global batch (Ssl.Host.Distributed.SyncBatchNorm); else per rank.
+      SyncBatchNorm: bool }
 
-let selfSupervised = { Colour = false; LabelBudgets = []; SupervisedOnly = Trained }
+let selfSupervised = { Colour = false; LabelBudgets = []; SupervisedOnly = Trained; SyncBatchNorm = false }
+/// A self-supervised recipe whose paper synchronises batch norm across devices (SimCLR, BYOL, Barlow Twins).
+let synchronisedBatchNorm = { selfSupervised with SyncBatchNorm = true }
 let semiSupervised = { selfSupervised with LabelBudgets = [ 10; 100 ] }
 
 /// What the template hands a recipe's `Build`.
@@ -427,6 +432,9 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
                probe = {| layer = layer; pool = pool |}
                overrides = request.Overrides; config = configJson; data = describeData data; init = initJson request.Init |}
         for m in t.Step.Modules.Values do m.``to``(env.Device) |> ignore
+        let synchronised =
+            if spec.Traits.SyncBatchNorm then Array.ofSeq (Ssl.Host.Distributed.SyncBatchNorm.Attach(world, t.Step.Modules.Values)) else [||]
+        use _ = { new IDisposable with member _.Dispose() = for h in synchronised do h.Dispose() }
         let options =
             TrainerOptions(Epochs = t.Epochs, BatchSize = t.BatchSize, ExampleCount = t.Examples, Seed = request.Seed,
                            Resume = request.Resume, LogEvery = t.LogEvery, Plan = data.Train, Observer = Option.toObj observer,
@@ -434,6 +442,8 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
         let summary = Trainer.Run(t.Step, options, folder, env.Device, ConsoleProgress(), t.AfterEpoch)
         if summary.StoppedBy = StopReason.Observer then StoppedByObserver summary
         elif not writer then TrainedOnly summary else
+        // Rank 0 evaluates alone: baselines and fine-tuning train as one process.
+        use _ = Ssl.Host.Distributed.World.Alone()
         let testAcc = t.Classifier |> Option.map (fun (e, h) -> SupervisedTraining.testAccuracy e h data env.Device)
         let supervisedOnly =
             match spec.Traits.SupervisedOnly with

@@ -37,8 +37,9 @@ type BatchNormTask(groups: int) =
         member _.State = Dictionary<string, torch.Tensor>() :> IReadOnlyDictionary<_, _>
         member _.Step(ctx, batch) =
             use idx = torch.tensor(batch)
-            let h = first.forward(x.index_select(0L, idx))
-            let normed = if groups = 1 then norm.forward h else torch.cat(h.chunk(int64 groups) |> Array.map norm.forward, 0L)
+            let h = first.call(x.index_select(0L, idx))
+            // call, not forward: hooks (synchronised batch norm) run on call, as in Core's models.
+            let normed = if groups = 1 then norm.call h else torch.cat(h.chunk(int64 groups) |> Array.map norm.call, 0L)
             let loss = torch.nn.functional.cross_entropy(last.forward(torch.nn.functional.relu normed), y.index_select(0L, idx))
             readOnlyDict [ "loss", ctx.Optimize("main", loss) ]
 
@@ -55,11 +56,12 @@ let private read (path: string) =
 let private engineOptions (world: ICollectives option) =
     TrainerOptions(Epochs = 3, BatchSize = 32, ExampleCount = 256L, Seed = 5L, LogEvery = 1, World = Option.toObj world)
 
-/// The gathered losses of the gradient case: NT-Xent and Barlow Twins over z = x W of the global batch's two views.
+/// The gathered losses of the gradient case: NT-Xent, Barlow Twins and VICReg over z = x W of the global batch's two views.
 let private gatheredLosses (gather: torch.Tensor -> torch.Tensor) (w: torch.Tensor) (x1: torch.Tensor) (x2: torch.Tensor) =
     let z1, z2 = gather (x1.mm w), gather (x2.mm w)
     [ "nt-xent", Contrastive.infoNceInBatch 0.5 (Contrastive.normalize z1) (Contrastive.normalize z2)
-      "barlow-twins", Siamese.barlowTwinsOf 5e-3 (Siamese.crossCorrelation z1 z2) ]
+      "barlow-twins", Siamese.barlowTwinsOf 5e-3 (Siamese.crossCorrelation z1 z2)
+      "vicreg", Vicreg.weighted 25.0 25.0 1.0 (Vicreg.terms 1e-4 z1 z2) ]
 
 let private gradientInputs () =
     let gen = new torch.Generator(3UL)
@@ -90,13 +92,15 @@ let rankCase (case: string) (dir: string) =
             loss.backward()
             GradientAverage.Apply(world, [ torch.nn.Parameter(w.detach()) ] |> List.map (fun p -> p.grad <- w.grad; p))
             write (Path.Combine(dir, $"gradient-{name}-{r}.txt")) (w.grad.reshape(-1L).to_type(torch.ScalarType.Float64).data<float>().ToArray())
-    | "engine" ->
+    | "engine" | "engine-sync" ->
         torch.set_num_threads 1
         let task = BatchNormTask(1)
+        let hooks = if case = "engine-sync" then SyncBatchNorm.Attach(world, [ task.Model ]) else [||]
         let folder = if r = 0 then RunFolder(dir) else RunFolder.Follow(dir)
         Trainer.Run(task, engineOptions (Some world), folder, torch.CPU, SilentProgress()) |> ignore
+        for h in hooks do h.Dispose()
         write (Path.Combine(dir, $"parameters-{r}.txt")) (parameters task.Model)
-    | other -> failwith $"--rank-case: expected collectives, gradient or engine, found '{other}'"
+    | other -> failwith $"--rank-case: expected collectives, gradient, engine or engine-sync, found '{other}'"
     World.Leave()
 
 /// `mpirun -n 2` of this test program's `--rank-case case dir`: (exit code, output).
@@ -121,6 +125,18 @@ let private close (what: string) (tolerance: float) (expected: float[]) (actual:
 let private losses (dir: string) =
     RunFolder(dir).ReadMetrics() |> Seq.filter (fun row -> not (row.ContainsKey "summary"))
     |> Seq.map (fun row -> row["loss"].GetValue<float>()) |> Array.ofSeq
+
+/// The engine case `case` at 2 ranks and BatchNormTask(groups) in this process: (the ranks' folder,
+/// the one process's folder, its parameters and buffers).
+let private engineAgainstOneProcess (case: string) (groups: int) =
+    let dir = Fixtures.tempDir $"ranks-{case}"
+    let code, output = underMpirun case dir
+    Expect.equal code 0 $"mpirun: {output}"
+    torch.set_num_threads 1
+    let reference = Fixtures.tempDir $"ranks-{case}-one"
+    let task = BatchNormTask(groups)
+    Trainer.Run(task, engineOptions None, RunFolder(reference), torch.CPU, SilentProgress()) |> ignore
+    dir, reference, parameters task.Model
 
 /// The parent of every ssl run here: one baseline cache (.cache) for all of them.
 let private runs = lazy (Fixtures.tempDir "ranks-runs")
@@ -222,7 +238,7 @@ let tests =
                     [| 3.0; 3.0; 3.0; 0.0; 0.0; 0.0; 0.0; 1.0; 1.0; 1.0; 1.0; 20.0; 20.0; 20.0; 20.0 |] $"rank {r}"
         }
 
-        test "a gathered loss's gradient at 2 ranks, averaged, equals the one-process gradient (NT-Xent, Barlow Twins)" {
+        test "a gathered loss's gradient at 2 ranks, averaged, equals the one-process gradient (NT-Xent, Barlow Twins, VICReg)" {
             let dir = Fixtures.tempDir "ranks-gradient"
             let code, output = underMpirun "gradient" dir
             Expect.equal code 0 $"mpirun: {output}"
@@ -236,14 +252,7 @@ let tests =
         }
 
         test "the engine at 2 ranks logs the losses and ends with the parameters of one process at the same global batch" {
-            let dir = Fixtures.tempDir "ranks-engine"
-            let code, output = underMpirun "engine" dir
-            Expect.equal code 0 $"mpirun: {output}"
-            torch.set_num_threads 1
-            let reference = Fixtures.tempDir "ranks-engine-one"
-            let task = BatchNormTask(2)
-            Trainer.Run(task, engineOptions None, RunFolder(reference), torch.CPU, SilentProgress()) |> ignore
-            let expected = parameters task.Model
+            let dir, reference, expected = engineAgainstOneProcess "engine" 2
             // Per-rank batch norm against the same per-group statistics; float32 sums in another order over 24 steps.
             close "losses" 1e-5 (losses reference) (losses dir)
             Expect.equal (losses dir).Length 24 "a metrics row a step, written once"
@@ -251,5 +260,12 @@ let tests =
             let trainable = expected.Length - 16 - 16 - 1 // the running mean and variance and the batch count are per rank's
             close "parameters" 1e-5 expected.[.. trainable - 1] rank0.[.. trainable - 1]
             Expect.sequenceEqual rank1.[.. trainable - 1] rank0.[.. trainable - 1] "every rank holds the same parameters"
+        }
+
+        test "with synchronised batch norm, 2 ranks log the losses and end with the parameters and running statistics of one process" {
+            let dir, reference, expected = engineAgainstOneProcess "engine-sync" 1
+            // Exact global-batch statistics; float32 sums in another order over 24 steps.
+            close "losses" 1e-5 (losses reference) (losses dir)
+            for r in 0 .. 1 do close $"rank {r}: parameters, running mean and variance" 1e-5 expected (read (Path.Combine(dir, $"parameters-{r}.txt")))
         }
     ]

@@ -64,6 +64,6 @@ let build (ctx: Context<Config>) =
         [ "loss", value; "c_diagonal", diagonal; "c_off_rms", offDiagonalRms ]))
 
 let spec =
-    { backboneSpec "barlow-twins" "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction" selfSupervised config
+    { backboneSpec "barlow-twins" "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction" synchronisedBatchNorm config
         (fun config -> config.Encoder) build with
         CheckData = fun config _ -> requireBatchOf 2 config.Schedule }

@@ -80,6 +80,6 @@ let build (ctx: Context<Config>) =
         [ "loss", value; "z_std", Siamese.outputStd z1; "tau", tau ]))
 
 let spec =
-    { backboneSpec "byol" "Grill et al. 2020, Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning" selfSupervised config
+    { backboneSpec "byol" "Grill et al. 2020, Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning" synchronisedBatchNorm config
         (fun config -> config.Encoder) build with
         CheckData = fun config _ -> requireBatchOf 2 config.Schedule }

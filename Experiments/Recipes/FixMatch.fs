@@ -105,7 +105,12 @@ let private loss (config: Config) (weigh: Weigh) (data: Data) (encoder: Encoder)
     let supervised = torch.nn.functional.cross_entropy(labelledLogits, y)
     let probs = logits.narrow(0L, b, u).detach().softmax(1L)
     let pseudoLabels = probs.argmax(1L)
-    let weighing = weigh batches probs strongLogits
+    // The weighing sees the global unlabelled batch (USB's concat_all_gather), so that its state stays
+    // alike on every rank; this rank keeps its own rows of the weights.
+    let everyRank: Batches =
+        { Labelled = step.GatherIndices batches.Labelled; Unlabelled = step.GatherIndices batches.Unlabelled; Pool = step.GatherIndices batches.Pool }
+    let weighing = weigh everyRank (step.Gather probs) (step.Gather strongLogits)
+    let weighing = { weighing with Weights = step.OwnRows weighing.Weights }
     let unlabelled = FixMatch.weightedLoss weighing.Weights pseudoLabels strongLogits
     let total = supervised + unlabelled * config.UnlabelledWeight
     use truth = labelsOf data step.Device batches.Unlabelled

@@ -82,8 +82,9 @@ let build (ctx: Context<Config>) =
     let training =
         ctx.Train(encoder, stepOf modules [ optimizer "main" spec [ online; predictor ] ] (fun step batch ->
             let v1, v2 = twoViews config.Augmentation ctx.Data step batch
-            let q1, q2 = predictor.forward (online.forward v1), predictor.forward (online.forward v2)
-            let k1, k2 = (use _ = torch.no_grad () in (momentumEncoder.forward v1, momentumEncoder.forward v2))
+            // Every rank's queries and keys (moco-v3's concat_all_gather of the keys): the one-process loss over the global batch.
+            let q1, q2 = step.Gather(predictor.forward (online.forward v1)), step.Gather(predictor.forward (online.forward v2))
+            let k1, k2 = (use _ = torch.no_grad () in (step.Gather(momentumEncoder.forward v1), step.Gather(momentumEncoder.forward v2)))
             let value = step.Optimize("main", MocoV3.symmetric config.Temperature q1 q2 k1 k2)
             let accuracy = (MocoV3.instanceAccuracy q1 k2 + MocoV3.instanceAccuracy q2 k1) / 2.0
             let momentum = Momentum.cosine config.BaseMomentum step.GlobalStep step.TotalSteps

@@ -115,13 +115,15 @@ let build (ctx: Context<Config>) =
             let noise = bank.Rows(bank.SampleNoise(1L, config.NoiseSamples, step.Generator).view(-1L))
             let positive = (f * entries).sum(1L)
             let negatives = f.mm(noise.t())
-            let estimate () = Contrastive.estimateNormaliser bank.Size config.Temperature negatives
+            // Z and the bank from every rank's rows, so that both stay alike on every rank.
+            let estimate () = Contrastive.estimateNormaliser bank.Size config.Temperature (step.Gather(negatives.detach()))
             let z = nextNormaliser config step.GlobalStep (normaliser.item<float>()) estimate
             normaliser.fill_(z.ToScalar()) |> ignore
             let nce = Contrastive.nce config.Temperature z noiseProbability positive negatives
             let loss = if config.ProximalWeight > 0.0 then nce + config.ProximalWeight * (f - entries).square().sum(1L).mean() else nce
             let value = step.Optimize("main", loss)
-            bank.Update(config.MemoryMomentum, own, f.detach())
+            use everyRank = torch.tensor(step.GatherIndices batch, device = step.Device)
+            bank.Update(config.MemoryMomentum, everyRank, step.Gather(f.detach()))
             [ "loss", value; "positive_sim", float (positive.detach().mean().item<float32>())
               "noise_sim", float (negatives.detach().mean().item<float32>()); "log_z", log z ])
     ctx.Train(encoder, { def with State = fun () -> [ "normaliser", normaliser ] })

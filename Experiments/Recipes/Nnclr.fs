@@ -60,7 +60,8 @@ let build (ctx: Context<Config>) =
     let optimizers = [ optimizer "main" (Optim.lars config.Schedule config.LarsEta) [ encoder; g; h ] ]
     ctx.Train(encoder, stepOf [ "encoder" => encoder; "projector" => g; "predictor" => h; "support" => support ] optimizers (fun step batch ->
         let v1, v2 = twoViews config.Augmentation ctx.Data step batch
-        let z1, z2 = g.forward (encoder.forward v1), g.forward (encoder.forward v2)
+        // The global batch's embeddings on every rank: its neighbours, loss and support set are one process's.
+        let z1, z2 = step.Gather(g.forward (encoder.forward v1)), step.Gather(g.forward (encoder.forward v2))
         let unit1, unit2 = Contrastive.normalize (z1.detach()), Contrastive.normalize (z2.detach())
         let nn1, _ = Nnclr.nearest support.Keys unit1
         let nn2, _ = Nnclr.nearest support.Keys unit2

@@ -71,4 +71,4 @@ let build (ctx: Context<Config>) =
 
 let spec =
     backboneSpec "simclr" "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations (SimCLR)"
-        selfSupervised config (fun config -> config.Encoder) build
+        synchronisedBatchNorm config (fun config -> config.Encoder) build

@@ -78,7 +78,11 @@ let build (ctx: Context<Config>) =
                  if count > 0 then encoder.forward (torch.cat([| for _ in 1 .. count -> resizedView config.Augmentation 0.8 scale side ctx.Data step.Generator x |], 0L)) |]
         prototypes.Normalise()
         prototypes.Frozen <- step.Epoch < config.FreezePrototypesEpochs
-        let z = torch.nn.functional.normalize(projector.forward (torch.cat(features, 0L)), p = 2.0, dim = 1L)
+        let local = torch.nn.functional.normalize(projector.forward (torch.cat(features, 0L)), p = 2.0, dim = 1L)
+        // Each crop's rows of every rank, crop by crop: Sinkhorn's equipartition, the queue and the loss
+        // are one process's at the global batch (the authors' distributed_sinkhorn all-reduces its sums).
+        let z = if step.World.Size = 1 then local else torch.cat([| for c in 0L .. local.shape[0] / n - 1L -> step.Gather(local.narrow(0L, c * n, n)) |], 0L)
+        let n = n * int64 step.World.Size
         let scores = prototypes.forward z
         let queued = queue |> Option.filter (fun _ -> step.Epoch >= config.QueueStartEpoch)
         let assigned =

@@ -58,7 +58,8 @@ let build (ctx: Context<Config>) =
     ctx.Train(encoder, stepOf [ "encoder" => encoder; "expander" => expander ] optimizers (fun step batch ->
         let v1, v2 = twoViews config.Augmentation ctx.Data step batch
         let invariance, variance, covariance =
-            Vicreg.terms config.Epsilon (expander.forward (encoder.forward v1)) (expander.forward (encoder.forward v2))
+            // Over the global batch, as main_vicreg.py's FullGatherLayer: every rank the whole loss.
+            Vicreg.terms config.Epsilon (step.Gather(expander.forward (encoder.forward v1))) (step.Gather(expander.forward (encoder.forward v2)))
         let loss = Vicreg.weighted config.InvarianceWeight config.VarianceWeight config.CovarianceWeight (invariance, variance, covariance)
         let value = step.Optimize("main", loss)
         let figure (t: torch.Tensor) = t.item<float32>() |> float

@@ -27,6 +27,35 @@ public static class World
         }
     }
 
+    /// <summary>
+    /// Until disposed, <see cref="Current"/> is the world of one: what rank 0 runs alone after the
+    /// run's training (baselines, fine-tuning, probes) may train with the engine without waiting on
+    /// ranks that no longer take part. Its torch threads take the cores the other ranks of this
+    /// machine leave (at most every core), and are set back on disposal.
+    /// </summary>
+    public static IDisposable Alone()
+    {
+        ICollectives? joined;
+        lock (gate)
+        {
+            joined = current;
+            current = SingleProcess.Instance;
+        }
+        var threads = TorchSharp.torch.get_num_threads();
+        var local = joined is { Size: > 1 } ? LocalSize : 1;
+        TorchSharp.torch.set_num_threads(Math.Min(Environment.ProcessorCount, threads * local));
+        return new Restore(() =>
+        {
+            TorchSharp.torch.set_num_threads(threads);
+            lock (gate) current = joined;
+        });
+    }
+
+    sealed class Restore(Action restore) : IDisposable
+    {
+        public void Dispose() => restore();
+    }
+
     static ICollectives Join()
     {
         if (LaunchedSize == 1) return SingleProcess.Instance;

@@ -91,6 +91,24 @@ public sealed class StepContext
     /// </summary>
     public Tensor Gather(Tensor local) => Distributed.GatherFunction.Gather(World, local);
 
+    /// <summary>This rank's rows of a tensor laid out as <see cref="Gather"/> lays out the global batch: the
+    /// <see cref="Distributed.ICollectives.Rank"/>-th of its <see cref="Distributed.ICollectives.Size"/> equal blocks of rows.</summary>
+    public Tensor OwnRows(Tensor global)
+    {
+        if (World.Size == 1) return global;
+        var rows = global.shape[0] / World.Size;
+        return global.narrow(0, World.Rank * rows, rows);
+    }
+
+    /// <summary>Every rank's <paramref name="local"/> indices in rank order: the examples of the global batch.</summary>
+    public long[] GatherIndices(long[] local)
+    {
+        if (World.Size == 1) return local;
+        using var mine = tensor(local);
+        using var all = World.AllGather(mine);
+        return all.data<long>().ToArray();
+    }
+
     public int Epoch { get; }
 
     /// <summary>The examples in this step's batch (the last batch of an epoch may be smaller).</summary>
