@@ -90,10 +90,12 @@ type TrainArgs =
     | Force
     | Init of file: string
     | Ranks of count: int
+    | Batch_Norm of mode: string
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Batch_Norm _ -> "batch norm on several ranks: paper (default: synchronised where the paper syncs it, SimCLR, BYOL, Barlow Twins; else per rank), rank or sync. Recorded in config.json's runtime."
             | Ranks _ -> "one run on N processes of this machine (through mpirun; cores / N threads each); under mpirun or srun, the launcher's count. BatchSize stays the global batch."
             | Method _ -> "recipe to train (see `ssl methods`); may be left out with --config of a run's config.json."
             | Preset _ -> "smoke (under a minute), quick (real numbers on 2 cores, default) or paper (the paper's schedule)."

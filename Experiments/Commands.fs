@@ -182,6 +182,7 @@ let private trainHere (args: ParseResults<TrainArgs>) =
           Init = initOf (args.TryGetResult TrainArgs.Init) filePath run }
     let request = { request with Out = args.TryGetResult TrainArgs.Out |> Option.defaultWith (fun () -> defaultOut request) }
     let runtime = runtimeOptions (args.TryGetResult TrainArgs.Memory_Format) (args.TryGetResult TrainArgs.Side_Thread) request.Threads
+    let runtime = runtime.WithBatchNorm(RuntimeOptions.ParseBatchNorm(args.TryGetResult TrainArgs.Batch_Norm |> Option.toObj, "--batch-norm"))
     let env = DeviceSetup.Configure(request.Device, request.Threads, request.Seed, request.Deterministic, runtime)
     for note in env.Notes do AnsiConsole.MarkupLine $"[yellow]{Markup.Escape note}[/]"
     // Rank 0 alone claims and writes the folder (docs/distributed.md).

@@ -308,8 +308,9 @@ let checkFolder (request: Request) (env: RunEnvironment) (configJson: JsonObject
         match before["runtime"] with
         | :? JsonObject as was ->
             let now = env.Runtime.ToJson(env.Threads)
-            let keys = [ "memory_format", "--memory-format"; "side_thread", "--side-thread" ] @ (if env.Deterministic then [ "threads", "--threads" ] else [])
-            for key, flag in keys do
+            let keys = [ "memory_format", "--memory-format"; "side_thread", "--side-thread"; "batch_norm", "--batch-norm" ] @ (if env.Deterministic then [ "threads", "--threads" ] else [])
+            // A key the run did not record yet (batch_norm before it existed) is not checked.
+            for key, flag in keys |> List.filter (fun (key, _) -> key <> "batch_norm" || was.ContainsKey key) do
                 let w = if isNull was[key] then "null" else was[key].ToJsonString()
                 if w <> now[key].ToJsonString() then
                     invalidArg flag $"{flag}: {folder.ConfigPath} ran with {key} {w}, this command asks for {now[key].ToJsonString()}; resume with the run's own {flag}"
@@ -433,7 +434,12 @@ let runObserved (spec: Spec<'Config>) (config: 'Config) (request: Request) (env:
                overrides = request.Overrides; config = configJson; data = describeData data; init = initJson request.Init |}
         for m in t.Step.Modules.Values do m.``to``(env.Device) |> ignore
         let synchronised =
-            if spec.Traits.SyncBatchNorm then Array.ofSeq (Ssl.Host.Distributed.SyncBatchNorm.Attach(world, t.Step.Modules.Values)) else [||]
+            let synchronise =
+                match env.Runtime.BatchNorm with
+                | BatchNormMode.PerRank -> false
+                | BatchNormMode.Synchronised -> true
+                | _ -> spec.Traits.SyncBatchNorm
+            if synchronise then Array.ofSeq (Ssl.Host.Distributed.SyncBatchNorm.Attach(world, t.Step.Modules.Values)) else [||]
         use _ = { new IDisposable with member _.Dispose() = for h in synchronised do h.Dispose() }
         let options =
             TrainerOptions(Epochs = t.Epochs, BatchSize = t.BatchSize, ExampleCount = t.Examples, Seed = request.Seed,

@@ -176,11 +176,11 @@ let private cliTests =
           Expect.stringContains output "2 ranks x" "the run line names the ranks"
           expectTwoRankRun dir }
 
-      test "mpirun -n 2 ssl train takes its ranks from the launcher" {
+      test "mpirun -n 2 ssl train takes its ranks from the launcher; --batch-norm sync synchronises supervised's batch norm" {
           let dir = Path.Combine(runs.Force(), "mpirun")
           let host, prefix = Ssl.Experiments.Sweep.selfCommand ()
           let psi = ProcessStartInfo("mpirun", UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true)
-          for a in [ "-n"; "2"; "--oversubscribe"; "--bind-to"; "none"; host ] @ prefix @ smokeArgs "mpirun" do psi.ArgumentList.Add a
+          for a in [ "-n"; "2"; "--oversubscribe"; "--bind-to"; "none"; host ] @ prefix @ smokeArgs "mpirun" @ [ "--batch-norm"; "sync" ] do psi.ArgumentList.Add a
           psi.Environment["OMPI_ALLOW_RUN_AS_ROOT"] <- "1"
           psi.Environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] <- "1"
           use p = Process.Start psi
@@ -188,7 +188,9 @@ let private cliTests =
           let err = p.StandardError.ReadToEnd()
           p.WaitForExit()
           Expect.equal p.ExitCode 0 $"mpirun: {out.Result}{err}"
-          expectTwoRankRun dir }
+          expectTwoRankRun dir
+          let runtime = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))["runtime"]
+          Expect.equal (runtime["batch_norm"].GetValue<string>()) "sync" "config.json records --batch-norm" }
 
       test "kill -9 of one of 2 ranks stops the other within 60 s naming it; --resume ends as an uninterrupted run" {
           let whole, code, output = twoRankRun.Force()

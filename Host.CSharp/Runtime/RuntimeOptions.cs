@@ -2,6 +2,10 @@ using System.Text.Json.Nodes;
 
 namespace Ssl.Host.Runtime;
 
+/// <summary>Which statistics batch norm normalises with on several ranks (docs/distributed.md): the paper's
+/// choice (the recipe's trait), each rank's own batch, or the global batch (synchronised).</summary>
+public enum BatchNormMode { Paper, PerRank, Synchronised }
+
 /// <summary>The memory layout CPU convolutions run in (docs/performance.md, "Step by step").</summary>
 public enum MemoryFormat { ChannelsLast, Nchw }
 
@@ -25,8 +29,13 @@ public sealed record RuntimeOptions
     public int Threads { get; init; }
     /// <summary>The arithmetic of training: float32 (the one this build trains in).</summary>
     public string Precision { get; init; } = "float32";
+    /// <summary>Batch norm on several ranks (<c>--batch-norm</c>); nothing changes at one rank.</summary>
+    public BatchNormMode BatchNorm { get; init; } = BatchNormMode.Paper;
     /// <summary>Processes (ranks) one run spans: its launcher's (<see cref="Distributed.World.LaunchedSize"/>), 1 without one.</summary>
     public int Ranks { get; init; } = 1;
+
+    /// <summary>These options with <paramref name="mode"/> as <see cref="BatchNorm"/>.</summary>
+    public RuntimeOptions WithBatchNorm(BatchNormMode mode) => this with { BatchNorm = mode };
 
     /// <summary>The options with the documented defaults of this process's environment.</summary>
     public static RuntimeOptions FromEnvironment() => new()
@@ -51,6 +60,22 @@ public sealed record RuntimeOptions
         var other => throw new ArgumentException($"{source}: expected on or off, found '{other}'"),
     };
 
+    /// <summary><c>paper</c> (also empty), <c>rank</c> or <c>sync</c>; <paramref name="source"/> names the flag in the error.</summary>
+    public static BatchNormMode ParseBatchNorm(string? text, string source) => text?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or "paper" => BatchNormMode.Paper,
+        "rank" or "per-rank" => BatchNormMode.PerRank,
+        "sync" or "synchronised" or "synchronized" => BatchNormMode.Synchronised,
+        var other => throw new ArgumentException($"{source}: expected paper, rank or sync, found '{other}'"),
+    };
+
+    public static string Name(BatchNormMode mode) => mode switch
+    {
+        BatchNormMode.PerRank => "rank",
+        BatchNormMode.Synchronised => "sync",
+        _ => "paper",
+    };
+
     /// <summary>The layout the run's models are built with (Core's convolutions read their input in it).</summary>
     public Ssl.Core.Models.SafeConv.ConvLayout ConvLayout =>
         MemoryFormat == MemoryFormat.ChannelsLast ? Ssl.Core.Models.SafeConv.ConvLayout.ChannelsLast : Ssl.Core.Models.SafeConv.ConvLayout.Nchw;
@@ -65,5 +90,6 @@ public sealed record RuntimeOptions
         ["threads"] = threads,
         ["precision"] = Precision,
         ["ranks"] = Ranks,
+        ["batch_norm"] = Name(BatchNorm),
     };
 }
