@@ -63,15 +63,6 @@ public static class CollectiveExtensions
         world.Broadcast(t, root);
         return t.data<long>()[0];
     }
-
-    /// <summary>The largest of the ranks' values (a flag any rank raises: 1 where any said 1).</summary>
-    public static long Max(this ICollectives world, long value)
-    {
-        if (world.Size == 1) return value;
-        using var one = tensor(new[] { value });
-        using var all = world.AllGather(one);
-        return all.max().item<long>();
-    }
 }
 
 /// <summary>A run on several processes that cannot start or go on (no MPI, a launcher that does not
