@@ -94,8 +94,8 @@ type Context<'Config> with
     member c.TrainSemi(p: Parts, unlabelledBatch: int, def: StepDef<Batches>) =
         let labelledSize = c.Schedule.BatchSize
         let batches (ctx: Ssl.Host.Engine.StepContext) (batch: int64[]) =
-            // The global labelled batch, drawn alike on every rank; this rank trains on its part.
-            let labelled = labelledBatch ctx.SharedGenerator p.Split.Labelled labelledSize |> ctx.Shard
+            // The global labelled batch (a permutation: a draw every rank makes alike); this rank trains on its part.
+            let labelled = labelledBatch ctx.Generator p.Split.Labelled labelledSize |> ctx.Shard
             { Labelled = labelled; Unlabelled = batch |> Array.map (fun i -> p.Split.Unlabelled[int i]); Pool = batch }
         { trainOn c p.Encoder def batches with
             BatchSize = unlabelledBatch; Examples = int64 p.Split.Unlabelled.Length; Classifier = Some(p.Encoder, p.Classifier) }

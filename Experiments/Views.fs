@@ -6,6 +6,7 @@ module Ssl.Experiments.Views
 open TorchSharp
 open Ssl.Core.Transforms
 open Ssl.Experiments.Pipeline
+open Ssl.Host.Distributed
 
 /// The augmentation of MoCo v1 (He et al. 2020, Sec. 4, "Data augmentation": random resized crop,
 /// random colour jittering, random horizontal flip, random grayscale conversion), as SimCLR
@@ -73,24 +74,52 @@ let twoViews (augmentation: Augmentation) (data: Data) (step: Ssl.Host.Engine.St
     let first = view augmentation data step.Generator x
     first, view augmentation data step.Generator x
 
-/// `forward` on `groups` equal sub-batches of `x`, each alone through batch norm (one emulated
-/// device each, as MoCo's 8-GPU batch is). Small groups also run at a much higher share of the CPU's
-/// peak than one large batch (bench: 32-image groups at 66%, a 512-image batch at 27%).
-/// x: (N, ...) with N a multiple of `groups` → the outputs in x's row order.
-let perGroup (groups: int) (forward: torch.Tensor -> torch.Tensor) (x: torch.Tensor) =
-    if x.shape[0] % int64 groups <> 0L then
-        invalidArg "batch" $"batch: expected a multiple of {groups} images (one group per emulated device), found {x.shape[0]}"
+/// The batch-norm groups one rank runs when a recipe's `groups` split the global batch of `world`:
+/// groups / ranks of them on its consecutive rows, so the groups are one process's at any world size.
+let rankGroups (world: ICollectives) (groups: int) =
+    if groups % world.Size <> 0 then
+        invalidArg "Groups" $"Groups: expected a multiple of the {world.Size} ranks (each rank runs Groups / ranks batch-norm groups of the global batch), found {groups}"
+    groups / world.Size
+
+/// `forward` on `groups` equal sub-batches of the global batch, each alone through batch norm (one
+/// emulated device each, as MoCo's 8-GPU batch is); x is this rank's rows, which hold
+/// `rankGroups world groups` of them. The groups keep their own statistics under synchronised batch
+/// norm too (SyncBatchNorm.PerGroup): a recipe's groups say which rows share statistics. Small groups
+/// also run at a much higher share of the CPU's peak than one large batch (bench: 32-image groups at
+/// 66%, a 512-image batch at 27%). x: (n, ...), n a multiple of the rank's groups → outputs in x's order.
+let perGroup (world: ICollectives) (groups: int) (forward: torch.Tensor -> torch.Tensor) (x: torch.Tensor) =
+    let local = rankGroups world groups
+    if x.shape[0] % int64 local <> 0L then
+        invalidArg "batch" $"batch: expected a multiple of {local} images (one group per emulated device), found {x.shape[0]}"
     use scope = torch.NewDisposeScope()
-    let outputs = x.chunk(int64 groups, 0L) |> Array.map forward
+    use _ownStatistics = if groups > 1 then SyncBatchNorm.PerGroup() else null
+    let outputs = x.chunk(int64 local, 0L) |> Array.map forward
     torch.cat(outputs, 0L).MoveToOuterDisposeScope()
 
-/// `forward` per group after a random shuffle of the rows across the groups (`generator`); the rows
-/// come back in x's order (MoCo's batch_shuffle / batch_unshuffle, He et al. 2020 Sec. 3.3), so
-/// which rows share batch statistics is random. Gradients flow when they are enabled. With one
-/// group every row shares the statistics anyway: `forward x`, no shuffle and no draw.
-let shuffledPerGroup (groups: int) (generator: torch.Generator) (forward: torch.Tensor -> torch.Tensor) (x: torch.Tensor) =
+/// `forward` per group after a random shuffle of the global batch's rows across the groups
+/// (`generator`, a draw every rank makes alike); this rank gets its own rows back in x's order (MoCo's
+/// batch_shuffle_ddp / batch_unshuffle_ddp, He et al. 2020 Sec. 3.3: at several ranks the rows travel
+/// between them by all-gather), so which rows share batch statistics is random. x is `blocks` equal
+/// blocks (SimCLR's two views: 2), each this rank's rows of one global block, and the global batch is
+/// laid out as one process lays it out, block by block, so ranks shuffle as one process does. Gradients
+/// flow when they are enabled. With one group every row shares the statistics anyway: `forward x`, no
+/// shuffle and no draw.
+let shuffledPerGroup (world: ICollectives) (groups: int) (blocks: int) (generator: torch.Generator) (forward: torch.Tensor -> torch.Tensor) (x: torch.Tensor) =
     if groups = 1 then forward x else
+    if x.shape[0] % int64 blocks <> 0L then
+        invalidArg "x" $"x: expected {blocks} equal blocks of rows, found {x.shape[0]} rows"
     use scope = torch.NewDisposeScope()
-    let order = torch.randperm(x.shape[0], generator = generator, device = x.device)
-    let shuffled = perGroup groups forward (x.index_select(0L, order))
-    shuffled.index_select(0L, order.argsort()).MoveToOuterDisposeScope()
+    let ranks, rows = int64 world.Size, x.shape[0] / int64 blocks
+    // Gathered (ranks, blocks, rows, ...) → one process's (blocks, ranks, rows, ...), and back for this rank's rows.
+    let toGlobal (gathered: torch.Tensor) =
+        if world.Size = 1 then gathered
+        else gathered.reshape(Array.append [| ranks; int64 blocks; rows |] gathered.shape[1..]).transpose(0L, 1L).reshape(Array.append [| -1L |] gathered.shape[1..])
+    let own (all: torch.Tensor) =
+        if world.Size = 1 then all
+        else all.reshape(Array.append [| int64 blocks; ranks; rows |] all.shape[1..]).select(1L, int64 world.Rank).reshape(Array.append [| -1L |] all.shape[1..])
+    let all = toGlobal (GatherFunction.Gather(world, x))
+    let order = torch.randperm(all.shape[0], generator = generator, device = x.device)
+    // This rank's share of the shuffled rows: its consecutive slice, the groups' boundaries one process's.
+    let mine = if world.Size = 1 then order else order.narrow(0L, int64 world.Rank * x.shape[0], x.shape[0])
+    let shuffled = perGroup world groups forward (all.index_select(0L, mine))
+    (own (GatherFunction.Gather(world, shuffled).index_select(0L, order.argsort()))).MoveToOuterDisposeScope()

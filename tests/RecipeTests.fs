@@ -6,6 +6,8 @@ open Expecto
 open TorchSharp
 open Ssl.Experiments.Recipes
 
+let private one = Ssl.Host.Distributed.SingleProcess.Instance :> Ssl.Host.Distributed.ICollectives
+
 let private batchNormNet () =
     torch.manual_seed(3L) |> ignore
     let net = torch.nn.Sequential(torch.nn.Linear(5L, 4L), torch.nn.BatchNorm1d(4L))
@@ -35,17 +37,17 @@ let tests =
             use g = new torch.Generator(7UL)
             use _ = torch.no_grad ()
             use expected = linear.forward x
-            use keys = MoCo.shuffledKeys true 4 g linear x
+            use keys = MoCo.shuffledKeys one true 4 g linear x
             Check.close 1e-6 1e-6 "keys" keys expected
         }
         test "MoCo: without the shuffle each key group holds the query group's images, so batch statistics match; with it they do not" {
             use net = batchNormNet ()
             use x = torch.randn(32L, 5L)
             use _ = torch.no_grad ()
-            use queries = Ssl.Experiments.Views.perGroup 4 net.forward x
+            use queries = Ssl.Experiments.Views.perGroup one 4 net.forward x
             use g = new torch.Generator(11UL)
-            use plain = MoCo.shuffledKeys false 4 g net x
-            use shuffled = MoCo.shuffledKeys true 4 g net x
+            use plain = MoCo.shuffledKeys one false 4 g net x
+            use shuffled = MoCo.shuffledKeys one true 4 g net x
             Check.close 1e-6 1e-6 "no-shuffle keys = per-group queries" plain queries
             let gap = (shuffled - queries).abs().max().item<float32>()
             Expect.isGreaterThan gap 1e-3f "shuffled keys are normalised with other images' statistics"
@@ -54,7 +56,7 @@ let tests =
             use net = batchNormNet ()
             use x = torch.randn(24L, 5L) * 3.0 + 2.0
             use _ = torch.no_grad ()
-            use y = Ssl.Experiments.Views.perGroup 3 net.forward x
+            use y = Ssl.Experiments.Views.perGroup one 3 net.forward x
             for group in y.chunk(3L, 0L) do
                 let meanAbs = group.mean([| 0L |]).abs().max().item<float32>()
                 Expect.isLessThan meanAbs 1e-4f "per-group mean of the BN output"
@@ -63,7 +65,7 @@ let tests =
             use linear = torch.nn.Linear(5L, 3L)
             use x = torch.randn(16L, 5L, requires_grad = true)
             use g = new torch.Generator(5UL)
-            use y = Ssl.Experiments.Views.shuffledPerGroup 4 g linear.forward x
+            use y = Ssl.Experiments.Views.shuffledPerGroup one 4 1 g linear.forward x
             use expected = linear.forward x
             Check.close 1e-6 1e-6 "rows" (y.detach()) (expected.detach())
             y.sum().backward()
@@ -83,7 +85,7 @@ let tests =
             use net = batchNormNet ()
             use x = torch.randn(10L, 5L)
             use g = new torch.Generator(1UL)
-            Expect.throws (fun () -> MoCo.shuffledKeys true 4 g net x |> ignore) "10 images in 4 groups"
+            Expect.throws (fun () -> MoCo.shuffledKeys one true 4 g net x |> ignore) "10 images in 4 groups"
         }
         test "Triplet.ofForm computes the loss its form names; --set refuses an unknown form, listing the forms" {
             torch.manual_seed(5L) |> ignore

@@ -55,7 +55,7 @@ let mixUp (alpha: float) (generator: Generator) (inputs: Tensor) (targets: Tenso
     let n = inputs.shape[0]
     use scope = NewDisposeScope()
     let lambdas = (sampleBeta alpha generator inputs.device 1L).expand(n)
-    let permutation = randperm(n, device = inputs.device, generator = generator)
+    let permutation = Ssl.Core.Transforms.Draw.permutation generator n inputs.device
     let mixedInputs, mixedTargets = mixUpWith lambdas permutation inputs targets
     mixedInputs.MoveToOuterDisposeScope(), mixedTargets.MoveToOuterDisposeScope()
 
@@ -68,8 +68,8 @@ let mixMatchMixUp (alpha: float) (generator: Generator) (inputs: Tensor) (target
     if inputs.dim () < 1L then invalidArg "inputs" $"inputs: expected shape (N, …), found {show inputs.shape}"
     let n = inputs.shape[0]
     use scope = NewDisposeScope()
-    let lambdas = mixMatchLambda (sampleBeta alpha generator inputs.device n)
-    let permutation = randperm(n, device = inputs.device, generator = generator)
+    let lambdas = mixMatchLambda (Ssl.Core.Transforms.Draw.rows generator 0L n (sampleBeta alpha generator inputs.device))
+    let permutation = Ssl.Core.Transforms.Draw.permutation generator n inputs.device
     let mixedInputs, mixedTargets = mixUpWith lambdas permutation inputs targets
     mixedInputs.MoveToOuterDisposeScope(), mixedTargets.MoveToOuterDisposeScope()
 

@@ -58,7 +58,8 @@ let virtualAdversarialLoss (xi: float) (epsilon: float) (iterations: int) (gener
                            (classifier: Tensor -> Tensor) (inputs: Tensor) (cleanLogits: Tensor) : Tensor =
     Checks.positive "epsilon" epsilon
     use scope = NewDisposeScope()
-    let initial = torch.randn(inputs.shape, dtype = inputs.dtype, device = inputs.device, generator = generator)
+    let initial = Ssl.Core.Transforms.Draw.rows generator 0L inputs.shape[0] (fun n ->
+        torch.randn(Array.append [| n |] inputs.shape[1..], dtype = inputs.dtype, device = inputs.device, generator = generator))
     let direction = perturbationDirection xi iterations classifier inputs cleanLogits initial
     let adversarial = inputs.detach() + direction * epsilon
     (Transformation.klDivergence (cleanLogits.detach()) (classifier adversarial)).MoveToOuterDisposeScope()

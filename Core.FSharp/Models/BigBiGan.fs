@@ -104,7 +104,8 @@ type BigBiGanEncoder(channels: int64, latentDim: int64, width: int64, ?layout: S
     member this.Sample(images: Tensor, generator: torch.Generator) =
         use scope = torch.NewDisposeScope()
         let struct (mean, std) = this.MeanAndStd images
-        let noise = torch.randn(mean.shape, dtype = mean.dtype, device = mean.device, generator = generator)
+        let noise = Ssl.Core.Transforms.Draw.rows generator 0L mean.shape[0] (fun n ->
+            torch.randn([| n; mean.shape[1] |], dtype = mean.dtype, device = mean.device, generator = generator))
         (mean + std * noise).MoveToOuterDisposeScope()
 
     /// images: (N, channels, s, s) → μ (N, latentDim).
@@ -191,4 +192,4 @@ type BigBiGan(channels: int64, imageSize: int64, latentDim: int64, width: int64,
     /// n draws from the prior N(0, I) → (n, latentDim), from `generator` on its device.
     member _.SamplePrior(n: int64, random: torch.Generator) =
         Layers.checkPositive "n" n
-        torch.randn([| n; latentDim |], device = random.device, generator = random)
+        Ssl.Core.Transforms.Draw.rows random 0L n (fun rows -> torch.randn([| rows; latentDim |], device = random.device, generator = random))

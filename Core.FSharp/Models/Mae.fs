@@ -24,7 +24,9 @@ module MaskedAutoencoder =
         if keep < 1L || keep >= length then
             invalidArg "length" $"length: expected a sequence of which ratio {ratio} keeps at least one patch and removes one, found {length} patches ({keep} kept)"
         use scope = NewDisposeScope()
-        let noise = rand([| count; length |], dtype = ScalarType.Float64, device = generator.device, generator = generator).``to``(device)
+        let noise =
+            (Ssl.Core.Transforms.Draw.rows generator 0L count (fun n ->
+                rand([| n; length |], dtype = ScalarType.Float64, device = generator.device, generator = generator))).``to``(device)
         let shuffle = noise.argsort(1L)
         let restore = shuffle.argsort(1L)
         let mask = ones([| count; length |], dtype = ScalarType.Float32, device = device)

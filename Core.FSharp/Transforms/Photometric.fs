@@ -262,7 +262,7 @@ let valueNoise (generator: Generator) (images: Tensor) : Tensor =
     use scope = NewDisposeScope()
     let n = images.shape[0]
     let uniform (low: float) (high: float) =
-        rand([| n; 1L; 1L; 1L |], dtype = images.dtype, device = images.device, generator = generator) * (high - low) + low
+        Draw.rows generator 0L n (fun rows -> rand([| rows; 1L; 1L; 1L |], dtype = images.dtype, device = images.device, generator = generator)) * (high - low) + low
     let powerOfTwo (exponent: Tensor) = (exponent * log 2.0).exp()
     let power = powerOfTwo (uniform -2.0 2.0)
     let scale = powerOfTwo (uniform -0.5 0.5)

@@ -7,7 +7,8 @@
 /// other batches — "cheating" the pretext task. MoCo runs each GPU's sub-batch through batch norm on its own and shuffles the
 /// sample order across GPUs for the key encoder. One device emulates that here: the batch is split into `Groups` sub-batches that
 /// each run through the encoder alone (their own batch statistics, as on `Groups` devices); for the keys the batch is permuted
-/// first and the permutation undone after, so an image's key is normalised with other images than its query. `moco-no-shuffle` is
+/// first and the permutation undone after, so an image's key is normalised with other images than its query. At several ranks
+/// each runs Groups / ranks of the groups and the keys' shuffle crosses ranks, as the paper's. `moco-no-shuffle` is
 /// the same recipe with the shuffle off, on the same budget: the ablation the paper describes (Sec. 3.3 and its footnote on BN
 /// cheating).
 module Ssl.Experiments.Recipes.MoCo
@@ -65,9 +66,10 @@ type EmbeddingNet(encoder: Encoder, projection: torch.nn.Module<torch.Tensor, to
 
 /// Keys of `x` from the key network run per group, after shuffling the batch across the groups when `shuffle`
 /// (Views.shuffledPerGroup); rows come back in the order of `x`.
-let shuffledKeys (shuffle: bool) (groups: int) (generator: torch.Generator) (keyNet: torch.nn.Module<torch.Tensor, torch.Tensor>) (x: torch.Tensor) =
+let shuffledKeys (world: Ssl.Host.Distributed.ICollectives) (shuffle: bool) (groups: int) (generator: torch.Generator)
+                 (keyNet: torch.nn.Module<torch.Tensor, torch.Tensor>) (x: torch.Tensor) =
     use _ = torch.no_grad()
-    if shuffle then shuffledPerGroup groups generator keyNet.forward x else perGroup groups keyNet.forward x
+    if shuffle then shuffledPerGroup world groups 1 generator keyNet.forward x else perGroup world groups keyNet.forward x
 
 /// The query network: the encoder with v1's fc (or v2's MLP) projection.
 let private embeddingNet (encoder: unit -> Encoder) (config: Config) =
@@ -89,10 +91,10 @@ let build (ctx: Context<Config>) =
     let optimizers = [ optimizer "main" (Optim.sgd config.Schedule) [ query ] ]
     ctx.Train(query.Encoder, stepOf [ "query" => query; "key" => key; "queue" => queue ] optimizers (fun step batch ->
         let xq, xk = twoViews config.Augmentation ctx.Data step batch
-        let halves = if config.Groups % 2 = 0 then 2L else 1L
+        let halves = if rankGroups step.World config.Groups % 2 = 0 then 2L else 1L
         let struct (k, qs) =
-            step.SideBySide("forward", (fun () -> shuffledKeys config.ShuffleBn config.Groups step.Generator key.Copy xk),
-                            (fun () -> xq.chunk(halves, 0L) |> Array.map (perGroup (config.Groups / int halves) query.forward)))
+            step.SideBySide("forward", (fun () -> shuffledKeys step.World config.ShuffleBn config.Groups step.Generator key.Copy xk),
+                            (fun () -> xq.chunk(halves, 0L) |> Array.map (perGroup step.World (config.Groups / int halves) query.forward)))
         let n = float xq.shape[0]
         let parts =
             Array.map2 (fun (q: torch.Tensor) k -> Contrastive.infoNce config.Temperature q k queue.Keys * (float q.shape[0] / n))

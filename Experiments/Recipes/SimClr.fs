@@ -56,7 +56,7 @@ let build (ctx: Context<Config>) =
         let v1, v2 = twoViews config.Augmentation ctx.Data step batch
         let views = torch.cat([| v1; v2 |], 0L)
         let embed (v: torch.Tensor) = head.forward (encoder.forward v)
-        let z = Contrastive.normalize (shuffledPerGroup config.Groups step.Generator embed views)
+        let z = Contrastive.normalize (shuffledPerGroup step.World config.Groups 2 step.Generator embed views)
         let local = int64 batch.Length
         // NT-Xent over the global batch: every rank's embeddings are each other's negatives (the
         // paper's Sec. 2 / its code's cross-replica gather); one rank: its own batch.

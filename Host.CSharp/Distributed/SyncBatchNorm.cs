@@ -39,10 +39,25 @@ public sealed class AllReduceFunction : autograd.SingleTensorFunction<AllReduceF
 /// batch computes them. The layer's own pass still runs (its output is replaced; its running update
 /// is held back by a momentum of 0 during it). Evaluation mode and a world of one are untouched.
 /// Attached by forward hooks, so Core's encoders need no other layer; <see cref="Attach"/> returns
-/// the hooks' handles.
+/// the hooks' handles. Within <see cref="PerGroup"/> the layers keep their own batch's statistics.
 /// </summary>
 public static class SyncBatchNorm
 {
+    static int perGroup;
+
+    /// <summary>
+    /// Until disposed, batch-norm layers normalise each call's rows alone, as without synchronisation:
+    /// a recipe's emulated devices (a MoCo or SimCLR <c>Groups</c>) name the rows that share
+    /// statistics, at any world size. Counted, so nested and side-by-side passes may each hold one.
+    /// </summary>
+    public static IDisposable PerGroup()
+    {
+        Interlocked.Increment(ref perGroup);
+        return new Removal(() => Interlocked.Decrement(ref perGroup));
+    }
+
+    static bool Synchronising(nn.Module module) => module.training && Volatile.Read(ref perGroup) == 0;
+
     public static IReadOnlyList<IDisposable> Attach(ICollectives world, IEnumerable<nn.Module> modules)
     {
         var handles = new List<IDisposable>();
@@ -52,16 +67,19 @@ public static class SyncBatchNorm
         {
             if (!seen.Add(bn)) continue;
             double? momentum = null;
+            var held = false;
             var before = bn.register_forward_pre_hook((module, input) =>
             {
-                if (!module.training) return input;
+                if (!Synchronising(module)) return input;
                 momentum = bn.momentum;
                 bn.momentum = 0.0;
+                held = true;
                 return input;
             });
             var after = bn.register_forward_hook((module, input, output) =>
             {
-                if (!module.training) return output;
+                if (!held) return output;
+                held = false;
                 bn.momentum = momentum;
                 return Normalise(world, bn, input, momentum ?? 0.1);
             });

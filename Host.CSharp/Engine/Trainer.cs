@@ -56,6 +56,9 @@ public interface ITrainingObserver
     /// <summary>After each step: its examples and its seconds (schedule, step and dispose scope).</summary>
     StepVerdict AfterStep(ITrainingStep step, int batchImages, double seconds);
 
+    /// <summary>Each step's figures (losses, accuracies), as logged: means over the ranks. Before <see cref="AfterStep"/>.</summary>
+    void Figures(long step, IReadOnlyDictionary<string, double> figures) { }
+
     /// <summary>
     /// Seconds of one phase inside a step, from <see cref="StepContext"/>: "backward", and "optimizer"
     /// (zero_grad and step), once per optimizer step.
@@ -200,13 +203,10 @@ public static class Trainer
                             : "no checkpoint was written yet (it stopped in the first epoch)";
                         throw new NonFiniteLossException($"{e.Message} Training stopped; {kept}.");
                     }
-                    finally
-                    {
-                        if (!ReferenceEquals(context.SharedGenerator, context.Generator)) context.SharedGenerator.Dispose();
-                        context.Generator.Dispose();
-                    }
+                    finally { context.Generator.Dispose(); }
                 }
                 if (world.Size > 1) figures = Mean(world, figures);
+                observer?.Figures(globalStep, figures);
                 var verdict = observer?.AfterStep(step, batch.Length * world.Size, stepClock.Elapsed.TotalSeconds) ?? StepVerdict.Continue;
                 FaultInjection.At("step");
                 foreach (var (k, v) in figures) sums[k] = sums.GetValueOrDefault(k) + v;

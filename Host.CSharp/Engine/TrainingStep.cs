@@ -51,22 +51,15 @@ public sealed class StepContext
         TotalSteps = totalSteps;
         Device = device;
         this.optimizers = optimizers;
-        var stepSeed = Ssl.Host.Data.Seeds.Derive(seed, 1_000_000 + step);
-        // Rank 0 draws what one process draws; every other rank its own stream (its own augmentations).
+        var stepSeed = (ulong)Ssl.Host.Data.Seeds.Derive(seed, 1_000_000 + step);
+        // Every rank seeds one process's stream; per-image draws take the rank's rows of the global batch's.
         var on = device.type == DeviceType.CUDA ? device : CPU;
-        Generator = new Generator((ulong)(World.Rank > 0 ? Ssl.Host.Data.Seeds.Derive(stepSeed, World.Rank) : stepSeed), on);
-        SharedGenerator = World.Size == 1 ? Generator : new Generator((ulong)stepSeed, on);
+        Generator = World.Size == 1 ? new Generator(stepSeed, on) : new Ssl.Core.Transforms.Draw.RowShard(stepSeed, on, World.Rank, World.Size);
     }
 
-    /// <summary>
-    /// This step's generator of draws every rank makes alike (which labelled examples a global batch
-    /// takes), seeded as one process's <see cref="Generator"/>: the same object at one rank. Draw the
-    /// global choice from it, then take this rank's part with <see cref="Shard"/>.
-    /// </summary>
-    public Generator SharedGenerator { get; }
-
     /// <summary>This rank's part of a global batch of <paramref name="global"/> examples (all of it at one rank):
-    /// the rank's consecutive slice, as the engine shards its own batches.</summary>
+    /// the rank's consecutive slice, as the engine shards its own batches. The global choice comes from
+    /// a draw every rank makes alike (<see cref="Generator"/>'s permutations, not Core's per-image <c>Draw</c>).</summary>
     public long[] Shard(long[] global)
     {
         if (World.Size == 1) return global;
@@ -119,7 +112,13 @@ public sealed class StepContext
     public long TotalSteps { get; }
     public Device Device { get; }
 
-    /// <summary>This step's generator, seeded from (run seed, step): a resumed run draws the same numbers.</summary>
+    /// <summary>
+    /// This step's generator, seeded from (run seed, step): a resumed run draws the same numbers. At
+    /// several ranks every rank seeds it alike (<see cref="Ssl.Core.Transforms.Draw.RowShard"/>): a
+    /// per-image draw through Core's <c>Draw</c> is the rank's rows of one process's draw for the
+    /// global batch, any other draw (a permutation, a shared noise set) is one process's, the same on
+    /// every rank. So N ranks see the augmentations of one process at the global batch.
+    /// </summary>
     public Generator Generator { get; }
 
     public double LearningRate(string optimizer) => Get(optimizer).LearningRate;
@@ -130,8 +129,12 @@ public sealed class StepContext
     /// (<see cref="SideThread"/>, <c>--side-thread</c>), else one after the other, with the same results
     /// up to summation order. <paramref name="pass"/> names the call within the step.
     /// </summary>
-    public (Tensor? Side, T Main) SideBySide<T>(string pass, Func<Tensor?> side, Func<T> main) =>
-        SideThread.Run(Device, owner, $"{pass}, batch {BatchSize}", side, main);
+    public (Tensor? Side, T Main) SideBySide<T>(string pass, Func<Tensor?> side, Func<T> main)
+    {
+        // Collectives run from one thread at a time (MPI_THREAD_SERIALIZED): at several ranks, in turn.
+        if (World.Size > 1) { var first = main(); return (side(), first); }
+        return SideThread.Run(Device, owner, $"{pass}, batch {BatchSize}", side, main);
+    }
 
     /// <summary>
     /// zero_grad, backward of <paramref name="loss"/>, gradients averaged across ranks, clip, (LARS), step
@@ -160,6 +163,7 @@ public sealed class StepContext
         return Optimize(optimizer, value, () =>
         {
             if (parts.Count == 1) parts[0].backward();
+            else if (World.Size > 1) Backward(0, parts.Count);
             else SideThread.Run(Device, Get(optimizer), $"backward of {parts.Count} parts, batch {BatchSize}",
                                 () => Backward(half, parts.Count), () => Backward(0, half));
         });

@@ -838,5 +838,50 @@ let memoryAndDeviceTests =
         }
     ]
 
+/// Every transform that draws per image, as (name, generator → images → results).
+let private drawingTransforms : (string * (torch.Generator -> Tensor -> Tensor list)) list =
+    let permutations = torch.tensor([| 0L .. 8L |]).view(1L, 9L)
+    [ "randomHorizontalFlip", (fun g x -> [ Geometric.randomHorizontalFlip 0.5 g x ])
+      "randomResizedCrop", (fun g x -> [ Geometric.randomResizedCrop (0.08, 1.0) (0.75, 1.33) (8L, 8L) g x ])
+      "randomAffine", (fun g x -> let a, b = Geometric.randomAffine 20.0 0.1 (0.9, 1.1) 10.0 g x in [ a; b ])
+      "randomProjective", (fun g x -> let a, b = Geometric.randomProjective (0.8, 1.2) 0.1 g x in [ a; b ])
+      "colorJitter", (fun g x -> [ Photometric.colorJitter 0.4 0.4 0.4 0.1 g x ])
+      "randomGrayscale", (fun g x -> [ Photometric.randomGrayscale 0.5 g x ])
+      "randomGaussianBlur", (fun g x -> [ Photometric.randomGaussianBlur 3L (0.1, 2.0) g x ])
+      "cutout", (fun g x -> [ Photometric.cutout 4L g x ])
+      "valueNoise", (fun g x -> [ Photometric.valueNoise g x ])
+      "relativePatchPairs", (fun g x -> let a, b, c, d = Patches.relativePatchPairs 2L 1L 1L g x in [ a; b; c; d ])
+      "jigsaw", (fun g x -> let a, b = Patches.jigsaw permutations 4L 3L g x in [ a; b ])
+      "strongAugment", (fun g x -> [ RandAugment.strongAugment 2 0.5 0.5 g x ])
+      "a pipeline (crop, flip, jitter, RandAugment)",
+          (fun g x -> [ Geometric.randomResizedCrop (0.2, 1.0) (0.75, 1.33) (12L, 12L) g x
+                        |> Geometric.randomHorizontalFlip 0.5 g |> Photometric.colorJitter 0.4 0.4 0.0 0.0 g
+                        |> RandAugment.randAugment 2 g ]) ]
+
+/// Draw.RowShard: ranks that each transform their rows of a global batch with the step's seed get
+/// one process's results on the global batch, row for row (docs/distributed.md, "Draws").
+let rowShardTests =
+    testList "row shards" [
+        test "every per-image transform: the ranks' rows are one process's rows" {
+          for seed, ranks, rows in [ 3, 2, 3L; 11, 3, 2L ] do
+            use scope = torch.NewDisposeScope()
+            let x = images seed torch.ScalarType.Float32 [| int64 ranks * rows; 3L; 12L; 12L |]
+            for name, transform in drawingTransforms do
+                use one = generator seed
+                let expected = transform one x
+                let parts =
+                    [ for rank in 0 .. ranks - 1 ->
+                        use shard = new Draw.RowShard(uint64 (abs seed), torch.CPU, rank, ranks)
+                        transform shard (x.narrow(0L, int64 rank * rows, rows)) ]
+                expected |> List.iteri (fun i whole ->
+                    Check.close 0.0 0.0 $"{name}, result {i}, {ranks} ranks of {rows}" (torch.cat([| for p in parts -> p[i] |], 0L)) whole)
+        }
+        test "a draw that is not per image (a permutation) is one process's on every rank" {
+            use one = generator 9
+            use shard = new Draw.RowShard(9UL, torch.CPU, 1, 2)
+            Expect.sequenceEqual (longs (torch.randperm(10L, generator = shard))) (longs (torch.randperm(10L, generator = one))) "randperm"
+            Expect.throws (fun () -> new Draw.RowShard(9UL, torch.CPU, 2, 2) |> ignore) "rank 2 of 2"
+        } ]
+
 [<Tests>]
-let tests = testList "core.transforms" [ geometricTests; photometricTests; patchTests; colorTests; randAugmentTests; memoryAndDeviceTests ]
+let tests = testList "core.transforms" [ geometricTests; photometricTests; patchTests; colorTests; randAugmentTests; memoryAndDeviceTests; rowShardTests ]

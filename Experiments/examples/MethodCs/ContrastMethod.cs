@@ -7,6 +7,7 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using Ssl.Core.Models;
+using Ssl.Core.Transforms;
 using Ssl.Experiments;
 using Ssl.Host.Engine;
 using Ssl.Host.Eval;
@@ -72,19 +73,20 @@ public sealed class ContrastStep(Encoder encoder, LinearHead projection, Pipelin
         return nn.functional.cross_entropy(similarity, twin);
     }
 
-    /// <summary>A view of a batch: each image flipped with probability 1/2, shifted by up to MaxShift pixels, plus noise.</summary>
+    /// <summary>A view of a batch: each image flipped with probability 1/2, shifted by up to MaxShift pixels, plus noise.
+    /// Per-image draws go through Core's <c>Draw</c>, so that ranks draw their share of one global batch's.</summary>
     Tensor View(Tensor x, Generator generator)
     {
         var count = x.shape[0];
-        var flip = rand(new[] { count, 1L, 1L, 1L }, generator: generator).to(x.device).lt(0.5);
+        var flip = Draw.bernoulli(generator, 0.5, count, x.device).view(count, 1, 1, 1);
         var view = where(flip, x.flip(3), x);
         if (config.MaxShift > 0)
         {
-            var shifts = randint(-config.MaxShift, config.MaxShift + 1, new[] { count, 2L }, generator: generator).data<long>().ToArray();
+            var shifts = Draw.integers(generator, -config.MaxShift, config.MaxShift, new[] { count, 2L }, CPU).data<long>().ToArray();
             view = cat(Enumerable.Range(0, (int)count)
                 .Select(i => view[i..(i + 1)].roll([shifts[2 * i], shifts[2 * i + 1]], [2, 3])).ToArray(), 0);
         }
-        return config.Noise > 0 ? view + randn(view.shape, generator: generator).to(x.device) * config.Noise : view;
+        return config.Noise > 0 ? view + Draw.normal(generator, view.shape, view.dtype, x.device) * config.Noise : view;
     }
 }
 
