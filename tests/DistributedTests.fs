@@ -295,6 +295,17 @@ let private cliTests =
 let tests =
     testList "distributed" [
         yield! cliTests
+        test "NCCL: where its library is missing, the CUDA backend names it; a world of CPU tensors is MPI's alone" {
+            if NcclCollectives.Available then skiptest "NCCL is installed here: the CUDA backend can start"
+            let e = Expect.throwsC (fun () -> new NcclCollectives(SingleProcess.Instance) |> ignore) id
+            Expect.isTrue (e :? RanksException) $"a RanksException, found {e.GetType().Name}"
+            Expect.stringContains e.Message "libnccl.so.2" "the message names the library"
+            use routed = new NcclCollectives.Routed(SingleProcess.Instance)
+            use t = torch.ones(3L)
+            routed.AllReduceSum t
+            Expect.equal routed.Backend "none" "CPU tensors never start NCCL"
+        }
+
         test "collectives at 2 ranks: all-reduce sums, all-gather keeps rank order, broadcast copies the root's" {
             let dir = Fixtures.tempDir "ranks-collectives"
             let code, output = underMpirun "collectives" dir

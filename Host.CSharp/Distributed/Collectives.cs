@@ -7,13 +7,14 @@ namespace Ssl.Host.Distributed;
 /// broadcasts of tensors, in the same order on every rank (the rule every collective library keeps).
 /// <see cref="World.Current"/> is the process's; <see cref="SingleProcess"/> is the world of one.
 /// Backends: Open MPI on the CPU (<see cref="MpiCollectives"/>, docs/distributed.md says why MPI);
-/// CUDA tensors go through the CPU until a NCCL backend serves them.
+/// CUDA tensors through NCCL where CUDA and NCCL are (<see cref="NcclCollectives.Routed"/>), else
+/// through the CPU by MPI.
 /// </summary>
 public interface ICollectives : IDisposable
 {
     int Rank { get; }
     int Size { get; }
-    /// <summary>The library behind it: "none" (one process) or "openmpi".</summary>
+    /// <summary>The library behind it: "none" (one process), "openmpi", "nccl" or "openmpi+nccl".</summary>
     string Backend { get; }
 
     /// <summary>Every rank's <paramref name="tensor"/> summed, in place on every rank (same shape and dtype everywhere).</summary>

@@ -69,7 +69,7 @@ public sealed class MpiCollectives : ICollectives
     }
 
     /// <summary>The address of a contiguous CPU tensor's first element (LibTorchSharp's THSTensor_data).</summary>
-    static nint Data(Tensor t)
+    internal static nint Data(Tensor t)
     {
         if (tensorData is null)
         {

@@ -73,7 +73,8 @@ public static class World
                 $"ranks: expected the {LaunchedSize} processes the launcher started in one MPI world, found a world of {size}; " +
                 "under Slurm run `srun --mpi=pmix` (or set MpiDefault=pmix in slurm.conf)");
         }
-        return mpi;
+        // CUDA tensors through NCCL where CUDA and NCCL are; else MPI copies them through the CPU.
+        return TorchSharp.torch.cuda.is_available() && NcclCollectives.Available ? new NcclCollectives.Routed(mpi) : mpi;
     }
 
     /// <summary>Whether this process writes the run folder, the console and the results: rank 0.</summary>
@@ -97,6 +98,7 @@ public static class World
     {
         ICollectives? joined;
         lock (gate) joined = current;
+        if (joined is NcclCollectives.Routed routed) joined = routed.Launch;
         if (joined is MpiCollectives mpi && mpi.Size > 1)
         {
             Console.Error.Flush();
