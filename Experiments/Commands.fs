@@ -200,14 +200,16 @@ let private trainHere (args: ParseResults<TrainArgs>) =
     finally
         if writer then folder.Release()
 
-/// This process's arguments without `--ranks N`: what each rank of Launcher.Run is started with.
-let private argumentsWithoutRanks () =
+/// This command again without `--ranks N` on `ranks` processes under mpirun (Launcher.Run): ssl's own
+/// command (Sweep.selfCommand) and this process's arguments.
+let private underMpirun (ranks: int) =
     let rec without (rest: string list) =
         match rest with
         | "--ranks" :: _ :: tail -> without tail
         | head :: tail -> head :: without tail
         | [] -> []
-    without (List.ofArray (Environment.GetCommandLineArgs() |> Array.skip 1))
+    let host, prefix = Sweep.selfCommand ()
+    Ssl.Host.Distributed.Launcher.Run(ranks, host :: prefix @ without (List.ofArray (Environment.GetCommandLineArgs() |> Array.skip 1)))
 
 /// `ssl train`: here, or with `--ranks N` (N > 1, no launcher around it) under mpirun on N processes.
 let train (args: ParseResults<TrainArgs>) =
@@ -215,7 +217,7 @@ let train (args: ParseResults<TrainArgs>) =
     match args.TryGetResult TrainArgs.Ranks with
     | Some n when n < 1 -> invalidArg "--ranks" $"--ranks: expected 1 or more processes, found {n}"
     | Some n when n > 1 && launched = 1 ->
-        Ssl.Host.Distributed.Launcher.Run(n, argumentsWithoutRanks ())
+        underMpirun n
     | Some n when n <> launched ->
         invalidArg "--ranks" $"--ranks: expected {launched}, the processes its launcher started, found {n}"
     | _ -> trainHere args
@@ -579,7 +581,7 @@ let bench (args: ParseResults<BenchArgs>) =
     match args.TryGetResult BenchArgs.Method with
     | Some _ when peer -> invalidArg "--peer" "--peer: expected the whole bench (it starts ours and the twin as children), found --method"
     | Some _ when ranks > 1 && Ssl.Host.Distributed.World.LaunchedSize = 1 ->
-        Ssl.Host.Distributed.Launcher.Run(ranks, argumentsWithoutRanks ())
+        underMpirun ranks
     | Some name ->
         let reading: Bench.FolderReading =
             { ImageSize = args.TryGetResult BenchArgs.Image_Size

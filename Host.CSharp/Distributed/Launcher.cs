@@ -10,21 +10,17 @@ namespace Ssl.Host.Distributed;
 /// </summary>
 public static class Launcher
 {
-    /// <summary>Runs <paramref name="args"/> (ssl's arguments, without --ranks) on <paramref name="ranks"/> processes; returns the exit code.</summary>
-    public static int Run(int ranks, IReadOnlyList<string> args)
+    /// <summary>Runs <paramref name="command"/> (ssl's program, then its arguments without --ranks) on
+    /// <paramref name="ranks"/> processes; returns the exit code.</summary>
+    public static int Run(int ranks, IReadOnlyList<string> command)
     {
         var mpirun = FindOnPath("mpirun")
             ?? throw new RanksException(
                 $"mpirun: expected Open MPI's launcher for --ranks {ranks}, found none on PATH; install it (`apt-get install openmpi-bin libopenmpi-dev`)");
         var start = new ProcessStartInfo(mpirun) { UseShellExecute = false };
         foreach (var a in new[] { "-n", ranks.ToString(), "--oversubscribe", "--bind-to", "none" }) start.ArgumentList.Add(a);
-        // The same program: the dotnet host and ssl.dll, or an apphost.
-        var self = Environment.GetCommandLineArgs()[0];
-        var host = Environment.ProcessPath!;
-        start.ArgumentList.Add(host);
-        if (!string.Equals(Path.GetFullPath(self), Path.GetFullPath(host), StringComparison.Ordinal)) start.ArgumentList.Add(self);
-        foreach (var a in args) start.ArgumentList.Add(a);
-        if (!args.Contains("--threads"))
+        foreach (var a in command) start.ArgumentList.Add(a);
+        if (!command.Contains("--threads"))
         {
             start.ArgumentList.Add("--threads");
             start.ArgumentList.Add(Math.Max(1, Environment.ProcessorCount / ranks).ToString());
