@@ -61,6 +61,23 @@ let tests =
                 let meanAbs = group.mean([| 0L |]).abs().max().item<float32>()
                 Expect.isLessThan meanAbs 1e-4f "per-group mean of the BN output"
         }
+        test "batch-norm groups at several ranks: each rank runs Groups / ranks, and Groups must be a multiple of the ranks" {
+            let ranks n =
+                { new Ssl.Host.Distributed.ICollectives with
+                    member _.Rank = 0
+                    member _.Size = n
+                    member _.Backend = "test"
+                    member _.AllReduceSum _ = ()
+                    member _.AllGather t = t.clone()
+                    member _.Broadcast(_, _) = ()
+                    member _.Barrier() = ()
+                    member _.Dispose() = () }
+            Expect.equal (Ssl.Experiments.Views.rankGroups (ranks 2) 4) 2 "4 groups over 2 ranks"
+            Expect.equal (Ssl.Experiments.Views.rankGroups (ranks 4) 4) 1 "4 groups over 4 ranks"
+            let e = Expect.throwsC (fun () -> Ssl.Experiments.Views.rankGroups (ranks 2) 3 |> ignore) id
+            Expect.stringContains e.Message "Groups: expected a multiple of the 2 ranks" "names the field, the expectation and the value"
+            Expect.stringContains e.Message "found 3" "names the value"
+        }
         test "InfoNCE: shuffled batch-norm groups keep the rows in order and pass gradients back to every row" {
             use linear = torch.nn.Linear(5L, 3L)
             use x = torch.randn(16L, 5L, requires_grad = true)

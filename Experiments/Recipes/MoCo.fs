@@ -123,6 +123,7 @@ let spec =
         CheckData = fun config _ ->
             if config.Schedule.BatchSize % config.Groups <> 0 then
                 invalidArg "Schedule.BatchSize" $"Schedule.BatchSize: expected a multiple of Groups ({config.Groups}), found {config.Schedule.BatchSize}"
+            rankGroups Ssl.Host.Distributed.World.Current config.Groups |> ignore
         Variants =
           [ "no-shuffle", "He et al. 2020, MoCo v1 without shuffling BN (the Sec. 3.3 ablation)", (fun config -> { config with ShuffleBn = false })
             "v2", "Chen et al. 2020, Improved Baselines with Momentum Contrastive Learning (MoCo v2)", v2 ] }

@@ -70,5 +70,6 @@ let build (ctx: Context<Config>) =
         [ "loss", value; "instance_acc", accuracy similarities (self + n) ]))
 
 let spec =
-    backboneSpec "simclr" "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations (SimCLR)"
-        synchronisedBatchNorm config (fun config -> config.Encoder) build
+    { backboneSpec "simclr" "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations (SimCLR)"
+        synchronisedBatchNorm config (fun config -> config.Encoder) build with
+        CheckData = fun config _ -> rankGroups Ssl.Host.Distributed.World.Current config.Groups |> ignore }
