@@ -4,7 +4,8 @@
 /// stops the run there — no per-recipe benchmarking code, and a new recipe is benchmarked when it is registered.
 /// Each method runs in its own process (its peak RSS is its own), beside a float32 matmul peak
 /// measured in that process with the same threads. With `--peer`, a recipe with a PyTorch twin
-/// (Peer) runs alternately with it, three pairs, and its record holds the medians and the ratio.
+/// (Peer) runs alternately with it in each of its configurations, three rounds, and its record holds
+/// the medians and the ratio to the fastest configuration.
 module Ssl.Experiments.Bench
 
 open System
@@ -112,21 +113,34 @@ let private medianRun (runs: BenchRecord list) =
     let sorted = runs |> List.sortBy (fun r -> r.images_per_s)
     { sorted[(sorted.Length - 1) / 2] with images_per_s = Peer.median (runs |> List.map (fun r -> r.images_per_s)) }
 
-/// A recipe's record from its pairs (ours, twin) in the order they ran: our median run with the
-/// twin's figures attached.
-let paired (runs: (BenchRecord * Peer.PeerRun) list) =
+/// A recipe's record from its pairs (ours, the twin's run in each configuration) in the order they
+/// ran: our median run with the twin's figures attached.
+let paired (runs: (BenchRecord * Peer.PeerRun list) list) =
     { medianRun (List.map fst runs) with peer = Some(Peer.figures (runs |> List.map (fun (o, p) -> o.images_per_s, p))) }
 
 /// The Markdown table of the records (what `--readme FILE` writes between the bench markers) (every figure from bench.json); "—" where a recipe has no twin figures.
 let table (records: BenchRecord list) =
     let sb = StringBuilder()
     let f (d: int) (x: float) = x.ToString("N" + string d, Globalization.CultureInfo.InvariantCulture)
+    // One column per twin configuration that ran (every twin runs the same ones), the fastest in bold.
+    let configurations =
+        records |> List.tryPick (fun r -> r.peer) |> Option.map (fun p -> [ for c in p.configurations -> c.configuration ])
+        |> Option.defaultValue [ "" ]
     let peerColumns (r: BenchRecord) =
         match r.peer with
-        | Some p -> $"{f 0 p.images_per_s} | {f 2 p.ratio}"
-        | None -> "— | —"
-    sb.AppendLine("| method | data | img/s | PyTorch img/s | ratio | encoder MFLOP/image (fwd) | encoder GFLOP/s (fwd+bwd) | all modules GFLOP/s | matmul peak GFLOP/s | encoder / peak | peak RSS MiB |") |> ignore
-    sb.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |") |> ignore
+        | Some p ->
+            let cell (name: string) =
+                match p.configurations |> Array.tryFind (fun c -> c.configuration = name) with
+                | Some c when name = p.configuration -> $"**{f 0 c.images_per_s}**"
+                | Some c -> f 0 c.images_per_s
+                | None -> "—"
+            String.Join(" | ", configurations |> List.map cell) + $" | {f 2 p.ratio}"
+        | None -> String.Join(" | ", configurations |> List.map (fun _ -> "—")) + " | —"
+    let peerHeader =
+        String.Join(" | ", configurations |> List.map (fun c -> if c = "" then "PyTorch img/s" else $"PyTorch img/s ({c})"))
+        + " | ratio to PyTorch's fastest"
+    sb.AppendLine($"| method | data | img/s | {peerHeader} | encoder MFLOP/image (fwd) | encoder GFLOP/s (fwd+bwd) | all modules GFLOP/s | matmul peak GFLOP/s | encoder / peak | peak RSS MiB |") |> ignore
+    sb.AppendLine("| --- | --- | --- | " + String.replicate configurations.Length "--- | " + "--- | --- | --- | --- | --- | --- | --- |") |> ignore
     for r in records do
         sb.AppendLine($"| {r.method} | {r.dataset} | {f 0 r.images_per_s} | {peerColumns r} | {f 1 r.encoder_forward_mflop_per_image} | {f 1 r.encoder_gflop_per_s} | {f 1 r.all_modules_gflop_per_s} | {f 1 r.matmul_peak_gflop_per_s} | {f 0 (100.0 * r.encoder_fraction_of_peak)} %% | {f 0 r.peak_rss_mb} |") |> ignore
     match records with
@@ -137,7 +151,7 @@ let table (records: BenchRecord list) =
         | Some p ->
             let note = if String.IsNullOrEmpty p.blas_note then "" else $"; {p.blas_note}"
             sb.AppendLine() |> ignore
-            sb.AppendLine($"PyTorch img/s: the PyTorch twin of the same step (`{p.program}`: torch {p.torch}, oneDNN {p.onednn}, ATen {p.cpu_capability} kernels, {p.blas}{note}; {p.threads} threads), the median of {p.pairs.Length} runs alternating with ours, whose img/s is then the median of its {p.pairs.Length}; ratio = ours / PyTorch (above 1: ours is faster). bench.json holds every pair. —: no twin, or not run with `--peer`.") |> ignore
+            sb.AppendLine($"PyTorch img/s: the PyTorch twin of the same step (`{p.program}`: torch {p.torch}, oneDNN {p.onednn}, ATen {p.cpu_capability} kernels, {p.blas}{note}; {p.threads} threads) in each configuration a PyTorch user would try for speed (layout; SafeConv's padding as ours, or plain convolutions where PyTorch computes them right), the median of {p.pairs.Length} runs alternating with ours, whose img/s is then the median of its {p.pairs.Length}; in bold the fastest configuration. Ratio = ours / PyTorch's fastest configuration (above 1: ours is faster). bench.json holds every pair. —: no twin, or not run with `--peer`.") |> ignore
         | None -> ()
         if records |> List.exists (fun r -> r.dataset = "synthetic-colour") then
             sb.AppendLine() |> ignore
@@ -164,8 +178,8 @@ let dataStartMarker = "<!-- data-bench:start -->"
 let dataEndMarker = "<!-- data-bench:end -->"
 
 /// `ssl bench`: runs one child process per method (`ssl bench --method`), writes `<out>/bench.json`
-/// and, given `readme`, the table. With `peer`, each recipe with a twin runs as Peer.pairs
-/// alternating pairs of our child and its twin; a missing python3-torch stops before any run.
+/// and, given `readme`, the table. With `peer`, each recipe with a twin runs Peer.pairs rounds of
+/// our child then its twin in each of Peer.configurations; a missing python3-torch stops before any run.
 let run (only: string list option) (preset: Preset) (warmup: int) (steps: int) (threads: int) (colourDataset: string option) (out: string)
         (readme: string option) (peer: bool) =
     Directory.CreateDirectory out |> ignore
@@ -189,8 +203,14 @@ let run (only: string list option) (preset: Preset) (warmup: int) (steps: int) (
     let records =
         [ for r in methods do
               if peer && Peer.hasTwin r.Name then
-                  let runs = [ for i in 1 .. Peer.pairs -> ours r, Peer.run r preset warmup steps resolvedThreads out i ]
-                  let complete = runs |> List.choose (fun (o, p) -> Option.map2 (fun o p -> o, p) o p)
+                  let runs =
+                      [ for i in 1 .. Peer.pairs ->
+                            ours r, [ for c in Peer.configurations -> Peer.run r preset warmup steps resolvedThreads out c i ] ]
+                  let complete =
+                      runs |> List.choose (fun (o, twins) ->
+                          match o, List.forall Option.isSome twins with
+                          | Some o, true -> Some(o, List.choose id twins)
+                          | _ -> None)
                   if complete.Length = runs.Length then yield paired complete
                   else
                       peerFailed <- true

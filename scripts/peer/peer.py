@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""The PyTorch twin of `ssl bench`: one recipe's training step (supervised, rotnet or moco) with the
-same model, optimiser, batch, augmentations and timing as ours, on Debian's python3-torch.
+"""The PyTorch twin of `ssl bench`: one recipe's training step (supervised, rotnet, moco, byol, dino or
+fixmatch) with the same model, optimiser, batch, augmentations and timing as ours, on Debian's
+python3-torch.
 
 The recipe and its hyper-parameters come from the document `ssl config <method> --preset P` prints
 (`ssl bench --peer` writes it for each twin), so the twin trains exactly the config ours resolves.
@@ -12,8 +13,14 @@ BLAS: Debian's torch links libblas.so.3, which is netlib's reference BLAS unless
 --blas openblas (the default) runs with libopenblas0-openmp's folder first on LD_LIBRARY_PATH,
 re-executing itself to set it where it is not; --blas system takes whatever libblas.so.3 resolves to.
 
+Configurations (what a PyTorch user would try for speed; `ssl bench --peer` runs each and compares
+ours with the fastest): --layout nchw|channels-last (model and input) and --convolutions safe|plain
+(SafeConv's padding, the convolutions ours runs; or nn.Conv2d wherever PyTorch computes it right,
+twin/models.py). The JSON names the configuration and the layers built plain or kept padded.
+
 Usage: /usr/bin/python3 scripts/peer/peer.py --config moco.json [--warmup 5] [--steps 30]
-       [--threads N] [--json OUT] [--blas openblas|system] [--no-matmul-peak]
+       [--threads N] [--layout nchw|channels-last] [--convolutions safe|plain] [--json OUT]
+       [--blas openblas|system] [--no-matmul-peak]
        /usr/bin/python3 scripts/peer/peer.py --check     (versions only: is the twin runnable here?)
 """
 import argparse
@@ -152,6 +159,9 @@ def parse_args():
     p.add_argument("--threads", type=int, default=0, help="torch threads (default 0: every core this process may use)")
     p.add_argument("--seed", type=int, default=0, help="the run seed (ssl bench: 0)")
     p.add_argument("--json", help="write the JSON object here (and print one line) instead of printing it")
+    p.add_argument("--layout", choices=["nchw", "channels-last"], default="nchw", help="the models' and inputs' memory layout")
+    p.add_argument("--convolutions", choices=["safe", "plain"], default="safe",
+                   help="SafeConv's padding (ours' convolutions) or plain nn.Conv2d where PyTorch computes it right")
     p.add_argument("--blas", choices=["openblas", "system"], default="openblas", help="which libblas.so.3 to load")
     p.add_argument("--no-matmul-peak", action="store_true", help="skip the float32 matmul peak (1.5 s or more)")
     p.add_argument("--check", action="store_true", help="print the versions and exit")
@@ -210,6 +220,7 @@ def main():
         train = data.load_train(preset)
     except data.DataError as e:
         fail(str(e), 3)
+    models.configure(args.layout, args.convolutions)
     torch.manual_seed(args.seed)
     try:
         recipe = recipes.RECIPES[method](config, train, args.seed)
@@ -218,12 +229,16 @@ def main():
     except KeyError as e:
         fail(f"--config {args.config}: expected the field {e} in its config (the {method} recipe's), found none")
     try:
-        images, seconds, losses, phases = engine.benchmark(recipe, train[0].shape[0], recipe.batch_size, recipe.epochs, args.seed,
+        # An epoch walks the training set, or a recipe's own examples (a semi-supervised recipe's unlabelled pool).
+        examples = getattr(recipe, "examples", train[0].shape[0])
+        images, seconds, losses, phases = engine.benchmark(recipe, examples, recipe.batch_size, recipe.epochs, args.seed,
                                                    args.warmup, args.steps)
     except ValueError as e:
         fail(f"{method}: {e}")
     result = {
         "method": method, "preset": preset, "dataset": "fashion-mnist", "program": "scripts/peer/peer.py",
+        "configuration": models.configuration(), "plain_layers": list(models.plain_layers),
+        "padded_layers": list(models.padded_layers),
         "warmup_steps": args.warmup, "steps": args.steps, "images": images, "seconds": seconds,
         "images_per_s": images / max(seconds, 1e-9), "batch_size": recipe.batch_size,
         "parameters": sum(p.numel() for o in recipe.optimizers for p in o.all),
@@ -236,7 +251,7 @@ def main():
         with open(args.json + ".partial", "w") as f:
             f.write(text + "\n")
         os.replace(args.json + ".partial", args.json)
-        print(f"{method} (PyTorch twin: torch {info['torch']}, {info['blas']}, {result['threads']} threads): "
+        print(f"{method} (PyTorch twin, {result['configuration']}: torch {info['torch']}, {info['blas']}, {result['threads']} threads): "
               f"{result['images_per_s']:.0f} img/s -> {args.json}")
     else:
         print(text)

@@ -24,23 +24,30 @@ def add_phase(name: str, seconds: float):
 
 
 class OptimizerSpec:
-    """OptimizerSpec: SGD (with or without Nesterov), linear warm-up then cosine decay to 0."""
+    """OptimizerSpec: SGD (with or without Nesterov), LARS over SGD when lars_eta is given, or AdamW
+    (betas 0.9, 0.999, eps 1e-8); linear warm-up then cosine decay to final_lr_fraction of the rate;
+    the global gradient norm clipped to clip_grad_norm where given."""
 
-    def __init__(self, lr: float, momentum: float, nesterov: bool, weight_decay: float, warmup_epochs: float):
+    def __init__(self, lr: float, momentum: float, nesterov: bool, weight_decay: float, warmup_epochs: float,
+                 lars_eta: float = None, adamw: bool = False, final_lr_fraction: float = 0.0, clip_grad_norm: float = None):
         self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
         self.weight_decay, self.warmup_epochs = weight_decay, warmup_epochs
+        self.lars_eta, self.adamw = lars_eta, adamw
+        self.final_lr_fraction, self.clip_grad_norm = final_lr_fraction, clip_grad_norm
 
     def factor(self, progress: float, total_epochs: float) -> float:
         if self.warmup_epochs > 0 and progress < self.warmup_epochs:
             return (progress + 1e-12) / self.warmup_epochs
         span = max(total_epochs - self.warmup_epochs, 1e-12)
         t = min(max((progress - self.warmup_epochs) / span, 0.0), 1.0)
-        return 0.5 * (1 + math.cos(math.pi * t))
+        return self.final_lr_fraction + (1 - self.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 class TrainingOptimizer:
     """TrainingOptimizer: parameters of more than one dimension decayed, the rest (batch-norm scales
-    and shifts, biases) in a group without weight decay; the step reports the global gradient norm."""
+    and shifts, biases) in a group without weight decay; the step reports the global gradient norm.
+    LARS (You et al. 2017, Alg. 1, ScaleByTrustRatio): before SGD's step (which then has no weight
+    decay), each decayed gradient g becomes eta |w| / (|g| + wd |w|) (g + wd w)."""
 
     def __init__(self, spec: OptimizerSpec, parameters):
         self.spec = spec
@@ -49,10 +56,19 @@ class TrainingOptimizer:
             raise ValueError("optimizer: expected at least one trainable parameter, found none")
         decayed = [p for p in self.all if p.dim() > 1]
         plain = [p for p in self.all if p.dim() <= 1]
-        groups = [{"params": decayed, "weight_decay": spec.weight_decay}] if decayed else []
+        self.decayed = decayed
+        wd = 0.0 if spec.lars_eta is not None else spec.weight_decay
+        groups = [{"params": decayed, "weight_decay": wd}] if decayed else []
         groups += [{"params": plain, "weight_decay": 0.0}] if plain else []
-        self.optimizer = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, dampening=0,
-                                         nesterov=spec.nesterov, foreach=False)
+        if spec.adamw:
+            self.optimizer = torch.optim.AdamW(groups, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, amsgrad=False, foreach=False)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, dampening=0,
+                                             nesterov=spec.nesterov, foreach=False)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
 
     def schedule(self, progress: float, total_epochs: float):
         lr = self.spec.lr * self.spec.factor(progress, total_epochs)
@@ -71,19 +87,36 @@ class TrainingOptimizer:
         backward = time.perf_counter()
         with torch.no_grad():
             grads = [p.grad for p in self.all if p.grad is not None]
-            self.gradient_norm = torch.stack([g.norm() for g in grads]).norm().item() if grads else 0.0
+            if self.spec.clip_grad_norm is not None:
+                self.gradient_norm = torch.nn.utils.clip_grad_norm_(self.all, self.spec.clip_grad_norm).item()
+            else:
+                self.gradient_norm = torch.stack([g.norm() for g in grads]).norm().item() if grads else 0.0
+            if self.spec.lars_eta is not None:
+                self._scale_by_trust_ratio()
             self.optimizer.step()
         add_phase("backward", backward - zeroed)
         add_phase("optimizer", zeroed - start + time.perf_counter() - backward)
         return value
 
 
-class Context:
-    """StepContext: this step's generator, seeded from (run seed, step)."""
+    def _scale_by_trust_ratio(self):
+        eta, wd = self.spec.lars_eta, self.spec.weight_decay
+        for p in self.decayed:
+            if p.grad is None:
+                continue
+            w_norm, g_norm = p.norm().item(), p.grad.norm().item()
+            ratio = eta * w_norm / (g_norm + wd * w_norm) if w_norm > 0 and g_norm > 0 else 1.0
+            p.grad.add_(p, alpha=wd).mul_(ratio)
 
-    def __init__(self, seed: int, step: int):
+
+class Context:
+    """StepContext: this step's generator, seeded from (run seed, step), the step (from 0) and the
+    run's total steps."""
+
+    def __init__(self, seed: int, step: int, total_steps: int):
         self.generator = torch.Generator()
         self.generator.manual_seed(derive(seed, 1_000_000 + step))
+        self.step, self.total_steps = step, total_steps
 
 
 def benchmark(recipe, examples: int, batch_size: int, epochs: int, seed: int, warmup: int, steps: int):
@@ -117,7 +150,7 @@ def benchmark(recipe, examples: int, batch_size: int, epochs: int, seed: int, wa
             for o in recipe.optimizers:
                 o.schedule(epoch + b / per_epoch, epochs)
             torch.manual_seed(derive(seed, step))
-            loss = recipe.step(Context(seed, step), batch)
+            loss = recipe.step(Context(seed, step, epochs * per_epoch), batch)
             elapsed = time.perf_counter() - start
             losses.append(loss)
             if step >= warmup:

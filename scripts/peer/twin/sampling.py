@@ -87,3 +87,19 @@ def batch_order(count: int, seed: int, epoch: int) -> list:
     order = list(range(count))
     DotNetRandom(derive(seed, epoch)).shuffle(order)
     return order
+
+
+def label_split(labels: list, per_class: int, seed: int, classes: int):
+    """LabelSplitter.Draw: per class, its members shuffled with one System.Random(derive(seed, 0x5EED))
+    and the first per_class kept; (labelled, pool), both ascending training-set indices."""
+    random = DotNetRandom(derive(seed, 0x5EED))
+    labelled = []
+    for c in range(classes):
+        members = [i for i, label in enumerate(labels) if label == c]
+        if len(members) < per_class:
+            raise ValueError(f"--labels: expected at most {len(members)} per class (class {c} has {len(members)} examples), found {per_class}")
+        random.shuffle(members)
+        labelled.extend(members[:per_class])
+    labelled.sort()
+    chosen = set(labelled)
+    return labelled, [i for i in range(len(labels)) if i not in chosen]

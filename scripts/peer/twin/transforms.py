@@ -151,6 +151,33 @@ def color_jitter(brightness, contrast, saturation, hue, generator, images: torch
     return images.clone() if current is images else current
 
 
+def gaussian_kernels(kernel_size: int, sigmas: torch.Tensor) -> torch.Tensor:
+    """Photometric.gaussianKernels: normalised 1-D kernels, one per sigma, (N, k)."""
+    half = float(kernel_size - 1) / 2.0
+    taps = torch.arange(kernel_size, dtype=sigmas.dtype) - half
+    weights = ((taps.unsqueeze(0) / sigmas.unsqueeze(1)).square() * -0.5).exp()
+    return weights / weights.sum(1, keepdim=True)
+
+
+def gaussian_blur(kernel_size: int, sigmas: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Photometric.gaussianBlur: separable, reflect padding, a grouped convolution per pass."""
+    count, channels, height, width = images.shape
+    radius = kernel_size // 2
+    kernels = gaussian_kernels(kernel_size, sigmas.to(images.dtype))
+    per_channel = kernels.repeat_interleave(channels, 0)
+    padded = F.pad(images, [radius, radius, radius, radius], mode="reflect")
+    planes = padded.reshape(1, count * channels, height + 2 * radius, width + 2 * radius)
+    vertical = F.conv2d(planes, per_channel.view(count * channels, 1, kernel_size, 1), groups=count * channels)
+    both = F.conv2d(vertical, per_channel.view(count * channels, 1, 1, kernel_size), groups=count * channels)
+    return both.view(count, channels, height, width)
+
+
+def random_gaussian_blur(kernel_size: int, sigma, generator, images: torch.Tensor) -> torch.Tensor:
+    """Photometric.randomGaussianBlur: sigma uniform in [min, max] per image."""
+    sigmas = uniform(generator, sigma[0], sigma[1], [images.shape[0]])
+    return gaussian_blur(kernel_size, sigmas, images)
+
+
 # ---- Views.fs -----------------------------------------------------------------------------------
 def moco_view(augmentation: dict, mean, std, generator, x: torch.Tensor) -> torch.Tensor:
     """Views.view on grey images: crop, brightness/contrast jitter, flip, standardise ([0, 1] in)."""
@@ -177,3 +204,202 @@ def shuffled_per_group(groups: int, generator, forward, x: torch.Tensor) -> torc
     order = torch.randperm(x.shape[0], generator=generator)
     shuffled = per_group(groups, forward, x.index_select(0, order))
     return shuffled.index_select(0, order.argsort())
+
+
+def sometimes(generator, probability: float, f, images: torch.Tensor) -> torch.Tensor:
+    """Views.sometimes: f on the images a Bernoulli(p) draw per image picks, the draw first; p <= 0 draws nothing."""
+    if probability <= 0.0:
+        return images
+    chosen = bernoulli(generator, probability, images.shape[0])
+    return torch.where(chosen.view(-1, 1, 1, 1), f(images), images)
+
+
+def multi_crop_pixels(jitter: float, flip: float, jitter_probability: float, scale, side: int, generator, x: torch.Tensor):
+    """Views.multiCropPixels on grey images: resized crop of `scale` to side x side, flip, brightness
+    and contrast jitter with probability `jitter_probability` (grayscale is the identity)."""
+    if x.shape[1] != 1:
+        raise ValueError(f"multi-crop view: the twin mirrors grey (1-channel) images, found {x.shape[1]} channels")
+    cropped = random_resized_crop(tuple(scale), (3.0 / 4.0, 4.0 / 3.0), (side, side), generator, x)
+    flipped = random_horizontal_flip(flip, generator, cropped)
+    return sometimes(generator, jitter_probability, lambda i: color_jitter(jitter, jitter, 0.0, 0.0, generator, i), flipped)
+
+
+# ---- SemiSupervised.fs and RandAugment.fs ---------------------------------------------------------
+def integers(generator, low: int, high: int, count: int) -> torch.Tensor:
+    """Draw.integers: `count` integers uniform in [low, high], int64."""
+    return torch.randint(low, high + 1, (count,), dtype=torch.int64, generator=generator)
+
+
+def weak_augment(padding: int, flip: float, generator, images: torch.Tensor) -> torch.Tensor:
+    """SemiSupervised.weakAugment: translation by up to `padding` pixels (black padding, crop back)
+    and a horizontal flip."""
+    count, height, width = images.shape[0], images.shape[2], images.shape[3]
+    padded = F.pad(images, [padding, padding, padding, padding])
+    tops = integers(generator, 0, 2 * padding, count)
+    lefts = integers(generator, 0, 2 * padding, count)
+    boxes = torch.stack([tops, lefts, torch.full_like(tops, height), torch.full_like(tops, width)], 1).to(torch.float64)
+    return random_horizontal_flip(flip, generator, resized_crop(height, width, boxes, padded))
+
+
+# RandAugment.pool: FixMatch's (USB's) operations with their magnitude ranges, in order.
+RAND_AUGMENT_POOL = [("auto_contrast", 0.0, 1.0), ("brightness", 0.05, 0.95), ("color", 0.05, 0.95), ("contrast", 0.05, 0.95),
+                     ("equalize", 0.0, 1.0), ("identity", 0.0, 1.0), ("posterize", 4.0, 8.0), ("rotate", -30.0, 30.0),
+                     ("sharpness", 0.05, 0.95), ("shear_x", -0.3, 0.3), ("shear_y", -0.3, 0.3), ("solarize", 0.0, 256.0),
+                     ("translate_x", -0.3, 0.3), ("translate_y", -0.3, 0.3)]
+
+
+def _levels(images):
+    return (images * 255.0).round().clamp(0.0, 255.0)
+
+
+def _auto_contrast(images):
+    low = images.amin([2, 3], keepdim=True)
+    high = images.amax([2, 3], keepdim=True)
+    span = high - low
+    stretched = (images - low) / span.clamp_min(1e-12)
+    return torch.where(span.gt(0.0), stretched.clamp(0.0, 1.0), images)
+
+
+def _equalize(images):
+    n, c, h, w = images.shape
+    q = _levels(images).to(torch.int64).view(n * c, h * w)
+    histogram = torch.zeros(n * c, 256, dtype=torch.int64).scatter_add_(1, q, torch.ones_like(q))
+    top_count = histogram.gather(1, q.amax([1], keepdim=True))
+    step = (top_count.neg() + h * w).div(255, rounding_mode="floor")
+    before = histogram.cumsum(1) - histogram
+    lut = (before + step.div(2, rounding_mode="floor")).div(step.clamp_min(1), rounding_mode="floor").clamp_max(255)
+    equalised = (lut.gather(1, q).to(images.dtype) / 255.0).view(n, c, h, w)
+    return torch.where(step.gt(0).view(n, c, 1, 1), equalised, images)
+
+
+def _posterize(bits, images):
+    b = _per_image(bits, images)
+    unit = (8.0 - b.floor().clamp(1.0, 8.0)).exp2()
+    posterized = (_levels(images) / unit).floor() * unit / 255.0
+    return torch.where(b.ge(8.0), images, posterized)
+
+
+def _solarize(thresholds, images):
+    return torch.where((images * 255.0).lt(_per_image(thresholds, images)), images, images.neg() + 1.0)
+
+
+def adjust_sharpness(factors, images):
+    """Photometric.adjustSharpness: blend with the [[1,1,1],[1,5,1],[1,1,1]]/13 smoothed interior."""
+    height, width = images.shape[2], images.shape[3]
+    if height < 3 or width < 3:
+        return images.clone()
+
+    def window(dy, dx):
+        return images.narrow(2, dy, height - 2).narrow(3, dx, width - 2)
+
+    neighbourhood = None
+    for dy in range(3):
+        for dx in range(3):
+            neighbourhood = window(dy, dx) if neighbourhood is None else neighbourhood + window(dy, dx)
+    smoothed_interior = (neighbourhood + window(1, 1) * 4.0) / 13.0
+    smoothed = images.clone()
+    smoothed.narrow(2, 1, height - 2).narrow(3, 1, width - 2).copy_(smoothed_interior)
+    return _blend(factors, smoothed, images)
+
+
+def _warp_by_inverse(inverse, images):
+    n, h, w = images.shape[0], images.shape[2], images.shape[3]
+    dtype = torch.float64
+    ys = (torch.arange(h, dtype=dtype) + 0.5).view(h, 1).expand(h, w)
+    xs = (torch.arange(w, dtype=dtype) + 0.5).view(1, w).expand(h, w)
+    centres = torch.stack([xs, ys, torch.ones_like(xs)], 2).view(1, h * w, 3)
+    sources = centres.matmul(inverse.transpose(1, 2))
+    to_unit = torch.tensor([2.0 / float(w), 2.0 / float(h)], dtype=dtype)
+    grid = (sources * to_unit - 1.0).view(n, h, w, 2).to(images.dtype)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _geometric_inverse(op: str, m, height: int, width: int):
+    zero, one = torch.zeros_like(m), torch.ones_like(m)
+
+    def matrices(entries):
+        return torch.stack(entries, 1).view(-1, 2, 3)
+
+    if op == "shear_x":
+        return matrices([one, m, zero, zero, one, zero])
+    if op == "shear_y":
+        return matrices([one, zero, zero, m, one, zero])
+    if op == "translate_x":
+        return matrices([one, zero, m * float(width), zero, one, zero])
+    if op == "translate_y":
+        return matrices([one, zero, zero, zero, one, m * float(height)])
+    radians = m * (math.pi / 180.0)
+    cosine, sine = radians.cos(), radians.sin()
+    cx, cy = float(width) / 2.0, float(height) / 2.0
+    return matrices([cosine, sine.neg(), cosine.neg() * cx + sine * cy + cx, sine, cosine, sine.neg() * cx - cosine * cy + cy])
+
+
+def rand_augment_apply(op: str, magnitudes, images):
+    """RandAugment.apply: `op` on every image at its magnitude (grey images: color is the identity)."""
+    m = magnitudes.to(torch.float64)
+    if op == "identity":
+        return images.clone()
+    if op == "auto_contrast":
+        return _auto_contrast(images)
+    if op == "brightness":
+        return adjust_brightness(m, images)
+    if op == "color":
+        if images.shape[1] != 1:
+            raise ValueError(f"RandAugment color: the twin mirrors grey (1-channel) images, found {images.shape[1]} channels")
+        return images.clone()
+    if op == "contrast":
+        return adjust_contrast(m, images)
+    if op == "equalize":
+        return _equalize(images)
+    if op == "posterize":
+        return _posterize(m, images)
+    if op == "sharpness":
+        return adjust_sharpness(m, images)
+    if op == "solarize":
+        return _solarize(m, images)
+    return _warp_by_inverse(_geometric_inverse(op, m, images.shape[2], images.shape[3]), images)
+
+
+def rand_augment(operations: int, generator, images):
+    """RandAugment.randAugment: per round, each image draws an operation and a magnitude in its range;
+    each operation runs once on the images that drew it."""
+    count = images.shape[0]
+    lows = torch.tensor([low for _, low, _ in RAND_AUGMENT_POOL], dtype=torch.float64)
+    highs = torch.tensor([high for _, _, high in RAND_AUGMENT_POOL], dtype=torch.float64)
+    augmented = images
+    for _ in range(operations):
+        choices = integers(generator, 0, len(RAND_AUGMENT_POOL) - 1, count)
+        unit = uniform(generator, 0.0, 1.0, [count])
+        low, high = lows.index_select(0, choices), highs.index_select(0, choices)
+        magnitudes = low + unit * (high - low)
+        result = augmented.clone()
+        for k, (op, _, _) in enumerate(RAND_AUGMENT_POOL):
+            chosen = choices.eq(k).nonzero().flatten()
+            if chosen.numel() > 0:
+                result.index_copy_(0, chosen, rand_augment_apply(op, magnitudes.index_select(0, chosen), augmented.index_select(0, chosen)))
+        augmented = result
+    return images.clone() if operations == 0 else augmented
+
+
+def random_cutout(max_fraction: float, fill: float, generator, images):
+    """RandAugment.randomCutout: a square of side floor(u max_fraction min(H, W)) about a uniform
+    centre, clipped at the borders, filled with `fill`."""
+    count, height, width = images.shape[0], images.shape[2], images.shape[3]
+    sides = uniform(generator, 0.0, max_fraction * float(min(height, width)), [count]).floor().to(torch.int64)
+    ys = integers(generator, 0, height - 1, count)
+    xs = integers(generator, 0, width - 1, count)
+    starts = torch.stack([ys, xs], 1) - sides.div(2, rounding_mode="floor").unsqueeze(1)
+
+    def inside(length, start):
+        positions = torch.arange(length, dtype=torch.int64).unsqueeze(0)
+        return positions.ge(start.unsqueeze(1)).logical_and(positions.lt((start + sides).unsqueeze(1)))
+
+    rows = inside(height, starts.select(1, 0))
+    columns = inside(width, starts.select(1, 1))
+    hole = rows.view(count, 1, height, 1).logical_and(columns.view(count, 1, 1, width))
+    return images.masked_fill(hole, fill)
+
+
+def strong_augment(operations: int, cutout_fraction: float, fill: float, generator, images):
+    """RandAugment.strongAugment: rand_augment, then random_cutout."""
+    return random_cutout(cutout_fraction, fill, generator, rand_augment(operations, generator, images))
