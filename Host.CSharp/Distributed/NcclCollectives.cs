@@ -118,7 +118,8 @@ public sealed class NcclCollectives : ICollectives
     /// <summary>A one-element sum, read back: every rank has reached it and the stream is drained.</summary>
     public void Barrier()
     {
-        using var one = ones(1, device: cuda.is_available() ? new Device(DeviceType.CUDA) : CPU);
+        // NCCL takes CUDA tensors only (it is made where CUDA is available).
+        using var one = ones(1, device: new Device(DeviceType.CUDA));
         AllReduceSum(one);
         one.item<float>();
     }
