@@ -74,6 +74,5 @@ let permutation (generator: Generator) (count: int64) (device: Device) : Tensor 
     match generator with
     | :? RowShard as shard when shard.Ranks > 1 ->
         use scope = NewDisposeScope()
-        let keys = rows generator 0L count (fun n -> rand([| n |], dtype = ScalarType.Float64, device = generator.device, generator = generator))
-        keys.argsort().``to``(device).MoveToOuterDisposeScope()
+        (uniform generator 0.0 1.0 [| count |] device).argsort().MoveToOuterDisposeScope()
     | _ -> randperm(count, device = device, generator = generator)

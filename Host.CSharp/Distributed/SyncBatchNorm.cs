@@ -36,6 +36,9 @@ public sealed class GlobalBatchNormFunction : autograd.SingleTensorFunction<Glob
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor dy)
     {
+        // TorchSharp's autograd wrapper disposes nothing: the temporaries go with this scope, the
+        // gradients to the caller's (the native graph holds its own references).
+        using var scope = NewDisposeScope();
         var saved = ctx.get_saved_variables();
         var (x, mean, invstd) = (saved[0], saved[1], saved[2]);
         var weight = saved.Count > 3 ? saved[3] : null;
@@ -48,8 +51,7 @@ public sealed class GlobalBatchNormFunction : autograd.SingleTensorFunction<Glob
         // Σdy and Σ(dy·x̂) of this rank, x̂ = (x − mean)·σ⁻¹: Σ(dy·x̂) = σ⁻¹ (Σ(dy·x) − mean Σdy).
         var sumDy = dy.sum(reduced);
         var sumDyXhat = ((dy * x).sum(reduced) - mean * sumDy) * invstd;
-        var local = stack(new[] { sumDy, sumDyXhat });
-        var global = local.clone();
+        var global = stack(new[] { sumDy, sumDyXhat });
         world.AllReduceSum(global);
         var w = weight ?? ones_like(invstd);
         // dx = a·dy + c·x + d per channel, with the global means m_dy = Σdy / n and m_dyx̂ = Σ(dy·x̂) / n:
@@ -61,7 +63,11 @@ public sealed class GlobalBatchNormFunction : autograd.SingleTensorFunction<Glob
         var d = -a * meanDy - c * mean;
         var dx = addcmul(addcmul(d.view(shape), x, c.view(shape), 1.0), dy, a.view(shape), 1.0);
         var hasBias = (bool)ctx.get_data("bias");
-        return new List<Tensor> { dx, weight is null ? null! : sumDyXhat, hasBias ? sumDy : null!, null!, null!, null!, null!, null! };
+        return new List<Tensor>
+        {
+            dx.MoveToOuterDisposeScope(), weight is null ? null! : sumDyXhat.MoveToOuterDisposeScope(),
+            hasBias ? sumDy.MoveToOuterDisposeScope() : null!, null!, null!, null!, null!, null!
+        };
     }
 }
 

@@ -86,10 +86,10 @@ class TrainingOptimizer:
         loss.backward()
         backward = time.perf_counter()
         with torch.no_grad():
-            grads = [p.grad for p in self.all if p.grad is not None]
             if self.spec.clip_grad_norm is not None:
                 self.gradient_norm = torch.nn.utils.clip_grad_norm_(self.all, self.spec.clip_grad_norm).item()
             else:
+                grads = [p.grad for p in self.all if p.grad is not None]
                 self.gradient_norm = torch.stack([g.norm() for g in grads]).norm().item() if grads else 0.0
             if self.spec.lars_eta is not None:
                 self._scale_by_trust_ratio()

@@ -71,8 +71,8 @@ def plain_conv_right(inputs: int, outputs: int, kernel: int, stride: int, paddin
         generator.manual_seed(1234)
         x64 = torch.randn(4, inputs, 10, 10, generator=generator, dtype=torch.float64)
         w64 = torch.randn(outputs, inputs, kernel, kernel, generator=generator, dtype=torch.float64)
-        g64 = torch.randn(4, outputs, (10 + 2 * padding - kernel) // stride + 1, (10 + 2 * padding - kernel) // stride + 1,
-                          generator=generator, dtype=torch.float64)
+        side = (10 + 2 * padding - kernel) // stride + 1
+        g64 = torch.randn(4, outputs, side, side, generator=generator, dtype=torch.float64)
 
         def run(dtype, fmt):
             x = x64.to(dtype).contiguous(memory_format=fmt).requires_grad_()
